@@ -1,0 +1,21 @@
+"""The library's exception and warning types."""
+
+from __future__ import annotations
+
+__all__ = ["ExternalStateWarning", "InputCheckpointWarning", "InputStateError"]
+
+
+class InputStateError(ValueError):
+    """A saved input-pipeline state does not fit the pipeline it is loaded into, or is damaged.
+
+    The message names the file (when there is one), the value found and the value expected.
+    It subclasses ``ValueError`` so that callers catching ``ValueError`` keep working.
+    """
+
+
+class InputCheckpointWarning(UserWarning):
+    """Something about an input checkpoint was skipped or repaired (e.g. a damaged file)."""
+
+
+class ExternalStateWarning(UserWarning):
+    """Part of the pipeline has state this library cannot capture, so a resume may not be exact."""

@@ -1,0 +1,259 @@
+"""``ResumableSampler``: a seeded random-access permutation with one global cursor, sharded over ranks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sized
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Sampler
+
+from .permutation import (
+    MAX_LENGTH,
+    FeistelPermutation,
+    IdentityPermutation,
+    RandpermPermutation,
+    sample_seeds,
+)
+from .errors import InputStateError
+from .state import FORMAT_VERSION, check_header, check_same, field
+from .world import World
+
+__all__ = ["ResumableSampler"]
+
+Order = Literal["feistel", "randperm"]
+_ORDERS: dict[str, type] = {"feistel": FeistelPermutation, "randperm": RandpermPermutation}
+# Positions are computed this many at a time: large enough that torch's per-call overhead is
+# amortised, small enough that memory stays flat whatever the dataset length.
+CHUNK = 8192
+
+
+class ResumableSampler(Sampler[int]):
+    """A map-style sampler whose position is a few integers, so saving is O(1) and resuming is a seek.
+
+    Each epoch is a permutation of the dataset's positions chosen by ``(seed, epoch)``. All ranks
+    share one *global cursor*: the number of samples all ranks together have consumed this epoch.
+    Rank ``r`` of ``W`` takes positions ``cursor + r, cursor + r + W, ...``, so the state does not
+    depend on the world size and a job can resume on a different number of ranks: the new ranks
+    split what is left of the epoch. Padding and ``drop_last`` follow ``DistributedSampler``'s rules,
+    applied to what is left of the epoch (at cursor 0, the orders are those of
+    ``DistributedSampler`` when ``order="randperm"``). See the README for the exact rules.
+
+    The epoch advances by itself when it is exhausted; :meth:`set_epoch` with another epoch starts
+    that epoch from its beginning, and with the current epoch changes nothing (so the usual
+    ``set_epoch(epoch)`` loop keeps a resumed position).
+
+    Args:
+        data_source_or_length: The dataset (anything with ``len``) or its length.
+        shuffle: Permute each epoch; ``False`` takes positions in order.
+        seed: Chooses the permutations. Must be the same on every rank.
+        num_replicas: World size; defaults to ``torch.distributed``'s when initialised, else 1.
+        rank: This rank; defaults to ``torch.distributed``'s when initialised, else 0.
+        drop_last: Drop the tail that does not divide evenly over ranks instead of padding it.
+        order: ``"feistel"`` (O(1) per index, any length up to 2**62) or ``"randperm"`` (the exact
+            order of ``DistributedSampler``/``torch.randperm``; O(length) time and memory per epoch).
+
+    Raises:
+        ValueError: for a length outside ``[1, 2**62]``, a bad rank or world size, or an unknown order.
+    """
+
+    def __init__(
+        self,
+        data_source_or_length: Sized | int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        drop_last: bool = False,
+        order: Order = "feistel",
+    ) -> None:
+        length = data_source_or_length if isinstance(data_source_or_length, int) else len(data_source_or_length)
+        if isinstance(length, bool) or not 1 <= length <= MAX_LENGTH:
+            raise ValueError(f"dataset length must be in [1, 2**62] (got {length=})")
+        if order not in _ORDERS:
+            raise ValueError(f"order must be one of {sorted(_ORDERS)} (got {order=})")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"seed must be an int (got {seed=})")
+        self.world = World.resolve(rank, num_replicas)
+        self.length = length
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.order: Order = order
+        self._epoch = 0
+        self._cursor = 0
+        # Bumped by set_epoch/load_state_dict, so that an iterator started before the change
+        # stops writing its progress into the new position.
+        self._generation = 0
+        # Set by load_state_dict: the next iter() continues the saved pass literally, even when it has
+        # nothing left, as StatefulDataLoader expects (it re-creates the pass's iterator on load and
+        # starts a new pass, i.e. calls iter() again, only after that one is exhausted).
+        self._resume_pending = False
+        self._permutation_cache: tuple[int, Any] | None = None
+
+    # -- position ---------------------------------------------------------------------------------
+
+    @property
+    def num_replicas(self) -> int:
+        """The world size this sampler shards over."""
+        return self.world.size
+
+    @property
+    def rank(self) -> int:
+        """This sampler's rank."""
+        return self.world.rank
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next ``iter()`` produces or resumes (a finished epoch counts as the next one)."""
+        return self._position()[0]
+
+    @property
+    def cursor(self) -> int:
+        """Samples consumed by all ranks together in the current epoch (the global cursor)."""
+        return self._position()[1]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning, unless it is already the current epoch (then keep the position)."""
+        if epoch != self.epoch:
+            self._move_to(epoch, 0)
+
+    def rank_count(self, cursor: int = 0) -> int:
+        """How many samples this rank takes from ``cursor`` to the end of the epoch (padding included)."""
+        remaining = self.length - cursor
+        if remaining <= 0:
+            return 0
+        size = self.world.size
+        return remaining // size if self.drop_last else -(-remaining // size)
+
+    def __len__(self) -> int:
+        """Samples this rank takes in a whole epoch, as ``DistributedSampler.num_samples``."""
+        return self.rank_count(0)
+
+    def _position(self, normalize: bool = True) -> tuple[int, int]:
+        # A cursor with nothing left for any rank is the start of the next epoch: normalising when
+        # the position is read (rather than when the last index is handed out) keeps readers consistent.
+        # (An epoch with nothing in it at all, drop_last with fewer samples than ranks, stays put.)
+        if normalize and not self._resume_pending and self._cursor > 0 and self.rank_count(self._cursor) == 0:
+            return self._epoch + 1, 0
+        return self._epoch, self._cursor
+
+    def _move_to(self, epoch: int, cursor: int) -> None:
+        self._epoch, self._cursor = epoch, cursor
+        self._generation += 1
+        self._resume_pending = False
+
+    def _commit(self, generation: int, epoch: int, cursor: int) -> None:
+        """Record progress made by an iterator started at ``generation`` (ignored if moved since)."""
+        if generation == self._generation:
+            self._epoch, self._cursor = epoch, cursor
+
+    # -- iteration --------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[int]:
+        """Yield this rank's indices from the current position, recording progress as they are taken.
+
+        Progress is recorded when an index is handed out, so inside a plain ``DataLoader`` with
+        workers the state runs ahead of the batches the caller received; ``ResumableDataLoader`` and
+        ``StatefulDataLoader`` account for that.
+        """
+        epoch, start = self._position()
+        generation = self._generation
+        self._epoch, self._cursor, self._resume_pending = epoch, start, False
+        step = self.world.size
+        count = self.rank_count(start)
+        cursors = iter(range(start + step, start + count * step + 1, step))
+        for indices, _ in self.chunks(epoch, start, 0, count, with_seeds=False):
+            for index, cursor in zip(indices, cursors):
+                if generation == self._generation:
+                    self._cursor = cursor
+                yield index
+
+    def permutation(self, epoch: int) -> Any:
+        """The permutation object for ``epoch`` (a callable on int64 position tensors)."""
+        cached = self._permutation_cache
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        kind = _ORDERS[self.order] if self.shuffle else IdentityPermutation
+        perm = kind(self.length, self.seed, epoch)
+        self._permutation_cache = (epoch, perm)
+        return perm
+
+    def chunks(
+        self, epoch: int, start: int, first: int, count: int, *, with_seeds: bool, chunk: int = CHUNK
+    ) -> Iterator[tuple[list[int], list[int] | None]]:
+        """Yield this rank's indices ``first..count-1`` of the segment that starts at global ``start``.
+
+        Args:
+            epoch: Which epoch's permutation.
+            start: The global cursor the segment starts at.
+            first: The first of this rank's samples to produce (counted from ``start``).
+            count: One past the last of this rank's samples to produce.
+            with_seeds: Also yield each sample's RNG seed (from its global position).
+            chunk: How many indices per yielded list.
+
+        Yields:
+            ``(indices, seeds)`` lists; ``seeds`` is None unless ``with_seeds``.
+        """
+        perm = self.permutation(epoch)
+        step, offset = self.world.size, start + self.world.rank
+        for lo in range(first, count, chunk):
+            positions = torch.arange(lo, min(count, lo + chunk), dtype=torch.int64) * step + offset
+            # Positions past the end wrap to the epoch's start: DistributedSampler's padding.
+            indices = perm(positions % self.length).tolist()
+            yield indices, (sample_seeds(self.seed, epoch, positions).tolist() if with_seeds else None)
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position and the configuration it depends on, as plain JSON types (O(1) in size).
+
+        The position is that of the current pass: at the end of an epoch it is ``(epoch, end)``, and
+        the first ``iter()`` after loading it yields what is left of that pass (nothing) before the
+        next ``iter()`` starts the next epoch. This is what ``StatefulDataLoader`` expects.
+        """
+        return self._state(normalize=False)
+
+    def _state(self, normalize: bool) -> dict[str, Any]:
+        epoch, cursor = self._position(normalize)
+        return {
+            "kind": "ResumableSampler",
+            "version": FORMAT_VERSION,
+            "epoch": epoch,
+            "cursor": cursor,
+            "length": self.length,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "order": self.order,
+            "num_replicas": self.world.size,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any], *, source: str = "state_dict") -> None:
+        """Restore a position saved by :meth:`state_dict`, on this or another world size.
+
+        Raises:
+            InputStateError: (a ``ValueError``) when the state is malformed, of another format version,
+                or was saved for another dataset length, seed, shuffle, order or ``drop_last``.
+        """
+        state = check_header(state_dict, "ResumableSampler", source)
+        for name, current in (
+            ("length", self.length),
+            ("seed", self.seed),
+            ("shuffle", self.shuffle),
+            ("drop_last", self.drop_last),
+            ("order", self.order),
+        ):
+            saved = field(state, name, type(current), source)
+            check_same(name, saved, current, source, f"Construct the sampler with {name}={saved!r} to resume.")
+        epoch = field(state, "epoch", int, source)
+        cursor = field(state, "cursor", int, source)
+        saved_world = field(state, "num_replicas", int, source)
+        if epoch < 0 or not 0 <= cursor < self.length + saved_world:
+            raise InputStateError(
+                f"{source}: saved position epoch={epoch}, cursor={cursor} is invalid; expected "
+                f"epoch >= 0 and 0 <= cursor < length + num_replicas = {self.length + saved_world}"
+            )
+        self._move_to(epoch, cursor)
+        self._resume_pending = True
