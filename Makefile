@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Pinned: torch 2.13.0's CPU build is what this project's machines install without a multi-GB CUDA
 # download; an unpinned or open-ended torch would pull one.
-PINS := torch==2.13.0 torchdata==0.11.0 pytorch_lightning==2.6.6 pytest==9.0.3 hypothesis==6.155.2
+PINS := torch==2.13.0 torchdata==0.11.0 pytorch_lightning==2.6.6 pytest==9.0.3 hypothesis==6.155.2 ruff==0.17.6
 
 .PHONY: setup test demo demo-ddp bench bench-quick lint
 
@@ -27,3 +27,7 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m benchmarks --quick
+
+lint: setup
+	$(VENV)/bin/ruff check torch_input_ckpt tests benchmarks examples
+	$(VENV)/bin/ruff format --check torch_input_ckpt tests benchmarks examples

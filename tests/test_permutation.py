@@ -8,8 +8,43 @@ from hypothesis import strategies as st
 
 from torch_input_ckpt.permutation import FeistelPermutation, RandpermPermutation, sample_seeds
 
-SPECIAL_LENGTHS = [1, 2, 3, 4, 5, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33, 63, 64, 65, 97, 127, 128, 129,
-                   255, 256, 257, 1009, 1023, 1024, 1025, 4095, 4096, 4097, 65535, 65536, 65537]
+SPECIAL_LENGTHS = [
+    1,
+    2,
+    3,
+    4,
+    5,
+    7,
+    8,
+    9,
+    13,
+    15,
+    16,
+    17,
+    31,
+    32,
+    33,
+    63,
+    64,
+    65,
+    97,
+    127,
+    128,
+    129,
+    255,
+    256,
+    257,
+    1009,
+    1023,
+    1024,
+    1025,
+    4095,
+    4096,
+    4097,
+    65535,
+    65536,
+    65537,
+]
 
 
 def _is_permutation(perm: FeistelPermutation) -> bool:

@@ -6,13 +6,12 @@ import json
 from collections import Counter
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from resume import check_resume, roundtrip
 from torch.utils.data import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from resume import check_resume, roundtrip
 from torch_input_ckpt import InputStateError, ResumableSampler, Stateful
 
 
@@ -31,11 +30,13 @@ class _Sized:
 def test_randperm_order_equals_distributed_sampler(n, world, shuffle, drop_last):
     for rank in range(world):
         for epoch in (0, 3):
-            ours = ResumableSampler(n, shuffle=shuffle, seed=7, num_replicas=world, rank=rank,
-                                    drop_last=drop_last, order="randperm")
+            ours = ResumableSampler(
+                n, shuffle=shuffle, seed=7, num_replicas=world, rank=rank, drop_last=drop_last, order="randperm"
+            )
             ours.set_epoch(epoch)
-            stock = DistributedSampler(_Sized(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=7,
-                                       drop_last=drop_last)
+            stock = DistributedSampler(
+                _Sized(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=7, drop_last=drop_last
+            )
             stock.set_epoch(epoch)
             assert list(ours) == list(stock)
             assert len(ours) == len(stock)
@@ -108,8 +109,9 @@ def test_any_sequence_of_world_sizes_covers_the_epoch_exactly_once(n, worlds, fr
     ending = None
     for i, world in enumerate(worlds):
         last = i == len(worlds) - 1
-        samplers = [ResumableSampler(n, seed=seed, num_replicas=world, rank=r, drop_last=drop_last)
-                    for r in range(world)]
+        samplers = [
+            ResumableSampler(n, seed=seed, num_replicas=world, rank=r, drop_last=drop_last) for r in range(world)
+        ]
         for s in samplers:
             if state is not None:
                 s.load_state_dict(roundtrip(state))
@@ -183,8 +185,9 @@ def test_resumes_exactly_inside_torchdata_stateful_dataloader(num_workers, stop_
     """The sampler is Stateful, so StatefulDataLoader saves and restores it (8 batches per epoch)."""
 
     def make():
-        return StatefulDataLoader(list(range(30)), batch_size=4, sampler=ResumableSampler(30, seed=5),
-                                  num_workers=num_workers)
+        return StatefulDataLoader(
+            list(range(30)), batch_size=4, sampler=ResumableSampler(30, seed=5), num_workers=num_workers
+        )
 
     class Epochs:
         """StatefulDataLoader has no epoch counter: count finished passes, as a training script would

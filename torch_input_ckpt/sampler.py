@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Sampler
 
+from .errors import InputStateError
 from .permutation import (
     MAX_LENGTH,
     FeistelPermutation,
@@ -15,7 +16,6 @@ from .permutation import (
     RandpermPermutation,
     sample_seeds,
 )
-from .errors import InputStateError
 from .state import FORMAT_VERSION, check_header, check_same, field
 from .world import World
 
@@ -165,7 +165,8 @@ class ResumableSampler(Sampler[int]):
         count = self.rank_count(start)
         cursors = iter(range(start + step, start + count * step + 1, step))
         for indices, _ in self.chunks(epoch, start, 0, count, with_seeds=False):
-            for index, cursor in zip(indices, cursors):
+            # `cursors` is one shared iterator across chunks, hence not strict: each chunk takes its share.
+            for index, cursor in zip(indices, cursors, strict=False):
                 if generation == self._generation:
                     self._cursor = cursor
                 yield index

@@ -34,9 +34,7 @@ def check_header(state: Any, kind: str, source: str) -> Mapping[str, Any]:
         )
     version = state.get("version")
     if version != FORMAT_VERSION:
-        raise InputStateError(
-            f"{source}: state format version {version!r} is not supported, expected {FORMAT_VERSION}"
-        )
+        raise InputStateError(f"{source}: state format version {version!r} is not supported, expected {FORMAT_VERSION}")
     return state
 
 
@@ -60,8 +58,7 @@ def check_same(name: str, saved: Any, current: Any, source: str, fix: str) -> No
     """
     if saved != current:
         raise InputStateError(
-            f"{source}: the state was saved with {name}={saved!r}, but this pipeline has "
-            f"{name}={current!r}. {fix}"
+            f"{source}: the state was saved with {name}={saved!r}, but this pipeline has {name}={current!r}. {fix}"
         )
 
 
