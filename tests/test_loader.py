@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from resume import check_resume, epochs_of, roundtrip, to_py
 from torch_input_ckpt import InputStateError, ResumableDataLoader, ResumableSampler
+
+from resume import check_resume, epochs_of, roundtrip, to_py
 
 N = 23
 

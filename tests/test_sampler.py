@@ -8,11 +8,12 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from resume import check_resume, roundtrip
 from torch.utils.data import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from torch_input_ckpt import InputStateError, ResumableSampler, Stateful
+
+from resume import check_resume, roundtrip
 
 
 class _Sized:
