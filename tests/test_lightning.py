@@ -1,0 +1,482 @@
+"""InputCheckpointCallback with a real Lightning Trainer on the CPU: a resumed fit trains on the same batches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+import warnings
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import torch_input_ckpt.lightning as tic_lightning
+from torch_input_ckpt import ExternalStateWarning, InputCheckpointer, InputStateError, ResumableDataLoader
+from torch_input_ckpt.lightning import InputCheckpointCallback, pl
+
+from distributed import run_world
+from resume import to_py
+
+ModelCheckpoint = pl.callbacks.ModelCheckpoint
+PossibleUserWarning = pl.utilities.warnings.PossibleUserWarning
+
+pytestmark = [
+    # Lightning 2.6's CombinedLoader uses torch.utils._pytree.LeafSpec, which torch 2.13 deprecates.
+    pytest.mark.filterwarnings(r"ignore:.isinstance\(treespec, LeafSpec\). is deprecated:FutureWarning"),
+    # A resumed run writes its model checkpoints into the directory of the run it resumes, on purpose.
+    pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty:UserWarning"),
+]
+
+N = 23  # with BATCH=2: 12 batches per epoch, the last one holding a single sample
+BATCH = 2
+PER_EPOCH = -(-N // BATCH)
+
+
+class Samples(Dataset):
+    """The sample's index and a random draw made in __getitem__: the augmentation must resume too."""
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([index, int(torch.randint(0, 10**6, ()))])
+
+
+def make_loader(seed: int = 7) -> ResumableDataLoader:
+    return ResumableDataLoader(Samples(), batch_size=BATCH, shuffle=True, seed=seed)
+
+
+class Recorder(pl.LightningModule):
+    """Trains a little on each batch and records (epoch, global step before the step, batch)."""
+
+    def __init__(self, make: Any = make_loader) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.make = make
+        self.seen: list[tuple[int, int, Any]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.seen.append((self.trainer.current_epoch, self.trainer.global_step, to_py(batch)))
+        if isinstance(batch, dict):
+            batch = torch.cat(list(batch.values()))
+        return self.layer(batch[:, :1].float() / N).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> Any:
+        return self.make()
+
+
+class Preempted(Exception):
+    pass
+
+
+class Preempt(pl.Callback):
+    """Kill the run at the end of global step ``at``, as a preemption would."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+        if trainer.global_step == self.at:
+            raise Preempted(f"preempted at step {self.at}")
+
+
+def fit(root: Path, callbacks: list[Any] = (), ckpt_path: Any = None, model: Recorder | None = None, **kwargs: Any):
+    model = Recorder() if model is None else model
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        callbacks=list(callbacks),
+        **kwargs,
+    )
+    trainer.fit(model, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+    return model
+
+
+def preempted(root: Path, at: int, callbacks: list[Any], **kwargs: Any) -> Recorder:
+    model = Recorder(kwargs.pop("make", make_loader))
+    with pytest.raises(Preempted):
+        fit(root, [callbacks[0], Preempt(at), *callbacks[1:]], model=model, **kwargs)
+    assert model.seen[-1][1] == at - 1, "the run did not reach the step it was to be preempted at"
+    return model
+
+
+def model_ckpt(root: Path, step: int) -> Path:
+    (found,) = (root / "models").glob(f"*-step={step}.ckpt")
+    return found
+
+
+def every(n: int) -> ModelCheckpoint:
+    return ModelCheckpoint(dirpath=None, every_n_train_steps=n, save_top_k=-1)
+
+
+def head(run: Recorder, step: int) -> list[Any]:
+    """What the run trained on before global step ``step`` (micro-batches of later steps excluded)."""
+    return [r for r in run.seen if r[1] < step]
+
+
+def check_resumed(full: Recorder, first: Recorder, resumed: Recorder, step: int) -> None:
+    assert len(head(first, step)) < len(first.seen), "the first run must go beyond the resume step"
+    assert head(first, step) + resumed.seen == full.seen
+
+
+def with_models_dir(root: Path, *callbacks: Any) -> list[Any]:
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+            callback.dirpath = str(root / "models")
+    return list(callbacks)
+
+
+# -- resume from a model checkpoint --------------------------------------------------------------
+
+
+def test_resume_from_the_step_10_model_checkpoint_trains_on_the_same_batches(tmp_path):
+    """Stopped after step 12, resumed from the step-10 model checkpoint in a fresh Trainer/model/loader."""
+    full = fit(tmp_path / "full", max_steps=20)
+    assert {epoch for epoch, _, _ in full.seen} == {0, 1}, "the run should cross an epoch boundary"
+    callbacks = lambda: with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1), every(5))  # noqa: E731
+    first = preempted(tmp_path, 12, callbacks(), max_steps=20)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["epoch=0-step=10.ckpt", "epoch=0-step=5.ckpt"]
+    resumed = fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 10), max_steps=20)
+    check_resumed(full, first, resumed, 10)
+
+
+def _embedded_loader_state(ckpt: dict[str, Any]) -> dict[str, Any]:
+    # Where Lightning 2.x keeps a stateful train loader's state_dict inside its model checkpoint.
+    (state,) = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    return state
+
+
+def test_the_stream_is_restored_once_from_the_input_checkpoint_never_from_lightnings_copy(tmp_path, monkeypatch):
+    """Precedence: the input checkpoint is the one source; Lightning's copy in the model checkpoint is not loaded."""
+    full = fit(tmp_path / "full", max_steps=16)
+    callbacks = lambda: with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1), every(5))  # noqa: E731
+    first = preempted(tmp_path, 12, callbacks(), max_steps=16)
+
+    # Without the callback Lightning restores its own copy, which agrees with the input checkpoint.
+    plain = fit(tmp_path, with_models_dir(tmp_path, every(5)), ckpt_path=model_ckpt(tmp_path, 10), max_steps=16)
+    check_resumed(full, first, plain, 10)
+
+    # Rewind Lightning's copy to the start of the epoch: were it loaded (alone, or after ours), the
+    # resumed run would repeat steps 1-10.
+    ckpt = torch.load(model_ckpt(tmp_path, 10), weights_only=False)
+    assert _embedded_loader_state(ckpt)["sampler"]["cursor"] == 10 * BATCH
+    _embedded_loader_state(ckpt)["sampler"]["cursor"] = 0
+    rewound = tmp_path / "rewound.ckpt"
+    torch.save(ckpt, rewound)
+    rewound_plain = fit(tmp_path, with_models_dir(tmp_path, every(5)), ckpt_path=rewound, max_steps=16)
+    assert rewound_plain.seen[0][2] == full.seen[0][2], (
+        "Lightning alone should have loaded the rewound copy (else this test proves nothing)"
+    )
+
+    loads = []
+    original = ResumableDataLoader.load_state_dict
+
+    def counting(self: ResumableDataLoader, state_dict: dict[str, Any], *, source: str = "state_dict") -> None:
+        loads.append(state_dict["sampler"]["cursor"])
+        original(self, state_dict, source=source)
+
+    monkeypatch.setattr(ResumableDataLoader, "load_state_dict", counting)
+    resumed = fit(tmp_path, callbacks(), ckpt_path=rewound, max_steps=16)
+    assert loads == [10 * BATCH], "the train loader must be restored exactly once, from the input checkpoint"
+    check_resumed(full, first, resumed, 10)
+
+
+# -- steps, batches and epochs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("accumulate", [2, 5])
+def test_gradient_accumulation_saves_at_optimizer_steps_and_resumes_after_their_last_micro_batch(tmp_path, accumulate):
+    """Input checkpoint S holds the position after the micro-batches of S optimizer steps. 12 batches per
+    epoch: with 5, the last step of each epoch has 2 micro-batches."""
+    kwargs = dict(max_steps=9, accumulate_grad_batches=accumulate)
+    full = fit(tmp_path / "full", **kwargs)
+    callbacks = lambda: with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1, keep_last=10), every(2))  # noqa: E731
+    first = preempted(tmp_path, 7, callbacks(), **kwargs)
+    per_step = Counter(step for _, step, _ in first.seen)
+    assert set(per_step.values()) == ({2} if accumulate == 2 else {5, 2}), "micro-batches per optimizer step"
+    assert {p.name for p in (tmp_path / "input_checkpoints").iterdir()} >= {"checkpoint_input_0"}
+
+    batches = len(head(first, 4))
+    epoch, in_epoch = divmod(batches, PER_EPOCH)
+    assert (accumulate, epoch, in_epoch) in {(2, 0, 8), (5, 1, 5)}
+    loader = make_loader()
+    with InputCheckpointer(tmp_path / "input_checkpoints", loader, rank=0) as checkpointer:
+        assert checkpointer.restore(4) == 4
+    assert (loader.epoch, loader.sampler.cursor) == (epoch, in_epoch * BATCH)
+
+    resumed = fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 4), **kwargs)
+    check_resumed(full, first, resumed, 4)
+
+
+MAX_EPOCHS, MAX_STEPS = dict(max_epochs=3), dict(max_steps=3 * PER_EPOCH)
+
+
+@pytest.mark.parametrize(
+    "limit, resume_from",
+    [
+        (MAX_EPOCHS, "step=10"),
+        (MAX_EPOCHS, "step=12"),
+        (MAX_EPOCHS, "epoch_end"),
+        (MAX_STEPS, "step=10"),
+        (MAX_STEPS, "step=12"),
+        # (MAX_STEPS, "epoch_end") is Lightning's own mis-resume: see the test after this one.
+    ],
+    ids=["max_epochs-mid_epoch", "max_epochs-last_batch", "max_epochs-epoch_end", "max_steps-mid_epoch", "max_steps-last_batch"],
+)
+def test_resume_mid_epoch_and_at_the_epoch_boundary_keeps_epochs_whole(tmp_path, limit, resume_from):
+    """Epochs have 12 batches. Step 10 is mid-epoch; step 12 is the epoch's last batch, saved by a step-based
+    checkpoint (in on_train_batch_end) or an epoch-end one (in on_train_epoch_end, after which Lightning
+    itself would not restore a loader under max_epochs). The records carry the epoch: an epoch ended early
+    or late after the resume would show."""
+    full = fit(tmp_path / "full", **limit)
+    assert Counter(epoch for epoch, _, _ in full.seen) == {0: PER_EPOCH, 1: PER_EPOCH, 2: PER_EPOCH}
+
+    def callbacks() -> list[Any]:
+        epochs = ModelCheckpoint(dirpath=str(tmp_path / "epochs"), every_n_epochs=1, save_top_k=-1)
+        return with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1, keep_last=6), every(2), epochs)
+
+    first = preempted(tmp_path, 14, callbacks(), **limit)
+    if resume_from == "epoch_end":
+        ckpt, step = tmp_path / "epochs" / "epoch=0-step=12.ckpt", 12
+    else:
+        step = int(resume_from.split("=")[1])
+        ckpt = model_ckpt(tmp_path, step)
+    resumed = fit(tmp_path, callbacks(), ckpt_path=ckpt, **limit)
+    check_resumed(full, first, resumed, step)
+
+
+@pytest.mark.parametrize(
+    "limit, resume_from",
+    [
+        (MAX_EPOCHS, "step=7"),
+        (MAX_EPOCHS, "step=10"),
+        (MAX_EPOCHS, "epoch_end"),
+        (dict(max_steps=16), "step=7"),
+        (dict(max_steps=16), "step=10"),
+        # (max_steps, "epoch_end") is Lightning's own mis-resume: see the test after this one.
+    ],
+    ids=["max_epochs-last_batch", "max_epochs-mid_epoch", "max_epochs-epoch_end", "max_steps-last_batch", "max_steps-mid_epoch"],
+)
+def test_limit_train_batches_cuts_epochs_and_the_resume_follows(tmp_path, limit, resume_from):
+    """Epochs cut at 7 of 12 batches: the loader is left mid-epoch, and Lightning's set_epoch moves it on
+    to the next epoch, also right after a resume at the cut."""
+    kwargs = dict(limit, limit_train_batches=7)
+    full = fit(tmp_path / "full", **kwargs)
+    assert Counter(epoch for epoch, _, _ in full.seen) == ({0: 7, 1: 7, 2: 7} if limit is MAX_EPOCHS else {0: 7, 1: 7, 2: 2})
+
+    def callbacks() -> list[Any]:
+        epochs = ModelCheckpoint(dirpath=str(tmp_path / "epochs"), every_n_epochs=1, save_top_k=-1)
+        return with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1, keep_last=6), every(1), epochs)
+
+    first = preempted(tmp_path, 12, callbacks(), **kwargs)
+    if resume_from == "epoch_end":
+        ckpt, step = tmp_path / "epochs" / "epoch=0-step=7.ckpt", 7
+    else:
+        step = int(resume_from.split("=")[1])
+        ckpt = model_ckpt(tmp_path, step)
+    resumed = fit(tmp_path, callbacks(), ckpt_path=ckpt, **kwargs)
+    check_resumed(full, first, resumed, step)
+
+
+def test_lightning_misresumes_max_steps_from_an_epoch_end_checkpoint_and_the_callback_says_so(tmp_path):
+    """Lightning 2.6 alone, resuming under max_steps from a checkpoint saved in on_train_epoch_end, trains one
+    extra batch in the finished epoch and then calls set_epoch(epoch + 2): the rest of an epoch is skipped.
+    The callback cannot mend Lightning's loop; it warns."""
+    full = fit(tmp_path / "full", **MAX_STEPS)
+
+    def epochs() -> ModelCheckpoint:
+        return ModelCheckpoint(dirpath=str(tmp_path / "epochs"), every_n_epochs=1, save_top_k=-1)
+
+    with pytest.raises(Preempted):
+        fit(tmp_path, [InputCheckpointCallback(), Preempt(14), epochs()], **MAX_STEPS)
+    ckpt = tmp_path / "epochs" / "epoch=0-step=12.ckpt"
+    plain = fit(tmp_path, [epochs()], ckpt_path=ckpt, **MAX_STEPS)
+    assert plain.seen[0] == (0, 12, full.seen[12][2]), "Lightning trains epoch 1's first batch as epoch 0's 13th"
+    assert plain.seen[1:] != full.seen[13:], "Lightning's loop skips part of epoch 1"
+    with pytest.warns(ExternalStateWarning, match="saved at the end of an epoch and training is bounded by max_steps"):
+        fit(tmp_path, [InputCheckpointCallback(), epochs()], ckpt_path=ckpt, **MAX_STEPS)
+
+
+# -- when input checkpoints are written -------------------------------------------------------------
+
+
+def saved_steps(directory: Path, rank: int = 0) -> list[int]:
+    with InputCheckpointer(directory, make_loader(), rank=rank) as checkpointer:
+        return checkpointer.steps()
+
+
+def test_without_a_schedule_input_checkpoints_follow_the_model_checkpoints(tmp_path):
+    """The initial state (step 0), then one input checkpoint per model checkpoint, at its step."""
+    callbacks = lambda: with_models_dir(tmp_path, InputCheckpointCallback(), every(5))  # noqa: E731
+    full = fit(tmp_path / "full", max_steps=16)
+    first = preempted(tmp_path, 12, callbacks(), max_steps=16)
+    assert saved_steps(tmp_path / "input_checkpoints") == [0, 5, 10]
+    resumed = fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 10), max_steps=16)
+    check_resumed(full, first, resumed, 10)
+
+
+class Tick(pl.Callback):
+    """Each training batch takes one second of the callback's clock."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.clock[0] += 1.0
+
+
+def test_train_time_interval_saves_when_the_interval_has_passed_and_resumes(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(tic_lightning, "_now", lambda: clock[0])
+    interval = timedelta(seconds=3)
+
+    def callbacks() -> list[Any]:
+        inputs = InputCheckpointCallback(train_time_interval=interval, keep_last=10)
+        return with_models_dir(tmp_path, inputs, Tick(clock), every(6))
+
+    full = fit(tmp_path / "full", max_steps=16)
+    first = preempted(tmp_path, 10, callbacks(), max_steps=16)
+    assert saved_steps(tmp_path / "input_checkpoints") == [0, 3, 6, 9]
+    clock[0] = 0.0
+    resumed = fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 6), max_steps=16)
+    check_resumed(full, first, resumed, 6)
+    assert saved_steps(tmp_path / "input_checkpoints") == [0, 3, 6, 9, 12, 15]
+
+
+def test_without_ckpt_path_the_stream_continues_from_the_newest_input_checkpoint(tmp_path):
+    full = fit(tmp_path / "full", max_steps=12)
+    fit(tmp_path / "initial", [InputCheckpointCallback()], max_steps=3)
+    assert saved_steps(tmp_path / "initial" / "input_checkpoints") == [0], "a fresh run saves its initial state"
+
+    fit(tmp_path, [InputCheckpointCallback(every_n_train_steps=1)], max_steps=7)
+    assert saved_steps(tmp_path / "input_checkpoints")[-1] == 7
+    again = fit(tmp_path, [InputCheckpointCallback(every_n_train_steps=1)], max_steps=5)
+    assert [batch for _, _, batch in again.seen] == [batch for _, _, batch in full.seen[7:12]]
+
+
+def test_a_missing_input_checkpoint_is_an_error_naming_the_step_and_the_available_ones(tmp_path):
+    callbacks = lambda: with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1, keep_last=2), every(5))  # noqa: E731
+    preempted(tmp_path, 12, callbacks(), max_steps=16)
+    with pytest.raises(InputStateError, match=r"(?s)step=5\.ckpt at global step 5: .*\b11\b.*\b12\b"):
+        fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 5), max_steps=16)
+
+
+# -- several train loaders ---------------------------------------------------------------------------
+
+
+class Pairs(Dataset):
+    def __len__(self) -> int:
+        return 3 * N
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([index, int(torch.randint(0, 10**6, ()))])
+
+
+def two_loaders() -> dict[str, ResumableDataLoader]:
+    # Both 12 batches per epoch.
+    return {"a": make_loader(), "b": ResumableDataLoader(Pairs(), batch_size=6, shuffle=True, seed=8)}
+
+
+def unequal_loaders() -> dict[str, ResumableDataLoader]:
+    # 12 and 8 batches per epoch: Lightning's max_size_cycle would restart "b" within an epoch of "a", and
+    # its set_epoch(epoch) on resume would move "b" elsewhere than in the uninterrupted run.
+    return {"a": make_loader(), "b": ResumableDataLoader(Samples(), batch_size=3, shuffle=True, seed=8)}
+
+
+def test_several_train_loaders_resume_together(tmp_path):
+    full = fit(tmp_path / "full", model=Recorder(two_loaders), max_steps=16)
+    callbacks = lambda: with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1), every(5))  # noqa: E731
+    first = preempted(tmp_path, 12, callbacks(), max_steps=16, make=two_loaders)
+    resumed = fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 10), model=Recorder(two_loaders), max_steps=16)
+    check_resumed(full, first, resumed, 10)
+
+
+def test_train_loaders_of_different_lengths_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"the train loaders have \[12, 8\] batches per epoch"):
+        fit(tmp_path, [InputCheckpointCallback()], model=Recorder(unequal_loaders), max_steps=2)
+
+
+# -- bad set-ups ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(every_n_train_steps=0), "every_n_train_steps must be an int >= 1"),
+        (dict(every_n_train_steps=2.5), "every_n_train_steps must be an int >= 1"),
+        (dict(train_time_interval=60), "train_time_interval must be a positive datetime.timedelta"),
+        (dict(train_time_interval=timedelta(0)), "train_time_interval must be a positive datetime.timedelta"),
+        (dict(keep_last=0), "keep_last must be an int >= 1"),
+    ],
+)
+def test_arguments_are_checked_in_the_constructor(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        InputCheckpointCallback(**kwargs)
+
+
+def test_a_train_loader_without_state_is_refused(tmp_path):
+    model = Recorder(lambda: DataLoader(Samples(), batch_size=BATCH))
+    with pytest.raises(TypeError, match=r"train loader 0 \(DataLoader\) has no state_dict\(\)/load_state_dict\(\)"):
+        fit(tmp_path, [InputCheckpointCallback()], model=model, max_steps=2)
+
+
+class IterStep(Recorder):
+    def training_step(self, dataloader_iter: Any) -> torch.Tensor:  # type: ignore[override]
+        batch, _, _ = next(dataloader_iter)
+        return super().training_step(batch, 0)
+
+
+def test_training_step_taking_the_iterator_is_refused(tmp_path):
+    with warnings.catch_warnings():
+        # Lightning's own note that this step flavour is experimental.
+        warnings.filterwarnings("ignore", "You are using the `dataloader_iter` step flavor", PossibleUserWarning)
+        with pytest.raises(TypeError, match="does not support training_step\\(dataloader_iter\\)"):
+            fit(tmp_path, [InputCheckpointCallback()], model=IterStep(), max_steps=2)
+
+
+# -- packaging ---------------------------------------------------------------------------------------
+
+
+def test_the_lightning_package_already_imported_wins_then_lightning_pytorch_then_pytorch_lightning():
+    new, old = types.ModuleType("lightning.pytorch"), types.ModuleType("pytorch_lightning")
+    select = tic_lightning._select_lightning
+
+    def importer(*available: types.ModuleType):
+        def load(name: str) -> types.ModuleType:
+            for module in available:
+                if module.__name__ == name:
+                    return module
+            raise ModuleNotFoundError(name)
+
+        return load
+
+    assert select({"pytorch_lightning": old}, importer(new, old)) is old
+    assert select({"lightning.pytorch": new, "pytorch_lightning": old}, importer(new, old)) is new
+    assert select({}, importer(new, old)) is new
+    assert select({}, importer(old)) is old
+    with pytest.raises(ImportError, match=r"pip install 'torch_input_ckpt\[lightning\]'"):
+        select({}, importer())
+    assert pl.__name__ in {"lightning.pytorch", "pytorch_lightning"}
+
+
+def test_the_core_package_does_not_import_lightning():
+    code = (
+        "import sys, torch_input_ckpt; "
+        "found = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'lightning_fabric')); "
+        "assert not found, found"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "error"})
