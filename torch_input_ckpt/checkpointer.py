@@ -13,13 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from torch.utils.data import IterableDataset, SequentialSampler
-from torchdata.stateful_dataloader import StatefulDataLoader
-from torchdata.stateful_dataloader.sampler import BatchSampler as StatefulBatchSampler
-from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRandomSampler
-
 from . import files
+from .encoding import decode_tensors
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
+from .external import external_parts, is_stateful
 from .files import InputCheckpoint, InputFile
 from .inspection import describe_position
 from .loader import ResumableDataLoader
@@ -35,6 +32,8 @@ ExternalStatePolicy = Literal["fail", "warn", "ignore"]
 _POLICIES = ("fail", "warn", "ignore")
 # The name under which a single (non-dict) stateful object is saved.
 SINGLE = "input"
+# Looked up at each call (not bound at import) so that tests can substitute a fake clock.
+_monotonic = time.monotonic
 
 
 class InputCheckpointer:
@@ -103,7 +102,8 @@ class InputCheckpointer:
             raise ValueError(f"keep_last must be an int >= 1, or None to keep all (got {keep_last=})")
         if external_state_policy not in _POLICIES:
             raise ValueError(
-                f"external_state_policy must be one of {', '.join(map(repr, _POLICIES))} (got {external_state_policy=})"
+                f"external_state_policy must be one of {', '.join(map(repr, _POLICIES))} "
+                f"(got {external_state_policy=})"
             )
         if rank is not None and (not _is_int(rank) or rank < 0):
             raise ValueError(f"rank must be an int >= 0 (got {rank=})")
@@ -119,7 +119,7 @@ class InputCheckpointer:
         self.keep_last = keep_last
         self.external_state_policy = external_state_policy
         self._external: list[str] | None = None  # checked at the first save
-        self._last_save_time = time.monotonic()
+        self._last_save_time = _monotonic()
         self._writer = BackgroundWriter(f"torch_input_ckpt writer (rank {self.rank})")
         # Flushes at garbage collection or interpreter exit; refers to the writer only, so it does not
         # keep this object alive.
@@ -128,8 +128,9 @@ class InputCheckpointer:
 
     def __repr__(self) -> str:
         return (
-            f"InputCheckpointer({str(self.directory)!r}, components={list(self._components)}, rank={self.rank}, "
-            f"every_n_steps={self.every_n_steps}, every_n_seconds={self.every_n_seconds}, keep_last={self.keep_last})"
+            f"InputCheckpointer({str(self.directory)!r}, components={list(self._components)}, "
+            f"rank={self.rank}, every_n_steps={self.every_n_steps}, every_n_seconds={self.every_n_seconds}, "
+            f"keep_last={self.keep_last})"
         )
 
     # -- saving -----------------------------------------------------------------------------------
@@ -154,7 +155,9 @@ class InputCheckpointer:
         """The save decision, kept in one place so that a subclass can replace it (e.g. rank 0 decides)."""
         if self.every_n_steps is not None and step % self.every_n_steps == 0:
             return True
-        return self.every_n_seconds is not None and time.monotonic() - self._last_save_time >= self.every_n_seconds
+        return (
+            self.every_n_seconds is not None and _monotonic() - self._last_save_time >= self.every_n_seconds
+        )
 
     def save(self, step: int) -> None:
         """Take the state now and write it in the background as the checkpoint of ``step``.
@@ -166,27 +169,27 @@ class InputCheckpointer:
         self._raise_pending()
         if not _is_int(step) or step < 0:
             raise ValueError(f"step must be an int >= 0 (got {step=})")
-        states = {name: obj.state_dict() for name, obj in self._components.items() if _is_stateful(obj)}
+        states = {name: obj.state_dict() for name, obj in self._components.items() if is_stateful(obj)}
         if self._external is None:
             self._external = self._check_external(states)
         data = files.encode_checkpoint(
             rank=self.rank, world_size=self.world_size, step=step, states=states, external=self._external
         )
         self._writer.submit(functools.partial(_commit, self.directory, self.rank, step, data, self.keep_last))
-        self._last_save_time = time.monotonic()
+        self._last_save_time = _monotonic()
 
     def _check_external(self, states: Mapping[str, Any]) -> list[str]:
         found = [
             item
             for name, obj in self._components.items()
-            for item in _external_parts(name, obj, states.get(name))
+            for item in external_parts(name, obj, states.get(name))
         ]
         if found and self.external_state_policy == "fail":
             raise ValueError(
                 "part of the input pipeline has state that cannot be saved, so a resume would not be exact: "
                 + "; ".join(found)
-                + ". Give it state_dict()/load_state_dict(), or pass external_state_policy='warn' or 'ignore' "
-                "to save the rest anyway."
+                + ". Give it state_dict()/load_state_dict(), or pass external_state_policy='warn' or "
+                "'ignore' to save the rest anyway."
             )
         if found and self.external_state_policy == "warn":
             warnings.warn(
@@ -253,7 +256,8 @@ class InputCheckpointer:
             if not newest.problems:
                 raise InputStateError(f"{self.directory}: no input checkpoint of rank {self.rank} to restore")
             raise InputStateError(
-                f"{self.directory}: no valid input checkpoint of rank {self.rank}: " + "; ".join(newest.problems)
+                f"{self.directory}: no valid input checkpoint of rank {self.rank}: "
+                + "; ".join(newest.problems)
             )
         for problem in newest.problems:
             warnings.warn(
@@ -261,7 +265,7 @@ class InputCheckpointer:
             )
         if newest.uncommitted:
             log.info(
-                "rank %d: passing over steps %s, newer than the pointer (a save interrupted before it was committed)",
+                "rank %d: passing over steps %s, newer than the pointer (saves cut short before commit)",
                 self.rank,
                 newest.uncommitted,
             )
@@ -271,7 +275,7 @@ class InputCheckpointer:
     def _apply(self, checkpoint: InputCheckpoint) -> None:
         """Load a checkpoint (of this or, for resharding, another rank) into the components."""
         source = str(checkpoint.path)
-        expected = [name for name, obj in self._components.items() if _is_stateful(obj)]
+        expected = [name for name, obj in self._components.items() if is_stateful(obj)]
         if sorted(checkpoint.states) != sorted(expected):
             raise InputStateError(
                 f"{source}: holds the state of {sorted(checkpoint.states)}, but this checkpointer was given "
@@ -279,7 +283,7 @@ class InputCheckpointer:
             )
         for name in expected:
             obj = self._components[name]
-            state = files.decode_tensors(checkpoint.states[name], source)
+            state = decode_tensors(checkpoint.states[name], source)
             if isinstance(obj, (ResumableDataLoader, ResumableSampler)):
                 obj.load_state_dict(state, source=source)  # names the file in its own errors
                 continue
@@ -289,7 +293,7 @@ class InputCheckpointer:
                 raise
             except Exception as error:
                 raise InputStateError(f"{source}: {name}.load_state_dict() failed: {error!r}") from error
-        self._last_save_time = time.monotonic()
+        self._last_save_time = _monotonic()
         name, position = next(iter(describe_position(checkpoint.states).items()))
         log.info(
             "restored input pipeline from %s at step %d, epoch %s, position %s",
@@ -345,10 +349,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_stateful(obj: Any) -> bool:
-    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
-
-
 def _components(stateful: Any) -> dict[str, Any]:
     if isinstance(stateful, Mapping):
         if not stateful:
@@ -356,13 +356,16 @@ def _components(stateful: Any) -> dict[str, Any]:
         bad = [key for key in stateful if not isinstance(key, str) or not key]
         if bad:
             raise ValueError(f"stateful's keys must be non-empty strings (got {bad!r})")
-        if not any(_is_stateful(obj) for obj in stateful.values()):
-            raise ValueError(f"no component of stateful has state_dict()/load_state_dict() (got {dict(stateful)!r})")
+        if not any(is_stateful(obj) for obj in stateful.values()):
+            raise ValueError(
+                f"no component of stateful has state_dict()/load_state_dict() (got {dict(stateful)!r})"
+            )
         return dict(stateful)
-    if not _is_stateful(stateful):
+    if not is_stateful(stateful):
         raise ValueError(
-            "stateful must have state_dict() and load_state_dict() (a ResumableDataLoader, StatefulDataLoader, "
-            f"ResumableSampler, ...) or be a dict of named ones (got {type(stateful).__name__})"
+            "stateful must have state_dict() and load_state_dict() (a ResumableDataLoader, "
+            "StatefulDataLoader, ResumableSampler, ...) "
+            f"or be a dict of named ones (got {type(stateful).__name__})"
         )
     return {SINGLE: stateful}
 
@@ -380,29 +383,3 @@ def _usable_directory(directory: str | os.PathLike[str]) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"directory {str(path)!r} is not writable")
     return path
-
-
-def _external_parts(name: str, obj: Any, state: Any) -> list[str]:
-    """Descriptions of the parts of one component whose state cannot be captured."""
-    label = f"{name} ({type(obj).__name__})"
-    if not _is_stateful(obj):
-        return [f"{label} has no state_dict()/load_state_dict()"]
-    if isinstance(obj, ResumableDataLoader) and isinstance(state, Mapping):
-        return [f"{label}: the state of {item}" for item in state.get("external") or []]
-    if isinstance(obj, StatefulDataLoader):
-        if isinstance(obj.dataset, IterableDataset):
-            if not _is_stateful(obj.dataset):
-                return [f"{label}: its IterableDataset {type(obj.dataset).__qualname__} has no state_dict()"]
-            return []
-        found = []
-        # torchdata's RandomSampler keeps its state in its iterator, which StatefulDataLoader saves; a
-        # SequentialSampler needs none (fast-forwarding it is exact).
-        if not isinstance(obj.sampler, (StatefulRandomSampler, SequentialSampler)) and not _is_stateful(obj.sampler):
-            found.append(f"{label}: its sampler {type(obj.sampler).__qualname__} has no state_dict()")
-        batch_sampler = obj.batch_sampler
-        if batch_sampler is not None and not isinstance(batch_sampler, StatefulBatchSampler) and not _is_stateful(
-            batch_sampler
-        ):
-            found.append(f"{label}: its batch_sampler {type(batch_sampler).__qualname__} has no state_dict()")
-        return found
-    return []

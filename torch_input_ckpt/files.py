@@ -1,8 +1,8 @@
-"""Input-checkpoint files on disk: their names, the JSON format, atomic writes, and reading any rank's files."""
+"""Input-checkpoint files: their names, the JSON format, atomic writes, and reading any rank's files."""
 
 from __future__ import annotations
 
-import base64
+import errno
 import hashlib
 import json
 import os
@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from .encoding import to_json
 from .errors import InputStateError
-from .state import check_plain
 
 __all__ = [
     "FILE_FORMAT",
@@ -24,7 +22,6 @@ __all__ = [
     "InputCheckpoint",
     "InputFile",
     "Newest",
-    "decode_tensors",
     "encode_checkpoint",
     "find_newest",
     "list_steps",
@@ -44,14 +41,6 @@ _STEP_DIGITS = 8
 _NAME = re.compile(r"input_(0|[1-9][0-9]*)-([0-9]+)\.json")
 _POINTER = re.compile(r"checkpoint_input_(0|[1-9][0-9]*)")
 _TEMP = ".tmp"
-# A tensor inside a state (e.g. the generator state in torchdata's RandomSampler state) is stored as
-# {"__tensor__": {"dtype", "shape", "base64"}}: raw bytes, so loading it runs no code.
-_TENSOR_KEY = "__tensor__"
-_DTYPES = {
-    str(d).removeprefix("torch."): d
-    for d in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
-              torch.float16, torch.bfloat16, torch.float32, torch.float64)
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +108,7 @@ class InputCheckpoint:
         step: The global step it was saved at.
         wall_time: ``time.time()`` when the state was taken.
         states: Component name -> its ``state_dict()`` (tensors still in their JSON form; see
-            :func:`decode_tensors`).
+            :func:`~torch_input_ckpt.encoding.decode_tensors`).
         external: Descriptions of pipeline parts whose state could not be captured.
         size: The file's size in bytes.
     """
@@ -168,7 +157,7 @@ def encode_checkpoint(
         "step": step,
         "wall_time": time.time(),
         "external": list(external),
-        "states": {name: _plain(state, f"{name}.state_dict()") for name, state in states.items()},
+        "states": {name: to_json(state, f"{name}.state_dict()") for name, state in states.items()},
     }
     canonical = _canonical(body)
     digest = hashlib.sha256(canonical).hexdigest()
@@ -178,56 +167,6 @@ def encode_checkpoint(
 
 def _canonical(body: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def _plain(obj: Any, path: str) -> Any:
-    """``obj`` with tensors in their JSON form and tuples as lists; anything else non-JSON raises."""
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    if isinstance(obj, Mapping):
-        out = {}
-        for key, item in obj.items():
-            if not isinstance(key, str):
-                check_plain(obj, path)  # raises with the standard message naming the key
-            out[key] = _plain(item, f"{path}[{key!r}]")
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [_plain(item, f"{path}[{i}]") for i, item in enumerate(obj)]
-    if isinstance(obj, torch.Tensor):
-        dtype = str(obj.dtype).removeprefix("torch.")
-        if dtype not in _DTYPES or obj.layout != torch.strided:
-            raise TypeError(f"{path} is a {obj.dtype} {obj.layout} tensor; only dense tensors of "
-                            f"{sorted(_DTYPES)} can be saved in an input checkpoint")
-        data = _tensor_bytes(obj)
-        return {_TENSOR_KEY: {"dtype": dtype, "shape": list(obj.shape), "base64": base64.b64encode(data).decode()}}
-    check_plain(obj, path)  # raises TypeError naming the key and the type
-    return obj
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-    try:
-        return flat.numpy().tobytes()  # ~1 µs for a generator state
-    except RuntimeError:  # torch built without NumPy: correct, but about 1000x slower
-        return bytes(flat.untyped_storage())[flat.storage_offset() : flat.storage_offset() + flat.numel()]
-
-
-def decode_tensors(obj: Any, source: str) -> Any:
-    """``obj`` with the JSON form of tensors turned back into tensors (from raw bytes, running no code)."""
-    if isinstance(obj, dict):
-        if len(obj) == 1 and _TENSOR_KEY in obj:
-            spec = obj[_TENSOR_KEY]
-            try:
-                dtype = _DTYPES[spec["dtype"]]
-                data = bytearray(base64.b64decode(spec["base64"], validate=True))
-                flat = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
-                return flat.reshape(spec["shape"])
-            except (KeyError, TypeError, ValueError, RuntimeError) as error:
-                raise InputStateError(f"{source}: a saved tensor is malformed ({error})") from error
-        return {key: decode_tensors(item, source) for key, item in obj.items()}
-    if isinstance(obj, list):
-        return [decode_tensors(item, source) for item in obj]
-    return obj
 
 
 # -- atomic writes -----------------------------------------------------------------------------------
@@ -259,15 +198,20 @@ def _fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as error:
+        # Some file systems (e.g. some network mounts) cannot fsync a directory; their renames are as
+        # durable as they get.
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
     finally:
         os.close(fd)
 
 
 def write_pointer(directory: Path, rank: int, step: int) -> None:
-    """Atomically point ``checkpoint_input_<rank>`` at the file of ``step`` (call once that file is durable)."""
+    """Atomically point ``checkpoint_input_<rank>`` at the file of ``step`` (once that file is durable)."""
     name = InputFile(rank, step).name
     text = (
-        f"# torch_input_ckpt: the newest input checkpoint of rank {rank}, written after that file was durable\n"
+        f"# torch_input_ckpt: newest input checkpoint of rank {rank} (written once that file was durable)\n"
         f"latest: {name}\n"
         f"step: {step}\n"
     )
@@ -363,7 +307,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> InputCheckpoint:
     if doc.get("format") != FILE_FORMAT:
         raise damaged(f"not an input checkpoint (format={doc.get('format')!r}, expected {FILE_FORMAT!r})")
     if doc.get("version") != FILE_FORMAT_VERSION:
-        raise damaged(f"file format version {doc.get('version')!r} is not supported (expected {FILE_FORMAT_VERSION})")
+        raise damaged(
+            f"file format version {doc.get('version')!r} is not supported (expected {FILE_FORMAT_VERSION})"
+        )
     if not isinstance(claimed, str) or hashlib.sha256(_canonical(doc)).hexdigest() != claimed:
         raise damaged("checksum mismatch (the file was altered or partly written)")
     try:

@@ -1,4 +1,4 @@
-"""``torch-input-ckpt inspect DIR``: what input checkpoints a directory holds, per rank, and whether they agree."""
+"""``torch-input-ckpt inspect DIR``: a directory's input checkpoints per rank, and whether the ranks agree."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def _position(state: Any) -> Position:
 
 
 def _stateful_dataloader_batches(state: Mapping[str, Any]) -> int | None:
-    """Batches torchdata's StatefulDataLoader delivered in its current pass (single- or multi-process state)."""
+    """Batches torchdata's StatefulDataLoader delivered in its current pass (single- or multi-process)."""
     if _int(state.get("_num_yielded")) is not None:
         return state["_num_yielded"]  # type: ignore[no-any-return]
     snapshot = state.get("_snapshot")
@@ -93,8 +93,12 @@ def inspect_directory(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """
     directory = Path(directory)
     by_rank = files.list_steps(directory)
-    pointer_ranks = {r for e in os.scandir(directory) if (r := InputFile.parse_pointer_name(e.name)) is not None}
-    ranks = [_rank_report(directory, rank, by_rank.get(rank, [])) for rank in sorted(set(by_rank) | pointer_ranks)]
+    pointer_ranks = {
+        r for e in os.scandir(directory) if (r := InputFile.parse_pointer_name(e.name)) is not None
+    }
+    ranks = [
+        _rank_report(directory, rank, by_rank.get(rank, [])) for rank in sorted(set(by_rank) | pointer_ranks)
+    ]
     newest = {report["rank"]: (report["newest"] or {}).get("step") for report in ranks}
     valid_steps = [{f["step"] for f in report["files"] if f["valid"]} for report in ranks]
     common = set.intersection(*valid_steps) if valid_steps else set()
@@ -102,7 +106,9 @@ def inspect_directory(directory: str | os.PathLike[str]) -> dict[str, Any]:
         "directory": str(directory),
         "ranks": ranks,
         "valid": bool(ranks) and all(step is not None for step in newest.values()),
-        "all_ranks_share_newest": bool(ranks) and len(set(newest.values())) == 1 and None not in newest.values(),
+        "all_ranks_share_newest": bool(ranks)
+        and len(set(newest.values())) == 1
+        and None not in newest.values(),
         "newest_common_step": max(common) if common else None,
     }
 
@@ -111,7 +117,13 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
     entries = []
     for step in steps:
         path = directory / InputFile(rank, step).name
-        entry: dict[str, Any] = {"step": step, "file": path.name, "bytes": _size(path), "valid": True, "problem": None}
+        entry: dict[str, Any] = {
+            "step": step,
+            "file": path.name,
+            "bytes": _size(path),
+            "valid": True,
+            "problem": None,
+        }
         try:
             files.read_checkpoint(path)
         except InputStateError as error:
@@ -132,7 +144,9 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
             "step": checkpoint.step,
             "file": checkpoint.path.name,
             "bytes": checkpoint.size,
-            "saved_at": datetime.fromtimestamp(checkpoint.wall_time, timezone.utc).isoformat(timespec="seconds"),
+            "saved_at": datetime.fromtimestamp(checkpoint.wall_time, timezone.utc).isoformat(
+                timespec="seconds"
+            ),
             "wall_time": checkpoint.wall_time,
             "world_size": checkpoint.world_size,
             "external": checkpoint.external,
@@ -181,7 +195,9 @@ def format_report(report: dict[str, Any]) -> str:
         else:
             lines.append(f"  {pointer['file']}: {pointer['problem']}")
         if rank["uncommitted_steps"]:
-            lines.append(f"  steps {rank['uncommitted_steps']} are newer than the pointer (not committed; passed over)")
+            lines.append(
+                f"  steps {rank['uncommitted_steps']} are newer than the pointer (not committed; passed over)"
+            )
         newest = rank["newest"]
         if newest is None:
             lines.append("  newest: NONE VALID (restore would fail on this rank)")
@@ -199,7 +215,9 @@ def format_report(report: dict[str, Any]) -> str:
     if report["ranks"]:
         newest_steps = {r["rank"]: (r["newest"] or {}).get("step") for r in report["ranks"]}
         if report["all_ranks_share_newest"]:
-            lines.append(f"all {len(newest_steps)} rank(s) share the newest step {next(iter(newest_steps.values()))}")
+            lines.append(
+                f"all {len(newest_steps)} rank(s) share the newest step {next(iter(newest_steps.values()))}"
+            )
         else:
             listed = ", ".join(f"rank {r} -> {'none' if s is None else s}" for r, s in newest_steps.items())
             lines.append(f"ranks DISAGREE on the newest step: {listed}")
@@ -219,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     """The ``torch-input-ckpt`` command. Returns 0 if every rank has a valid checkpoint, 1 if not,
     2 for a usage error or a missing directory."""
     parser = argparse.ArgumentParser(
-        prog="torch-input-ckpt", description="Inspect the input-pipeline checkpoints written by InputCheckpointer."
+        prog="torch-input-ckpt",
+        description="Inspect the input-pipeline checkpoints written by InputCheckpointer.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     inspect = commands.add_parser(
