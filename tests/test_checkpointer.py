@@ -611,3 +611,52 @@ def test_interpreter_exit_flushes_pending_writes(tmp_path):
     assert done.returncode == 0, done.stderr.decode()
     assert files.list_steps(tmp_path) == {0: [7]}
     assert files.read_pointer(tmp_path, 0) == 7
+
+
+def test_rank_and_world_size_come_from_torch_distributed_when_initialised(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with InputCheckpointer(tmp_path / "ckpt", make_loader(), every_n_steps=1) as ckpt:
+            assert (ckpt.rank, ckpt.world_size) == (0, 1)
+            ckpt.save(1)
+        assert files.read_checkpoint(tmp_path / "ckpt" / "input_0-00000001.json").world_size == 1
+        with pytest.raises(ValueError, match=re.escape("rank must be < the world size 1 (got rank=1)")):
+            InputCheckpointer(tmp_path / "ckpt", make_loader(), every_n_steps=1, rank=1)
+    finally:
+        dist.destroy_process_group()
+    with InputCheckpointer(tmp_path / "plain", make_loader(), every_n_steps=1) as ckpt:
+        assert (ckpt.rank, ckpt.world_size) == (0, 1)
+
+
+def test_commit_order_file_then_pointer_then_pruning(tmp_path, monkeypatch):
+    events = []
+    real_write, real_prune = files.write_atomic, files.prune
+    monkeypatch.setattr(
+        files, "write_atomic", lambda path, data: (events.append(path.name), real_write(path, data))
+    )
+    monkeypatch.setattr(files, "prune", lambda *args: (events.append("prune"), real_prune(*args)))
+    with InputCheckpointer(tmp_path, make_loader(), every_n_steps=1, keep_last=1) as ckpt:
+        ckpt.save(1)
+        ckpt.save(2)
+    assert events == ["input_0-00000001.json", "checkpoint_input_0", "prune"] + [
+        "input_0-00000002.json",
+        "checkpoint_input_0",
+        "prune",
+    ]
+
+
+def test_an_atomic_write_syncs_the_data_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b)))
+    files.write_atomic(tmp_path / "input_0-00000001.json", b"{}")
+    assert events == ["fsync file", "rename", "fsync dir"]
+    assert os.listdir(tmp_path) == ["input_0-00000001.json"]

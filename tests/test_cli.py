@@ -72,7 +72,7 @@ def test_module_entry_point_prints_the_text_report(two_ranks):
         line.startswith("  newest: step 13 (input_0-00000013.json, ") and "world size ?" in line
         for line in lines
     )
-    assert lines[-1] == "all 2 rank(s) share the newest step 13"
+    assert lines[-1] == "newest step 13 on every rank (2 ranks)"
     assert "model" not in out
 
 

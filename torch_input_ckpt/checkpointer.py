@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import torch.distributed as dist
+
 from . import files
 from .encoding import decode_tensors
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
@@ -107,12 +109,15 @@ class InputCheckpointer:
             )
         if rank is not None and (not _is_int(rank) or rank < 0):
             raise ValueError(f"rank must be an int >= 0 (got {rank=})")
-        self.directory = _usable_directory(directory)
+        distributed = dist.is_available() and dist.is_initialized()
         detected = World.detect()
+        if distributed and rank is not None and rank >= detected.size:
+            raise ValueError(f"rank must be < the world size {detected.size} (got {rank=})")
+        self.directory = _usable_directory(directory)
         self.rank: int = detected.rank if rank is None else rank
         # The world size is recorded for inspection and resharding; unknown when a rank is given by hand
         # outside torch.distributed.
-        self.world_size: int | None = detected.size if rank is None or detected.size > 1 else None
+        self.world_size: int | None = detected.size if distributed or rank is None else None
         self._components: dict[str, Any] = _components(stateful)
         self.every_n_steps = every_n_steps
         self.every_n_seconds = every_n_seconds

@@ -299,7 +299,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> InputCheckpoint:
         raise damaged("empty file")
     try:
         doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise damaged(f"not valid JSON, truncated or garbled ({error})") from error
     if not isinstance(doc, dict):
         raise damaged(f"not an input checkpoint (a JSON {type(doc).__name__}, expected an object)")

@@ -215,9 +215,9 @@ def format_report(report: dict[str, Any]) -> str:
     if report["ranks"]:
         newest_steps = {r["rank"]: (r["newest"] or {}).get("step") for r in report["ranks"]}
         if report["all_ranks_share_newest"]:
-            lines.append(
-                f"all {len(newest_steps)} rank(s) share the newest step {next(iter(newest_steps.values()))}"
-            )
+            count = len(newest_steps)
+            step = next(iter(newest_steps.values()))
+            lines.append(f"newest step {step} on every rank ({count} rank{'s' if count > 1 else ''})")
         else:
             listed = ", ".join(f"rank {r} -> {'none' if s is None else s}" for r, s in newest_steps.items())
             lines.append(f"ranks DISAGREE on the newest step: {listed}")
