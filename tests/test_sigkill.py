@@ -53,12 +53,20 @@ def wait_for_records(proc: subprocess.Popen, log: Path, count: int) -> None:
         time.sleep(0.002)
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the child and its DataLoader workers (its process group), and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # already gone (e.g. it failed early): keep the original error
+        pass
+    proc.wait(timeout=TIMEOUT)
+
+
 def finish(proc: subprocess.Popen) -> None:
     try:
         _, err = proc.communicate(timeout=TIMEOUT * 2)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=TIMEOUT)
+        kill_group(proc)
         raise
     assert proc.returncode == 0, err.decode()
 
@@ -104,8 +112,7 @@ def test_sigkill_at_random_moments_resumes_the_exact_stream(tmp_path, workers, k
             wait_for_records(proc, log, before + 1 + rng.randint(1, 5))
             time.sleep(rng.uniform(0, 0.004))
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=TIMEOUT)
+            kill_group(proc)
         proc.stderr.close()
         assert proc.returncode == -signal.SIGKILL, "the child finished before it was killed: raise TOTAL"
     proc = start(directory, log, workers)
