@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+import torch_input_ckpt.checkpointer as checkpointer_module
 import torch_input_ckpt.lightning as tic_lightning
 from torch_input_ckpt import ExternalStateWarning, InputCheckpointer, InputStateError, ResumableDataLoader
 from torch_input_ckpt.lightning import InputCheckpointCallback, pl
@@ -123,6 +124,11 @@ def every(n: int) -> ModelCheckpoint:
     return ModelCheckpoint(dirpath=None, every_n_train_steps=n, save_top_k=-1)
 
 
+def reader(directory: Path, loader: Any, rank: int = 0) -> InputCheckpointer:
+    """A checkpointer to look at what the callback wrote (it wants an interval, though it never saves here)."""
+    return InputCheckpointer(directory, loader, every_n_steps=1, rank=rank)
+
+
 def head(run: Recorder, step: int) -> list[Any]:
     """What the run trained on before global step ``step`` (micro-batches of later steps excluded)."""
     return [r for r in run.seen if r[1] < step]
@@ -214,7 +220,7 @@ def test_gradient_accumulation_saves_at_optimizer_steps_and_resumes_after_their_
     epoch, in_epoch = divmod(batches, PER_EPOCH)
     assert (accumulate, epoch, in_epoch) in {(2, 0, 8), (5, 1, 5)}
     loader = make_loader()
-    with InputCheckpointer(tmp_path / "input_checkpoints", loader, rank=0) as checkpointer:
+    with reader(tmp_path / "input_checkpoints", loader) as checkpointer:
         assert checkpointer.restore(4) == 4
     assert (loader.epoch, loader.sampler.cursor) == (epoch, in_epoch * BATCH)
 
@@ -315,7 +321,7 @@ def test_lightning_misresumes_max_steps_from_an_epoch_end_checkpoint_and_the_cal
 
 
 def saved_steps(directory: Path, rank: int = 0) -> list[int]:
-    with InputCheckpointer(directory, make_loader(), rank=rank) as checkpointer:
+    with reader(directory, make_loader(), rank) as checkpointer:
         return checkpointer.steps()
 
 
@@ -341,7 +347,7 @@ class Tick(pl.Callback):
 
 def test_train_time_interval_saves_when_the_interval_has_passed_and_resumes(tmp_path, monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(tic_lightning, "_now", lambda: clock[0])
+    monkeypatch.setattr(checkpointer_module, "_monotonic", lambda: clock[0])
     interval = timedelta(seconds=3)
 
     def callbacks() -> list[Any]:
@@ -430,7 +436,7 @@ def test_arguments_are_checked_in_the_constructor(kwargs, message):
 
 def test_a_train_loader_without_state_is_refused(tmp_path):
     model = Recorder(lambda: DataLoader(Samples(), batch_size=BATCH))
-    with pytest.raises(TypeError, match=r"train loader 0 \(DataLoader\) has no state_dict\(\)/load_state_dict\(\)"):
+    with pytest.raises(TypeError, match=r"no train loader has state_dict\(\)/load_state_dict\(\) \(got DataLoader\)"):
         fit(tmp_path, [InputCheckpointCallback()], model=model, max_steps=2)
 
 

@@ -8,7 +8,6 @@ import inspect
 import logging
 import os
 import sys
-import time
 import warnings
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -17,8 +16,8 @@ from typing import Any
 
 from .checkpointer import InputCheckpointer
 from .errors import ExternalStateWarning, InputStateError
+from .external import is_stateful
 from .sampler import ResumableSampler
-from .state import FORMAT_VERSION, check_header, field
 
 __all__ = ["InputCheckpointCallback"]
 
@@ -51,81 +50,58 @@ pl = _select_lightning(sys.modules, importlib.import_module)
 _RunningStage = importlib.import_module(pl.__name__ + ".trainer.states").RunningStage
 
 
-def _now() -> float:
-    # One indirection so that tests can drive the clock.
-    return time.monotonic()
+# With no schedule the callback saves only alongside model checkpoints, but InputCheckpointer insists on
+# an interval: this one never elapses.
+_NEVER = sys.float_info.max
 
 
-class _TrainLoaders:
-    """The ``Stateful`` the checkpointer saves: the position of the loaders Lightning trains on.
+class _Checkpointer(InputCheckpointer):
+    """``InputCheckpointer`` whose time-based decision is rank 0's, broadcast to every rank.
 
-    One loader (the usual case) saves its own state, so the file is the same as a plain PyTorch loop
-    with ``InputCheckpointer(loader)`` would write; several (a ``CombinedLoader``) save a list, in
-    Lightning's order.
+    Clocks differ between ranks; were each to decide for itself, ranks would save different steps and a
+    resume would find some rank's file missing (Lightning's ``ModelCheckpoint`` and ``Timer`` broadcast
+    for the same reason). The step-count decision is the same everywhere and needs no collective.
     """
 
-    def __init__(self) -> None:
-        self.loaders: list[Any] = []
+    def __init__(self, *args: Any, interval: float | None, strategy: Any, **kwargs: Any) -> None:
+        none = interval is None and kwargs.get("every_n_steps") is None
+        super().__init__(*args, every_n_seconds=_NEVER if none else interval, **kwargs)
+        self._interval = interval
+        self._strategy = strategy
 
-    def state_dict(self) -> dict[str, Any]:
-        if len(self.loaders) == 1:
-            return self.loaders[0].state_dict()  # type: ignore[no-any-return]
-        states = [loader.state_dict() for loader in self.loaders]
-        state: dict[str, Any] = {"kind": "LightningTrainLoaders", "version": FORMAT_VERSION, "loaders": states}
-        external = sorted({name for s in states for name in s.get("external", [])})
-        if external:
-            # Lifted to the top so that the checkpointer's external-state policy sees it.
-            state["external"] = external
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any], *, source: str = "state_dict") -> None:
-        if len(self.loaders) == 1:
-            _load(self.loaders[0], state_dict, source)
-            return
-        state = check_header(state_dict, "LightningTrainLoaders", source)
-        states = field(state, "loaders", list, source)
-        if len(states) != len(self.loaders):
-            raise InputStateError(
-                f"{source}: the input checkpoint holds {len(states)} train loaders, but Lightning trains on "
-                f"{len(self.loaders)}. Resume with the train loaders it was saved with."
-            )
-        for loader, loader_state in zip(self.loaders, states):
-            _load(loader, loader_state, source)
-
-
-def _load(loader: Any, state: dict[str, Any], source: str) -> None:
-    # Our loaders name the file in their errors; other Stateful loaders take the state alone.
-    if "source" in inspect.signature(loader.load_state_dict).parameters:
-        loader.load_state_dict(state, source=source)
-    else:
-        loader.load_state_dict(state)
+    def _should_save(self, step: int) -> bool:
+        if self.every_n_steps is not None and step % self.every_n_steps == 0:
+            return True
+        if self._interval is None:
+            return False
+        # The base class checks the step count (not due, see above), then the time on this rank's clock.
+        return bool(self._strategy.broadcast(super()._should_save(step), 0))
 
 
 class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
     """Save the train loaders' position in input checkpoints, and resume it at the model checkpoint's step.
 
-    Input checkpoints are small files of their own (``input_<rank>-<step>``, one per global rank), written
-    in the background by :class:`~torch_input_ckpt.InputCheckpointer` and numbered by Lightning's
+    Input checkpoints are small files of their own (``input_<rank>-<step>.json``, one per global rank),
+    written in the background by :class:`~torch_input_ckpt.InputCheckpointer` and numbered by Lightning's
     ``trainer.global_step`` (optimizer steps). One is written
 
     * every ``every_n_train_steps`` steps and/or every ``train_time_interval``, at the end of the batch
       that completed the step (the last micro-batch with ``accumulate_grad_batches > 1``);
     * whenever Lightning saves a model checkpoint at a step boundary (``ModelCheckpoint``,
-      ``trainer.save_checkpoint``), so every such model checkpoint has its input checkpoint;
+      ``trainer.save_checkpoint``), so that such a model checkpoint has its input checkpoint;
     * at the start of a fresh run (step 0) when the directory holds none.
 
     On ``trainer.fit(ckpt_path=...)`` the train loaders are restored from the input checkpoint whose step
-    equals the restored model's global step (an error naming the available steps if it is missing);
-    without ``ckpt_path``, from the newest input checkpoint, if any. This is the only restore of the
-    stream: the copy of the loader state that Lightning stores inside the model checkpoint is not loaded
-    while this callback is installed. The restore happens after Lightning builds the train loader and
-    before it is iterated.
+    equals the restored model's global step (an error naming the steps on disk if it is missing); without
+    ``ckpt_path``, from the newest input checkpoint, if any. This is the only restore of the stream: the
+    copy of the loader state that Lightning keeps inside the model checkpoint is not loaded while this
+    callback is installed. The restore happens after Lightning builds the train loaders and before it
+    iterates them.
 
-    Under DDP with ``use_distributed_sampler=True`` Lightning would wrap a :class:`ResumableSampler` in its
-    ``DistributedSamplerWrapper`` (which shards it a second time and cannot be resumed); the callback
-    makes Lightning inject a :class:`ResumableSampler` sharded over Lightning's ranks instead, with the
-    loader's own seed, shuffle, order and drop_last. With ``use_distributed_sampler=False`` loaders are
-    left as they are.
+    Under DDP with ``use_distributed_sampler=True``, Lightning would wrap a :class:`ResumableSampler` in its
+    ``DistributedSamplerWrapper`` (which shards it a second time, and cannot be resumed); the callback has
+    Lightning inject a :class:`ResumableSampler` sharded over Lightning's ranks instead, with the loader's
+    own seed, shuffle, order and drop_last. With ``use_distributed_sampler=False`` loaders are left alone.
 
     Args:
         dirpath: Directory for the input checkpoints; ``None`` means ``<trainer.default_root_dir>/input_checkpoints``.
@@ -134,12 +110,12 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
             checked after each optimizer step; rank 0 decides for all ranks, so they save at the same steps.
         keep_last: How many input checkpoints to keep per rank (older ones are deleted). Keep enough to
             cover the model checkpoints you may resume from.
-        external_state_policy: What the checkpointer does when part of the pipeline has state it cannot
-            capture (see :class:`~torch_input_ckpt.InputCheckpointer`).
+        external_state_policy: ``"fail"``, ``"warn"`` or ``"ignore"``: what to do when part of a train loader
+            has state that cannot be saved (see :class:`~torch_input_ckpt.InputCheckpointer`).
 
     Raises:
-        ValueError: for an ``every_n_train_steps`` below 1, a ``train_time_interval`` that is not a
-            positive ``timedelta``, or a ``keep_last`` below 1.
+        ValueError: for an ``every_n_train_steps`` below 1, a ``train_time_interval`` that is not a positive
+            ``timedelta``, a ``keep_last`` below 1, or an unknown ``external_state_policy``.
     """
 
     def __init__(
@@ -160,27 +136,23 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
             raise ValueError(f"train_time_interval must be a positive datetime.timedelta or None (got {train_time_interval=})")
         if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1:
             raise ValueError(f"keep_last must be an int >= 1 (got {keep_last=})")
+        if external_state_policy not in ("fail", "warn", "ignore"):
+            raise ValueError(f"external_state_policy must be 'fail', 'warn' or 'ignore' (got {external_state_policy=})")
         super().__init__()
         self.dirpath = None if dirpath is None else os.fspath(dirpath)
         self.every_n_train_steps = every_n_train_steps
         self.train_time_interval = train_time_interval
         self.keep_last = keep_last
         self.external_state_policy = external_state_policy
-        self._loaders = _TrainLoaders()
-        self._checkpointer: InputCheckpointer | None = None
+        self.directory: str | None = None
         self._trainer: Any = None
+        self._checkpointer: _Checkpointer | None = None
         self._restored = False
-        # The step the loaders' position corresponds to, and whether a batch of the next step has been
-        # taken since (then the position is ahead of the model and must not be saved under a step).
+        # The step the loaders' position corresponds to; whether a batch of the next step has been taken
+        # since (then the position is ahead of the model and is saved under no step); the last step saved.
         self._step = 0
         self._ahead = False
         self._saved_step: int | None = None
-        self._last_save_time = 0.0
-
-    @property
-    def directory(self) -> str | None:
-        """Where the input checkpoints go (known once ``fit`` has started)."""
-        return None if self._checkpointer is None else self._resolved_dir
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -188,41 +160,35 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         if stage != "fit":
             return
         _check_training_step(pl_module)
-        self._resolved_dir = self.dirpath or os.path.join(trainer.default_root_dir, "input_checkpoints")
-        self._loaders = _TrainLoaders()
-        self._checkpointer = InputCheckpointer(
-            self._resolved_dir,
-            self._loaders,
-            every_n_steps=self.every_n_train_steps,
-            keep_last=self.keep_last,
-            rank=trainer.global_rank,
-            external_state_policy=self.external_state_policy,
-        )
+        self.directory = self.dirpath or os.path.join(trainer.default_root_dir, "input_checkpoints")
         self._trainer = trainer
         self._restored = False
-        self._saved_step = None
         self._install(trainer)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
-            self._finish(trainer)
+            self._uninstall(trainer)
+            self._close()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        # Lightning does not call `teardown` when fit fails: flush the saves already made (a preempted job
-        # resumes from them) and give Lightning its methods back.
-        self._finish(trainer)
-
-    def _finish(self, trainer: Any) -> None:
+        # Lightning does not call `teardown` when fit fails: make the saves made so far durable (a
+        # preempted job resumes from them) and give Lightning its methods back.
         self._uninstall(trainer)
+        try:
+            self._close()
+        except Exception:  # do not hide the exception that ends the run
+            log.error("an input checkpoint write failed while fit was failing", exc_info=True)
+
+    def _close(self) -> None:
         if self._checkpointer is not None:
             checkpointer, self._checkpointer = self._checkpointer, None
             checkpointer.close()
 
     # -- Lightning's internals --------------------------------------------------------------------
-    # Lightning has no callback hook between building the train loader and iterating it, which is where
-    # a loader must be restored (an iterator already made would continue from the old position), nor one
-    # for the sampler it injects under DDP. So, for the duration of `fit`, two methods of this trainer's
-    # own loop and data connector are replaced by wrappers (instance attributes; the classes are untouched).
+    # Lightning has no callback hook between building the train loaders and iterating them, which is where
+    # a loader must be restored (an iterator already made continues from the old position), nor one for
+    # the sampler it injects under DDP. So, for the duration of `fit`, one method of this trainer's fit
+    # loop and one of its data connector are shadowed by instance attributes (the classes are untouched).
 
     def _install(self, trainer: Any) -> None:
         fit_loop, connector = trainer.fit_loop, getattr(trainer, "_data_connector", None)
@@ -234,7 +200,7 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         if missing or not hasattr(fit_loop, "_combined_loader"):
             raise RuntimeError(
                 f"InputCheckpointCallback does not support {pl.__name__} {getattr(pl, '__version__', '?')}: "
-                f"it lacks {missing or ['FitLoop._combined_loader']} (tested with 2.6)"
+                f"it lacks {missing or ['FitLoop._combined_loader']} (written for 2.6)"
             )
         fit_loop._load_combined_loader_states = self._restore_train_loaders
         connector._resolve_sampler = functools.partial(_resolve_sampler, trainer, connector._resolve_sampler)
@@ -249,46 +215,59 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
                 delattr(owner, name)
 
     def _restore_train_loaders(self) -> None:
-        """Replaces ``FitLoop._load_combined_loader_states``: runs each time Lightning (re)builds the train loaders."""
+        """Shadows ``FitLoop._load_combined_loader_states``; runs whenever Lightning (re)builds the train loaders."""
         trainer = self._trainer
         fit_loop = trainer.fit_loop
-        # Lightning's own copy of the loader state, from the model checkpoint: never loaded while this
-        # callback is installed (the input checkpoint is the one source of truth), only released.
+        # The copy of the loader state that Lightning read from the model checkpoint: never loaded while
+        # this callback is installed (the input checkpoint is the one source of the position), only released.
         fit_loop._combined_loader_states_to_load = []
-        combined = fit_loop._combined_loader
-        if combined is None or self._checkpointer is None:
+        if fit_loop._combined_loader is None:
             return
-        self._loaders.loaders = _checked_loaders(list(combined.flattened))
+        loaders = _checked_loaders(list(fit_loop._combined_loader.flattened))
+        # One loader is saved under the name a plain `InputCheckpointer(directory, loader)` uses, so the
+        # files are interchangeable with a loop without Lightning; several, in Lightning's order.
+        components = {"input": loaders[0]} if len(loaders) == 1 else {f"train_{i}": dl for i, dl in enumerate(loaders)}
+        self._close()  # reloaded loaders (reload_dataloaders_every_n_epochs) get a checkpointer of their own
+        self._checkpointer = _Checkpointer(
+            self.directory,  # type: ignore[arg-type]
+            components,
+            every_n_steps=self.every_n_train_steps,
+            interval=None if self.train_time_interval is None else self.train_time_interval.total_seconds(),
+            strategy=trainer.strategy,
+            keep_last=self.keep_last,
+            rank=trainer.global_rank,
+            external_state_policy=self.external_state_policy,  # type: ignore[arg-type]
+        )
         if self._restored:
-            return  # reloaded loaders (reload_dataloaders_every_n_epochs) start at their epoch, as Lightning's
+            return  # a reloaded loader starts at its epoch, which Lightning sets, as without this callback
         self._restored = True
-        checkpointer = self._checkpointer
         if trainer.ckpt_path is not None:
-            step = trainer.global_step
-            _warn_if_lightning_misresumes(trainer)
-            try:
-                checkpointer.restore(step)
-            except InputStateError as error:
-                raise InputStateError(
-                    f"resuming from the model checkpoint {trainer.ckpt_path} at global step {step}: {error}"
-                ) from error
-            log.info("restored the train loaders from the input checkpoint at step %d", step)
+            self._restore_at_model_step(trainer, loaders)
         else:
-            restored = checkpointer.restore_or_save_initial()
+            restored = self._checkpointer.restore_or_save_initial()
             if restored is not None:
                 log.info("restored the train loaders from the newest input checkpoint (step %d)", restored)
-        if trainer.ckpt_path is not None and fit_loop.epoch_loop.batch_progress.is_last_batch:
+        self._step = self._saved_step = trainer.global_step
+        self._ahead = False
+
+    def _restore_at_model_step(self, trainer: Any, loaders: list[Any]) -> None:
+        assert self._checkpointer is not None
+        step = trainer.global_step
+        _warn_if_lightning_misresumes(trainer)
+        try:
+            self._checkpointer.restore(step)
+        except InputStateError as error:
+            raise InputStateError(
+                f"resuming from the model checkpoint {trainer.ckpt_path} at global step {step}: {error}"
+            ) from error
+        progress = trainer.fit_loop
+        if progress.epoch_loop.batch_progress.is_last_batch:
             # The model checkpoint was taken after the last batch of an epoch (Lightning's epoch, which
             # limit_train_batches may end before the loader's): Lightning goes on with the next epoch and
             # sets it on the samplers, but only after it has made the loaders' iterators, which would then
             # still serve the rest of the old epoch. Set it first (a no-op for a loader already there).
-            next_epoch = fit_loop.epoch_progress.current.started
-            for loader in self._loaders.loaders:
-                _set_epoch(loader, next_epoch)
-        self._step = trainer.global_step
-        self._ahead = False
-        self._saved_step = self._step
-        self._last_save_time = _now()
+            for loader in loaders:
+                _set_epoch(loader, progress.epoch_progress.current.started)
 
     # -- saving -----------------------------------------------------------------------------------
 
@@ -300,32 +279,16 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         if step == self._step or self._checkpointer is None:
             return  # accumulating: no optimizer step yet, the loaders are ahead of the model
         self._step, self._ahead = step, False
-        saved = self._checkpointer.after_step(step)
-        if not saved and self._time_due(trainer):
-            self._checkpointer.save(step)
-            saved = True
-        if saved:
+        if self._checkpointer.after_step(step):
             self._saved_step = step
-            self._last_save_time = _now()
-
-    def _time_due(self, trainer: Any) -> bool:
-        if self.train_time_interval is None:
-            return False
-        due = _now() - self._last_save_time >= self.train_time_interval.total_seconds()
-        # Clocks differ between ranks: rank 0 decides for all, so that every rank saves the same steps
-        # (as ModelCheckpoint and Timer do).
-        return bool(trainer.strategy.broadcast(due, 0))
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """Lightning is writing a model checkpoint: make sure an input checkpoint exists at its step."""
-        if self._checkpointer is None or not self._restored or self._ahead:
-            return  # not fitting, or mid-step: no position matches a step
         step = trainer.global_step
-        if step != self._step or step == self._saved_step:
-            return
+        if self._checkpointer is None or self._ahead or step != self._step or step == self._saved_step:
+            return  # not fitting; mid-step (no position matches a step); or saved already
         self._checkpointer.save(step)
         self._saved_step = step
-        self._last_save_time = _now()
 
 
 def _set_epoch(loader: Any, epoch: int) -> None:
@@ -338,18 +301,19 @@ def _set_epoch(loader: Any, epoch: int) -> None:
 
 
 def _checked_loaders(loaders: list[Any]) -> list[Any]:
+    if not any(is_stateful(loader) for loader in loaders):
+        names = ", ".join(type(loader).__name__ for loader in loaders)
+        raise TypeError(
+            f"InputCheckpointCallback: no train loader has state_dict()/load_state_dict() (got {names}); "
+            "use torch_input_ckpt.ResumableDataLoader"
+        )
     lengths = []
     for number, loader in enumerate(loaders):
-        if not (callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None))):
-            raise TypeError(
-                f"InputCheckpointCallback: train loader {number} ({type(loader).__name__}) has no "
-                "state_dict()/load_state_dict(); use torch_input_ckpt.ResumableDataLoader"
-            )
         try:
             lengths.append(len(loader))
         except TypeError:
-            # Without a length Lightning fetches one batch ahead of the step it trains, so a position
-            # taken at a step boundary would be one batch early.
+            # Without a length Lightning fetches one batch ahead of the step it trains, so a position taken
+            # at a step boundary would be one batch early.
             raise TypeError(
                 f"InputCheckpointCallback: train loader {number} ({type(loader).__name__}) has no length; "
                 "Lightning then prefetches a batch ahead of training and the saved position would not match "
@@ -357,8 +321,8 @@ def _checked_loaders(loaders: list[Any]) -> list[Any]:
             ) from None
     if len(set(lengths)) > 1:
         # Lightning calls set_epoch(its epoch) on every train sampler, also when it resumes mid-epoch; a
-        # loader whose own epochs are shorter (cycled, or exhausted early) is then moved to another position
-        # than the one it had in the uninterrupted run.
+        # loader whose own epochs are shorter (cycled, or exhausted early) would then be moved elsewhere
+        # than where it was in the uninterrupted run.
         raise ValueError(
             f"InputCheckpointCallback: the train loaders have {lengths} batches per epoch; several train loaders "
             "resume exactly only when they have the same number, because Lightning sets every sampler's epoch "
