@@ -18,7 +18,13 @@ from torch.utils.data import DataLoader, Dataset
 
 import torch_input_ckpt.checkpointer as checkpointer_module
 import torch_input_ckpt.lightning as tic_lightning
-from torch_input_ckpt import ExternalStateWarning, InputCheckpointer, InputStateError, ResumableDataLoader
+from torch_input_ckpt import (
+    ExternalStateWarning,
+    InputCheckpointer,
+    InputStateError,
+    ResumableDataLoader,
+    ResumableSampler,
+)
 from torch_input_ckpt.lightning import InputCheckpointCallback, pl
 
 from distributed import run_world
@@ -131,12 +137,21 @@ def reader(directory: Path, loader: Any, rank: int = 0) -> InputCheckpointer:
 
 def head(run: Recorder, step: int) -> list[Any]:
     """What the run trained on before global step ``step`` (micro-batches of later steps excluded)."""
-    return [r for r in run.seen if r[1] < step]
+    return before(run.seen, step)
+
+
+def before(seen: list[Any], step: int) -> list[Any]:
+    return [record for record in seen if record[1] < step]
 
 
 def check_resumed(full: Recorder, first: Recorder, resumed: Recorder, step: int) -> None:
-    assert len(head(first, step)) < len(first.seen), "the first run must go beyond the resume step"
-    assert head(first, step) + resumed.seen == full.seen
+    check_seen(full.seen, first.seen, resumed.seen, step)
+
+
+def check_seen(full: list[Any], first: list[Any], resumed: list[Any], step: int) -> None:
+    """Steps 1..step of the first run, then the resumed run, are the uninterrupted run, batch for batch."""
+    assert len(before(first, step)) < len(first), "the first run must go beyond the resume step"
+    assert before(first, step) + resumed == full
 
 
 def with_models_dir(root: Path, *callbacks: Any) -> list[Any]:
@@ -153,7 +168,10 @@ def test_resume_from_the_step_10_model_checkpoint_trains_on_the_same_batches(tmp
     """Stopped after step 12, resumed from the step-10 model checkpoint in a fresh Trainer/model/loader."""
     full = fit(tmp_path / "full", max_steps=20)
     assert {epoch for epoch, _, _ in full.seen} == {0, 1}, "the run should cross an epoch boundary"
-    callbacks = lambda: with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1), every(5))  # noqa: E731
+
+    def callbacks() -> list[Any]:
+        return with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1), every(5))
+
     first = preempted(tmp_path, 12, callbacks(), max_steps=20)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["epoch=0-step=10.ckpt", "epoch=0-step=5.ckpt"]
     resumed = fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 10), max_steps=20)
@@ -169,7 +187,10 @@ def _embedded_loader_state(ckpt: dict[str, Any]) -> dict[str, Any]:
 def test_the_stream_is_restored_once_from_the_input_checkpoint_never_from_lightnings_copy(tmp_path, monkeypatch):
     """Precedence: the input checkpoint is the one source; Lightning's copy in the model checkpoint is not loaded."""
     full = fit(tmp_path / "full", max_steps=16)
-    callbacks = lambda: with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1), every(5))  # noqa: E731
+
+    def callbacks() -> list[Any]:
+        return with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1), every(5))
+
     first = preempted(tmp_path, 12, callbacks(), max_steps=16)
 
     # Without the callback Lightning restores its own copy, which agrees with the input checkpoint.
@@ -210,11 +231,13 @@ def test_gradient_accumulation_saves_at_optimizer_steps_and_resumes_after_their_
     epoch: with 5, the last step of each epoch has 2 micro-batches."""
     kwargs = dict(max_steps=9, accumulate_grad_batches=accumulate)
     full = fit(tmp_path / "full", **kwargs)
-    callbacks = lambda: with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1, keep_last=10), every(2))  # noqa: E731
+
+    def callbacks() -> list[Any]:
+        return with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1, keep_last=10), every(2))
+
     first = preempted(tmp_path, 7, callbacks(), **kwargs)
     per_step = Counter(step for _, step, _ in first.seen)
     assert set(per_step.values()) == ({2} if accumulate == 2 else {5, 2}), "micro-batches per optimizer step"
-    assert {p.name for p in (tmp_path / "input_checkpoints").iterdir()} >= {"checkpoint_input_0"}
 
     batches = len(head(first, 4))
     epoch, in_epoch = divmod(batches, PER_EPOCH)
@@ -241,7 +264,13 @@ MAX_EPOCHS, MAX_STEPS = dict(max_epochs=3), dict(max_steps=3 * PER_EPOCH)
         (MAX_STEPS, "step=12"),
         # (MAX_STEPS, "epoch_end") is Lightning's own mis-resume: see the test after this one.
     ],
-    ids=["max_epochs-mid_epoch", "max_epochs-last_batch", "max_epochs-epoch_end", "max_steps-mid_epoch", "max_steps-last_batch"],
+    ids=[
+        "max_epochs-mid_epoch",
+        "max_epochs-last_batch",
+        "max_epochs-epoch_end",
+        "max_steps-mid_epoch",
+        "max_steps-last_batch",
+    ],
 )
 def test_resume_mid_epoch_and_at_the_epoch_boundary_keeps_epochs_whole(tmp_path, limit, resume_from):
     """Epochs have 12 batches. Step 10 is mid-epoch; step 12 is the epoch's last batch, saved by a step-based
@@ -275,14 +304,22 @@ def test_resume_mid_epoch_and_at_the_epoch_boundary_keeps_epochs_whole(tmp_path,
         (dict(max_steps=16), "step=10"),
         # (max_steps, "epoch_end") is Lightning's own mis-resume: see the test after this one.
     ],
-    ids=["max_epochs-last_batch", "max_epochs-mid_epoch", "max_epochs-epoch_end", "max_steps-last_batch", "max_steps-mid_epoch"],
+    ids=[
+        "max_epochs-last_batch",
+        "max_epochs-mid_epoch",
+        "max_epochs-epoch_end",
+        "max_steps-last_batch",
+        "max_steps-mid_epoch",
+    ],
 )
 def test_limit_train_batches_cuts_epochs_and_the_resume_follows(tmp_path, limit, resume_from):
     """Epochs cut at 7 of 12 batches: the loader is left mid-epoch, and Lightning's set_epoch moves it on
     to the next epoch, also right after a resume at the cut."""
     kwargs = dict(limit, limit_train_batches=7)
     full = fit(tmp_path / "full", **kwargs)
-    assert Counter(epoch for epoch, _, _ in full.seen) == ({0: 7, 1: 7, 2: 7} if limit is MAX_EPOCHS else {0: 7, 1: 7, 2: 2})
+    assert Counter(epoch for epoch, _, _ in full.seen) == (
+        {0: 7, 1: 7, 2: 7} if limit is MAX_EPOCHS else {0: 7, 1: 7, 2: 2}
+    )
 
     def callbacks() -> list[Any]:
         epochs = ModelCheckpoint(dirpath=str(tmp_path / "epochs"), every_n_epochs=1, save_top_k=-1)
@@ -301,7 +338,8 @@ def test_limit_train_batches_cuts_epochs_and_the_resume_follows(tmp_path, limit,
 def test_lightning_misresumes_max_steps_from_an_epoch_end_checkpoint_and_the_callback_says_so(tmp_path):
     """Lightning 2.6 alone, resuming under max_steps from a checkpoint saved in on_train_epoch_end, trains one
     extra batch in the finished epoch and then calls set_epoch(epoch + 2): the rest of an epoch is skipped.
-    The callback cannot mend Lightning's loop; it warns."""
+    The callback cannot mend Lightning's loop; it warns. (Should a Lightning release fix this, the second
+    assertion fails: then drop the warning and add the case to the test above.)"""
     full = fit(tmp_path / "full", **MAX_STEPS)
 
     def epochs() -> ModelCheckpoint:
@@ -327,7 +365,10 @@ def saved_steps(directory: Path, rank: int = 0) -> list[int]:
 
 def test_without_a_schedule_input_checkpoints_follow_the_model_checkpoints(tmp_path):
     """The initial state (step 0), then one input checkpoint per model checkpoint, at its step."""
-    callbacks = lambda: with_models_dir(tmp_path, InputCheckpointCallback(), every(5))  # noqa: E731
+
+    def callbacks() -> list[Any]:
+        return with_models_dir(tmp_path, InputCheckpointCallback(), every(5))
+
     full = fit(tmp_path / "full", max_steps=16)
     first = preempted(tmp_path, 12, callbacks(), max_steps=16)
     assert saved_steps(tmp_path / "input_checkpoints") == [0, 5, 10]
@@ -336,13 +377,14 @@ def test_without_a_schedule_input_checkpoints_follow_the_model_checkpoints(tmp_p
 
 
 class Tick(pl.Callback):
-    """Each training batch takes one second of the callback's clock."""
+    """Each training batch takes ``seconds`` of a fake clock."""
 
-    def __init__(self, clock: list[float]) -> None:
+    def __init__(self, clock: list[float], seconds: float = 1.0) -> None:
         self.clock = clock
+        self.seconds = seconds
 
     def on_train_batch_start(self, *args: Any) -> None:
-        self.clock[0] += 1.0
+        self.clock[0] += self.seconds
 
 
 def test_train_time_interval_saves_when_the_interval_has_passed_and_resumes(tmp_path, monkeypatch):
@@ -364,18 +406,28 @@ def test_train_time_interval_saves_when_the_interval_has_passed_and_resumes(tmp_
 
 
 def test_without_ckpt_path_the_stream_continues_from_the_newest_input_checkpoint(tmp_path):
-    full = fit(tmp_path / "full", max_steps=12)
+    """The model starts afresh (global step 0) but the data goes on; the first save of the new run, at step 1,
+    drops the old run's higher-numbered files, so the newest is again the latest position."""
+    full = fit(tmp_path / "full", max_steps=14)
     fit(tmp_path / "initial", [InputCheckpointCallback()], max_steps=3)
     assert saved_steps(tmp_path / "initial" / "input_checkpoints") == [0], "a fresh run saves its initial state"
 
+    def batches(run: Recorder) -> list[Any]:
+        return [batch for _, _, batch in run.seen]
+
     fit(tmp_path, [InputCheckpointCallback(every_n_train_steps=1)], max_steps=7)
-    assert saved_steps(tmp_path / "input_checkpoints")[-1] == 7
+    assert saved_steps(tmp_path / "input_checkpoints") == [5, 6, 7]
     again = fit(tmp_path, [InputCheckpointCallback(every_n_train_steps=1)], max_steps=5)
-    assert [batch for _, _, batch in again.seen] == [batch for _, _, batch in full.seen[7:12]]
+    assert batches(again) == batches(full)[7:12]
+    assert saved_steps(tmp_path / "input_checkpoints") == [3, 4, 5]
+    third = fit(tmp_path, [InputCheckpointCallback(every_n_train_steps=1)], max_steps=2)
+    assert batches(third) == batches(full)[12:14]
 
 
 def test_a_missing_input_checkpoint_is_an_error_naming_the_step_and_the_available_ones(tmp_path):
-    callbacks = lambda: with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1, keep_last=2), every(5))  # noqa: E731
+    def callbacks() -> list[Any]:
+        return with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1, keep_last=2), every(5))
+
     preempted(tmp_path, 12, callbacks(), max_steps=16)
     with pytest.raises(InputStateError, match=r"(?s)step=5\.ckpt at global step 5: .*\b11\b.*\b12\b"):
         fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 5), max_steps=16)
@@ -405,7 +457,10 @@ def unequal_loaders() -> dict[str, ResumableDataLoader]:
 
 def test_several_train_loaders_resume_together(tmp_path):
     full = fit(tmp_path / "full", model=Recorder(two_loaders), max_steps=16)
-    callbacks = lambda: with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1), every(5))  # noqa: E731
+
+    def callbacks() -> list[Any]:
+        return with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1), every(5))
+
     first = preempted(tmp_path, 12, callbacks(), max_steps=16, make=two_loaders)
     resumed = fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 10), model=Recorder(two_loaders), max_steps=16)
     check_resumed(full, first, resumed, 10)
@@ -426,7 +481,8 @@ def test_train_loaders_of_different_lengths_are_refused(tmp_path):
         (dict(every_n_train_steps=2.5), "every_n_train_steps must be an int >= 1"),
         (dict(train_time_interval=60), "train_time_interval must be a positive datetime.timedelta"),
         (dict(train_time_interval=timedelta(0)), "train_time_interval must be a positive datetime.timedelta"),
-        (dict(keep_last=0), "keep_last must be an int >= 1"),
+        (dict(keep_last=0), "keep_last must be an int >= 1, or None"),
+        (dict(external_state_policy="skip"), "external_state_policy must be 'fail', 'warn' or 'ignore'"),
     ],
 )
 def test_arguments_are_checked_in_the_constructor(kwargs, message):
@@ -482,7 +538,121 @@ def test_the_lightning_package_already_imported_wins_then_lightning_pytorch_then
 def test_the_core_package_does_not_import_lightning():
     code = (
         "import sys, torch_input_ckpt; "
-        "found = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'lightning_fabric')); "
+        "names = ('lightning', 'pytorch_lightning', 'lightning_fabric'); "
+        "found = sorted(m for m in sys.modules if m.split('.')[0] in names); "
         "assert not found, found"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "error"})
+
+
+# -- DDP: 2 processes, gloo on the CPU ---------------------------------------------------------------
+
+
+def _ddp_fit(rank: int, world: int, root: str, run: str, variant: str) -> tuple[list[Any], str]:
+    """One rank of a DDP fit under the fork + gloo harness (Lightning sees LOCAL_RANK and launches nothing)."""
+    os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0")
+    if variant.startswith("world_1_sampler"):
+        # Built as if before the process group existed (e.g. passed to fit()): a sampler for one rank.
+        loader = ResumableDataLoader(
+            Samples(), batch_size=BATCH, sampler=ResumableSampler(Samples(), seed=7, num_replicas=1, rank=0)
+        )
+        make: Any = lambda: loader  # noqa: E731
+    else:
+        make = make_loader  # built in train_dataloader(), after the process group: it shards itself
+    model = Recorder(make)
+    callbacks = [
+        InputCheckpointCallback(every_n_train_steps=1),
+        ModelCheckpoint(dirpath=f"{root}/models", every_n_train_steps=5, save_top_k=-1),
+    ]
+    if run == "first":
+        callbacks.insert(1, Preempt(12))
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        strategy="ddp",
+        accelerator="cpu",
+        devices=world,
+        use_distributed_sampler="no_distributed_sampler" not in variant,
+        max_steps=16,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        callbacks=callbacks,
+    )
+    ckpt = None if run != "resumed" else str(next(Path(root, "models").glob("*-step=10.ckpt")))
+    try:
+        trainer.fit(model, ckpt_path=ckpt)
+    except Preempted:
+        assert run == "first"
+    return model.seen, type(trainer.train_dataloader.sampler).__name__
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["default", "no_distributed_sampler", "world_1_sampler"])
+def test_ddp_two_ranks_resume_exactly_and_each_sample_is_seen_once_per_epoch(tmp_path, variant):
+    """default: use_distributed_sampler=True, where Lightning would wrap the (self-sharding) ResumableSampler in
+    its DistributedSamplerWrapper and each rank would see a quarter of the data; the callback keeps a
+    ResumableSampler. no_distributed_sampler: Lightning leaves the loader alone; it shards itself.
+    world_1_sampler: a sampler built for one rank is re-sharded over Lightning's ranks."""
+    root = str(tmp_path)
+    full = run_world(_ddp_fit, 2, root + "/full", "full", variant, timeout=120)
+    first = run_world(_ddp_fit, 2, root, "first", variant, timeout=120)
+    resumed = run_world(_ddp_fit, 2, root, "resumed", variant, timeout=120)
+    for rank in range(2):
+        assert full[rank][1] == resumed[rank][1] == "ResumableSampler"
+        check_seen(full[rank][0], first[rank][0], resumed[rank][0], 10)
+    per_rank_epoch = -(-N // 2)
+    for epoch in range(2):
+        indices = Counter(sample[0] for seen, _ in full for e, _, batch in seen if e == epoch for sample in batch)
+        assert set(indices) == set(range(N)) and sum(indices.values()) == 2 * per_rank_epoch, f"epoch {epoch}"
+    for rank in range(2):
+        assert saved_steps(tmp_path / "input_checkpoints", rank) == [14, 15, 16]
+
+
+@pytest.mark.slow
+def test_ddp_with_an_unsharded_loader_and_no_distributed_sampler_every_rank_reads_everything(tmp_path):
+    """use_distributed_sampler=False leaves a loader built for one rank as it is: like a plain DataLoader,
+    every rank then reads the whole dataset (the same batches); resuming is still exact."""
+    root = str(tmp_path)
+    # Reuses the world_1_sampler loader, with Lightning's sampler injection off.
+    full = run_world(_ddp_fit_unsharded, 2, root + "/full", "full", timeout=120)
+    first = run_world(_ddp_fit_unsharded, 2, root, "first", timeout=120)
+    resumed = run_world(_ddp_fit_unsharded, 2, root, "resumed", timeout=120)
+    assert [b for _, _, b in full[0][0]] == [b for _, _, b in full[1][0]], "both ranks read the same stream"
+    first_epoch = Counter(sample[0] for _, _, batch in full[0][0][:PER_EPOCH] for sample in batch)
+    assert first_epoch == Counter(range(N)), "each rank reads every sample once per epoch"
+    for rank in range(2):
+        check_seen(full[rank][0], first[rank][0], resumed[rank][0], 10)
+
+
+def _ddp_fit_unsharded(rank: int, world: int, root: str, run: str) -> tuple[list[Any], str]:
+    return _ddp_fit(rank, world, root, run, "world_1_sampler+no_distributed_sampler")
+
+
+def _ddp_time(rank: int, world: int, root: str) -> list[int]:
+    """Rank 1's clock runs ten times faster than rank 0's: on its own it would save at every step."""
+    os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0")
+    clock = [0.0]
+    checkpointer_module._monotonic = lambda: clock[0]  # this forked process's own copy of the module
+
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        strategy="ddp",
+        accelerator="cpu",
+        devices=world,
+        max_steps=10,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[
+            InputCheckpointCallback(train_time_interval=timedelta(seconds=3), keep_last=None),
+            Tick(clock, 1.0 if rank == 0 else 10.0),
+        ],
+    )
+    trainer.fit(Recorder())
+    return saved_steps(Path(root, "input_checkpoints"), rank)
+
+
+@pytest.mark.slow
+def test_ddp_time_interval_is_decided_by_rank_0_so_ranks_save_the_same_steps(tmp_path):
+    assert run_world(_ddp_time, 2, str(tmp_path), timeout=120) == [[0, 3, 6, 9]] * 2

@@ -108,8 +108,8 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         every_n_train_steps: Save every this many optimizer steps (``None``: not by step count).
         train_time_interval: Save when at least this much time has passed since the last input checkpoint,
             checked after each optimizer step; rank 0 decides for all ranks, so they save at the same steps.
-        keep_last: How many input checkpoints to keep per rank (older ones are deleted). Keep enough to
-            cover the model checkpoints you may resume from.
+        keep_last: How many input checkpoints to keep per rank (older ones are deleted; ``None`` keeps all).
+            Keep enough to cover the model checkpoints you may resume from.
         external_state_policy: ``"fail"``, ``"warn"`` or ``"ignore"``: what to do when part of a train loader
             has state that cannot be saved (see :class:`~torch_input_ckpt.InputCheckpointer`).
 
@@ -123,7 +123,7 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         dirpath: str | os.PathLike[str] | None = None,
         every_n_train_steps: int | None = None,
         train_time_interval: timedelta | None = None,
-        keep_last: int = 3,
+        keep_last: int | None = 3,
         external_state_policy: str = "fail",
     ) -> None:
         if every_n_train_steps is not None and (
@@ -133,9 +133,11 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         if train_time_interval is not None and (
             not isinstance(train_time_interval, timedelta) or train_time_interval.total_seconds() <= 0
         ):
-            raise ValueError(f"train_time_interval must be a positive datetime.timedelta or None (got {train_time_interval=})")
-        if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1:
-            raise ValueError(f"keep_last must be an int >= 1 (got {keep_last=})")
+            raise ValueError(
+                f"train_time_interval must be a positive datetime.timedelta or None (got {train_time_interval=})"
+            )
+        if keep_last is not None and (not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1):
+            raise ValueError(f"keep_last must be an int >= 1, or None to keep all (got {keep_last=})")
         if external_state_policy not in ("fail", "warn", "ignore"):
             raise ValueError(f"external_state_policy must be 'fail', 'warn' or 'ignore' (got {external_state_policy=})")
         super().__init__()
@@ -356,7 +358,9 @@ def _check_training_step(pl_module: Any) -> None:
         )
 
 
-def _resolve_sampler(trainer: Any, original: Callable[..., Any], dataloader: Any, shuffle: bool, mode: Any = None) -> Any:
+def _resolve_sampler(
+    trainer: Any, original: Callable[..., Any], dataloader: Any, shuffle: bool, mode: Any = None
+) -> Any:
     """Replaces ``_DataConnector._resolve_sampler``: choose the sampler Lightning injects under DDP.
 
     Lightning calls it when it is about to replace a loader's sampler with a distributed one. A
@@ -365,7 +369,12 @@ def _resolve_sampler(trainer: Any, original: Callable[..., Any], dataloader: Any
     """
     sampler = getattr(dataloader, "sampler", None)
     kwargs = trainer.distributed_sampler_kwargs
-    if not isinstance(sampler, ResumableSampler) or mode == _RunningStage.PREDICTING or not kwargs or trainer.overfit_batches:
+    if (
+        not isinstance(sampler, ResumableSampler)
+        or mode == _RunningStage.PREDICTING
+        or not kwargs
+        or trainer.overfit_batches
+    ):
         return original(dataloader, shuffle, mode)
     size, rank = int(kwargs["num_replicas"]), int(kwargs["rank"])
     if (sampler.num_replicas, sampler.rank) == (size, rank):
