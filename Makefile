@@ -22,6 +22,9 @@ test: setup
 demo: setup
 	$(PY) examples/preempt_demo.py
 
+demo-ddp: setup
+	$(PY) examples/ddp_demo.py
+
 bench: setup
 	$(PY) -m benchmarks
 

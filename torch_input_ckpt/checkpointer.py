@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch.distributed as dist
 
 from . import files
+from .distributed import RestorePlan, SaveAgreement, cpu_group, gather_steps, plan_restore
 from .encoding import decode_tensors
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .external import external_parts, is_stateful
@@ -47,8 +48,9 @@ class InputCheckpointer:
     thread, and a failed write is raised by the next call. A crash at any instant leaves the newest
     committed checkpoint loadable; damaged files are skipped with a warning.
 
-    The decision "save at this step?" is the one method :meth:`_should_save`; override it (e.g. to
-    agree on the decision across ranks) without touching the rest.
+    Under torch.distributed all ranks save at the same steps (rank 0's clock decides time-based
+    saves) and a restore may use another number of ranks than the save: the ranks then split what is
+    left of the epoch.
 
     Args:
         directory: Where to write; created if missing. May hold other files (they are never touched).
@@ -64,6 +66,11 @@ class InputCheckpointer:
             this library cannot capture (a component without ``state_dict``, a custom sampler or an
             ``IterableDataset`` without state): ``"fail"`` raises ``ValueError``, ``"warn"`` warns
             once (:class:`ExternalStateWarning`) and saves the rest, ``"ignore"`` saves the rest.
+        process_group: Under torch.distributed, the group for the checkpointer's own collectives (one
+            broadcast every ``sync_every_n_steps`` steps when ``every_n_seconds`` is set; one gather per
+            restore). Default: the default group if it is gloo, else a new gloo group.
+        sync_every_n_steps: Under torch.distributed, how often the ranks agree on a time-based save:
+            rank 0's clock decides, so all ranks save at the same step, at most this many steps late.
 
     Raises:
         ValueError: for an invalid or unwritable directory, missing or non-positive intervals, a bad
@@ -87,11 +94,11 @@ class InputCheckpointer:
         keep_last: int | None = 3,
         rank: int | None = None,
         external_state_policy: ExternalStatePolicy = "fail",
+        process_group: Any = None,
+        sync_every_n_steps: int = 10,
     ) -> None:
         if every_n_steps is None and every_n_seconds is None:
-            raise ValueError(
-                f"give every_n_steps, every_n_seconds or both (got {every_n_steps=}, {every_n_seconds=})"
-            )
+            raise ValueError(f"give every_n_steps, every_n_seconds or both (got {every_n_steps=}, {every_n_seconds=})")
         if every_n_steps is not None and (not _is_int(every_n_steps) or every_n_steps < 1):
             raise ValueError(f"every_n_steps must be an int >= 1 (got {every_n_steps=})")
         if every_n_seconds is not None and (
@@ -104,11 +111,12 @@ class InputCheckpointer:
             raise ValueError(f"keep_last must be an int >= 1, or None to keep all (got {keep_last=})")
         if external_state_policy not in _POLICIES:
             raise ValueError(
-                f"external_state_policy must be one of {', '.join(map(repr, _POLICIES))} "
-                f"(got {external_state_policy=})"
+                f"external_state_policy must be one of {', '.join(map(repr, _POLICIES))} (got {external_state_policy=})"
             )
         if rank is not None and (not _is_int(rank) or rank < 0):
             raise ValueError(f"rank must be an int >= 0 (got {rank=})")
+        if not _is_int(sync_every_n_steps) or sync_every_n_steps < 1:
+            raise ValueError(f"sync_every_n_steps must be an int >= 1 (got {sync_every_n_steps=})")
         distributed = dist.is_available() and dist.is_initialized()
         detected = World.detect()
         if distributed and rank is not None and rank >= detected.size:
@@ -130,6 +138,13 @@ class InputCheckpointer:
         # keep this object alive.
         self._finalizer = weakref.finalize(self, self._writer.close)
         files.remove_stale_temporaries(self.directory, self.rank)
+        # Under torch.distributed with several ranks: collectives on a CPU-capable group, to agree on
+        # time-based saves and on the step to restore. Built here, where every rank is at the same point.
+        self._collective = distributed and detected.size > 1
+        self._group = cpu_group(process_group) if self._collective else None
+        self._agreement = (
+            SaveAgreement(self._group, sync_every_n_steps) if self._collective and every_n_seconds is not None else None
+        )
 
     def __repr__(self) -> str:
         return (
@@ -157,12 +172,14 @@ class InputCheckpointer:
         return True
 
     def _should_save(self, step: int) -> bool:
-        """The save decision, kept in one place so that a subclass can replace it (e.g. rank 0 decides)."""
+        """The save decision. A step interval gives the same answer on every rank; a time interval is
+        decided by rank 0's clock and shared every ``sync_every_n_steps`` steps under torch.distributed."""
         if self.every_n_steps is not None and step % self.every_n_steps == 0:
             return True
-        return (
-            self.every_n_seconds is not None and _monotonic() - self._last_save_time >= self.every_n_seconds
-        )
+        if self.every_n_seconds is None:
+            return False
+        due = _monotonic() - self._last_save_time >= self.every_n_seconds
+        return due if self._agreement is None else self._agreement.decide(step, due)
 
     def save(self, step: int) -> None:
         """Take the state now and write it in the background as the checkpoint of ``step``.
@@ -184,11 +201,7 @@ class InputCheckpointer:
         self._last_save_time = _monotonic()
 
     def _check_external(self, states: Mapping[str, Any]) -> list[str]:
-        found = [
-            item
-            for name, obj in self._components.items()
-            for item in external_parts(name, obj, states.get(name))
-        ]
+        found = [item for name, obj in self._components.items() for item in external_parts(name, obj, states.get(name))]
         if found and self.external_state_policy == "fail":
             raise ValueError(
                 "part of the input pipeline has state that cannot be saved, so a resume would not be exact: "
@@ -207,7 +220,11 @@ class InputCheckpointer:
     # -- restoring --------------------------------------------------------------------------------
 
     def restore_or_save_initial(self) -> int | None:
-        """Restore this rank's newest valid checkpoint and return its step; with none, save step 0.
+        """Restore the newest valid checkpoint and return its step; with none on disk, save step 0.
+
+        Under torch.distributed every rank must call it together: the ranks restore the newest step
+        that all ranks saved (on another world size, they split what is left of the epoch), and none
+        writes its initial checkpoint before all have looked.
 
         Returns:
             The restored step, or None when there was nothing to restore (a fresh start).
@@ -216,17 +233,26 @@ class InputCheckpointer:
             InputStateError: if checkpoints exist but none is valid, or they do not fit the pipeline.
         """
         self.flush()
-        newest = files.find_newest(self.directory, self.rank)
-        if newest.checkpoint is None and not newest.problems:
+        if self._single_rank_directory():
+            newest = files.find_newest(self.directory, self.rank)
+            if newest.checkpoint is None and not newest.problems:
+                self.save(0)
+                return None
+            return self._restore_newest(newest)
+        plan = self._plan(None)
+        if plan is None:
             self.save(0)
             return None
-        return self._restore_newest(newest)
+        return self._apply_plan(plan)
 
     def restore(self, step: int | None = None) -> int:
-        """Restore this rank's newest valid checkpoint, or exactly the one of ``step``.
+        """Restore the newest valid checkpoint, or exactly the one of ``step`` (e.g. your model checkpoint's).
 
         Damaged files (and a pointer naming a missing file) are skipped with an
         :class:`InputCheckpointWarning` when restoring the newest; an explicit ``step`` must be valid.
+        When the directory was written by another number of ranks, this rank continues with its share of
+        what is left of the epoch (see :func:`torch_input_ckpt.distributed.plan_restore`). Under
+        torch.distributed every rank must call it together.
 
         Returns:
             The restored step.
@@ -236,6 +262,11 @@ class InputCheckpointer:
                 lists the steps that are), or the state does not fit the pipeline.
         """
         self.flush()
+        if not self._single_rank_directory():
+            plan = self._plan(step)
+            if plan is None:
+                raise InputStateError(f"{self.directory}: no input checkpoint to restore")
+            return self._apply_plan(plan)
         if step is None:
             return self._restore_newest(files.find_newest(self.directory, self.rank))
         steps = self._list()
@@ -247,6 +278,58 @@ class InputCheckpointer:
         checkpoint = files.read_checkpoint(self.directory / InputFile(self.rank, step).name)
         self._apply(checkpoint)
         return step
+
+    def _single_rank_directory(self) -> bool:
+        """A job of one rank whose directory holds only its own files: restore from its own history."""
+        if self._collective:
+            return False
+        if self.world_size is None:  # a rank given by hand outside torch.distributed: its files only
+            return True
+        return set(files.list_steps(self.directory)) <= {self.rank} and self._own_world_matches()
+
+    def _own_world_matches(self) -> bool:
+        newest = files.find_newest(self.directory, self.rank).checkpoint
+        return newest is None or newest.world_size in (None, self.world_size)
+
+    def _plan(self, step: int | None) -> RestorePlan | None:
+        """Choose what to restore; under torch.distributed, check that every rank chose the same step."""
+        world = self.world_size or 1
+        try:
+            plan, error = plan_restore(self.directory, self.rank, world, step), None
+        except InputStateError as raised:
+            plan, error = None, raised
+        if self._collective:
+            # Also a barrier: no rank saves its initial checkpoint before every rank has looked.
+            chosen = gather_steps(None if plan is None else plan.checkpoint.step, self._group, error)
+            failed = [(r, text) for r, (_, text) in enumerate(chosen) if text is not None]
+            if failed and error is None:
+                raise InputStateError(f"rank {failed[0][0]} could not choose an input checkpoint: {failed[0][1]}")
+            steps = {s for s, _ in chosen}
+            if error is None and len(steps) > 1:
+                raise InputStateError(
+                    f"{self.directory}: the ranks chose different input checkpoints to restore ("
+                    + ", ".join(f"rank {r}: step {s}" for r, (s, _) in enumerate(chosen))
+                    + "); is the directory shared by all ranks?"
+                )
+        if error is not None:
+            raise error
+        return plan
+
+    def _apply_plan(self, plan: RestorePlan) -> int:
+        for problem in plan.problems:
+            warnings.warn(f"{problem}; falling back to an older input checkpoint", InputCheckpointWarning, stacklevel=3)
+        world = self.world_size or 1
+        if plan.saved_world != world:
+            log.info(
+                "resharding the input pipeline saved by %d ranks at step %d over %d ranks (rank %d reads %s)",
+                plan.saved_world,
+                plan.checkpoint.step,
+                world,
+                self.rank,
+                plan.checkpoint.path.name,
+            )
+        self._apply(plan.checkpoint)
+        return plan.checkpoint.step
 
     def steps(self) -> list[int]:
         """The steps of this rank's checkpoints on disk (after pending writes), oldest first."""
@@ -261,13 +344,10 @@ class InputCheckpointer:
             if not newest.problems:
                 raise InputStateError(f"{self.directory}: no input checkpoint of rank {self.rank} to restore")
             raise InputStateError(
-                f"{self.directory}: no valid input checkpoint of rank {self.rank}: "
-                + "; ".join(newest.problems)
+                f"{self.directory}: no valid input checkpoint of rank {self.rank}: " + "; ".join(newest.problems)
             )
         for problem in newest.problems:
-            warnings.warn(
-                f"{problem}; falling back to an older input checkpoint", InputCheckpointWarning, stacklevel=3
-            )
+            warnings.warn(f"{problem}; falling back to an older input checkpoint", InputCheckpointWarning, stacklevel=3)
         if newest.uncommitted:
             log.info(
                 "rank %d: passing over steps %s, newer than the pointer (saves cut short before commit)",
@@ -362,9 +442,7 @@ def _components(stateful: Any) -> dict[str, Any]:
         if bad:
             raise ValueError(f"stateful's keys must be non-empty strings (got {bad!r})")
         if not any(is_stateful(obj) for obj in stateful.values()):
-            raise ValueError(
-                f"no component of stateful has state_dict()/load_state_dict() (got {dict(stateful)!r})"
-            )
+            raise ValueError(f"no component of stateful has state_dict()/load_state_dict() (got {dict(stateful)!r})")
         return dict(stateful)
     if not is_stateful(stateful):
         raise ValueError(
