@@ -629,7 +629,8 @@ def _ddp_fit_unsharded(rank: int, world: int, root: str, run: str) -> tuple[list
 
 
 def _ddp_time(rank: int, world: int, root: str) -> list[int]:
-    """Rank 1's clock runs ten times faster than rank 0's: on its own it would save at every step."""
+    """Rank 1's clock runs ten times faster than rank 0's: on its own it would save at every step. Rank 0's
+    decision is shared every 10 steps (InputCheckpointer's sync_every_n_steps)."""
     os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0")
     clock = [0.0]
     checkpointer_module._monotonic = lambda: clock[0]  # this forked process's own copy of the module
@@ -639,7 +640,7 @@ def _ddp_time(rank: int, world: int, root: str) -> list[int]:
         strategy="ddp",
         accelerator="cpu",
         devices=world,
-        max_steps=10,
+        max_steps=25,
         enable_progress_bar=False,
         enable_model_summary=False,
         logger=False,
@@ -655,4 +656,90 @@ def _ddp_time(rank: int, world: int, root: str) -> list[int]:
 
 @pytest.mark.slow
 def test_ddp_time_interval_is_decided_by_rank_0_so_ranks_save_the_same_steps(tmp_path):
-    assert run_world(_ddp_time, 2, str(tmp_path), timeout=120) == [[0, 3, 6, 9]] * 2
+    assert run_world(_ddp_time, 2, str(tmp_path), timeout=120) == [[0, 10, 20]] * 2
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_resumed_on_one_process_finishes_the_epoch_with_every_sample_once(tmp_path):
+    """Fewer ranks than at the save: the one rank takes what is left of the epoch (the checkpointer reshards
+    the global cursor); it runs out before Lightning's per-epoch count (from the old world) is reached, and
+    Lightning ends the epoch on the loader's StopIteration. The next epoch is a whole one-rank epoch."""
+    root = str(tmp_path)
+    first = run_world(_ddp_fit, 2, root, "first", "default", timeout=120)
+    single_full = fit(tmp_path / "full", max_epochs=3)
+
+    def callbacks() -> list[Any]:
+        return [
+            InputCheckpointCallback(every_n_train_steps=1),
+            ModelCheckpoint(dirpath=f"{root}/models", every_n_train_steps=5, save_top_k=-1),
+        ]
+
+    resumed = fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 10), max_steps=26)
+    before_10 = [record for seen, _ in first for record in before(seen, 10)]
+    epoch_1 = Counter(s[0] for e, _, batch in before_10 + resumed.seen if e == 1 for s in batch)
+    assert epoch_1 == Counter(range(N)), "epoch 1: every sample once, across the two worlds"
+    assert [r[2] for r in resumed.seen if r[0] == 2] == [r[2] for r in single_full.seen if r[0] == 2]
+
+
+def test_the_sampler_lightning_would_inject_is_our_own_resharded_with_its_position():
+    """_resolve_sampler directly: a ResumableSampler built for another world is rebuilt for Lightning's ranks,
+    keeping its configuration and global position; anything else goes to Lightning."""
+    trainer = types.SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 3, "rank": 2}, overfit_batches=0)
+    lightning_says = object()
+
+    def original(dataloader: Any, shuffle: bool, mode: Any) -> Any:
+        return lightning_says
+
+    sampler = ResumableSampler(N, shuffle=True, seed=5, num_replicas=1, rank=0, drop_last=True, order="randperm")
+    sampler.load_state_dict({**sampler.state_dict(), "epoch": 2, "cursor": 9})
+    loader = types.SimpleNamespace(sampler=sampler)
+    resharded = tic_lightning._resolve_sampler(trainer, original, loader, True, None)
+    assert (resharded.num_replicas, resharded.rank, resharded.epoch, resharded.cursor) == (3, 2, 2, 9)
+    assert (resharded.seed, resharded.shuffle, resharded.drop_last, resharded.order) == (5, True, True, "randperm")
+
+    sharded = ResumableSampler(N, num_replicas=3, rank=2)
+    assert tic_lightning._resolve_sampler(trainer, original, types.SimpleNamespace(sampler=sharded), True) is sharded
+    other = types.SimpleNamespace(sampler=torch.utils.data.RandomSampler(range(N)))
+    assert tic_lightning._resolve_sampler(trainer, original, other, True) is lightning_says
+    predicting = tic_lightning._RunningStage.PREDICTING
+    assert tic_lightning._resolve_sampler(trainer, original, loader, True, predicting) is lightning_says
+
+
+def _grown(rank: int, world: int, root: str) -> list[Any]:
+    os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0")
+    model = Recorder()
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        strategy="ddp",
+        accelerator="cpu",
+        devices=world,
+        max_steps=8,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        callbacks=[
+            InputCheckpointCallback(every_n_train_steps=1, keep_last=None),
+            ModelCheckpoint(dirpath=f"{root}/models", every_n_train_steps=5, save_top_k=-1),
+        ],
+    )
+    message = (
+        r"each rank has 4 batches left in this epoch, but \S+ counts 5 of its 6 as done and ends the epoch after 1"
+    )
+    with pytest.warns(ExternalStateWarning, match=message):
+        trainer.fit(model, ckpt_path=str(model_ckpt(Path(root), 5)))
+    return model.seen
+
+
+@pytest.mark.slow
+def test_resuming_mid_epoch_on_more_ranks_warns_that_lightning_will_skip_the_rest_of_the_epoch(tmp_path):
+    """Saved by one rank at step 5 (10 of 23 samples), resumed on two: each rank has 7 samples, 4 batches
+    left, but Lightning counts 5 of the new epoch length 6 as done, runs one batch and moves on; the other
+    samples of the epoch are never seen. The callback warns (Lightning's count is not ours to change)."""
+
+    def callbacks() -> list[Any]:
+        return with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1, keep_last=None), every(5))
+
+    first = preempted(tmp_path, 6, callbacks(), max_steps=20)
+    grown = run_world(_grown, 2, str(tmp_path), timeout=120)
+    epoch_0 = {s[0] for e, _, batch in head(first, 5) + grown[0] + grown[1] if e == 0 for s in batch}
+    assert len(epoch_0) < N, "Lightning ends the epoch early (should it stop doing so, drop the warning)"

@@ -50,32 +50,9 @@ pl = _select_lightning(sys.modules, importlib.import_module)
 _RunningStage = importlib.import_module(pl.__name__ + ".trainer.states").RunningStage
 
 
-# With no schedule the callback saves only alongside model checkpoints, but InputCheckpointer insists on
-# an interval: this one never elapses.
-_NEVER = sys.float_info.max
-
-
-class _Checkpointer(InputCheckpointer):
-    """``InputCheckpointer`` whose time-based decision is rank 0's, broadcast to every rank.
-
-    Clocks differ between ranks; were each to decide for itself, ranks would save different steps and a
-    resume would find some rank's file missing (Lightning's ``ModelCheckpoint`` and ``Timer`` broadcast
-    for the same reason). The step-count decision is the same everywhere and needs no collective.
-    """
-
-    def __init__(self, *args: Any, interval: float | None, strategy: Any, **kwargs: Any) -> None:
-        none = interval is None and kwargs.get("every_n_steps") is None
-        super().__init__(*args, every_n_seconds=_NEVER if none else interval, **kwargs)
-        self._interval = interval
-        self._strategy = strategy
-
-    def _should_save(self, step: int) -> bool:
-        if self.every_n_steps is not None and step % self.every_n_steps == 0:
-            return True
-        if self._interval is None:
-            return False
-        # The base class checks the step count (not due, see above), then the time on this rank's clock.
-        return bool(self._strategy.broadcast(super()._should_save(step), 0))
+# With no schedule the callback saves only alongside model checkpoints, and never calls after_step; but
+# InputCheckpointer insists on an interval: a step count no run reaches.
+_NEVER = sys.maxsize
 
 
 class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
@@ -107,7 +84,9 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         dirpath: Directory for the input checkpoints; ``None`` means ``<trainer.default_root_dir>/input_checkpoints``.
         every_n_train_steps: Save every this many optimizer steps (``None``: not by step count).
         train_time_interval: Save when at least this much time has passed since the last input checkpoint,
-            checked after each optimizer step; rank 0 decides for all ranks, so they save at the same steps.
+            checked after each optimizer step. Under DDP rank 0's clock decides for all ranks, so that they
+            save at the same steps; the decision is shared every 10 steps (the checkpointer's
+            ``sync_every_n_steps``), so a time-based save may come up to 9 steps late.
         keep_last: How many input checkpoints to keep per rank (older ones are deleted; ``None`` keeps all).
             Keep enough to cover the model checkpoints you may resume from.
         external_state_policy: ``"fail"``, ``"warn"`` or ``"ignore"``: what to do when part of a train loader
@@ -146,9 +125,10 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         self.train_time_interval = train_time_interval
         self.keep_last = keep_last
         self.external_state_policy = external_state_policy
+        self._unscheduled = every_n_train_steps is None and train_time_interval is None
         self.directory: str | None = None
         self._trainer: Any = None
-        self._checkpointer: _Checkpointer | None = None
+        self._checkpointer: InputCheckpointer | None = None
         self._restored = False
         # The step the loaders' position corresponds to; whether a batch of the next step has been taken
         # since (then the position is ahead of the model and is saved under no step); the last step saved.
@@ -230,12 +210,12 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         # files are interchangeable with a loop without Lightning; several, in Lightning's order.
         components = {"input": loaders[0]} if len(loaders) == 1 else {f"train_{i}": dl for i, dl in enumerate(loaders)}
         self._close()  # reloaded loaders (reload_dataloaders_every_n_epochs) get a checkpointer of their own
-        self._checkpointer = _Checkpointer(
+        interval = None if self.train_time_interval is None else self.train_time_interval.total_seconds()
+        self._checkpointer = InputCheckpointer(
             self.directory,  # type: ignore[arg-type]
             components,
-            every_n_steps=self.every_n_train_steps,
-            interval=None if self.train_time_interval is None else self.train_time_interval.total_seconds(),
-            strategy=trainer.strategy,
+            every_n_steps=_NEVER if self._unscheduled else self.every_n_train_steps,
+            every_n_seconds=interval,
             keep_last=self.keep_last,
             rank=trainer.global_rank,
             external_state_policy=self.external_state_policy,  # type: ignore[arg-type]
@@ -262,14 +242,16 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
             raise InputStateError(
                 f"resuming from the model checkpoint {trainer.ckpt_path} at global step {step}: {error}"
             ) from error
-        progress = trainer.fit_loop
-        if progress.epoch_loop.batch_progress.is_last_batch:
+        fit_loop = trainer.fit_loop
+        if fit_loop.epoch_loop.batch_progress.is_last_batch:
             # The model checkpoint was taken after the last batch of an epoch (Lightning's epoch, which
             # limit_train_batches may end before the loader's): Lightning goes on with the next epoch and
             # sets it on the samplers, but only after it has made the loaders' iterators, which would then
             # still serve the rest of the old epoch. Set it first (a no-op for a loader already there).
             for loader in loaders:
-                _set_epoch(loader, progress.epoch_progress.current.started)
+                _set_epoch(loader, fit_loop.epoch_progress.current.started)
+        else:
+            _warn_if_lightning_ends_the_epoch_early(trainer, loaders)
 
     # -- saving -----------------------------------------------------------------------------------
 
@@ -281,7 +263,7 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         if step == self._step or self._checkpointer is None:
             return  # accumulating: no optimizer step yet, the loaders are ahead of the model
         self._step, self._ahead = step, False
-        if self._checkpointer.after_step(step):
+        if not self._unscheduled and self._checkpointer.after_step(step):
             self._saved_step = step
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
@@ -348,6 +330,34 @@ def _warn_if_lightning_misresumes(trainer: Any) -> None:
             ExternalStateWarning,
             stacklevel=2,
         )
+
+
+def _warn_if_lightning_ends_the_epoch_early(trainer: Any, loaders: list[Any]) -> None:
+    # Resumed mid-epoch on more ranks than saved, each rank has more batches left than Lightning expects:
+    # Lightning counts the epoch's batches done as the old world did (its progress counters) against the
+    # new world's, shorter, epoch length, and ends the epoch when they meet. (On the same number of ranks
+    # the two agree; on fewer, the loader runs out first and Lightning ends the epoch on StopIteration.)
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    left = [_batches_left(loader) for loader in loaders]
+    length = len(loaders[0])
+    if any(n is not None and n > length - done for n in left):
+        warnings.warn(
+            f"resuming mid-epoch on more ranks than the input checkpoint was saved with: each rank has "
+            f"{max(n for n in left if n is not None)} batches left in this epoch, but {pl.__name__} counts "
+            f"{done} of its {length} as done and ends the epoch after {max(length - done, 0)}; the rest of "
+            "the epoch is skipped. Resume on the same or fewer ranks, or from a checkpoint at an epoch boundary.",
+            ExternalStateWarning,
+            stacklevel=2,
+        )
+
+
+def _batches_left(loader: Any) -> int | None:
+    """Batches a ResumableDataLoader with a ResumableSampler has left in its epoch (None for other loaders)."""
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, ResumableSampler) or not loader.batch_size:
+        return None
+    samples = sampler.rank_count(sampler.cursor)
+    return samples // loader.batch_size if loader.drop_last else -(-samples // loader.batch_size)
 
 
 def _check_training_step(pl_module: Any) -> None:
