@@ -335,6 +335,22 @@ def test_limit_train_batches_cuts_epochs_and_the_resume_follows(tmp_path, limit,
     check_resumed(full, first, resumed, step)
 
 
+def test_reloaded_train_loaders_resume_too(tmp_path):
+    """reload_dataloaders_every_n_epochs=1: a fresh loader each epoch, which Lightning moves to its epoch."""
+    kwargs = dict(max_epochs=3, reload_dataloaders_every_n_epochs=1)
+    full = fit(tmp_path / "full", **kwargs)
+    assert Counter(epoch for epoch, _, _ in full.seen) == {0: PER_EPOCH, 1: PER_EPOCH, 2: PER_EPOCH}
+    orders = [[s[0] for e, _, batch in full.seen if e == epoch for s in batch] for epoch in range(3)]
+    assert orders[0] != orders[1] != orders[2], "each reloaded loader should be moved to its epoch's order"
+
+    def callbacks() -> list[Any]:
+        return with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1), every(5))
+
+    first = preempted(tmp_path, 22, callbacks(), **kwargs)
+    resumed = fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 20), **kwargs)
+    check_resumed(full, first, resumed, 20)
+
+
 def test_lightning_misresumes_max_steps_from_an_epoch_end_checkpoint_and_the_callback_says_so(tmp_path):
     """Lightning 2.6 alone, resuming under max_steps from a checkpoint saved in on_train_epoch_end, trains one
     extra batch in the finished epoch and then calls set_epoch(epoch + 2): the rest of an epoch is skipped.
