@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from resume import epochs_of, to_py
 from torch.utils.data import Dataset, IterableDataset, RandomSampler, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -31,6 +30,8 @@ from torch_input_ckpt import (
     files,
 )
 from torch_input_ckpt.files import InputFile
+
+from resume import epochs_of, to_py
 
 REPO = Path(__file__).resolve().parent.parent
 N = 23
