@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .errors import InputCheckpointWarning, InputStateError
 from .iterable import IterableState
@@ -115,14 +114,8 @@ class ResumableDataLoader(DataLoader):
         self.seed = seed
         self.reseed_rng = reseed_rng
         if iterable:
-            # snapshot_every_n_steps=1: every delivered batch carries its workers' state, so a state
-            # taken after any batch is exact.
-            generator = torch.Generator().manual_seed(mix64(seed, 0xB45E) & _M63)
-            with warnings.catch_warnings():
-                # torchdata 0.11 calls torch.set_vital, deprecated in torch 2.13: not the user's concern.
-                warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
-                delegate = StatefulDataLoader(dataset, generator=generator, snapshot_every_n_steps=1, **common)  # type: ignore[arg-type]
-            self._iterable: IterableState | None = IterableState(delegate)
+            # torchdata's StatefulDataLoader iterates it: see iterable.py for why.
+            self._iterable: IterableState | None = IterableState(dataset, seed, common)  # type: ignore[arg-type]
             return
         self._iterable = None
         self._resumable = isinstance(self.sampler, ResumableSampler)
