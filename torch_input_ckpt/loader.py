@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -131,7 +133,7 @@ class ResumableDataLoader(DataLoader):
         self._fetch_collate = TaggedCollate(self.collate_fn) if self._tagged else None
         # Batches delivered out of order beyond the committed cursor, as batch numbers relative to
         # it, and the sampler generation they belong to.
-        self._ahead: tuple[int, frozenset[int]] = (0, frozenset())
+        self._ahead: tuple[int, _Ahead] = (0, _Ahead())
         # The position of a sampler that is not a ResumableSampler: epoch and batches delivered,
         # and the sampler's own state at the start of that epoch's pass (if it has one).
         self._custom_epoch = 0
@@ -176,10 +178,19 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         if self._iterable is not None:
             return self._iterable.iterate()
-        self._pass = _Pass(self)
+        run = _Pass(self)
         # A generator fixed by (seed, epoch) gives the workers reproducible base seeds.
-        self.generator = torch.Generator().manual_seed(mix64(self.seed, self._pass.epoch, 0xB45E) & _M63)
-        return _DeliveredBatches(self._pass, super().__iter__())
+        self.generator = torch.Generator().manual_seed(mix64(self.seed, run.epoch, 0xB45E) & _M63)
+        # torch's iterator asks _KeyBatches for its keys while it is built (also when persistent
+        # workers are reset); the pass is handed over only for that moment, so that the loader is in no
+        # reference cycle: a cycle would leave persistent workers to the cycle collector, which closes
+        # their queues before the iterator can tell them to stop (each then waits out a 5 s join).
+        self._pass = run
+        try:
+            batches = super().__iter__()
+        finally:
+            self._pass = None
+        return _DeliveredBatches(run, batches)
 
     def _get_iterator(self) -> Any:
         if self._iterable is not None or self._fetch_dataset is None:
@@ -221,7 +232,7 @@ class ResumableDataLoader(DataLoader):
             return state
         state["dataset_length"] = len(self.dataset)  # type: ignore[arg-type]
         owner, ahead = self._ahead
-        state["ahead"] = sorted(ahead) if owner == self._generation() else []
+        state["ahead"] = (ahead if owner == self._generation() else _Ahead()).to_state()
         if self._resumable:
             # Normalised: a finished epoch is saved as the start of the next one, matching `epoch`.
             state["sampler"] = self.sampler._state(normalize=True)  # type: ignore[attr-defined]
@@ -270,11 +281,11 @@ class ResumableDataLoader(DataLoader):
                 stacklevel=2,
             )
         batch_size = field(state, "batch_size", (int, type(None)), source)
-        ahead = frozenset(field(state, "ahead", list, source))
+        ahead = _Ahead.from_state(field(state, "ahead", dict, source), source)
         if self._resumable:
             sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
             saved_world = field(field(state, "sampler", dict, source), "num_replicas", int, source)
-            if ahead and (batch_size, saved_world) != (self.batch_size, sampler.num_replicas):
+            if ahead.end and (batch_size, saved_world) != (self.batch_size, sampler.num_replicas):
                 raise InputStateError(
                     f"{source}: the state holds batches delivered out of order (in_order=False) beyond its "
                     "cursor, which can only be skipped with the same batch size and world size; saved "
@@ -324,11 +335,44 @@ class ResumableDataLoader(DataLoader):
         return type(self.sampler).__qualname__
 
 
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """Batches delivered out of order beyond the committed position, numbered from it: all of
+    ``[0, end)`` except ``missing``.
+
+    Kept as its holes rather than as the batches delivered: a hole is a batch torch still has in
+    flight (at most ``num_workers * prefetch_factor`` of them), while the delivered ones grow for as
+    long as one slow batch holds the position back.
+    """
+
+    end: int = 0
+    missing: frozenset[int] = frozenset()
+
+    def __contains__(self, number: object) -> bool:
+        return isinstance(number, int) and number < self.end and number not in self.missing
+
+    def to_state(self) -> dict[str, Any]:
+        return {"end": self.end, "missing": sorted(self.missing)}
+
+    @classmethod
+    def from_state(cls, state: Any, source: str) -> _Ahead:
+        end = field(state, "end", int, f"{source}: ahead")
+        missing = field(state, "missing", list, f"{source}: ahead")
+        if end < 0 or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < end for n in missing):
+            raise InputStateError(
+                f"{source}: ahead={state!r} is invalid; expected end >= 0 and missing batch numbers in [0, end)"
+            )
+        if end and 0 not in missing:
+            raise InputStateError(f"{source}: ahead={state!r} is invalid; batch 0 beyond the cursor cannot be delivered")
+        return cls(end, frozenset(missing))
+
+
 class _Pass:
     """One pass over (the rest of) an epoch: where it started and which batches reached the caller.
 
-    Batches are numbered from the pass's start. ``prefix`` counts the batches delivered without a
-    gap; out-of-order deliveries beyond it are kept in ``done`` (at most workers x prefetch of them).
+    Batches are numbered from the pass's start. ``high`` is one past the highest batch delivered,
+    ``holes`` the batches below it not delivered yet (in flight: at most workers x prefetch of them);
+    the committed position is the first hole. A state loaded with batches ahead starts with them.
     """
 
     def __init__(self, loader: ResumableDataLoader) -> None:
@@ -337,7 +381,7 @@ class _Pass:
         self.ordered = not loader._tagged
         self.generation = loader._generation()
         owner, ahead = loader._ahead
-        self.skip = ahead if owner == self.generation else frozenset()
+        self.skip = ahead if owner == self.generation else _Ahead()
         if loader._resumable:
             sampler: ResumableSampler = loader.sampler  # type: ignore[assignment]
             self.epoch, self.start = sampler._position()
@@ -348,15 +392,14 @@ class _Pass:
             self.epoch, self.start = loader._custom_epoch, loader._custom_delivered
             self.count = self.batches = -1  # unknown: the sampler decides when the epoch ends
             loader._prepare_custom_pass()
-        self.done = set(self.skip)
-        self.prefix = 0
-        self._advance_prefix()
+        self.high = self.skip.end
+        self.holes = set(self.skip.missing)
         self.next_number = self.prefix
 
-    def _advance_prefix(self) -> None:
-        while self.prefix in self.done:
-            self.done.discard(self.prefix)
-            self.prefix += 1
+    @property
+    def prefix(self) -> int:
+        """How many batches from the pass's start were delivered without a gap."""
+        return min(self.holes) if self.holes else self.high
 
     def delivered(self, number: int | None) -> None:
         """Record that batch ``number`` (None: the next in order) reached the caller."""
@@ -365,19 +408,24 @@ class _Pass:
             self.next_number += 1
             while self.next_number in self.skip:
                 self.next_number += 1
-        self.done.add(number)
-        self._advance_prefix()
+        if number >= self.high:
+            self.holes.update(range(self.high, number))
+            self.high = number + 1
+        else:
+            self.holes.discard(number)
         loader = self.loader
         if loader._generation() != self.generation:
             return  # set_epoch / load_state_dict moved the loader since this pass began
+        prefix = self.prefix
         if loader._resumable:
-            taken = self.count if self.prefix >= self.batches else self.prefix * self.batch_size
+            taken = self.count if prefix >= self.batches else prefix * self.batch_size
             sampler: ResumableSampler = loader.sampler  # type: ignore[assignment]
             sampler._commit(self.generation, self.epoch, self.start + taken * sampler.num_replicas)
         else:
-            loader._custom_delivered = self.start + self.prefix
-        if self.done or loader._ahead[1]:
-            loader._ahead = (self.generation, frozenset(n - self.prefix for n in self.done))
+            loader._custom_delivered = self.start + prefix
+        if self.holes or loader._ahead[1].end:
+            ahead = _Ahead(self.high - prefix, frozenset(n - prefix for n in self.holes)) if self.holes else _Ahead()
+            loader._ahead = (self.generation, ahead)
 
     def finished(self) -> None:
         """The torch iterator is exhausted: the epoch is over."""
@@ -419,62 +467,68 @@ class _KeyBatches:
 
     For a :class:`ResumableSampler` the keys come straight from its chunked permutation (a seek, not
     a replay); for any other sampler, from its own iterator, replaying the delivered batches
-    without fetching them.
+    without fetching them. It refers to the loader weakly, and the keys it yields do not refer to it
+    at all, because torch's iterator (kept by the loader when workers are persistent) holds it.
     """
 
     def __init__(self, loader: ResumableDataLoader) -> None:
-        self.loader = loader
+        self._loader = weakref.ref(loader)
 
     def __len__(self) -> int:
-        loader = self.loader
+        loader = self._loader()
+        assert loader is not None  # torch asks only while the loader is in use
         return len(loader.batch_sampler) if loader.batch_sampler is not None else len(loader.sampler)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Any]:
-        loader = self.loader
-        run = loader._pass
-        assert run is not None  # __iter__ sets it before torch's iterator asks for indices
-        batched = loader.batch_size is not None
-        if loader._resumable:
-            keys = self._resumable_keys(run)
+        loader = self._loader()
+        run = loader._pass if loader is not None else None
+        assert run is not None  # __iter__ sets it while torch's iterator asks for indices
+        tagged = loader._tagged  # type: ignore[union-attr]
+        if loader._resumable:  # type: ignore[union-attr]
+            sampler: ResumableSampler = loader.sampler  # type: ignore[union-attr,assignment]
+            last = run.batches * run.batch_size if loader.drop_last and loader.batch_size else run.count  # type: ignore[union-attr]
+            chunks = sampler.chunks(
+                run.epoch,
+                run.start,
+                run.prefix * run.batch_size,
+                last,
+                with_seeds=loader.reseed_rng,  # type: ignore[union-attr]
+                chunk=run.batch_size * max(1, CHUNK // run.batch_size),
+            )
+            keys = _resumable_keys(chunks, run.batch_size, run.prefix, run.skip, tagged)
         else:
-            keys = self._replayed_keys(run)
-        if not batched:
+            if loader.batch_size is None:  # type: ignore[union-attr]
+                batches: Iterator[list[Any]] = ([index] for index in loader.sampler)  # type: ignore[union-attr]
+            else:
+                batches = iter(loader.batch_sampler)  # type: ignore[union-attr,arg-type]
+            keys = _replayed_keys(batches, run.start, run.skip, tagged)
+        if loader.batch_size is None:  # type: ignore[union-attr]
             # batch_size=None: every key is its own "batch".
-            for key_batch in keys:
-                yield from key_batch
-            return
-        yield from keys
+            return (key for key_batch in keys for key in key_batch)
+        return keys
 
-    def _resumable_keys(self, run: _Pass) -> Iterator[list[Any]]:
-        loader = self.loader
-        sampler: ResumableSampler = loader.sampler  # type: ignore[assignment]
-        size = run.batch_size
-        with_seeds = loader.reseed_rng
-        chunk = size * max(1, CHUNK // size)
-        number = run.prefix
-        first = number * size
-        last = run.batches * size if loader.drop_last and loader.batch_size else run.count
-        for indices, seeds in sampler.chunks(run.epoch, run.start, first, last, with_seeds=with_seeds, chunk=chunk):
-            keys: list[Any] = list(zip(indices, seeds)) if seeds is not None else indices
-            for lo in range(0, len(keys), size):
-                if number not in run.skip:
-                    yield self._tag(keys[lo : lo + size], number)
-                number += 1
 
-    def _replayed_keys(self, run: _Pass) -> Iterator[list[Any]]:
-        loader = self.loader
-        if loader.batch_size is None:
-            batches: Iterator[list[Any]] = ([index] for index in loader.sampler)
-        else:
-            batches = iter(loader.batch_sampler)  # type: ignore[arg-type]
-        for absolute, batch in enumerate(batches):
-            number = absolute - run.start
-            if number >= 0 and number not in run.skip:
-                yield self._tag(batch, number)
+def _resumable_keys(
+    chunks: Iterator[tuple[list[int], list[int] | None]], size: int, number: int, skip: _Ahead, tagged: bool
+) -> Iterator[list[Any]]:
+    for indices, seeds in chunks:
+        keys: list[Any] = list(zip(indices, seeds)) if seeds is not None else indices
+        for lo in range(0, len(keys), size):
+            if number not in skip:
+                yield _tag(keys[lo : lo + size], number, tagged)
+            number += 1
 
-    def _tag(self, keys: list[Any], number: int) -> list[Any]:
-        if not self.loader._tagged:
-            return keys
-        tagged = TaggedKeys(keys)
-        tagged.number = number
-        return tagged
+
+def _replayed_keys(batches: Iterator[list[Any]], start: int, skip: _Ahead, tagged: bool) -> Iterator[list[Any]]:
+    for absolute, batch in enumerate(batches):
+        number = absolute - start
+        if number >= 0 and number not in skip:
+            yield _tag(batch, number, tagged)
+
+
+def _tag(keys: list[Any], number: int, tagged: bool) -> list[Any]:
+    if not tagged:
+        return keys
+    result = TaggedKeys(keys)
+    result.number = number
+    return result
