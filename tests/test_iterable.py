@@ -3,18 +3,21 @@ what their per-worker state cannot do (another num_workers, another world) with 
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
+from resume import check_exactly_once, check_resume, epochs_of, release, roundtrip, to_py
 from torch.utils.data import IterableDataset, get_worker_info
 
-from resume import check_exactly_once, check_resume, epochs_of, release, roundtrip, to_py
 from torch_input_ckpt import InputStateError, ResumableDataLoader
 
 N = 22
 
 
 def _shard(items: list[int]) -> tuple[int, list[int]]:
-    """This worker's share of ``items``: worker w of W takes w, w+W, ... (the usual get_worker_info sharding)."""
+    """This worker's share of ``items``: worker w of W takes w, w+W, ... (get_worker_info sharding)."""
     info = get_worker_info()
     worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
     return worker, items[worker::workers]
@@ -112,7 +115,7 @@ def test_persistent_workers_over_three_epochs_resume_in_the_middle_one():
 
     expected = check_resume(make, PER_EPOCH + 3, epochs=3)
     check_resume(make, 2 * PER_EPOCH, epochs=3, expected=expected)
-    assert [sorted({e for e in b["epoch"]}) for _, b in expected][:: PER_EPOCH] == [[0], [1], [2]]
+    assert [sorted({e for e in b["epoch"]}) for _, b in expected][::PER_EPOCH] == [[0], [1], [2]]
     check_exactly_once(expected, _items, N)
 
 
@@ -155,7 +158,9 @@ def test_fresh_state_and_state_after_load_start_no_workers():
 @pytest.mark.parametrize("saved,current", [(0, 2), (2, 3), (2, 0)])
 def test_another_num_workers_is_refused_naming_both(saved, current):
     state = _loader(num_workers=saved).state_dict()
-    with pytest.raises(InputStateError, match=rf"num_workers={saved}, but this pipeline has num_workers={current}"):
+    with pytest.raises(
+        InputStateError, match=rf"num_workers={saved}, but this pipeline has num_workers={current}"
+    ):
         _loader(num_workers=current).load_state_dict(state)
 
 
@@ -163,7 +168,9 @@ def test_another_num_workers_is_refused_naming_both(saved, current):
 def test_another_world_is_refused_naming_both(key, saved):
     state = _loader().state_dict() | {key: saved}
     current = 1 if key == "world_size" else 0
-    with pytest.raises(InputStateError, match=rf"{key}={saved}, but this process has {key}={current}.*re-split"):
+    with pytest.raises(
+        InputStateError, match=rf"{key}={saved}, but this process has {key}={current}.*re-split"
+    ):
         _loader().load_state_dict(state)
 
 
@@ -226,3 +233,17 @@ def test_set_epoch_starts_an_epoch_over():
     loader.set_epoch(0)
     assert loader.state_dict()["inner"] == {}
     assert [to_py(b) for b in loader] == first
+
+
+def test_abandoned_loader_with_persistent_workers_is_freed_at_once():
+    """No reference cycle: dropping the loader stops its persistent workers by reference counting."""
+    loader = _loader(num_workers=2, persistent_workers=True)
+    it = iter(loader)
+    next(it)
+    ref = weakref.ref(loader)
+    gc.disable()
+    try:
+        del loader, it
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -11,10 +11,10 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from resume import check_exactly_once, check_resume, epochs_of, resume_chain, roundtrip, to_py
 from torch.utils.data import Dataset
 
-from resume import check_exactly_once, check_resume, epochs_of, resume_chain, roundtrip, to_py
-from torch_input_ckpt import InputStateError, ResumableDataLoader
+from torch_input_ckpt import InputCheckpointWarning, InputStateError, ResumableDataLoader
 
 N = 20
 DRAWS = ("torch", "numpy", "python")
@@ -36,23 +36,44 @@ class Augmenting(Dataset):
     def __getitem__(self, index: int) -> dict[str, float | int]:
         if index in self.slow:
             time.sleep(self.delay)
-        return {"index": index, "torch": torch.rand(()).item(), "numpy": float(np.random.rand()),
-                "python": random.random()}
+        return {
+            "index": index,
+            "torch": torch.rand(()).item(),
+            "numpy": float(np.random.rand()),
+            "python": random.random(),
+        }
 
 
-def _loader(num_workers: int = 0, *, batch_size: int = 3, prefetch_factor: int | None = None,
-            persistent_workers: bool = False, dataset: Dataset | None = None, **options) -> ResumableDataLoader:
+def _loader(
+    num_workers: int = 0,
+    *,
+    batch_size: int = 3,
+    prefetch_factor: int | None = None,
+    persistent_workers: bool = False,
+    dataset: Dataset | None = None,
+    **options,
+) -> ResumableDataLoader:
     if num_workers and prefetch_factor is None:
         prefetch_factor = 2
-    return ResumableDataLoader(Augmenting() if dataset is None else dataset, batch_size=batch_size, shuffle=True,
-                               seed=5, num_workers=num_workers, prefetch_factor=prefetch_factor,
-                               persistent_workers=persistent_workers, **options)
+    return ResumableDataLoader(
+        Augmenting() if dataset is None else dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        seed=5,
+        num_workers=num_workers,
+        prefetch_factor=prefetch_factor,
+        persistent_workers=persistent_workers,
+        **options,
+    )
 
 
 def _samples(stream) -> list[tuple[int, int, float, float, float]]:
     """(epoch, index, draws...) per sample, whatever the batching."""
-    return [(epoch, *values) for epoch, batch in stream
-            for values in zip(batch["index"], *(batch[k] for k in DRAWS))]
+    return [
+        (epoch, *values)
+        for epoch, batch in stream
+        for values in zip(batch["index"], *(batch[k] for k in DRAWS), strict=True)
+    ]
 
 
 def _indices(batch) -> list[int]:
@@ -101,7 +122,9 @@ def test_draws_do_not_depend_on_num_workers():
 def test_pipeline_changed_on_resume_is_exact(saved, resumed):
     expected = _reference()
     for stop in (4, PER_EPOCH + 2):
-        check_resume(lambda: _loader(**saved), stop, resume_with=lambda: _loader(**resumed), expected=expected)
+        check_resume(
+            lambda: _loader(**saved), stop, resume_with=lambda: _loader(**resumed), expected=expected
+        )
 
 
 def test_reseed_off_is_honoured_and_draws_then_depend_on_num_workers():
@@ -123,8 +146,6 @@ def test_reseed_off_is_honoured_and_draws_then_depend_on_num_workers():
 
 
 def test_reseed_setting_changed_on_resume_warns():
-    from torch_input_ckpt import InputCheckpointWarning
-
     state = _loader(reseed_rng=False).state_dict()
     with pytest.warns(InputCheckpointWarning, match="reseed_rng=False, resuming with reseed_rng=True"):
         _loader().load_state_dict(state)
@@ -210,8 +231,14 @@ def test_batches_ahead_are_kept_as_their_holes_at_most_workers_times_prefetch():
     grows by what is in flight (at most workers x prefetch), not by what was delivered meanwhile."""
 
     def make():
-        return ResumableDataLoader(Augmenting(frozenset({0}), 0.5), batch_size=1, seed=5, num_workers=2,
-                                   prefetch_factor=2, in_order=False)
+        return ResumableDataLoader(
+            Augmenting(frozenset({0}), 0.5),
+            batch_size=1,
+            seed=5,
+            num_workers=2,
+            prefetch_factor=2,
+            in_order=False,
+        )
 
     loader = make()
     head, widest = [], None
@@ -229,8 +256,10 @@ def test_batches_ahead_are_kept_as_their_holes_at_most_workers_times_prefetch():
     check_exactly_once(head + list(epochs_of(resumed, 1)), _indices, N)
 
 
-@pytest.mark.parametrize("ahead", [[1], {"end": 2, "missing": [1]}, {"end": -1, "missing": []},
-                                   {"end": 2, "missing": [0, 5]}, {"end": 2}])
+@pytest.mark.parametrize(
+    "ahead",
+    [[1], {"end": 2, "missing": [1]}, {"end": -1, "missing": []}, {"end": 2, "missing": [0, 5]}, {"end": 2}],
+)
 def test_malformed_ahead_is_an_input_state_error(ahead):
     state = _loader().state_dict() | {"ahead": ahead}
     with pytest.raises(InputStateError, match="ahead"):
@@ -251,3 +280,21 @@ def test_abandoned_loader_with_persistent_workers_is_freed_at_once(options):
         assert ref() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_iterating_again_after_break_with_persistent_workers_continues_like_a_restored_copy(in_order):
+    """The persistent workers are reset for the new pass, which continues where the caller stopped."""
+    loader = _loader(2, persistent_workers=True, in_order=in_order)
+    it = iter(loader)
+    head = [to_py(next(it)) for _ in range(3)]
+    state = roundtrip(loader.state_dict())
+    rest = [to_py(b) for b in loader]
+    restored = _loader(0)
+    restored.load_state_dict(state)
+    assert sorted(map(str, rest)) == sorted(map(str, (to_py(b) for b in restored)))
+    if in_order:
+        assert head + rest == [b for _, b in _reference(1)]
+    check_exactly_once([(0, b) for b in head + rest], _indices, N)
+    assert loader.epoch == 1
+    del it, loader

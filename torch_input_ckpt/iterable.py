@@ -28,7 +28,9 @@ _INNER_KEY = {False: "_num_yielded", True: "_snapshot"}
 
 def has_state(dataset: Any) -> bool:
     """Whether the dataset saves and restores its own position (torchdata's ``Stateful`` protocol)."""
-    return callable(getattr(dataset, "state_dict", None)) and callable(getattr(dataset, "load_state_dict", None))
+    return callable(getattr(dataset, "state_dict", None)) and callable(
+        getattr(dataset, "load_state_dict", None)
+    )
 
 
 class IterableState:
@@ -51,7 +53,9 @@ class IterableState:
             # torchdata gives no resume guarantee for out-of-order iterable batches (it only logs so), and
             # which worker's batch comes first is a race. Delivering in order is one of the orders
             # in_order=False permits, and it is the one that resumes exactly.
-            log.info("IterableDataset with in_order=False: batches are delivered in order so that they resume exactly")
+            log.info(
+                "IterableDataset with in_order=False: delivering batches in order, which resumes exactly"
+            )
         options = {**options, "in_order": True}
         with warnings.catch_warnings():
             # torchdata 0.11 calls torch.set_vital, deprecated in torch 2.13: not the user's concern.
@@ -126,10 +130,10 @@ class IterableState:
             saved = field(state, name, int, source)
             if saved != current:
                 raise InputStateError(
-                    f"{source}: the state was saved with {name}={saved}, but this process has {name}={current}. "
-                    "An IterableDataset's state is kept per rank and per worker, and cannot be re-split over "
-                    "another number of ranks (a map-style dataset's can). Resume on the saved world size, "
-                    "each rank loading its own state."
+                    f"{source}: the state was saved with {name}={saved}, but this process has "
+                    f"{name}={current}. An IterableDataset's state is kept per rank and per worker, and "
+                    "cannot be re-split over another number of ranks (a map-style dataset's can). Resume "
+                    "on the saved world size, each rank loading its own state."
                 )
         batch_size = field(state, "batch_size", (int, type(None)), source)
         if batch_size != self.delegate.batch_size and not has_state(self.delegate.dataset):
@@ -170,7 +174,7 @@ class IterableState:
         return [
             f"IterableDataset {type(dataset).__qualname__} has no state_dict/load_state_dict: it is resumed "
             "by replaying the epoch from its start and skipping the batches already delivered, which is "
-            "exact only if it yields the same items in the same order again (and costs the time to re-read them)"
+            "exact only if it yields the same items in the same order again (and costs re-reading them)"
         ]
 
 

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import logging
 import warnings
-import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from .errors import InputCheckpointWarning, InputStateError
+from .fetch import FetchDataset, TaggedCollate
 from .iterable import IterableState
-from .fetch import FetchDataset, TaggedCollate, TaggedKeys
+from .passes import Ahead, DeliveredBatches, KeyBatches, Pass
 from .permutation import mix64
-from .sampler import CHUNK, ResumableSampler
+from .sampler import ResumableSampler
 from .state import FORMAT_VERSION, check_header, check_same, field
 
 __all__ = ["ResumableDataLoader"]
@@ -34,15 +33,22 @@ class ResumableDataLoader(DataLoader):
     :attr:`epoch` by itself, and iterating again after a ``break`` continues where the caller
     stopped (exactly as a restored copy would); :meth:`set_epoch` starts an epoch over.
 
+    An ``IterableDataset`` is iterated by torchdata's ``StatefulDataLoader``, which captures each
+    worker's dataset state with the batch it delivers. Its ``set_epoch`` (if any) is called before
+    each pass. It resumes exactly if it has ``state_dict``/``load_state_dict`` (otherwise it is
+    replayed and listed under ``"external"``), with the same ``num_workers`` and world size;
+    ``in_order=False`` is delivered in order, and ``reseed_rng`` does not apply.
+
     The arguments are those of ``DataLoader``, with these differences:
 
     Args:
         seed: Chooses the shuffling order, and the workers' base seed, per epoch. Replaces
             ``generator``, whose state would change with every pass and so could not be resumed.
-        reseed_rng: Before each sample is fetched, seed torch's, NumPy's and Python's global RNGs
-            from ``(seed, epoch, position)``, and restore them after the batch, so random
-            augmentations in ``__getitem__`` are reproduced exactly after a resume and do not
-            depend on ``num_workers``. Costs a few µs per sample; turn off if you need none of it.
+        reseed_rng: Before each sample of a map-style dataset is fetched, seed torch's, NumPy's and
+            Python's global RNGs from ``(seed, epoch, position)`` (and, in the main process, put
+            them back after the batch), so random augmentations in ``__getitem__`` are reproduced
+            exactly after a resume and do not depend on ``num_workers``. Costs ~10 µs per sample
+            (plus ~160 µs per batch with ``num_workers=0``); turn off if you need none of it.
         sampler: ``None`` (a :class:`ResumableSampler` is built from ``shuffle`` and ``seed``; under
             ``torch.distributed`` it shards over the ranks), a :class:`ResumableSampler`, or any
             other sampler; another sampler is resumed by restoring its ``state_dict`` (if it has
@@ -124,7 +130,7 @@ class ResumableDataLoader(DataLoader):
         # Out-of-order delivery needs to know which batch each result is; in-order delivery of
         # fixed-size batches does not, and then the hot path stays as torch's.
         self._tagged = not in_order and num_workers > 0
-        self._keys = _KeyBatches(self)
+        self._keys = KeyBatches(self)
         self._fetch_dataset = (
             FetchDataset(dataset, reseed=reseed_rng and self._resumable, tagged=self._tagged)
             if (reseed_rng and self._resumable) or self._tagged
@@ -133,14 +139,14 @@ class ResumableDataLoader(DataLoader):
         self._fetch_collate = TaggedCollate(self.collate_fn) if self._tagged else None
         # Batches delivered out of order beyond the committed cursor, as batch numbers relative to
         # it, and the sampler generation they belong to.
-        self._ahead: tuple[int, _Ahead] = (0, _Ahead())
+        self._ahead: tuple[int, Ahead] = (0, Ahead())
         # The position of a sampler that is not a ResumableSampler: epoch and batches delivered,
         # and the sampler's own state at the start of that epoch's pass (if it has one).
         self._custom_epoch = 0
         self._custom_delivered = 0
         self._custom_start_state: Any = None
         self._custom_generation = 0
-        self._pass: _Pass | None = None
+        self._pass: Pass | None = None
 
     # -- position ---------------------------------------------------------------------------------
 
@@ -178,10 +184,10 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         if self._iterable is not None:
             return self._iterable.iterate()
-        run = _Pass(self)
+        run = Pass(self)
         # A generator fixed by (seed, epoch) gives the workers reproducible base seeds.
         self.generator = torch.Generator().manual_seed(mix64(self.seed, run.epoch, 0xB45E) & _M63)
-        # torch's iterator asks _KeyBatches for its keys while it is built (also when persistent
+        # torch's iterator asks KeyBatches for its keys while it is built (also when persistent
         # workers are reset); the pass is handed over only for that moment, so that the loader is in no
         # reference cycle: a cycle would leave persistent workers to the cycle collector, which closes
         # their queues before the iterator can tell them to stop (each then waits out a 5 s join).
@@ -190,7 +196,7 @@ class ResumableDataLoader(DataLoader):
             batches = super().__iter__()
         finally:
             self._pass = None
-        return _DeliveredBatches(run, batches)
+        return DeliveredBatches(run, batches)
 
     def _get_iterator(self) -> Any:
         if self._iterable is not None or self._fetch_dataset is None:
@@ -232,7 +238,7 @@ class ResumableDataLoader(DataLoader):
             return state
         state["dataset_length"] = len(self.dataset)  # type: ignore[arg-type]
         owner, ahead = self._ahead
-        state["ahead"] = (ahead if owner == self._generation() else _Ahead()).to_state()
+        state["ahead"] = (ahead if owner == self._generation() else Ahead()).to_state()
         if self._resumable:
             # Normalised: a finished epoch is saved as the start of the next one, matching `epoch`.
             state["sampler"] = self.sampler._state(normalize=True)  # type: ignore[attr-defined]
@@ -245,13 +251,18 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state_dict: dict[str, Any], *, source: str = "state_dict") -> None:
         """Continue from a state saved by :meth:`state_dict` at the next ``iter()``.
 
-        Another ``num_workers``, ``prefetch_factor`` or ``persistent_workers`` is fine. With a
-        :class:`ResumableSampler`, so are another batch size (the stream continues at the same
-        sample) and another world size (the ranks split what is left of the epoch).
+        Another ``num_workers``, ``prefetch_factor``, ``persistent_workers`` or ``in_order`` is fine
+        for a map-style dataset. With a :class:`ResumableSampler`, so are another batch size (the
+        stream continues at the same sample) and another world size (the ranks split what is left of
+        the epoch), unless the state holds batches delivered out of order beyond its position.
+        An ``IterableDataset``'s state is per worker and per rank: ``num_workers`` and the world must
+        be the saved ones (``prefetch_factor``, ``persistent_workers`` may change; the batch size too
+        if the dataset has state).
 
         Raises:
             InputStateError: (a ``ValueError``) for a malformed state, or one saved for another
-                dataset length or kind of sampler, naming the saved and the current value.
+                dataset length, kind of sampler, or (iterable datasets) ``num_workers`` or world,
+                naming the saved and the current value.
         """
         state = check_header(state_dict, "ResumableDataLoader", source)
         check_same(
@@ -275,13 +286,14 @@ class ResumableDataLoader(DataLoader):
         saved_reseed = field(state, "reseed_rng", bool, source)
         if saved_reseed != self.reseed_rng:
             warnings.warn(
-                f"{source}: saved with reseed_rng={saved_reseed}, resuming with reseed_rng={self.reseed_rng}: "
+                f"{source}: saved with reseed_rng={saved_reseed}, resuming with "
+                f"reseed_rng={self.reseed_rng}: "
                 "the order resumes exactly but random augmentation draws will differ",
                 InputCheckpointWarning,
                 stacklevel=2,
             )
         batch_size = field(state, "batch_size", (int, type(None)), source)
-        ahead = _Ahead.from_state(field(state, "ahead", dict, source), source)
+        ahead = Ahead.from_state(field(state, "ahead", dict, source), source)
         if self._resumable:
             sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
             saved_world = field(field(state, "sampler", dict, source), "num_replicas", int, source)
@@ -295,7 +307,7 @@ class ResumableDataLoader(DataLoader):
             sampler.load_state_dict(state["sampler"], source=source)
             sampler._resume_pending = False  # the loader normalises positions itself
             if batch_size != self.batch_size:
-                log.info("%s: batch size %s -> %s; continuing at the same sample", source, batch_size, self.batch_size)
+                log.info("%s: batch size %s -> %s; same sample position", source, batch_size, self.batch_size)
         else:
             check_same("batch_size", batch_size, self.batch_size, source, "Resume with the same batch_size.")
             start_state = state.get("sampler")
@@ -333,202 +345,3 @@ class ResumableDataLoader(DataLoader):
         if self._resumable:
             return "ResumableSampler"
         return type(self.sampler).__qualname__
-
-
-@dataclass(frozen=True, slots=True)
-class _Ahead:
-    """Batches delivered out of order beyond the committed position, numbered from it: all of
-    ``[0, end)`` except ``missing``.
-
-    Kept as its holes rather than as the batches delivered: a hole is a batch torch still has in
-    flight (at most ``num_workers * prefetch_factor`` of them), while the delivered ones grow for as
-    long as one slow batch holds the position back.
-    """
-
-    end: int = 0
-    missing: frozenset[int] = frozenset()
-
-    def __contains__(self, number: object) -> bool:
-        return isinstance(number, int) and number < self.end and number not in self.missing
-
-    def to_state(self) -> dict[str, Any]:
-        return {"end": self.end, "missing": sorted(self.missing)}
-
-    @classmethod
-    def from_state(cls, state: Any, source: str) -> _Ahead:
-        end = field(state, "end", int, f"{source}: ahead")
-        missing = field(state, "missing", list, f"{source}: ahead")
-        if end < 0 or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < end for n in missing):
-            raise InputStateError(
-                f"{source}: ahead={state!r} is invalid; expected end >= 0 and missing batch numbers in [0, end)"
-            )
-        if end and 0 not in missing:
-            raise InputStateError(f"{source}: ahead={state!r} is invalid; batch 0 beyond the cursor cannot be delivered")
-        return cls(end, frozenset(missing))
-
-
-class _Pass:
-    """One pass over (the rest of) an epoch: where it started and which batches reached the caller.
-
-    Batches are numbered from the pass's start. ``high`` is one past the highest batch delivered,
-    ``holes`` the batches below it not delivered yet (in flight: at most workers x prefetch of them);
-    the committed position is the first hole. A state loaded with batches ahead starts with them.
-    """
-
-    def __init__(self, loader: ResumableDataLoader) -> None:
-        self.loader = loader
-        self.batch_size = loader.batch_size or 1
-        self.ordered = not loader._tagged
-        self.generation = loader._generation()
-        owner, ahead = loader._ahead
-        self.skip = ahead if owner == self.generation else _Ahead()
-        if loader._resumable:
-            sampler: ResumableSampler = loader.sampler  # type: ignore[assignment]
-            self.epoch, self.start = sampler._position()
-            self.count = sampler.rank_count(self.start)
-            full, rest = divmod(self.count, self.batch_size)
-            self.batches = full + (1 if rest and not (loader.drop_last and loader.batch_size) else 0)
-        else:
-            self.epoch, self.start = loader._custom_epoch, loader._custom_delivered
-            self.count = self.batches = -1  # unknown: the sampler decides when the epoch ends
-            loader._prepare_custom_pass()
-        self.high = self.skip.end
-        self.holes = set(self.skip.missing)
-        self.next_number = self.prefix
-
-    @property
-    def prefix(self) -> int:
-        """How many batches from the pass's start were delivered without a gap."""
-        return min(self.holes) if self.holes else self.high
-
-    def delivered(self, number: int | None) -> None:
-        """Record that batch ``number`` (None: the next in order) reached the caller."""
-        if number is None:
-            number = self.next_number
-            self.next_number += 1
-            while self.next_number in self.skip:
-                self.next_number += 1
-        if number >= self.high:
-            self.holes.update(range(self.high, number))
-            self.high = number + 1
-        else:
-            self.holes.discard(number)
-        loader = self.loader
-        if loader._generation() != self.generation:
-            return  # set_epoch / load_state_dict moved the loader since this pass began
-        prefix = self.prefix
-        if loader._resumable:
-            taken = self.count if prefix >= self.batches else prefix * self.batch_size
-            sampler: ResumableSampler = loader.sampler  # type: ignore[assignment]
-            sampler._commit(self.generation, self.epoch, self.start + taken * sampler.num_replicas)
-        else:
-            loader._custom_delivered = self.start + prefix
-        if self.holes or loader._ahead[1].end:
-            ahead = _Ahead(self.high - prefix, frozenset(n - prefix for n in self.holes)) if self.holes else _Ahead()
-            loader._ahead = (self.generation, ahead)
-
-    def finished(self) -> None:
-        """The torch iterator is exhausted: the epoch is over."""
-        loader = self.loader
-        if not loader._resumable and loader._generation() == self.generation:
-            loader._move_custom(self.epoch + 1)
-
-
-class _DeliveredBatches:
-    """The iterator handed to the caller: torch's iterator, recording each batch as it is delivered."""
-
-    def __init__(self, run: _Pass, batches: Iterator[Any]) -> None:
-        self._run = run
-        self._batches = batches
-        self._ordered = run.ordered
-
-    def __iter__(self) -> _DeliveredBatches:
-        return self
-
-    def __len__(self) -> int:
-        return len(self._batches)  # type: ignore[arg-type]
-
-    def __next__(self) -> Any:
-        try:
-            item = next(self._batches)
-        except StopIteration:
-            self._run.finished()
-            raise
-        if self._ordered:
-            self._run.delivered(None)
-            return item
-        number, batch = item
-        self._run.delivered(number)
-        return batch
-
-
-class _KeyBatches:
-    """The index sampler torch's iterators draw from: batches of keys for the current pass.
-
-    For a :class:`ResumableSampler` the keys come straight from its chunked permutation (a seek, not
-    a replay); for any other sampler, from its own iterator, replaying the delivered batches
-    without fetching them. It refers to the loader weakly, and the keys it yields do not refer to it
-    at all, because torch's iterator (kept by the loader when workers are persistent) holds it.
-    """
-
-    def __init__(self, loader: ResumableDataLoader) -> None:
-        self._loader = weakref.ref(loader)
-
-    def __len__(self) -> int:
-        loader = self._loader()
-        assert loader is not None  # torch asks only while the loader is in use
-        return len(loader.batch_sampler) if loader.batch_sampler is not None else len(loader.sampler)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[Any]:
-        loader = self._loader()
-        run = loader._pass if loader is not None else None
-        assert run is not None  # __iter__ sets it while torch's iterator asks for indices
-        tagged = loader._tagged  # type: ignore[union-attr]
-        if loader._resumable:  # type: ignore[union-attr]
-            sampler: ResumableSampler = loader.sampler  # type: ignore[union-attr,assignment]
-            last = run.batches * run.batch_size if loader.drop_last and loader.batch_size else run.count  # type: ignore[union-attr]
-            chunks = sampler.chunks(
-                run.epoch,
-                run.start,
-                run.prefix * run.batch_size,
-                last,
-                with_seeds=loader.reseed_rng,  # type: ignore[union-attr]
-                chunk=run.batch_size * max(1, CHUNK // run.batch_size),
-            )
-            keys = _resumable_keys(chunks, run.batch_size, run.prefix, run.skip, tagged)
-        else:
-            if loader.batch_size is None:  # type: ignore[union-attr]
-                batches: Iterator[list[Any]] = ([index] for index in loader.sampler)  # type: ignore[union-attr]
-            else:
-                batches = iter(loader.batch_sampler)  # type: ignore[union-attr,arg-type]
-            keys = _replayed_keys(batches, run.start, run.skip, tagged)
-        if loader.batch_size is None:  # type: ignore[union-attr]
-            # batch_size=None: every key is its own "batch".
-            return (key for key_batch in keys for key in key_batch)
-        return keys
-
-
-def _resumable_keys(
-    chunks: Iterator[tuple[list[int], list[int] | None]], size: int, number: int, skip: _Ahead, tagged: bool
-) -> Iterator[list[Any]]:
-    for indices, seeds in chunks:
-        keys: list[Any] = list(zip(indices, seeds)) if seeds is not None else indices
-        for lo in range(0, len(keys), size):
-            if number not in skip:
-                yield _tag(keys[lo : lo + size], number, tagged)
-            number += 1
-
-
-def _replayed_keys(batches: Iterator[list[Any]], start: int, skip: _Ahead, tagged: bool) -> Iterator[list[Any]]:
-    for absolute, batch in enumerate(batches):
-        number = absolute - start
-        if number >= 0 and number not in skip:
-            yield _tag(batch, number, tagged)
-
-
-def _tag(keys: list[Any], number: int, tagged: bool) -> list[Any]:
-    if not tagged:
-        return keys
-    result = TaggedKeys(keys)
-    result.number = number
-    return result
