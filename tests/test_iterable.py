@@ -16,11 +16,18 @@ from torch_input_ckpt import InputStateError, ResumableDataLoader
 N = 22
 
 
-def _shard(items: list[int]) -> tuple[int, list[int]]:
-    """This worker's share of ``items``: worker w of W takes w, w+W, ... (get_worker_info sharding)."""
+def _shard(items: list[int], skew: bool = False) -> tuple[int, list[int]]:
+    """This worker's share of ``items``: worker w of W takes w, w+W, ... (get_worker_info sharding).
+
+    With ``skew``, worker 0 takes the first two thirds and the others share the rest, so that some
+    workers run out while another still has batches to deliver.
+    """
     info = get_worker_info()
     worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-    return worker, items[worker::workers]
+    if not skew or workers == 1:
+        return worker, items[worker::workers]
+    split = 2 * len(items) // 3
+    return worker, items[:split] if worker == 0 else items[split:][worker - 1 :: workers - 1]
 
 
 def _order(seed: int, epoch: int) -> list[int]:
@@ -37,8 +44,9 @@ class ShardedStream(IterableDataset):
     whose shard had ended and asks it once more, and it must then find nothing left.
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, skew: bool = False) -> None:
         self.seed = seed
+        self.skew = skew
         self.epoch = 0
         self.position = 0
         self.restored = False
@@ -54,10 +62,10 @@ class ShardedStream(IterableDataset):
 
     def __iter__(self):
         # Not a generator function: the bookkeeping happens at iter(), before torchdata reads the state.
-        worker, shard = _shard(_order(self.seed, self.epoch))
+        worker, shard = _shard(_order(self.seed, self.epoch), self.skew)
         if self.position >= len(shard) and not self.restored:
             self.epoch, self.position = self.epoch + 1, 0
-            worker, shard = _shard(_order(self.seed, self.epoch))
+            worker, shard = _shard(_order(self.seed, self.epoch), self.skew)
         self.restored = False
         return self._items(worker, shard)
 
@@ -90,19 +98,22 @@ def _loader(dataset=None, **options) -> ResumableDataLoader:
 PER_EPOCH = 8
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_stateful_sharded_stream_resumes_exactly(num_workers):
-    """Start, one batch, mid-epoch, just after the epoch's last batch, and into the next epoch."""
+@pytest.mark.parametrize("num_workers,skew", [(0, False), (2, False), (2, True)])
+def test_stateful_sharded_stream_resumes_exactly(num_workers, skew):
+    """Start, one batch, mid-epoch, after one worker ran out, after the epoch's last batch, and into the
+    next epoch. Skewed: worker 0 has 5 batches, worker 1 has 3 and runs out after the 6th batch."""
 
     def make():
-        return _loader(num_workers=num_workers)
+        return _loader(ShardedStream(seed=1, skew=skew), num_workers=num_workers)
 
     expected = check_resume(make, 0)
-    for stop in (1, PER_EPOCH // 2, PER_EPOCH, PER_EPOCH + 2):
+    stops = (1, PER_EPOCH // 2, PER_EPOCH - 1, PER_EPOCH, PER_EPOCH + 2)
+    for stop in stops + ((PER_EPOCH - 2,) if skew else ()):
         check_resume(make, stop, expected=expected)
     # The comparison could fail: every item once per epoch, each epoch in its own order, the workers'
     # epochs moved on by the loader.
     check_exactly_once(expected, _items, N)
+    assert len(expected) == 2 * PER_EPOCH
     epochs = [sum((_items(b) for e, b in expected if e == epoch), []) for epoch in (0, 1)]
     assert epochs[0] != epochs[1]
     assert {e for _, b in expected for e in b["epoch"]} == {0, 1}
@@ -247,3 +258,20 @@ def test_abandoned_loader_with_persistent_workers_is_freed_at_once():
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_state_taken_between_iter_and_first_batch_of_a_persistent_epoch():
+    """Persistent workers restart their shards when the new pass begins; a state taken then (before
+    any batch of it) resumes at that epoch's start, not at the end of the previous one."""
+    expected = list(epochs_of(_loader(num_workers=2, persistent_workers=True), 2))
+    loader = _loader(num_workers=2, persistent_workers=True)
+    head = [(0, to_py(b)) for b in loader]
+    it = iter(loader)
+    state = roundtrip(loader.state_dict())
+    del it, loader
+    release()
+    resumed = _loader(num_workers=2, persistent_workers=True)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 1
+    assert head + list(epochs_of(resumed, 2)) == expected
+    del resumed
