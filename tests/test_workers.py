@@ -298,3 +298,27 @@ def test_iterating_again_after_break_with_persistent_workers_continues_like_a_re
     check_exactly_once([(0, b) for b in head + rest], _indices, N)
     assert loader.epoch == 1
     del it, loader
+
+
+class OwnGenerator(Dataset):
+    """A dataset that makes its own NumPy Generator per sample, from the seed reseeding gave torch."""
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, index: int) -> dict[str, float | int]:
+        rng = np.random.default_rng(torch.initial_seed())
+        return {"index": index, "own": float(rng.random())}
+
+
+def test_generator_made_per_sample_from_torch_initial_seed_follows_the_sample():
+    """The recipe the README gives for RNG objects: build them in __getitem__ from torch.initial_seed()."""
+
+    def make(num_workers):
+        return lambda: _loader(num_workers, dataset=OwnGenerator())
+
+    expected = list(epochs_of(make(0)(), 2))
+    assert list(epochs_of(make(2)(), 2)) == expected
+    check_resume(make(2), 4, resume_with=make(3), expected=expected)
+    draws = [d for _, b in expected for d in b["own"]]
+    assert len(set(draws)) == len(draws)
