@@ -275,3 +275,21 @@ def test_state_taken_between_iter_and_first_batch_of_a_persistent_epoch():
     assert resumed.epoch == 1
     assert head + list(epochs_of(resumed, 2)) == expected
     del resumed
+
+
+class TensorStateStream(ShardedStream):
+    def state_dict(self):
+        return {"epoch": self.epoch, "position": torch.tensor(self.position)}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_dataset_state_that_is_not_json_is_named(num_workers):
+    loader = _loader(TensorStateStream(), num_workers=num_workers)
+    it = iter(loader)
+    next(it)
+    with pytest.raises(
+        TypeError, match=r"\['position'\] is a Tensor.*IterableDataset's state_dict\(\).*JSON types"
+    ):
+        loader.state_dict()
+    del it, loader
+    release()

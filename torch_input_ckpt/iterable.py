@@ -14,7 +14,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .errors import InputStateError
 from .permutation import mix64
-from .state import field
+from .state import check_plain, field
 from .world import World
 
 __all__ = ["IterableState"]
@@ -111,6 +111,15 @@ class IterableState:
             inner = {}
         else:
             inner = self.delegate.state_dict()
+            try:
+                check_plain(inner, "state['inner']")
+            except TypeError as error:
+                # torchdata's own entries are plain; what is not comes from the dataset's state_dict().
+                raise TypeError(
+                    f"{error}. The IterableDataset's state_dict() (kept per worker under 'dataset_state') "
+                    "must return JSON types so that the state can be saved as JSON and loaded without "
+                    "unpickling: convert tensors and NumPy values with .tolist() or int()/float()."
+                ) from None
         world = World.detect()
         return {"inner": inner, "world_size": world.size, "rank": world.rank, "external": self._external()}
 
