@@ -293,3 +293,21 @@ def test_a_dataset_state_that_is_not_json_is_named(num_workers):
         loader.state_dict()
     del it, loader
     release()
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"num_workers": 2}, {"num_workers": 2, "persistent_workers": True}], ids=["0", "2", "2p"]
+)
+def test_state_taken_after_an_epoch_ended_resumes_at_the_next_epoch(options):
+    """After the pass ran to its end (not just its last batch), the state is the next epoch's start."""
+    expected = list(epochs_of(_loader(**options), 2))
+    loader = _loader(**options)
+    head = [(0, to_py(b)) for b in loader]
+    state = roundtrip(loader.state_dict())
+    del loader
+    release()
+    assert (state["epoch"], state["inner"]) == (1, {})
+    resumed = _loader(**options)
+    resumed.load_state_dict(state)
+    assert head + list(epochs_of(resumed, 2)) == expected
+    del resumed

@@ -69,7 +69,8 @@ class IterableState:
         # A loaded torchdata state that no pass has picked up yet: returned as is by state_dict(), so that
         # saving right after loading needs no worker start-up and changes nothing.
         self._pending: dict[str, Any] | None = None
-        # Whether a pass was started (and not yet finished or replaced) since the last move.
+        # Whether a pass was started since the last move or the end of an epoch, and whether it is
+        # still open (not run to its end).
         self._started = False
         self._open = False
 
@@ -106,8 +107,8 @@ class IterableState:
         if self._pending is not None:
             inner = self._pending
         elif not self._started:
-            # Nothing iterated since the last move: the start of the epoch. (Asking torchdata would
-            # start the workers just to report their initial states.)
+            # Nothing iterated since the last move or the end of an epoch: the start of the epoch.
+            # (Asking torchdata would start the workers just to report their initial states.)
             inner = {}
         else:
             inner = self.delegate.state_dict()
@@ -173,8 +174,11 @@ class IterableState:
 
     def _finished(self, generation: int) -> None:
         if generation == self._generation:
+            # The next epoch's start: saved as {} rather than as torchdata's finished iterator, whose
+            # restore would start workers (or replay a whole epoch of a dataset without state) only
+            # to find it over. As on the map-style path, a finished epoch reads as the next one.
             self.epoch += 1
-            self._open = False
+            self._started = self._open = False
 
     def _external(self) -> list[str]:
         dataset = self.delegate.dataset
