@@ -163,32 +163,33 @@ class KeyBatches:
     def __len__(self) -> int:
         loader = self._loader()
         assert loader is not None  # torch asks only while the loader is in use
-        return len(loader.batch_sampler) if loader.batch_sampler is not None else len(loader.sampler)  # type: ignore[arg-type]
+        sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+        return len(sampler)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Any]:
         loader = self._loader()
-        run = loader._pass if loader is not None else None
-        assert run is not None  # __iter__ sets it while torch's iterator asks for indices
-        tagged = loader._tagged  # type: ignore[union-attr]
-        if loader._resumable:  # type: ignore[union-attr]
-            sampler: ResumableSampler = loader.sampler  # type: ignore[union-attr,assignment]
-            last = run.batches * run.batch_size if loader.drop_last and loader.batch_size else run.count  # type: ignore[union-attr]
+        # ResumableDataLoader.__iter__ hands the pass over while torch's iterator asks for indices.
+        assert loader is not None and loader._pass is not None
+        run = loader._pass
+        if loader._resumable:
+            sampler: ResumableSampler = loader.sampler  # type: ignore[assignment]
+            last = run.batches * run.batch_size if loader.drop_last and loader.batch_size else run.count
             chunks = sampler.chunks(
                 run.epoch,
                 run.start,
                 run.prefix * run.batch_size,
                 last,
-                with_seeds=loader.reseed_rng,  # type: ignore[union-attr]
+                with_seeds=loader.reseed_rng,
                 chunk=run.batch_size * max(1, CHUNK // run.batch_size),
             )
-            keys = _resumable_keys(chunks, run.batch_size, run.prefix, run.skip, tagged)
+            keys = _resumable_keys(chunks, run.batch_size, run.prefix, run.skip, loader._tagged)
         else:
-            if loader.batch_size is None:  # type: ignore[union-attr]
-                batches: Iterator[list[Any]] = ([index] for index in loader.sampler)  # type: ignore[union-attr]
+            if loader.batch_size is None:
+                batches: Iterator[list[Any]] = ([index] for index in loader.sampler)
             else:
-                batches = iter(loader.batch_sampler)  # type: ignore[union-attr,arg-type]
-            keys = _replayed_keys(batches, run.start, run.skip, tagged)
-        if loader.batch_size is None:  # type: ignore[union-attr]
+                batches = iter(loader.batch_sampler)  # type: ignore[arg-type]
+            keys = _replayed_keys(batches, run.start, run.skip, loader._tagged)
+        if loader.batch_size is None:
             # batch_size=None: every key is its own "batch".
             return (key for key_batch in keys for key in key_batch)
         return keys
