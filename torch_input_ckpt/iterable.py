@@ -3,48 +3,211 @@ dataset state at the batch the caller received. We reuse its worker machinery ra
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import torch
+from torch.utils.data import IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from .state import field
+from .errors import InputStateError
+from .permutation import mix64
+from .state import check_plain, field
+from .world import World
 
 __all__ = ["IterableState"]
 
+log = logging.getLogger("torch_input_ckpt")
+_M63 = (1 << 63) - 1
+# The key that tells torchdata's single-process and multi-process iterator states apart; loading one
+# into the other fails inside torchdata with a bare AssertionError, so we look first.
+_INNER_KEY = {False: "_num_yielded", True: "_snapshot"}
+
+
+def has_state(dataset: Any) -> bool:
+    """Whether the dataset saves and restores its own position (torchdata's ``Stateful`` protocol)."""
+    return callable(getattr(dataset, "state_dict", None)) and callable(
+        getattr(dataset, "load_state_dict", None)
+    )
+
 
 class IterableState:
-    """The epoch counter and the ``StatefulDataLoader`` that iterates an ``IterableDataset``."""
+    """The epoch counter, and the ``StatefulDataLoader`` that iterates an ``IterableDataset``.
 
-    def __init__(self, delegate: StatefulDataLoader) -> None:
-        self.delegate = delegate
+    torchdata's loader captures each worker's dataset state with the batch it sends
+    (``snapshot_every_n_steps=1``), so its ``state_dict()`` is the position of the batches delivered,
+    not of those prefetched. Around it we keep what it does not: the epoch, a worker base seed chosen
+    by ``(seed, epoch)`` rather than by a generator whose state would be lost on resume, the
+    configuration checks that torchdata only asserts, and the world the state was saved in.
+
+    Args:
+        dataset: The user's ``IterableDataset``.
+        seed: The loader's seed.
+        options: The ``DataLoader`` arguments (``batch_size``, ``num_workers``, ...).
+    """
+
+    def __init__(self, dataset: IterableDataset, seed: int, options: dict[str, Any]) -> None:
+        if not options.get("in_order", True) and options.get("num_workers", 0) > 0:
+            # torchdata gives no resume guarantee for out-of-order iterable batches (it only logs so), and
+            # which worker's batch comes first is a race. Delivering in order is one of the orders
+            # in_order=False permits, and it is the one that resumes exactly.
+            log.info(
+                "IterableDataset with in_order=False: delivering batches in order, which resumes exactly"
+            )
+        options = {**options, "in_order": True}
+        with warnings.catch_warnings():
+            # torchdata 0.11 calls torch.set_vital, deprecated in torch 2.13: not the user's concern.
+            warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+            self.delegate = StatefulDataLoader(dataset, snapshot_every_n_steps=1, **options)
+        self.seed = seed
         self.epoch = 0
+        # Bumped when the position is moved from outside (set_epoch, load_state_dict), so that a pass
+        # started before does not advance the epoch when it ends.
         self._generation = 0
+        # A loaded torchdata state that no pass has picked up yet: returned as is by state_dict(), so that
+        # saving right after loading needs no worker start-up and changes nothing.
+        self._pending: dict[str, Any] | None = None
+        # Whether a pass was started since the last move or the end of an epoch, and whether it is
+        # still open (not run to its end).
+        self._started = False
+        self._open = False
+
+    @property
+    def num_workers(self) -> int:
+        return int(self.delegate.num_workers)
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self._generation += 1
-            dataset = self.delegate.dataset
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
+        """Start ``epoch`` from its beginning, unless it is the current epoch."""
+        if epoch == self.epoch:
+            return
+        self.epoch = epoch
+        self._move({})
 
     def iterate(self) -> Iterator[Any]:
-        generation = self._generation
-        yield from self.delegate
-        if generation == self._generation:
-            self.epoch += 1
+        """One pass: the rest of the current epoch."""
+        delegate = self.delegate
+        if self._pending is None and self._open:
+            # The caller left the previous pass early: continue where it stopped, exactly as a restored
+            # copy would (a bare StatefulDataLoader would start the epoch over instead).
+            delegate.load_state_dict(delegate.state_dict())
+        self._pending = None
+        self._started = self._open = True
+        dataset = delegate.dataset
+        if hasattr(dataset, "set_epoch"):
+            # Reaches the workers' copies when they are forked for this pass; persistent workers keep
+            # theirs, so a dataset used with them must also move to its next epoch by itself.
+            dataset.set_epoch(self.epoch)
+        delegate.generator = torch.Generator().manual_seed(mix64(self.seed, self.epoch, 0xB45E) & _M63)
+        return _IterablePass(self, iter(delegate))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"inner": self.delegate.state_dict(), "external": self._external()}
+        """The loader state's entries for an iterable dataset (merged into the loader's state)."""
+        if self._pending is not None:
+            inner = self._pending
+        elif not self._started:
+            # Nothing iterated since the last move or the end of an epoch: the start of the epoch.
+            # (Asking torchdata would start the workers just to report their initial states.)
+            inner = {}
+        else:
+            inner = self.delegate.state_dict()
+            try:
+                check_plain(inner, "state['inner']")
+            except TypeError as error:
+                # torchdata's own entries are plain; what is not comes from the dataset's state_dict().
+                raise TypeError(
+                    f"{error}. The IterableDataset's state_dict() (kept per worker under 'dataset_state') "
+                    "must return JSON types so that the state can be saved as JSON and loaded without "
+                    "unpickling: convert tensors and NumPy values with .tolist() or int()/float()."
+                ) from None
+        world = World.detect()
+        return {"inner": inner, "world_size": world.size, "rank": world.rank, "external": self._external()}
 
     def load_state_dict(self, state: Any, source: str) -> None:
+        """Restore the entries written by :meth:`state_dict`, after checking they fit this pipeline."""
+        saved_workers = field(state, "num_workers", int, source)
+        if saved_workers != self.num_workers:
+            raise InputStateError(
+                f"{source}: the state was saved with num_workers={saved_workers}, but this pipeline has "
+                f"num_workers={self.num_workers}. An IterableDataset's position is kept per worker (each "
+                "worker's copy of the dataset holds the position in its own shard), and those positions "
+                "cannot be re-split over another number of workers (a map-style dataset's can). Resume "
+                f"with num_workers={saved_workers}."
+            )
+        world = World.detect()
+        for name, current in (("world_size", world.size), ("rank", world.rank)):
+            saved = field(state, name, int, source)
+            if saved != current:
+                raise InputStateError(
+                    f"{source}: the state was saved with {name}={saved}, but this process has "
+                    f"{name}={current}. An IterableDataset's state is kept per rank and per worker, and "
+                    "cannot be re-split over another number of ranks (a map-style dataset's can). Resume "
+                    "on the saved world size, each rank loading its own state."
+                )
+        batch_size = field(state, "batch_size", (int, type(None)), source)
+        if batch_size != self.delegate.batch_size and not has_state(self.delegate.dataset):
+            raise InputStateError(
+                f"{source}: the state was saved with batch_size={batch_size}, but this pipeline has "
+                f"batch_size={self.delegate.batch_size}. An IterableDataset without state_dict is resumed by "
+                "replaying and skipping the batches already delivered, which needs the saved batch size. "
+                f"Resume with batch_size={batch_size}."
+            )
+        inner = field(state, "inner", dict, source)
+        key = _INNER_KEY[self.num_workers > 0]
+        if inner and key not in inner:
+            raise InputStateError(
+                f"{source}: the iterable loader state has no {key!r} entry (keys found: {sorted(inner)}); "
+                "it is damaged or was not written by ResumableDataLoader"
+            )
         self.epoch = field(state, "epoch", int, source)
+        self._move(inner)
+
+    def _move(self, inner: dict[str, Any]) -> None:
         self._generation += 1
-        self.delegate.load_state_dict(field(state, "inner", dict, source))
+        self._started = self._open = False
+        self._pending = inner or None
+        self.delegate.load_state_dict(inner)
+        if not inner:
+            # StatefulDataLoader.load_state_dict({}) keeps a state loaded before: drop it.
+            self.delegate.next_iter_state = None
+
+    def _finished(self, generation: int) -> None:
+        if generation == self._generation:
+            # The next epoch's start: saved as {} rather than as torchdata's finished iterator, whose
+            # restore would start workers (or replay a whole epoch of a dataset without state) only
+            # to find it over. As on the map-style path, a finished epoch reads as the next one.
+            self.epoch += 1
+            self._started = self._open = False
 
     def _external(self) -> list[str]:
         dataset = self.delegate.dataset
-        if hasattr(dataset, "state_dict") and hasattr(dataset, "load_state_dict"):
+        if has_state(dataset):
             return []
-        return [f"IterableDataset {type(dataset).__qualname__} (no state_dict: resumed by replaying and skipping)"]
+        return [
+            f"IterableDataset {type(dataset).__qualname__} has no state_dict/load_state_dict: it is resumed "
+            "by replaying the epoch from its start and skipping the batches already delivered, which is "
+            "exact only if it yields the same items in the same order again (and costs re-reading them)"
+        ]
+
+
+class _IterablePass:
+    """The iterator handed to the caller: torchdata's, advancing the epoch when it is exhausted."""
+
+    def __init__(self, owner: IterableState, batches: Iterator[Any]) -> None:
+        self._owner = owner
+        self._generation = owner._generation
+        self._batches = batches
+
+    def __iter__(self) -> _IterablePass:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._batches)  # type: ignore[arg-type]
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._batches)
+        except StopIteration:
+            self._owner._finished(self._generation)
+            raise

@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .errors import InputCheckpointWarning, InputStateError
+from .fetch import FetchDataset, TaggedCollate
 from .iterable import IterableState
-from .fetch import FetchDataset, TaggedCollate, TaggedKeys
+from .passes import Ahead, DeliveredBatches, KeyBatches, Pass
 from .permutation import mix64
-from .sampler import CHUNK, ResumableSampler
+from .sampler import ResumableSampler
 from .state import FORMAT_VERSION, check_header, check_same, field
 
 __all__ = ["ResumableDataLoader"]
@@ -33,15 +33,22 @@ class ResumableDataLoader(DataLoader):
     :attr:`epoch` by itself, and iterating again after a ``break`` continues where the caller
     stopped (exactly as a restored copy would); :meth:`set_epoch` starts an epoch over.
 
+    An ``IterableDataset`` is iterated by torchdata's ``StatefulDataLoader``, which captures each
+    worker's dataset state with the batch it delivers. Its ``set_epoch`` (if any) is called before
+    each pass. It resumes exactly if it has ``state_dict``/``load_state_dict`` (otherwise it is
+    replayed and listed under ``"external"``), with the same ``num_workers`` and world size;
+    ``in_order=False`` is delivered in order, and ``reseed_rng`` does not apply.
+
     The arguments are those of ``DataLoader``, with these differences:
 
     Args:
         seed: Chooses the shuffling order, and the workers' base seed, per epoch. Replaces
             ``generator``, whose state would change with every pass and so could not be resumed.
-        reseed_rng: Before each sample is fetched, seed torch's, NumPy's and Python's global RNGs
-            from ``(seed, epoch, position)``, and restore them after the batch, so random
-            augmentations in ``__getitem__`` are reproduced exactly after a resume and do not
-            depend on ``num_workers``. Costs a few µs per sample; turn off if you need none of it.
+        reseed_rng: Before each sample of a map-style dataset is fetched, seed torch's, NumPy's and
+            Python's global RNGs from ``(seed, epoch, position)`` (and, in the main process, put
+            them back after the batch), so random augmentations in ``__getitem__`` are reproduced
+            exactly after a resume and do not depend on ``num_workers``. Costs ~10 µs per sample
+            (plus ~160 µs per batch with ``num_workers=0``); turn off if you need none of it.
         sampler: ``None`` (a :class:`ResumableSampler` is built from ``shuffle`` and ``seed``; under
             ``torch.distributed`` it shards over the ranks), a :class:`ResumableSampler`, or any
             other sampler; another sampler is resumed by restoring its ``state_dict`` (if it has
@@ -115,21 +122,15 @@ class ResumableDataLoader(DataLoader):
         self.seed = seed
         self.reseed_rng = reseed_rng
         if iterable:
-            # snapshot_every_n_steps=1: every delivered batch carries its workers' state, so a state
-            # taken after any batch is exact.
-            generator = torch.Generator().manual_seed(mix64(seed, 0xB45E) & _M63)
-            with warnings.catch_warnings():
-                # torchdata 0.11 calls torch.set_vital, deprecated in torch 2.13: not the user's concern.
-                warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
-                delegate = StatefulDataLoader(dataset, generator=generator, snapshot_every_n_steps=1, **common)  # type: ignore[arg-type]
-            self._iterable: IterableState | None = IterableState(delegate)
+            # torchdata's StatefulDataLoader iterates it: see iterable.py for why.
+            self._iterable: IterableState | None = IterableState(dataset, seed, common)  # type: ignore[arg-type]
             return
         self._iterable = None
         self._resumable = isinstance(self.sampler, ResumableSampler)
         # Out-of-order delivery needs to know which batch each result is; in-order delivery of
         # fixed-size batches does not, and then the hot path stays as torch's.
         self._tagged = not in_order and num_workers > 0
-        self._keys = _KeyBatches(self)
+        self._keys = KeyBatches(self)
         self._fetch_dataset = (
             FetchDataset(dataset, reseed=reseed_rng and self._resumable, tagged=self._tagged)
             if (reseed_rng and self._resumable) or self._tagged
@@ -138,14 +139,14 @@ class ResumableDataLoader(DataLoader):
         self._fetch_collate = TaggedCollate(self.collate_fn) if self._tagged else None
         # Batches delivered out of order beyond the committed cursor, as batch numbers relative to
         # it, and the sampler generation they belong to.
-        self._ahead: tuple[int, frozenset[int]] = (0, frozenset())
+        self._ahead: tuple[int, Ahead] = (0, Ahead())
         # The position of a sampler that is not a ResumableSampler: epoch and batches delivered,
         # and the sampler's own state at the start of that epoch's pass (if it has one).
         self._custom_epoch = 0
         self._custom_delivered = 0
         self._custom_start_state: Any = None
         self._custom_generation = 0
-        self._pass: _Pass | None = None
+        self._pass: Pass | None = None
 
     # -- position ---------------------------------------------------------------------------------
 
@@ -183,10 +184,19 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         if self._iterable is not None:
             return self._iterable.iterate()
-        self._pass = _Pass(self)
+        run = Pass(self)
         # A generator fixed by (seed, epoch) gives the workers reproducible base seeds.
-        self.generator = torch.Generator().manual_seed(mix64(self.seed, self._pass.epoch, 0xB45E) & _M63)
-        return _DeliveredBatches(self._pass, super().__iter__())
+        self.generator = torch.Generator().manual_seed(mix64(self.seed, run.epoch, 0xB45E) & _M63)
+        # torch's iterator asks KeyBatches for its keys while it is built (also when persistent
+        # workers are reset); the pass is handed over only for that moment, so that the loader is in no
+        # reference cycle: a cycle would leave persistent workers to the cycle collector, which closes
+        # their queues before the iterator can tell them to stop (each then waits out a 5 s join).
+        self._pass = run
+        try:
+            batches = super().__iter__()
+        finally:
+            self._pass = None
+        return DeliveredBatches(run, batches)
 
     def _get_iterator(self) -> Any:
         if self._iterable is not None or self._fetch_dataset is None:
@@ -228,7 +238,7 @@ class ResumableDataLoader(DataLoader):
             return state
         state["dataset_length"] = len(self.dataset)  # type: ignore[arg-type]
         owner, ahead = self._ahead
-        state["ahead"] = sorted(ahead) if owner == self._generation() else []
+        state["ahead"] = (ahead if owner == self._generation() else Ahead()).to_state()
         if self._resumable:
             # Normalised: a finished epoch is saved as the start of the next one, matching `epoch`.
             state["sampler"] = self.sampler._state(normalize=True)  # type: ignore[attr-defined]
@@ -241,13 +251,18 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state_dict: dict[str, Any], *, source: str = "state_dict") -> None:
         """Continue from a state saved by :meth:`state_dict` at the next ``iter()``.
 
-        Another ``num_workers``, ``prefetch_factor`` or ``persistent_workers`` is fine. With a
-        :class:`ResumableSampler`, so are another batch size (the stream continues at the same
-        sample) and another world size (the ranks split what is left of the epoch).
+        Another ``num_workers``, ``prefetch_factor``, ``persistent_workers`` or ``in_order`` is fine
+        for a map-style dataset. With a :class:`ResumableSampler`, so are another batch size (the
+        stream continues at the same sample) and another world size (the ranks split what is left of
+        the epoch), unless the state holds batches delivered out of order beyond its position.
+        An ``IterableDataset``'s state is per worker and per rank: ``num_workers`` and the world must
+        be the saved ones (``prefetch_factor``, ``persistent_workers`` may change; the batch size too
+        if the dataset has state).
 
         Raises:
             InputStateError: (a ``ValueError``) for a malformed state, or one saved for another
-                dataset length or kind of sampler, naming the saved and the current value.
+                dataset length, kind of sampler, or (iterable datasets) ``num_workers`` or world,
+                naming the saved and the current value.
         """
         state = check_header(state_dict, "ResumableDataLoader", source)
         check_same(
@@ -271,17 +286,18 @@ class ResumableDataLoader(DataLoader):
         saved_reseed = field(state, "reseed_rng", bool, source)
         if saved_reseed != self.reseed_rng:
             warnings.warn(
-                f"{source}: saved with reseed_rng={saved_reseed}, resuming with reseed_rng={self.reseed_rng}: "
+                f"{source}: saved with reseed_rng={saved_reseed}, resuming with "
+                f"reseed_rng={self.reseed_rng}: "
                 "the order resumes exactly but random augmentation draws will differ",
                 InputCheckpointWarning,
                 stacklevel=2,
             )
         batch_size = field(state, "batch_size", (int, type(None)), source)
-        ahead = frozenset(field(state, "ahead", list, source))
+        ahead = Ahead.from_state(field(state, "ahead", dict, source), source)
         if self._resumable:
             sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
             saved_world = field(field(state, "sampler", dict, source), "num_replicas", int, source)
-            if ahead and (batch_size, saved_world) != (self.batch_size, sampler.num_replicas):
+            if ahead.end and (batch_size, saved_world) != (self.batch_size, sampler.num_replicas):
                 raise InputStateError(
                     f"{source}: the state holds batches delivered out of order (in_order=False) beyond its "
                     "cursor, which can only be skipped with the same batch size and world size; saved "
@@ -291,7 +307,7 @@ class ResumableDataLoader(DataLoader):
             sampler.load_state_dict(state["sampler"], source=source)
             sampler._resume_pending = False  # the loader normalises positions itself
             if batch_size != self.batch_size:
-                log.info("%s: batch size %s -> %s; continuing at the same sample", source, batch_size, self.batch_size)
+                log.info("%s: batch size %s -> %s; same sample position", source, batch_size, self.batch_size)
         else:
             check_same("batch_size", batch_size, self.batch_size, source, "Resume with the same batch_size.")
             start_state = state.get("sampler")
@@ -329,159 +345,3 @@ class ResumableDataLoader(DataLoader):
         if self._resumable:
             return "ResumableSampler"
         return type(self.sampler).__qualname__
-
-
-class _Pass:
-    """One pass over (the rest of) an epoch: where it started and which batches reached the caller.
-
-    Batches are numbered from the pass's start. ``prefix`` counts the batches delivered without a
-    gap; out-of-order deliveries beyond it are kept in ``done`` (at most workers x prefetch of them).
-    """
-
-    def __init__(self, loader: ResumableDataLoader) -> None:
-        self.loader = loader
-        self.batch_size = loader.batch_size or 1
-        self.ordered = not loader._tagged
-        self.generation = loader._generation()
-        owner, ahead = loader._ahead
-        self.skip = ahead if owner == self.generation else frozenset()
-        if loader._resumable:
-            sampler: ResumableSampler = loader.sampler  # type: ignore[assignment]
-            self.epoch, self.start = sampler._position()
-            self.count = sampler.rank_count(self.start)
-            full, rest = divmod(self.count, self.batch_size)
-            self.batches = full + (1 if rest and not (loader.drop_last and loader.batch_size) else 0)
-        else:
-            self.epoch, self.start = loader._custom_epoch, loader._custom_delivered
-            self.count = self.batches = -1  # unknown: the sampler decides when the epoch ends
-            loader._prepare_custom_pass()
-        self.done = set(self.skip)
-        self.prefix = 0
-        self._advance_prefix()
-        self.next_number = self.prefix
-
-    def _advance_prefix(self) -> None:
-        while self.prefix in self.done:
-            self.done.discard(self.prefix)
-            self.prefix += 1
-
-    def delivered(self, number: int | None) -> None:
-        """Record that batch ``number`` (None: the next in order) reached the caller."""
-        if number is None:
-            number = self.next_number
-            self.next_number += 1
-            while self.next_number in self.skip:
-                self.next_number += 1
-        self.done.add(number)
-        self._advance_prefix()
-        loader = self.loader
-        if loader._generation() != self.generation:
-            return  # set_epoch / load_state_dict moved the loader since this pass began
-        if loader._resumable:
-            taken = self.count if self.prefix >= self.batches else self.prefix * self.batch_size
-            sampler: ResumableSampler = loader.sampler  # type: ignore[assignment]
-            sampler._commit(self.generation, self.epoch, self.start + taken * sampler.num_replicas)
-        else:
-            loader._custom_delivered = self.start + self.prefix
-        if self.done or loader._ahead[1]:
-            loader._ahead = (self.generation, frozenset(n - self.prefix for n in self.done))
-
-    def finished(self) -> None:
-        """The torch iterator is exhausted: the epoch is over."""
-        loader = self.loader
-        if not loader._resumable and loader._generation() == self.generation:
-            loader._move_custom(self.epoch + 1)
-
-
-class _DeliveredBatches:
-    """The iterator handed to the caller: torch's iterator, recording each batch as it is delivered."""
-
-    def __init__(self, run: _Pass, batches: Iterator[Any]) -> None:
-        self._run = run
-        self._batches = batches
-        self._ordered = run.ordered
-
-    def __iter__(self) -> _DeliveredBatches:
-        return self
-
-    def __len__(self) -> int:
-        return len(self._batches)  # type: ignore[arg-type]
-
-    def __next__(self) -> Any:
-        try:
-            item = next(self._batches)
-        except StopIteration:
-            self._run.finished()
-            raise
-        if self._ordered:
-            self._run.delivered(None)
-            return item
-        number, batch = item
-        self._run.delivered(number)
-        return batch
-
-
-class _KeyBatches:
-    """The index sampler torch's iterators draw from: batches of keys for the current pass.
-
-    For a :class:`ResumableSampler` the keys come straight from its chunked permutation (a seek, not
-    a replay); for any other sampler, from its own iterator, replaying the delivered batches
-    without fetching them.
-    """
-
-    def __init__(self, loader: ResumableDataLoader) -> None:
-        self.loader = loader
-
-    def __len__(self) -> int:
-        loader = self.loader
-        return len(loader.batch_sampler) if loader.batch_sampler is not None else len(loader.sampler)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[Any]:
-        loader = self.loader
-        run = loader._pass
-        assert run is not None  # __iter__ sets it before torch's iterator asks for indices
-        batched = loader.batch_size is not None
-        if loader._resumable:
-            keys = self._resumable_keys(run)
-        else:
-            keys = self._replayed_keys(run)
-        if not batched:
-            # batch_size=None: every key is its own "batch".
-            for key_batch in keys:
-                yield from key_batch
-            return
-        yield from keys
-
-    def _resumable_keys(self, run: _Pass) -> Iterator[list[Any]]:
-        loader = self.loader
-        sampler: ResumableSampler = loader.sampler  # type: ignore[assignment]
-        size = run.batch_size
-        with_seeds = loader.reseed_rng
-        chunk = size * max(1, CHUNK // size)
-        number = run.prefix
-        first = number * size
-        last = run.batches * size if loader.drop_last and loader.batch_size else run.count
-        for indices, seeds in sampler.chunks(run.epoch, run.start, first, last, with_seeds=with_seeds, chunk=chunk):
-            keys: list[Any] = list(zip(indices, seeds)) if seeds is not None else indices
-            for lo in range(0, len(keys), size):
-                if number not in run.skip:
-                    yield self._tag(keys[lo : lo + size], number)
-                number += 1
-
-    def _replayed_keys(self, run: _Pass) -> Iterator[list[Any]]:
-        loader = self.loader
-        if loader.batch_size is None:
-            batches: Iterator[list[Any]] = ([index] for index in loader.sampler)
-        else:
-            batches = iter(loader.batch_sampler)  # type: ignore[arg-type]
-        for absolute, batch in enumerate(batches):
-            number = absolute - run.start
-            if number >= 0 and number not in run.skip:
-                yield self._tag(batch, number)
-
-    def _tag(self, keys: list[Any], number: int) -> list[Any]:
-        if not self.loader._tagged:
-            return keys
-        tagged = TaggedKeys(keys)
-        tagged.number = number
-        return tagged
