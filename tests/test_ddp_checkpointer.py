@@ -130,3 +130,15 @@ def test_fresh_start_saves_initial_on_every_rank_after_all_have_looked(tmp_path)
     results = run_world(_train, 3, tmp_path, 2, None)
     assert all(restored == 0 for restored, _, _ in results)
     assert sorted(Path(tmp_path).glob("input_*-00000000.json")) == [tmp_path / InputFile(r, 0).name for r in range(3)]
+
+
+def test_only_global_positions_are_reshardable():
+    from torch_input_ckpt.distributed import _not_reshardable
+
+    loader_state = _loader().state_dict()
+    assert _not_reshardable(loader_state) is None
+    assert _not_reshardable(loader_state["sampler"]) is None
+    ahead = loader_state | {"ahead": {"end": 2, "missing": [0]}}
+    assert "out of order" in _not_reshardable(ahead)
+    assert "per rank or per worker" in _not_reshardable(loader_state | {"sampler_kind": "IterableDataset"})
+    assert "no global position" in _not_reshardable({"kind": "StatefulDataLoader"})

@@ -195,7 +195,8 @@ def _not_reshardable(state: Any) -> str | None:
                 f"its position (sampler_kind={state.get('sampler_kind')!r}) is per rank or per worker; only a "
                 "ResumableSampler's global cursor can be split over another number of ranks"
             )
-        if state.get("ahead"):
+        ahead = state.get("ahead")
+        if isinstance(ahead, Mapping) and ahead.get("end"):
             return "it holds batches delivered out of order (in_order=False) beyond its cursor"
         return None
     return f"its state (kind={kind!r}) has no global position that could be split over another number of ranks"
