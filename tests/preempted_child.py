@@ -43,9 +43,7 @@ def main(directory: str, log_path: str, total: int, num_workers: int) -> None:
         while step < total:
             for batch in loader:
                 step += 1
-                log.write(
-                    json.dumps({"step": step, "batch": {k: v.tolist() for k, v in batch.items()}}) + "\n"
-                )
+                log.write(json.dumps({"step": step, "batch": {k: v.tolist() for k, v in batch.items()}}) + "\n")
                 log.flush()
                 ckpt.after_step(step)
                 if step == total:

@@ -48,9 +48,7 @@ class Augmenting(Dataset):
 
 
 def make_loader(num_workers: int = 0, **kwargs) -> ResumableDataLoader:
-    return ResumableDataLoader(
-        Augmenting(), batch_size=4, shuffle=True, seed=9, num_workers=num_workers, **kwargs
-    )
+    return ResumableDataLoader(Augmenting(), batch_size=4, shuffle=True, seed=9, num_workers=num_workers, **kwargs)
 
 
 def take(loader, count: int, epochs: int = 3) -> list:
@@ -163,9 +161,8 @@ def test_restore_logs_file_step_epoch_and_position(tmp_path, caplog):
     saved_states(tmp_path, count=7)  # 6 batches per epoch: step 7 is one batch into epoch 1
     with caplog.at_level(logging.INFO, logger="torch_input_ckpt"):
         InputCheckpointer(tmp_path, make_loader(), every_n_steps=1).restore()
-    assert (
-        f"restored input pipeline from {tmp_path / 'input_0-00000007.json'} at step 7, epoch 1, position 4"
-        in (caplog.text)
+    assert f"restored input pipeline from {tmp_path / 'input_0-00000007.json'} at step 7, epoch 1, position 4" in (
+        caplog.text
     )
 
 
@@ -241,9 +238,7 @@ def test_file_names_and_pointer_content(tmp_path):
     assert abs(doc["wall_time"] - time.time()) < 60
     assert doc["states"]["input"]["kind"] == "ResumableDataLoader"
     claimed = doc.pop("sha256")
-    assert (
-        claimed == hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    )
+    assert claimed == hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def test_the_one_name_helper_builds_and_parses_only_its_own_names():
@@ -406,8 +401,7 @@ def test_when_every_file_is_damaged_restore_raises_naming_each(tmp_path):
         ({"every_n_steps": 1, "rank": -1}, "rank must be an int >= 0 (got rank=-1)"),
         (
             {"every_n_steps": 1, "external_state_policy": "warning"},
-            "external_state_policy must be one of 'fail', 'warn', 'ignore' "
-            "(got external_state_policy='warning')",
+            "external_state_policy must be one of 'fail', 'warn', 'ignore' (got external_state_policy='warning')",
         ),
     ],
 )
@@ -419,9 +413,7 @@ def test_bad_arguments_fail_at_construction(tmp_path, kwargs, message):
 def test_bad_directories_fail_at_construction(tmp_path, monkeypatch):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    with pytest.raises(
-        ValueError, match=f"directory '{re.escape(str(a_file))}' exists and is not a directory"
-    ):
+    with pytest.raises(ValueError, match=f"directory '{re.escape(str(a_file))}' exists and is not a directory"):
         InputCheckpointer(a_file, make_loader(), every_n_steps=1)
     with pytest.raises(ValueError, match="cannot be created"):
         InputCheckpointer(a_file / "sub", make_loader(), every_n_steps=1)
@@ -606,9 +598,7 @@ def test_interpreter_exit_flushes_pending_writes(tmp_path):
         "ckpt.save(7)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)], env=env, timeout=60, capture_output=True
-    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, timeout=60, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()
     assert files.list_steps(tmp_path) == {0: [7]}
     assert files.read_pointer(tmp_path, 0) == 7
@@ -634,9 +624,7 @@ def test_rank_and_world_size_come_from_torch_distributed_when_initialised(tmp_pa
 def test_commit_order_file_then_pointer_then_pruning(tmp_path, monkeypatch):
     events = []
     real_write, real_prune = files.write_atomic, files.prune
-    monkeypatch.setattr(
-        files, "write_atomic", lambda path, data: (events.append(path.name), real_write(path, data))
-    )
+    monkeypatch.setattr(files, "write_atomic", lambda path, data: (events.append(path.name), real_write(path, data)))
     monkeypatch.setattr(files, "prune", lambda *args: (events.append("prune"), real_prune(*args)))
     with InputCheckpointer(tmp_path, make_loader(), every_n_steps=1, keep_last=1) as ckpt:
         ckpt.save(1)

@@ -62,15 +62,9 @@ def test_module_entry_point_prints_the_text_report(two_ranks):
     assert any(line.startswith("  input_1-00000013.json ") and line.endswith(" B  ok") for line in lines)
     assert "  checkpoint_input_0 -> step 13" in lines
     # 2 ranks x 13 batches x 2 samples = 52 samples; the epoch has 40: 12 into epoch 1.
-    assert (
-        lines.count(
-            "    input (ResumableDataLoader): epoch 1, position 12 (samples into the epoch, all ranks)"
-        )
-        == 2
-    )
+    assert lines.count("    input (ResumableDataLoader): epoch 1, position 12 (samples into the epoch, all ranks)") == 2
     assert any(
-        line.startswith("  newest: step 13 (input_0-00000013.json, ") and "world size ?" in line
-        for line in lines
+        line.startswith("  newest: step 13 (input_0-00000013.json, ") and "world size ?" in line for line in lines
     )
     assert lines[-1] == "newest step 13 on every rank (2 ranks)"
     assert "model" not in out
@@ -134,9 +128,7 @@ def test_pointer_problems_are_reported(two_ranks, capsys):
     assert "  newest: step 8 (input_0-00000008.json" in out
     assert main(["inspect", str(two_ranks), "--json"]) == 0
     problems = json.loads(capsys.readouterr().out)["ranks"][0]["problems"]
-    assert problems == [
-        f"{two_ranks / 'checkpoint_input_0'}: names input_0-00000013.json, which does not exist"
-    ]
+    assert problems == [f"{two_ranks / 'checkpoint_input_0'}: names input_0-00000013.json, which does not exist"]
 
 
 def test_a_directory_without_checkpoints_exits_1(tmp_path, capsys):

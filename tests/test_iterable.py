@@ -8,10 +8,11 @@ import weakref
 
 import pytest
 import torch
-from resume import check_exactly_once, check_resume, epochs_of, release, roundtrip, to_py
 from torch.utils.data import IterableDataset, get_worker_info
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader
+
+from resume import check_exactly_once, check_resume, epochs_of, release, roundtrip, to_py
 
 N = 22
 
@@ -169,9 +170,7 @@ def test_fresh_state_and_state_after_load_start_no_workers():
 @pytest.mark.parametrize("saved,current", [(0, 2), (2, 3), (2, 0)])
 def test_another_num_workers_is_refused_naming_both(saved, current):
     state = _loader(num_workers=saved).state_dict()
-    with pytest.raises(
-        InputStateError, match=rf"num_workers={saved}, but this pipeline has num_workers={current}"
-    ):
+    with pytest.raises(InputStateError, match=rf"num_workers={saved}, but this pipeline has num_workers={current}"):
         _loader(num_workers=current).load_state_dict(state)
 
 
@@ -179,9 +178,7 @@ def test_another_num_workers_is_refused_naming_both(saved, current):
 def test_another_world_is_refused_naming_both(key, saved):
     state = _loader().state_dict() | {key: saved}
     current = 1 if key == "world_size" else 0
-    with pytest.raises(
-        InputStateError, match=rf"{key}={saved}, but this process has {key}={current}.*re-split"
-    ):
+    with pytest.raises(InputStateError, match=rf"{key}={saved}, but this process has {key}={current}.*re-split"):
         _loader().load_state_dict(state)
 
 
@@ -287,9 +284,7 @@ def test_a_dataset_state_that_is_not_json_is_named(num_workers):
     loader = _loader(TensorStateStream(), num_workers=num_workers)
     it = iter(loader)
     next(it)
-    with pytest.raises(
-        TypeError, match=r"\['position'\] is a Tensor.*IterableDataset's state_dict\(\).*JSON types"
-    ):
+    with pytest.raises(TypeError, match=r"\['position'\] is a Tensor.*IterableDataset's state_dict\(\).*JSON types"):
         loader.state_dict()
     del it, loader
     release()

@@ -39,8 +39,7 @@ def _batches(batch_size: int, drop_last: bool) -> int:
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_resume_equivalence_in_process(shuffle, batch_size, drop_last):
     def make():
-        return ResumableDataLoader(list(range(N)), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                                   seed=11)
+        return ResumableDataLoader(list(range(N)), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=11)
 
     for stop in _stops(_batches(batch_size, drop_last)):
         stream = check_resume(make, stop)
@@ -53,8 +52,9 @@ def test_resume_equivalence_with_workers(shuffle, drop_last):
     """Workers prefetch ahead of the caller; the state must still be the delivered position."""
 
     def make():
-        return ResumableDataLoader(Augmenting(), batch_size=4, shuffle=shuffle, drop_last=drop_last, seed=3,
-                                   num_workers=2, prefetch_factor=2)
+        return ResumableDataLoader(
+            Augmenting(), batch_size=4, shuffle=shuffle, drop_last=drop_last, seed=3, num_workers=2, prefetch_factor=2
+        )
 
     for stop in _stops(_batches(4, drop_last)):
         check_resume(make, stop)

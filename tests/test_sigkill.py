@@ -78,16 +78,12 @@ def trained_stream(log: Path) -> tuple[list, list[int]]:
     for record in records(log):
         if "restored" in record:
             step = record["restored"]
-            assert step <= len(trained), (
-                f"restored to step {step}, but the killed run only trained {len(trained)}"
-            )
+            assert step <= len(trained), f"restored to step {step}, but the killed run only trained {len(trained)}"
             assert not restores or step >= restores[-1], f"restore went back from {restores[-1]} to {step}"
             restores.append(step)
             del trained[step:]
         else:
-            assert record["step"] == len(trained) + 1, (
-                f"step {record['step']} after {len(trained)} trained steps"
-            )
+            assert record["step"] == len(trained) + 1, f"step {record['step']} after {len(trained)} trained steps"
             trained.append(record["batch"])
     return trained, restores
 

@@ -11,10 +11,11 @@ import weakref
 import numpy as np
 import pytest
 import torch
-from resume import check_exactly_once, check_resume, epochs_of, resume_chain, roundtrip, to_py
 from torch.utils.data import Dataset
 
 from torch_input_ckpt import InputCheckpointWarning, InputStateError, ResumableDataLoader
+
+from resume import check_exactly_once, check_resume, epochs_of, resume_chain, roundtrip, to_py
 
 N = 20
 DRAWS = ("torch", "numpy", "python")
@@ -122,9 +123,7 @@ def test_draws_do_not_depend_on_num_workers():
 def test_pipeline_changed_on_resume_is_exact(saved, resumed):
     expected = _reference()
     for stop in (4, PER_EPOCH + 2):
-        check_resume(
-            lambda: _loader(**saved), stop, resume_with=lambda: _loader(**resumed), expected=expected
-        )
+        check_resume(lambda: _loader(**saved), stop, resume_with=lambda: _loader(**resumed), expected=expected)
 
 
 def test_reseed_off_is_honoured_and_draws_then_depend_on_num_workers():

@@ -1,14 +1,14 @@
 """Resumable PyTorch input pipelines: exact, constant-time resume, with input-only checkpoints."""
 
+# torchdata's protocol, re-exported: the same signatures as torch.distributed.checkpoint's Stateful,
+# so our objects drop into DCP and StatefulDataLoader as they are.
+from torchdata.stateful_dataloader import Stateful
+
 from .checkpointer import InputCheckpointer
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .loader import ResumableDataLoader
 from .sampler import ResumableSampler
 from .world import World
-
-# torchdata's protocol, re-exported: the same signatures as torch.distributed.checkpoint's Stateful,
-# so our objects drop into DCP and StatefulDataLoader as they are.
-from torchdata.stateful_dataloader import Stateful
 
 __all__ = [
     "ExternalStateWarning",

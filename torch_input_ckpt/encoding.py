@@ -54,9 +54,7 @@ def to_json(obj: Any, path: str) -> Any:
                 f"{sorted(_DTYPES)} can be saved in an input checkpoint"
             )
         data = _tensor_bytes(obj)
-        return {
-            _TENSOR_KEY: {"dtype": dtype, "shape": list(obj.shape), "base64": base64.b64encode(data).decode()}
-        }
+        return {_TENSOR_KEY: {"dtype": dtype, "shape": list(obj.shape), "base64": base64.b64encode(data).decode()}}
     check_plain(obj, path)  # raises TypeError naming the key and the type
     return obj
 

@@ -35,9 +35,7 @@ def external_parts(name: str, obj: Any, state: Any) -> list[str]:
         found = []
         # torchdata's RandomSampler keeps its state in its iterator, which StatefulDataLoader saves; a
         # SequentialSampler needs none (fast-forwarding it is exact).
-        if not isinstance(obj.sampler, (StatefulRandomSampler, SequentialSampler)) and not is_stateful(
-            obj.sampler
-        ):
+        if not isinstance(obj.sampler, (StatefulRandomSampler, SequentialSampler)) and not is_stateful(obj.sampler):
             found.append(f"{label}: its sampler {type(obj.sampler).__qualname__} has no state_dict()")
         batch_sampler = obj.batch_sampler
         if (

@@ -307,9 +307,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> InputCheckpoint:
     if doc.get("format") != FILE_FORMAT:
         raise damaged(f"not an input checkpoint (format={doc.get('format')!r}, expected {FILE_FORMAT!r})")
     if doc.get("version") != FILE_FORMAT_VERSION:
-        raise damaged(
-            f"file format version {doc.get('version')!r} is not supported (expected {FILE_FORMAT_VERSION})"
-        )
+        raise damaged(f"file format version {doc.get('version')!r} is not supported (expected {FILE_FORMAT_VERSION})")
     if not isinstance(claimed, str) or hashlib.sha256(_canonical(doc)).hexdigest() != claimed:
         raise damaged("checksum mismatch (the file was altered or partly written)")
     try:

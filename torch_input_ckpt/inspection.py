@@ -93,12 +93,8 @@ def inspect_directory(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """
     directory = Path(directory)
     by_rank = files.list_steps(directory)
-    pointer_ranks = {
-        r for e in os.scandir(directory) if (r := InputFile.parse_pointer_name(e.name)) is not None
-    }
-    ranks = [
-        _rank_report(directory, rank, by_rank.get(rank, [])) for rank in sorted(set(by_rank) | pointer_ranks)
-    ]
+    pointer_ranks = {r for e in os.scandir(directory) if (r := InputFile.parse_pointer_name(e.name)) is not None}
+    ranks = [_rank_report(directory, rank, by_rank.get(rank, [])) for rank in sorted(set(by_rank) | pointer_ranks)]
     newest = {report["rank"]: (report["newest"] or {}).get("step") for report in ranks}
     valid_steps = [{f["step"] for f in report["files"] if f["valid"]} for report in ranks]
     common = set.intersection(*valid_steps) if valid_steps else set()
@@ -106,9 +102,7 @@ def inspect_directory(directory: str | os.PathLike[str]) -> dict[str, Any]:
         "directory": str(directory),
         "ranks": ranks,
         "valid": bool(ranks) and all(step is not None for step in newest.values()),
-        "all_ranks_share_newest": bool(ranks)
-        and len(set(newest.values())) == 1
-        and None not in newest.values(),
+        "all_ranks_share_newest": bool(ranks) and len(set(newest.values())) == 1 and None not in newest.values(),
         "newest_common_step": max(common) if common else None,
     }
 
@@ -144,9 +138,7 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
             "step": checkpoint.step,
             "file": checkpoint.path.name,
             "bytes": checkpoint.size,
-            "saved_at": datetime.fromtimestamp(checkpoint.wall_time, timezone.utc).isoformat(
-                timespec="seconds"
-            ),
+            "saved_at": datetime.fromtimestamp(checkpoint.wall_time, timezone.utc).isoformat(timespec="seconds"),
             "wall_time": checkpoint.wall_time,
             "world_size": checkpoint.world_size,
             "external": checkpoint.external,
@@ -195,9 +187,7 @@ def format_report(report: dict[str, Any]) -> str:
         else:
             lines.append(f"  {pointer['file']}: {pointer['problem']}")
         if rank["uncommitted_steps"]:
-            lines.append(
-                f"  steps {rank['uncommitted_steps']} are newer than the pointer (not committed; passed over)"
-            )
+            lines.append(f"  steps {rank['uncommitted_steps']} are newer than the pointer (not committed; passed over)")
         newest = rank["newest"]
         if newest is None:
             lines.append("  newest: NONE VALID (restore would fail on this rank)")

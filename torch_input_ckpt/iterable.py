@@ -28,9 +28,7 @@ _INNER_KEY = {False: "_num_yielded", True: "_snapshot"}
 
 def has_state(dataset: Any) -> bool:
     """Whether the dataset saves and restores its own position (torchdata's ``Stateful`` protocol)."""
-    return callable(getattr(dataset, "state_dict", None)) and callable(
-        getattr(dataset, "load_state_dict", None)
-    )
+    return callable(getattr(dataset, "state_dict", None)) and callable(getattr(dataset, "load_state_dict", None))
 
 
 class IterableState:
@@ -53,9 +51,7 @@ class IterableState:
             # torchdata gives no resume guarantee for out-of-order iterable batches (it only logs so), and
             # which worker's batch comes first is a race. Delivering in order is one of the orders
             # in_order=False permits, and it is the one that resumes exactly.
-            log.info(
-                "IterableDataset with in_order=False: delivering batches in order, which resumes exactly"
-            )
+            log.info("IterableDataset with in_order=False: delivering batches in order, which resumes exactly")
         options = {**options, "in_order": True}
         with warnings.catch_warnings():
             # torchdata 0.11 calls torch.set_vital, deprecated in torch 2.13: not the user's concern.

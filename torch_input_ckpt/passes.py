@@ -206,9 +206,7 @@ def _resumable_keys(
             number += 1
 
 
-def _replayed_keys(
-    batches: Iterator[list[Any]], start: int, skip: Ahead, tagged: bool
-) -> Iterator[list[Any]]:
+def _replayed_keys(batches: Iterator[list[Any]], start: int, skip: Ahead, tagged: bool) -> Iterator[list[Any]]:
     for absolute, batch in enumerate(batches):
         number = absolute - start
         if number >= 0 and number not in skip:
