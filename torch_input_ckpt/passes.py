@@ -87,6 +87,16 @@ class Pass:
         """How many batches from the pass's start were delivered without a gap."""
         return min(self.holes) if self.holes else self.high
 
+    def delivered_next(self) -> None:
+        """Record that the next batch in order reached the caller: the hot path of in-order loading."""
+        if self.skip.end or not self.loader._resumable:
+            self.delivered(None)  # batches to skip, or a custom sampler: the general path
+            return
+        self.high = self.next_number = self.high + 1
+        sampler: ResumableSampler = self.loader.sampler  # type: ignore[assignment]
+        taken = self.count if self.high >= self.batches else self.high * self.batch_size
+        sampler._commit(self.generation, self.epoch, self.start + taken * sampler.world.size)
+
     def delivered(self, number: int | None) -> None:
         """Record that batch ``number`` (None: the next in order) reached the caller."""
         if number is None:
@@ -141,7 +151,7 @@ class DeliveredBatches:
             self._run.finished()
             raise
         if self._ordered:
-            self._run.delivered(None)
+            self._run.delivered_next()
             return item
         number, batch = item
         self._run.delivered(number)
@@ -181,6 +191,7 @@ class KeyBatches:
                 last,
                 with_seeds=loader.reseed_rng,
                 chunk=run.batch_size * max(1, CHUNK // run.batch_size),
+                unit=run.batch_size,
             )
             keys = _resumable_keys(chunks, run.batch_size, run.prefix, run.skip, loader._tagged)
         else:

@@ -25,7 +25,8 @@ Order = Literal["feistel", "randperm"]
 _ORDERS: dict[str, type] = {"feistel": FeistelPermutation, "randperm": RandpermPermutation}
 # Positions are computed this many at a time: large enough that torch's per-call overhead is
 # amortised, small enough that memory stays flat whatever the dataset length.
-CHUNK = 8192
+CHUNK = 32768
+_FIRST_CHUNK = 512
 
 
 class ResumableSampler(Sampler[int]):
@@ -90,6 +91,9 @@ class ResumableSampler(Sampler[int]):
         # nothing left, as StatefulDataLoader expects (it re-creates the pass's iterator on load and
         # starts a new pass, i.e. calls iter() again, only after that one is exhausted).
         self._resume_pending = False
+        # The chunk a live __iter__ is handing out: (generation, cursor at its start, its list iterator,
+        # its length), read by _position() to know how far the iteration got.
+        self._live: tuple[int, int, Iterator[int], int] | None = None
         self._permutation_cache: tuple[int, Any] | None = None
 
     # -- position ---------------------------------------------------------------------------------
@@ -132,6 +136,10 @@ class ResumableSampler(Sampler[int]):
         return self.rank_count(0)
 
     def _position(self, normalize: bool = True) -> tuple[int, int]:
+        live = self._live
+        if live is not None and live[0] == self._generation:
+            generation, base, handed, size = live
+            self._cursor = base + (size - handed.__length_hint__()) * self.world.size
         # A cursor with nothing left for any rank is the start of the next epoch: normalising when
         # the position is read (rather than when the last index is handed out) keeps readers consistent.
         # (An epoch with nothing in it at all, drop_last with fewer samples than ranks, stays put.)
@@ -163,13 +171,17 @@ class ResumableSampler(Sampler[int]):
         self._epoch, self._cursor, self._resume_pending = epoch, start, False
         step = self.world.size
         count = self.rank_count(start)
-        cursors = iter(range(start + step, start + count * step + 1, step))
+        base = start
         for indices, _ in self.chunks(epoch, start, 0, count, with_seeds=False):
-            # `cursors` is one shared iterator across chunks, hence not strict: each chunk takes its share.
-            for index, cursor in zip(indices, cursors, strict=False):
-                if generation == self._generation:
-                    self._cursor = cursor
-                yield index
+            # No per-index bookkeeping: the chunk's list iterator knows how many it has handed out,
+            # and _position() asks it. `yield from` a list runs at C speed.
+            handed = iter(indices)
+            self._live = (generation, base, handed, len(indices))
+            yield from handed
+            base += len(indices) * step
+            self._commit(generation, epoch, base)
+        if self._live is not None and self._live[0] == generation:
+            self._live = None
 
     def permutation(self, epoch: int) -> Any:
         """The permutation object for ``epoch`` (a callable on int64 position tensors)."""
@@ -182,7 +194,15 @@ class ResumableSampler(Sampler[int]):
         return perm
 
     def chunks(
-        self, epoch: int, start: int, first: int, count: int, *, with_seeds: bool, chunk: int = CHUNK
+        self,
+        epoch: int,
+        start: int,
+        first: int,
+        count: int,
+        *,
+        with_seeds: bool,
+        chunk: int = CHUNK,
+        unit: int = 1,
     ) -> Iterator[tuple[list[int], list[int] | None]]:
         """Yield this rank's indices ``first..count-1`` of the segment that starts at global ``start``.
 
@@ -192,18 +212,26 @@ class ResumableSampler(Sampler[int]):
             first: The first of this rank's samples to produce (counted from ``start``).
             count: One past the last of this rank's samples to produce.
             with_seeds: Also yield each sample's RNG seed (from its global position).
-            chunk: How many indices per yielded list.
+            chunk: The most indices per yielded list.
+            unit: Every list but the last holds a multiple of this many (e.g. the batch size).
 
         Yields:
             ``(indices, seeds)`` lists; ``seeds`` is None unless ``with_seeds``.
         """
         perm = self.permutation(epoch)
         step, offset = self.world.size, start + self.world.rank
-        for lo in range(first, count, chunk):
-            positions = torch.arange(lo, min(count, lo + chunk), dtype=torch.int64) * step + offset
+        largest = max(unit, chunk - chunk % unit)
+        # The first list is small, so that the first batch after a resume costs little; then the
+        # lists grow to `chunk`, where torch's per-call overhead is amortised.
+        size = min(largest, unit * max(1, _FIRST_CHUNK // unit))
+        lo = first
+        while lo < count:
+            positions = torch.arange(lo, min(count, lo + size), dtype=torch.int64) * step + offset
             # Positions past the end wrap to the epoch's start: DistributedSampler's padding.
             indices = perm(positions % self.length).tolist()
             yield indices, (sample_seeds(self.seed, epoch, positions).tolist() if with_seeds else None)
+            lo += size
+            size = min(largest, size * 4)
 
     # -- state ------------------------------------------------------------------------------------
 
