@@ -86,6 +86,11 @@ def render(figures: Sequence[Figure], command: str, elapsed: float, quick: bool)
         "",
         table(["machine", ""], machine()),
         "",
+        *(
+            ["**Quick mode**: sizes too small to judge the targets by (fixed costs dominate); see a full run.", ""]
+            if quick
+            else []
+        ),
         "## Method",
         "",
         METHOD,

@@ -28,6 +28,9 @@ IMPLS = {
     "torch": "torch DataLoader(shuffle=True)",
     "stateful": "torchdata StatefulDataLoader(shuffle=True)",
 }
+# Diagnostic, at the worst-case length only: the Feistel cycle-walk indexes with boolean masks, which
+# torch runs on its intra-op thread pool; on a busy 2-core machine that pool stalls.
+DIAGNOSTIC = {"ours_1thread": "ResumableDataLoader(reseed_rng=False) with torch.set_num_threads(1) (diagnostic)"}
 THROUGHPUT_TARGET = 0.98
 
 
@@ -47,7 +50,7 @@ def _loader(impl: str, dataset: IndexDataset, workers: int, batch_size: int) -> 
         batch_size=batch_size,
         shuffle=True,
         num_workers=workers,
-        reseed_rng=impl == "ours_reseed",
+        reseed_rng=impl == "ours_reseed",  # "ours" and "ours_1thread": False
     )
 
 
@@ -79,6 +82,10 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
     """Child side: one epoch of one loader (or the reseed micro-benchmark)."""
     if params["impl"] == "reseed_parts":
         return {"parts": _reseed_parts()}
+    if params["impl"] == "ours_1thread":
+        import torch
+
+        torch.set_num_threads(1)
     loader = _loader(params["impl"], IndexDataset(params["n"]), params["workers"], params["batch_size"])
     start = time.perf_counter()
     batches = 0
@@ -105,7 +112,9 @@ def run(cfg: Config, n: int | None = None) -> list[Figure]:
     n = n or (10**5 if cfg.quick else 10**6)
     worst = worst_length(n)
     variants = [{"impl": impl, "workers": w, "n": n, "batch_size": BATCH_SIZE} for w in WORKERS for impl in IMPLS]
-    variants += [{"impl": impl, "workers": 0, "n": worst, "batch_size": BATCH_SIZE} for impl in ("ours", "torch")]
+    variants += [
+        {"impl": impl, "workers": 0, "n": worst, "batch_size": BATCH_SIZE} for impl in ("ours", "ours_1thread", "torch")
+    ]
 
     # Epochs at num_workers=0 take well under a second: more repetitions to steady the median.
     def reps(v: dict[str, Any]) -> int:
@@ -132,8 +141,9 @@ def run(cfg: Config, n: int | None = None) -> list[Figure]:
             "One full shuffled epoch, timed from `iter(loader)` (worker start-up included) to exhaustion. "
             "`__getitem__` returns the index, so this is pure loader overhead: sampler, batching, collate, and "
             "with workers the inter-process queues. Ratios are throughputs, ours / theirs (> 1: ours is faster). "
-            f"The last rows use N = {worst:,} = 4^k + 1, the least favourable length for the Feistel order "
-            "(its domain is then ~4 N, so cycle-walking runs ~4 passes on average and ~30 per chunk of 8192)."
+            f"The last rows use N = {worst:,} = 4^k + 1, the least favourable length for the Feistel order: "
+            "its domain is the smallest power of 4 >= N, here ~4 N, so cycle-walking takes ~4 passes per index on "
+            "average and ~35 per chunk of 8192 indices (at N = 1e6 the domain is 1.05 N: ~4 passes per chunk)."
         ),
         columns=[
             "N",
@@ -146,7 +156,7 @@ def run(cfg: Config, n: int | None = None) -> list[Figure]:
             "ours/Stateful",
         ],
     )
-    blocks = [(n, w, list(IMPLS)) for w in WORKERS] + [(worst, 0, ["ours", "torch"])]
+    blocks = [(n, w, list(IMPLS)) for w in WORKERS] + [(worst, 0, ["ours", "ours_1thread", "torch"])]
     for size, w, impls in blocks:
         for impl in impls:
             t = seconds[impl, w, size]
@@ -156,7 +166,7 @@ def run(cfg: Config, n: int | None = None) -> list[Figure]:
                 [
                     f"{size:,}",
                     str(w),
-                    IMPLS[impl],
+                    IMPLS.get(impl) or DIAGNOSTIC[impl],
                     fmt_time(t),
                     f"{size / t:,.0f}",
                     spans[impl, w, size],
