@@ -1,5 +1,6 @@
 """Resumable PyTorch input pipelines: exact, constant-time resume, with input-only checkpoints."""
 
+from .checkpointer import InputCheckpointer
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .loader import ResumableDataLoader
 from .sampler import ResumableSampler
@@ -12,6 +13,7 @@ from torchdata.stateful_dataloader import Stateful
 __all__ = [
     "ExternalStateWarning",
     "InputCheckpointWarning",
+    "InputCheckpointer",
     "InputStateError",
     "ResumableDataLoader",
     "ResumableSampler",

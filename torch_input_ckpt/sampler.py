@@ -256,5 +256,7 @@ class ResumableSampler(Sampler[int]):
                 f"{source}: saved position epoch={epoch}, cursor={cursor} is invalid; expected "
                 f"epoch >= 0 and 0 <= cursor < length + num_replicas = {self.length + saved_world}"
             )
-        self._move_to(epoch, cursor)
+        # Any cursor at or past the end means "this pass is over"; store it as `length` so that a state
+        # re-saved under another world size stays within that world's bound.
+        self._move_to(epoch, min(cursor, self.length))
         self._resume_pending = True

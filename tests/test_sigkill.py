@@ -1,0 +1,130 @@
+"""SIGKILL a training process (and its DataLoader workers) at random moments, restart it each time:
+the stream the model trained on, step by step, equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from torch_input_ckpt import files
+
+REPO = Path(__file__).resolve().parent.parent
+CHILD = Path(__file__).resolve().parent / "preempted_child.py"
+TOTAL = 60  # steps: 10 batches per epoch, 6 epochs
+TIMEOUT = 30  # seconds, for any one wait
+
+
+def start(directory: Path, log: Path, workers: int) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # Its own session and process group, so that killing the group also kills the DataLoader workers.
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), str(directory), str(log), str(TOTAL), str(workers)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def records(log: Path) -> list[dict]:
+    """The parsed log lines; a line cut short by a kill is not a record."""
+    out = []
+    for line in log.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def wait_for_records(proc: subprocess.Popen, log: Path, count: int) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while len(records(log)) < count:
+        assert proc.poll() is None, f"child exited early ({proc.returncode}): {proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, "child made no progress"
+        time.sleep(0.002)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the child and its DataLoader workers (its process group), and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # already gone (e.g. it failed early): keep the original error
+        pass
+    proc.wait(timeout=TIMEOUT)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    try:
+        _, err = proc.communicate(timeout=TIMEOUT * 2)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise
+    assert proc.returncode == 0, err.decode()
+
+
+def trained_stream(log: Path) -> tuple[list, list[int]]:
+    """Replay the log as the model saw it: a restore to step S discards what was trained after S."""
+    trained: list = []
+    restores: list[int] = []
+    for record in records(log):
+        if "restored" in record:
+            step = record["restored"]
+            assert step <= len(trained), (
+                f"restored to step {step}, but the killed run only trained {len(trained)}"
+            )
+            assert not restores or step >= restores[-1], f"restore went back from {restores[-1]} to {step}"
+            restores.append(step)
+            del trained[step:]
+        else:
+            assert record["step"] == len(trained) + 1, (
+                f"step {record['step']} after {len(trained)} trained steps"
+            )
+            trained.append(record["batch"])
+    return trained, restores
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("workers", "kills"), [(0, 5), (2, 4)])
+def test_sigkill_at_random_moments_resumes_the_exact_stream(tmp_path, workers, kills):
+    reference_log = tmp_path / "reference.jsonl"
+    proc = start(tmp_path / "reference", reference_log, workers)
+    finish(proc)
+    expected, _ = trained_stream(reference_log)
+    assert len(expected) == TOTAL
+
+    rng = random.Random(1000 + workers)
+    directory, log = tmp_path / "ckpt", tmp_path / "log.jsonl"
+    log.touch()
+    for _ in range(kills):
+        before = len(records(log))
+        proc = start(directory, log, workers)
+        try:
+            # Its restore record, then 1-5 trained steps, then a random instant (often mid-save).
+            wait_for_records(proc, log, before + 1 + rng.randint(1, 5))
+            time.sleep(rng.uniform(0, 0.004))
+        finally:
+            kill_group(proc)
+        proc.stderr.close()
+        assert proc.returncode == -signal.SIGKILL, "the child finished before it was killed: raise TOTAL"
+    proc = start(directory, log, workers)
+    finish(proc)
+
+    trained, restores = trained_stream(log)
+    assert len(restores) == kills + 1 and restores[0] == 0 and restores[-1] > 0
+    assert trained == expected
+    # What is left: the last keep_last=2 checkpoints, the pointer, no temporaries of killed saves.
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "checkpoint_input_0",
+        f"input_0-{TOTAL - 1:08d}.json",
+        f"input_0-{TOTAL:08d}.json",
+    ]
+    assert files.read_pointer(directory, 0) == TOTAL

@@ -1,0 +1,12 @@
+"""``python -m torch_input_ckpt inspect DIR``: the command line (also the ``torch-input-ckpt`` script)."""
+
+from __future__ import annotations
+
+import sys
+
+from .inspection import main
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

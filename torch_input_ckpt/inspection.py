@@ -1,0 +1,266 @@
+"""``torch-input-ckpt inspect DIR``: a directory's input checkpoints per rank, and whether the ranks agree."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import files
+from .errors import InputStateError
+from .files import InputFile
+
+__all__ = ["Position", "describe_position", "inspect_directory", "main"]
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where one component's state stands, as far as its kind lets us tell.
+
+    Attributes:
+        kind: The state's ``"kind"`` entry, or a guess from its keys (e.g. ``"StatefulDataLoader"``).
+        epoch: The epoch, or None if the state does not record one.
+        position: How far into the epoch (or pass), in ``unit``; None if unknown.
+        unit: What ``position`` counts.
+    """
+
+    kind: str
+    epoch: int | None
+    position: int | None
+    unit: str
+
+    def text(self) -> str:
+        """E.g. ``"40 (samples into the epoch, all ranks)"``, or ``"?"``."""
+        return "?" if self.position is None else f"{self.position} ({self.unit})"
+
+
+def describe_position(states: Mapping[str, Any]) -> dict[str, Position]:
+    """The :class:`Position` of each saved component state, by name."""
+    return {name: _position(state) for name, state in states.items()}
+
+
+def _position(state: Any) -> Position:
+    if not isinstance(state, Mapping):
+        return Position(type(state).__name__, None, None, "")
+    kind = state.get("kind")
+    epoch = _int(state.get("epoch"))
+    if kind in ("ResumableDataLoader", "ResumableSampler"):
+        sampler = state.get("sampler") if kind == "ResumableDataLoader" else state
+        if isinstance(sampler, Mapping) and _int(sampler.get("cursor")) is not None:
+            return Position(kind, epoch, sampler["cursor"], "samples into the epoch, all ranks")
+        if _int(state.get("batches_delivered")) is not None:
+            return Position(kind, epoch, state["batches_delivered"], "batches into the epoch")
+        inner = state.get("inner")
+        if isinstance(inner, Mapping):
+            return Position(kind, epoch, _stateful_dataloader_batches(inner), "batches into the epoch")
+        return Position(kind, epoch, None, "")
+    batches = _stateful_dataloader_batches(state)
+    if batches is not None:
+        return Position("StatefulDataLoader", epoch, batches, "batches into the current pass")
+    for key in ("cursor", "position", "samples_yielded", "yielded", "step", "index"):
+        if _int(state.get(key)) is not None:
+            return Position(str(kind or "state"), epoch, state[key], key)
+    return Position(str(kind or "state"), epoch, None, "")
+
+
+def _stateful_dataloader_batches(state: Mapping[str, Any]) -> int | None:
+    """Batches torchdata's StatefulDataLoader delivered in its current pass (single- or multi-process)."""
+    if _int(state.get("_num_yielded")) is not None:
+        return state["_num_yielded"]  # type: ignore[no-any-return]
+    snapshot = state.get("_snapshot")
+    if isinstance(snapshot, Mapping) and _int(snapshot.get("_snapshot_step")) is not None:
+        return snapshot["_snapshot_step"] + (_int(state.get("_steps_since_snapshot")) or 0)  # type: ignore[no-any-return]
+    return None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# -- the report --------------------------------------------------------------------------------------
+
+
+def inspect_directory(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Everything ``inspect`` prints, as plain JSON types (the ``--json`` output).
+
+    Every file is read and verified; a damaged one is reported with its reason, never raised.
+    """
+    directory = Path(directory)
+    by_rank = files.list_steps(directory)
+    pointer_ranks = {
+        r for e in os.scandir(directory) if (r := InputFile.parse_pointer_name(e.name)) is not None
+    }
+    ranks = [
+        _rank_report(directory, rank, by_rank.get(rank, [])) for rank in sorted(set(by_rank) | pointer_ranks)
+    ]
+    newest = {report["rank"]: (report["newest"] or {}).get("step") for report in ranks}
+    valid_steps = [{f["step"] for f in report["files"] if f["valid"]} for report in ranks]
+    common = set.intersection(*valid_steps) if valid_steps else set()
+    return {
+        "directory": str(directory),
+        "ranks": ranks,
+        "valid": bool(ranks) and all(step is not None for step in newest.values()),
+        "all_ranks_share_newest": bool(ranks)
+        and len(set(newest.values())) == 1
+        and None not in newest.values(),
+        "newest_common_step": max(common) if common else None,
+    }
+
+
+def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]:
+    entries = []
+    for step in steps:
+        path = directory / InputFile(rank, step).name
+        entry: dict[str, Any] = {
+            "step": step,
+            "file": path.name,
+            "bytes": _size(path),
+            "valid": True,
+            "problem": None,
+        }
+        try:
+            files.read_checkpoint(path)
+        except InputStateError as error:
+            entry.update(valid=False, problem=_reason(error, path))
+        entries.append(entry)
+    pointer: dict[str, Any] = {"file": InputFile.pointer_name(rank), "step": None, "problem": None}
+    try:
+        pointer["step"] = files.read_pointer(directory, rank)
+        if pointer["step"] is None:
+            pointer["problem"] = "missing"
+    except InputStateError as error:
+        pointer["problem"] = _reason(error, directory / pointer["file"])
+    found = files.find_newest(directory, rank)
+    newest = None
+    if found.checkpoint is not None:
+        checkpoint = found.checkpoint
+        newest = {
+            "step": checkpoint.step,
+            "file": checkpoint.path.name,
+            "bytes": checkpoint.size,
+            "saved_at": datetime.fromtimestamp(checkpoint.wall_time, timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+            "wall_time": checkpoint.wall_time,
+            "world_size": checkpoint.world_size,
+            "external": checkpoint.external,
+            "components": {
+                name: {"kind": p.kind, "epoch": p.epoch, "position": p.position, "unit": p.unit}
+                for name, p in describe_position(checkpoint.states).items()
+            },
+        }
+    return {
+        "rank": rank,
+        "steps": steps,
+        "files": entries,
+        "pointer": pointer,
+        "newest": newest,
+        "uncommitted_steps": found.uncommitted,
+        "problems": found.problems,
+    }
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _reason(error: InputStateError, path: Path) -> str:
+    """The reason alone: our messages are ``"<path>: <reason>"``."""
+    return str(error).removeprefix(f"{path}: ")
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable form of :func:`inspect_directory`'s report."""
+    lines = [f"input checkpoints in {report['directory']}"]
+    if not report["ranks"]:
+        lines.append("  none found (expected files named input_<rank>-<step>.json)")
+    for rank in report["ranks"]:
+        steps = rank["steps"]
+        lines.append(f"rank {rank['rank']}: steps {', '.join(map(str, steps)) if steps else 'none'}")
+        for entry in rank["files"]:
+            status = "ok" if entry["valid"] else f"DAMAGED: {entry['problem']}"
+            lines.append(f"  {entry['file']}  {_bytes(entry['bytes'])}  {status}")
+        pointer = rank["pointer"]
+        if pointer["problem"] is None:
+            lines.append(f"  {pointer['file']} -> step {pointer['step']}")
+        else:
+            lines.append(f"  {pointer['file']}: {pointer['problem']}")
+        if rank["uncommitted_steps"]:
+            lines.append(
+                f"  steps {rank['uncommitted_steps']} are newer than the pointer (not committed; passed over)"
+            )
+        newest = rank["newest"]
+        if newest is None:
+            lines.append("  newest: NONE VALID (restore would fail on this rank)")
+            continue
+        lines.append(
+            f"  newest: step {newest['step']} ({newest['file']}, {_bytes(newest['bytes'])}), "
+            f"saved {newest['saved_at']}, world size {newest['world_size'] if newest['world_size'] else '?'}"
+        )
+        for name, comp in newest["components"].items():
+            epoch = "?" if comp["epoch"] is None else comp["epoch"]
+            where = "?" if comp["position"] is None else f"{comp['position']} ({comp['unit']})"
+            lines.append(f"    {name} ({comp['kind']}): epoch {epoch}, position {where}")
+        for item in newest["external"]:
+            lines.append(f"    not captured: {item}")
+    if report["ranks"]:
+        newest_steps = {r["rank"]: (r["newest"] or {}).get("step") for r in report["ranks"]}
+        if report["all_ranks_share_newest"]:
+            count = len(newest_steps)
+            step = next(iter(newest_steps.values()))
+            lines.append(f"newest step {step} on every rank ({count} rank{'s' if count > 1 else ''})")
+        else:
+            listed = ", ".join(f"rank {r} -> {'none' if s is None else s}" for r, s in newest_steps.items())
+            lines.append(f"ranks DISAGREE on the newest step: {listed}")
+            common = report["newest_common_step"]
+            lines.append(f"newest step valid on every rank: {'none' if common is None else common}")
+    return "\n".join(lines)
+
+
+def _bytes(size: int | None) -> str:
+    return "? B" if size is None else f"{size} B"
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``torch-input-ckpt`` command. Returns 0 if every rank has a valid checkpoint, 1 if not,
+    2 for a usage error or a missing directory."""
+    parser = argparse.ArgumentParser(
+        prog="torch-input-ckpt",
+        description="Inspect the input-pipeline checkpoints written by InputCheckpointer.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    inspect = commands.add_parser(
+        "inspect",
+        help="per rank: steps on disk, the newest valid one, its epoch and position, damaged files",
+        description="Exit status: 0 if every rank has a valid checkpoint, 1 if not, 2 for usage errors.",
+    )
+    inspect.add_argument("directory", help="the directory given to InputCheckpointer")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # argparse exits on --help (0) and on usage errors (2)
+        return int(exit.code or 0)
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        print(f"torch-input-ckpt: error: {args.directory} {what}", file=sys.stderr)
+        return 2
+    try:
+        report = inspect_directory(directory)
+    except OSError as error:
+        print(f"torch-input-ckpt: error: cannot read {args.directory}: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["valid"] else 1
