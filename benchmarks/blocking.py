@@ -112,7 +112,7 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
 
 def run(cfg: Config, steps: int | None = None) -> list[Figure]:
     """Figure 4 (ours only when ``InputCheckpointer`` exists in this tree)."""
-    saving_steps = steps or (200 if cfg.quick else 1000)
+    saving_steps = steps or (100 if cfg.quick else 1000)
     spaced_steps = max(10, saving_steps // 5)
     non_saving_steps = 10 * saving_steps
     probe = run_child("blocking", {"impl": "probe"}, cfg)

@@ -144,7 +144,7 @@ def run_epoch(cfg: Config, n: int | None = None) -> list[Figure]:
     """Figure 7: iterate one whole epoch of the sampler alone (at N and at a worst-case length)."""
     from .throughput import worst_length
 
-    n = n or 10**6
+    n = n or (10**5 if cfg.quick else 10**6)
     worst = worst_length(n)
     variants = [{"kind": "epoch", "impl": impl, "n": n} for impl in EPOCH_IMPLS]
     variants += [{"kind": "epoch", "impl": impl, "n": worst} for impl in ("randperm_list", "ours")]
