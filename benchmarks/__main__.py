@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from . import blocking, resume, sampler_cost, state_cost, throughput
 from .harness import ROOT, Config, Figure
-from .report import plot_resume, render
+from .report import load_now, plot_resume, render
 
 # In the order of the report; each key runs one function (throughput also yields figure 6).
 FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         " " + shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
 
-    start = time.perf_counter()
+    start, load_at_start = time.perf_counter(), load_now()
     figures: list[Figure] = []
     for key, run in FIGURES.items():
         if only and key not in only:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     figures.sort(key=lambda f: _ORDER.index(f.key))
     elapsed = time.perf_counter() - start
 
-    markdown = render(figures, command, elapsed, args.quick)
+    markdown = render(figures, command, elapsed, args.quick, load_at_start)
     print(markdown)
     output = args.output or (RESULTS if not args.quick and not only else None)
     if output:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from .harness import ROOT, Figure, fmt_time
 
-__all__ = ["machine", "plot_resume", "render", "table"]
+__all__ = ["load_now", "machine", "plot_resume", "render", "table"]
 
 
 def _read(path: str) -> str:
@@ -30,8 +30,8 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def machine() -> list[tuple[str, str]]:
-    """What the numbers were measured on."""
+def machine(load_at_start: float | None = None) -> list[tuple[str, str]]:
+    """What the numbers were measured on (and how busy the machine was: it is shared)."""
     cpu = re.search(r"^model name\s*:\s*(.+)$", _read("/proc/cpuinfo"), re.MULTILINE)
     mem = re.search(r"^MemTotal:\s+(\d+) kB", _read("/proc/meminfo"), re.MULTILINE)
     try:
@@ -48,7 +48,24 @@ def machine() -> list[tuple[str, str]]:
         ("torch / torchdata", f"{_version('torch')} / {_version('torchdata')}"),
         ("commit", commit),
         ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        ("load average (1 min), start / end of the run", f"{_load(load_at_start)} / {_load(_loadavg())}"),
     ]
+
+
+def load_now() -> float | None:
+    """The 1-minute load average (None where the OS does not report one)."""
+    return _loadavg()
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def _load(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.2f}"
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -76,7 +93,9 @@ METHOD = """\
 """
 
 
-def render(figures: Sequence[Figure], command: str, elapsed: float, quick: bool) -> str:
+def render(
+    figures: Sequence[Figure], command: str, elapsed: float, quick: bool, load_at_start: float | None = None
+) -> str:
     """The whole results document."""
     out = [
         "# Benchmarks: torch_input_ckpt vs torch DataLoader vs torchdata StatefulDataLoader",
@@ -84,7 +103,7 @@ def render(figures: Sequence[Figure], command: str, elapsed: float, quick: bool)
         f"Command: `{command}` ({'quick smoke mode: small sizes, 1 repetition' if quick else 'full mode'}); "
         f"the run took {fmt_time(elapsed)}.",
         "",
-        table(["machine", ""], machine()),
+        table(["machine", ""], machine(load_at_start)),
         "",
         *(
             ["**Quick mode**: sizes too small to judge the targets by (fixed costs dominate); see a full run.", ""]

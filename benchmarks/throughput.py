@@ -116,9 +116,11 @@ def run(cfg: Config, n: int | None = None) -> list[Figure]:
         {"impl": impl, "workers": 0, "n": worst, "batch_size": BATCH_SIZE} for impl in ("ours", "ours_1thread", "torch")
     ]
 
-    # Epochs at num_workers=0 take well under a second: more repetitions to steady the median.
+    # The target's epochs (num_workers=0, N, reseed off) take well under a second: more repetitions to
+    # steady their medians. The slow rows (reseeding, the worst-case length) keep cfg.reps.
     def reps(v: dict[str, Any]) -> int:
-        return cfg.reps if cfg.quick or v["workers"] else max(cfg.reps, 5)
+        steadied = v["workers"] == 0 and v["n"] == n and v["impl"] in ("ours", "torch", "stateful")
+        return max(cfg.reps, 5) if steadied and not cfg.quick else cfg.reps
 
     results = collect(
         "throughput", variants, cfg, reps, label=lambda v: f"{v['impl']} workers={v['workers']} N={v['n']:,}"
