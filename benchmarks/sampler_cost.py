@@ -141,7 +141,7 @@ def run_memory(cfg: Config, n: int = BIG_N) -> list[Figure]:
 
 
 def run_epoch(cfg: Config, n: int | None = None) -> list[Figure]:
-    """Figure 7: iterate one whole epoch of the sampler alone (at N and at a worst-case length)."""
+    """Figure 7: iterate one whole epoch of the sampler alone (at N and at the regression length 4^k + 1)."""
     from .throughput import worst_length
 
     n = n or (10**5 if cfg.quick else 10**6)
@@ -156,7 +156,7 @@ def run_epoch(cfg: Config, n: int | None = None) -> list[Figure]:
         about=(
             "Construction plus a Python `for` loop over every index. Ratio: time / the time of "
             f"`torch.randperm(N).tolist()` at the same N (> 1: slower). The last rows use N = {worst:,} = 4^k + 1, "
-            "the least favourable length for the Feistel order (see figure 1)."
+            "the regression length of figure 1."
         ),
         columns=["N", "what", "epoch (median)", "ns per index", "range", "time / randperm list"],
     )
@@ -172,7 +172,7 @@ def run_epoch(cfg: Config, n: int | None = None) -> list[Figure]:
                 fmt_ratio(t, seconds["randperm_list", v["n"]]),
             ]
         )
-    for size, extra in ((n, ""), (worst, "; worst-case length, not in issue 2's list")):
+    for size, extra in ((n, ""), (worst, "; N = 4^k + 1, the regression length, not in issue 2's list")):
         ratio = seconds["ours", size] / seconds["randperm_list", size]
         detail = f"{ratio:.2f} x ({fmt_time(seconds['ours', size])} vs {fmt_time(seconds['randperm_list', size])})"
         if ("torch_random_sampler", size) in seconds:

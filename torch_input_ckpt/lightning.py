@@ -269,10 +269,14 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """Lightning is writing a model checkpoint: make sure an input checkpoint exists at its step."""
         step = trainer.global_step
-        if self._checkpointer is None or self._ahead or step != self._step or step == self._saved_step:
-            return  # not fitting; mid-step (no position matches a step); or saved already
-        self._checkpointer.save(step)
-        self._saved_step = step
+        if self._checkpointer is None or self._ahead or step != self._step:
+            return  # not fitting, or mid-step (no position matches a step)
+        if step != self._saved_step:
+            self._checkpointer.save(step)
+            self._saved_step = step
+        # Lightning writes the model checkpoint after this hook: make the input checkpoint of its step
+        # durable first, so that a job killed in between still finds it.
+        self._checkpointer.flush()
 
 
 def _set_epoch(loader: Any, epoch: int) -> None:
