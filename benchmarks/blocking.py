@@ -9,7 +9,7 @@ import tempfile
 import time
 from typing import Any
 
-from .harness import Config, Figure, IndexDataset, Target, collect, fmt_ratio, fmt_time, median_of, run_child
+from .harness import Config, Figure, IndexDataset, Target, collect, fmt_ratio, fmt_time, median_of
 
 BATCH_SIZE = 64
 SAVING_TARGET = 1e-3
@@ -21,14 +21,6 @@ IMPLS = {
     "ours_torch_save": "torch.save(ResumableDataLoader.state_dict(), path)",
     "stateful": "torch.save(StatefulDataLoader.state_dict(), path)",
 }
-
-
-def _probe() -> dict[str, Any]:
-    try:
-        from torch_input_ckpt import InputCheckpointer  # noqa: F401
-    except ImportError:
-        return {"available": False, "error": "torch_input_ckpt.InputCheckpointer is not in this tree"}
-    return {"available": True, "error": ""}
 
 
 def _files(directory: str) -> int:
@@ -58,8 +50,6 @@ def _loop(loader: Any, steps: int, after_step: Any, pause: float) -> tuple[list[
 def measure(params: dict[str, Any]) -> dict[str, Any]:
     """Child side: one training loop of ``steps`` steps with a save every ``every`` steps."""
     impl = params["impl"]
-    if impl == "probe":
-        return _probe()
     import torch
 
     steps, every, pause = params["steps"], params["every"], params["pause"]
@@ -111,12 +101,11 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(cfg: Config, steps: int | None = None) -> list[Figure]:
-    """Figure 4 (ours only when ``InputCheckpointer`` exists in this tree)."""
+    """Figure 4."""
     saving_steps = steps or (100 if cfg.quick else 1000)
     spaced_steps = max(10, saving_steps // 5)
     non_saving_steps = 10 * saving_steps
-    probe = run_child("blocking", {"impl": "probe"}, cfg)
-    impls = [i for i in IMPLS if probe["available"] or i != "ours"]
+    impls = list(IMPLS)
     modes = {
         "back_to_back": {"steps": saving_steps, "every": 1, "pause": 0.0},
         "spaced": {"steps": spaced_steps, "every": 1, "pause": STEP_SECONDS},
@@ -159,10 +148,7 @@ def run(cfg: Config, steps: int | None = None) -> list[Figure]:
         return fmt_time(value) if value is not None else "none"
 
     theirs = cell("stateful", "spaced", "median")
-    for impl in IMPLS:
-        if impl not in impls:
-            fig.rows.append([IMPLS[impl], f"not run: {probe['error']}", "", "", "", "", "", ""])
-            continue
+    for impl in impls:
         spaced = cell(impl, "spaced", "median")
         fig.rows.append(
             [
@@ -176,30 +162,20 @@ def run(cfg: Config, steps: int | None = None) -> list[Figure]:
                 fmt_ratio(spaced, theirs) if impl != "stateful" and spaced is not None and theirs else "",
             ]
         )
-    if probe["available"]:
-        spaced, rushed = cell("ours", "spaced", "median"), cell("ours", "back_to_back", "median")
-        quiet = cell("ours", "quiet", "median")
-        fig.targets.append(
-            Target(
-                f"saving step blocks under {fmt_time(SAVING_TARGET)}, steps of {fmt_time(STEP_SECONDS)} (issue 7)",
-                spaced is not None and spaced < SAVING_TARGET,
-                f"median {shown(spaced)}; back to back (disk-bound) {shown(rushed)}",
-            )
+    spaced, rushed = cell("ours", "spaced", "median"), cell("ours", "back_to_back", "median")
+    quiet = cell("ours", "quiet", "median")
+    fig.targets.append(
+        Target(
+            f"saving step blocks under {fmt_time(SAVING_TARGET)}, steps of {fmt_time(STEP_SECONDS)} (issue 3)",
+            spaced is not None and spaced < SAVING_TARGET,
+            f"median {shown(spaced)}; back to back (disk-bound) {shown(rushed)}",
         )
-        fig.targets.append(
-            Target(
-                f"non-saving step blocks under {fmt_time(NON_SAVING_TARGET)} (issue 7)",
-                quiet is not None and quiet < NON_SAVING_TARGET,
-                f"median {shown(quiet)}",
-            )
+    )
+    fig.targets.append(
+        Target(
+            f"non-saving step blocks under {fmt_time(NON_SAVING_TARGET)} (issue 3)",
+            quiet is not None and quiet < NON_SAVING_TARGET,
+            f"median {shown(quiet)}",
         )
-    else:
-        for name in (
-            f"saving step under {fmt_time(SAVING_TARGET)}",
-            f"non-saving step under {fmt_time(NON_SAVING_TARGET)}",
-        ):
-            fig.targets.append(
-                Target(name + " (issue 7)", None, "not measured: InputCheckpointer is not in this tree yet")
-            )
-    fig.data = {"available": probe["available"]}
+    )
     return [fig]
