@@ -20,4 +20,3 @@ __all__ = [
     "Stateful",
     "World",
 ]
-assert __all__ == sorted(__all__)
