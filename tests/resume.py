@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -159,3 +160,21 @@ def release(workers: bool = True) -> None:
 
 def _has_workers(loader: Any) -> bool:
     return getattr(loader, "num_workers", 0) > 0
+
+
+def assert_freed_without_cycle_collector(make: Callable[[], Any]) -> None:
+    """A loader dropped mid-epoch (one batch taken) is freed by reference counting alone.
+
+    In a reference cycle, the cycle collector would close a persistent worker's queues before the
+    iterator could tell it to stop, and each worker would wait out torch's 5 s join timeout.
+    """
+    loader = make()
+    it = iter(loader)
+    next(it)
+    ref = weakref.ref(loader)
+    gc.disable()
+    try:
+        del loader, it
+        assert ref() is None, "the loader is in a reference cycle"
+    finally:
+        gc.enable()

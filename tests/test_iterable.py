@@ -3,16 +3,21 @@ what their per-worker state cannot do (another num_workers, another world) with 
 
 from __future__ import annotations
 
-import gc
-import weakref
-
 import pytest
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader
 
-from resume import check_exactly_once, check_resume, epochs_of, release, roundtrip, to_py
+from resume import (
+    assert_freed_without_cycle_collector,
+    check_exactly_once,
+    check_resume,
+    epochs_of,
+    release,
+    roundtrip,
+    to_py,
+)
 
 N = 22
 
@@ -245,16 +250,7 @@ def test_set_epoch_starts_an_epoch_over():
 
 def test_abandoned_loader_with_persistent_workers_is_freed_at_once():
     """No reference cycle: dropping the loader stops its persistent workers by reference counting."""
-    loader = _loader(num_workers=2, persistent_workers=True)
-    it = iter(loader)
-    next(it)
-    ref = weakref.ref(loader)
-    gc.disable()
-    try:
-        del loader, it
-        assert ref() is None
-    finally:
-        gc.enable()
+    assert_freed_without_cycle_collector(lambda: _loader(num_workers=2, persistent_workers=True))
 
 
 def test_state_taken_between_iter_and_first_batch_of_a_persistent_epoch():

@@ -3,10 +3,8 @@ pipeline changed on resume (num_workers, prefetch_factor, persistent_workers, ba
 
 from __future__ import annotations
 
-import gc
 import random
 import time
-import weakref
 
 import numpy as np
 import pytest
@@ -15,7 +13,15 @@ from torch.utils.data import Dataset
 
 from torch_input_ckpt import InputCheckpointWarning, InputStateError, ResumableDataLoader
 
-from resume import check_exactly_once, check_resume, epochs_of, resume_chain, roundtrip, to_py
+from resume import (
+    assert_freed_without_cycle_collector,
+    check_exactly_once,
+    check_resume,
+    epochs_of,
+    resume_chain,
+    roundtrip,
+    to_py,
+)
 
 N = 20
 DRAWS = ("torch", "numpy", "python")
@@ -269,16 +275,7 @@ def test_malformed_ahead_is_an_input_state_error(ahead):
 def test_abandoned_loader_with_persistent_workers_is_freed_at_once(options):
     """No reference cycle: dropping a loader stops its persistent workers right away. (In a cycle, the
     collector closed the workers' queues first and each worker then waited out a 5 s join timeout.)"""
-    loader = _loader(2, persistent_workers=True, **options)
-    it = iter(loader)
-    next(it)
-    ref = weakref.ref(loader)
-    gc.disable()
-    try:
-        del loader, it
-        assert ref() is None
-    finally:
-        gc.enable()
+    assert_freed_without_cycle_collector(lambda: _loader(2, persistent_workers=True, **options))
 
 
 @pytest.mark.parametrize("in_order", [True, False])
