@@ -208,3 +208,18 @@ def test_resumes_exactly_inside_torchdata_stateful_dataloader(num_workers, stop_
 
     stream = check_resume(Epochs, stop_after)
     assert len(stream) == 16
+
+
+def test_a_loader_commit_supersedes_an_abandoned_direct_iteration():
+    """Progress read from a chunk that a direct `iter(sampler)` left half-handed-out must not override
+    the positions a loader commits afterwards."""
+    from torch_input_ckpt import ResumableDataLoader
+
+    sampler = ResumableSampler(40, seed=3)
+    abandoned = iter(sampler)
+    first = next(abandoned)
+    loader = ResumableDataLoader(list(range(40)), batch_size=4, sampler=sampler)
+    batches = iter(loader)
+    taken = [next(batches).tolist() for _ in range(2)]
+    assert sampler.cursor == 1 + 8
+    assert [first] + sum(taken, []) == list(ResumableSampler(40, seed=3))[:9]

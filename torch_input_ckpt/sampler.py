@@ -138,7 +138,7 @@ class ResumableSampler(Sampler[int]):
     def _position(self, normalize: bool = True) -> tuple[int, int]:
         live = self._live
         if live is not None and live[0] == self._generation:
-            generation, base, handed, size = live
+            _, base, handed, size = live
             self._cursor = base + (size - handed.__length_hint__()) * self.world.size
         # A cursor with nothing left for any rank is the start of the next epoch: normalising when
         # the position is read (rather than when the last index is handed out) keeps readers consistent.
@@ -151,11 +151,15 @@ class ResumableSampler(Sampler[int]):
         self._epoch, self._cursor = epoch, cursor
         self._generation += 1
         self._resume_pending = False
+        self._live = None
 
     def _commit(self, generation: int, epoch: int, cursor: int) -> None:
-        """Record progress made by an iterator started at ``generation`` (ignored if moved since)."""
+        """Record progress made by an iterator started at ``generation`` (ignored if moved since).
+
+        A committed position supersedes any chunk an earlier ``__iter__`` was handing out.
+        """
         if generation == self._generation:
-            self._epoch, self._cursor = epoch, cursor
+            self._epoch, self._cursor, self._live = epoch, cursor, None
 
     # -- iteration --------------------------------------------------------------------------------
 
@@ -180,8 +184,6 @@ class ResumableSampler(Sampler[int]):
             yield from handed
             base += len(indices) * step
             self._commit(generation, epoch, base)
-        if self._live is not None and self._live[0] == generation:
-            self._live = None
 
     def permutation(self, epoch: int) -> Any:
         """The permutation object for ``epoch`` (a callable on int64 position tensors)."""
