@@ -19,11 +19,12 @@ from . import files
 from .distributed import RestorePlan, SaveAgreement, cpu_group, gather_steps, plan_restore
 from .encoding import decode_tensors
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
-from .external import external_parts, is_stateful
+from .external import external_parts
 from .files import InputCheckpoint, InputFile
 from .inspection import describe_position
 from .loader import ResumableDataLoader
 from .sampler import ResumableSampler
+from .state import is_stateful
 from .world import World
 from .writer import BackgroundWriter
 

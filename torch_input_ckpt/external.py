@@ -11,13 +11,9 @@ from torchdata.stateful_dataloader.sampler import BatchSampler as StatefulBatchS
 from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRandomSampler
 
 from .loader import ResumableDataLoader
+from .state import is_stateful
 
-__all__ = ["external_parts", "is_stateful"]
-
-
-def is_stateful(obj: Any) -> bool:
-    """Whether ``obj`` has callable ``state_dict`` and ``load_state_dict`` (the ``Stateful`` protocol)."""
-    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+__all__ = ["external_parts"]
 
 
 def external_parts(name: str, obj: Any, state: Any) -> list[str]:

@@ -8,27 +8,20 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 from torch.utils.data import IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .errors import InputStateError
-from .permutation import mix64
-from .state import check_plain, field
+from .permutation import worker_generator
+from .state import check_plain, field, is_stateful
 from .world import World
 
 __all__ = ["IterableState"]
 
 log = logging.getLogger("torch_input_ckpt")
-_M63 = (1 << 63) - 1
 # The key that tells torchdata's single-process and multi-process iterator states apart; loading one
 # into the other fails inside torchdata with a bare AssertionError, so we look first.
 _INNER_KEY = {False: "_num_yielded", True: "_snapshot"}
-
-
-def has_state(dataset: Any) -> bool:
-    """Whether the dataset saves and restores its own position (torchdata's ``Stateful`` protocol)."""
-    return callable(getattr(dataset, "state_dict", None)) and callable(getattr(dataset, "load_state_dict", None))
 
 
 class IterableState:
@@ -95,7 +88,7 @@ class IterableState:
             # Reaches the workers' copies when they are forked for this pass; persistent workers keep
             # theirs, so a dataset used with them must also move to its next epoch by itself.
             dataset.set_epoch(self.epoch)
-        delegate.generator = torch.Generator().manual_seed(mix64(self.seed, self.epoch, 0xB45E) & _M63)
+        delegate.generator = worker_generator(self.seed, self.epoch)
         return _IterablePass(self, iter(delegate))
 
     def state_dict(self) -> dict[str, Any]:
@@ -142,7 +135,7 @@ class IterableState:
                     "on the saved world size, each rank loading its own state."
                 )
         batch_size = field(state, "batch_size", (int, type(None)), source)
-        if batch_size != self.delegate.batch_size and not has_state(self.delegate.dataset):
+        if batch_size != self.delegate.batch_size and not is_stateful(self.delegate.dataset):
             raise InputStateError(
                 f"{source}: the state was saved with batch_size={batch_size}, but this pipeline has "
                 f"batch_size={self.delegate.batch_size}. An IterableDataset without state_dict is resumed by "
@@ -178,7 +171,7 @@ class IterableState:
 
     def _external(self) -> list[str]:
         dataset = self.delegate.dataset
-        if has_state(dataset):
+        if is_stateful(dataset):
             return []
         return [
             f"IterableDataset {type(dataset).__qualname__} has no state_dict/load_state_dict: it is resumed "

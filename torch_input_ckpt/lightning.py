@@ -16,8 +16,8 @@ from typing import Any
 
 from .checkpointer import InputCheckpointer
 from .errors import ExternalStateWarning, InputStateError
-from .external import is_stateful
 from .sampler import ResumableSampler
+from .state import is_stateful
 
 __all__ = ["InputCheckpointCallback"]
 

@@ -14,14 +14,13 @@ from .errors import InputCheckpointWarning, InputStateError
 from .fetch import FetchDataset, TaggedCollate
 from .iterable import IterableState
 from .passes import Ahead, DeliveredBatches, KeyBatches, Pass
-from .permutation import mix64
+from .permutation import worker_generator
 from .sampler import ResumableSampler
 from .state import FORMAT_VERSION, check_header, check_same, field
 
 __all__ = ["ResumableDataLoader"]
 
 log = logging.getLogger("torch_input_ckpt")
-_M63 = (1 << 63) - 1
 
 
 class ResumableDataLoader(DataLoader):
@@ -186,7 +185,7 @@ class ResumableDataLoader(DataLoader):
             return self._iterable.iterate()
         run = Pass(self)
         # A generator fixed by (seed, epoch) gives the workers reproducible base seeds.
-        self.generator = torch.Generator().manual_seed(mix64(self.seed, run.epoch, 0xB45E) & _M63)
+        self.generator = worker_generator(self.seed, run.epoch)
         # torch's iterator asks KeyBatches for its keys while it is built (also when persistent
         # workers are reset); the pass is handed over only for that moment, so that the loader is in no
         # reference cycle: a cycle would leave persistent workers to the cycle collector, which closes

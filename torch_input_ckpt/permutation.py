@@ -6,7 +6,14 @@ import math
 
 import torch
 
-__all__ = ["MAX_LENGTH", "FeistelPermutation", "RandpermPermutation", "IdentityPermutation", "mix64"]
+__all__ = [
+    "MAX_LENGTH",
+    "FeistelPermutation",
+    "RandpermPermutation",
+    "IdentityPermutation",
+    "mix64",
+    "worker_generator",
+]
 
 _M32 = 0xFFFFFFFF
 _M64 = 0xFFFFFFFFFFFFFFFF
@@ -129,6 +136,12 @@ class IdentityPermutation:
 
     def __call__(self, positions: torch.Tensor) -> torch.Tensor:
         return positions
+
+
+def worker_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator a loader hands torch's iterator for ``epoch``: torch draws the workers' base seed
+    from it, which then depends on (seed, epoch) only, not on how many passes ran before a resume."""
+    return torch.Generator().manual_seed(mix64(seed, epoch, 0xB45E) & (2**63 - 1))
 
 
 def sample_seeds(seed: int, epoch: int, positions: torch.Tensor) -> torch.Tensor:

@@ -7,10 +7,15 @@ from typing import Any
 
 from .errors import InputStateError
 
-__all__ = ["FORMAT_VERSION", "check_header", "check_plain", "check_same", "field"]
+__all__ = ["FORMAT_VERSION", "check_header", "check_plain", "check_same", "field", "is_stateful"]
 
 # Bump when a saved state's meaning changes; loaders refuse versions they do not know.
 FORMAT_VERSION = 1
+
+
+def is_stateful(obj: Any) -> bool:
+    """Whether ``obj`` has callable ``state_dict`` and ``load_state_dict`` (the ``Stateful`` protocol)."""
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
 def check_header(state: Any, kind: str, source: str) -> Mapping[str, Any]:
