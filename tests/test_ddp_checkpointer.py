@@ -142,3 +142,16 @@ def test_only_global_positions_are_reshardable():
     assert "out of order" in _not_reshardable(ahead)
     assert "per rank or per worker" in _not_reshardable(loader_state | {"sampler_kind": "IterableDataset"})
     assert "no global position" in _not_reshardable({"kind": "StatefulDataLoader"})
+
+
+def test_old_ranks_that_disagree_on_the_position_are_not_resharded(tmp_path):
+    for rank, batches in ((0, 2), (1, 3)):  # rank 1 ran a batch ahead: not lockstep
+        loader = _loader()
+        it = iter(loader)
+        for _ in range(batches):
+            next(it)
+        with InputCheckpointer(tmp_path, loader, every_n_steps=1, rank=rank) as c:
+            c.world_size = 2  # as if saved under a 2-rank process group
+            c.save(2)
+    with pytest.raises(InputStateError, match=r"the 2 old ranks disagree on the position of 'input'.*lockstep"):
+        plan_restore(tmp_path, 0, 3)

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from . import files
 from .errors import InputStateError
 from .files import InputCheckpoint, InputFile
+from .inspection import describe_position
 
 __all__ = ["RestorePlan", "SaveAgreement", "cpu_group", "gather_steps", "plan_restore"]
 
@@ -175,11 +176,12 @@ def _check_reshardable(checkpoints: list[InputCheckpoint], saved_world: int, wor
                 f"{first.path}: component {name!r} cannot be resumed on {world} ranks after being saved on "
                 f"{saved_world}: {reason}. Resume with {saved_world} ranks."
             )
-        positions = {c.rank: _position(c.states.get(name)) for c in checkpoints}
+        positions = {c.rank: describe_position(c.states).get(name) for c in checkpoints}
         if len(set(positions.values())) != 1:
+            where = {r: None if p is None else (p.epoch, p.position) for r, p in positions.items()}
             raise InputStateError(
                 f"{first.path.parent}: at step {first.step} the {saved_world} old ranks disagree on the position of "
-                f"{name!r} (rank: (epoch, cursor) = {positions}); they must consume in lockstep to be resharded"
+                f"{name!r} (rank: (epoch, cursor) = {where}); they must consume in lockstep to be resharded"
             )
 
 
@@ -200,15 +202,6 @@ def _not_reshardable(state: Any) -> str | None:
             return "it holds batches delivered out of order (in_order=False) beyond its cursor"
         return None
     return f"its state (kind={kind!r}) has no global position that could be split over another number of ranks"
-
-
-def _position(state: Any) -> tuple[Any, ...]:
-    if not isinstance(state, Mapping):
-        return (None,)
-    sampler = state.get("sampler") if state.get("kind") == "ResumableDataLoader" else state
-    if not isinstance(sampler, Mapping):
-        return (state.get("epoch"),)
-    return (sampler.get("epoch"), sampler.get("cursor"))
 
 
 def _steps_text(listing: Mapping[int, list[int]]) -> str:
