@@ -161,6 +161,28 @@ def with_models_dir(root: Path, *callbacks: Any) -> list[Any]:
     return list(callbacks)
 
 
+def stop_and_resume(
+    root: Path, full: Recorder, *, stop_at: int, model_every: int, epoch_steps: int, resume_from: str, **kwargs: Any
+) -> None:
+    """Run with input checkpoints every step, model checkpoints every ``model_every`` steps and at each
+    epoch's end, stop after ``stop_at`` steps, resume from ``resume_from`` ("step=S" or "epoch_end",
+    the end of the first epoch of ``epoch_steps`` steps) and compare with the uninterrupted ``full``."""
+
+    def callbacks() -> list[Any]:
+        epochs = ModelCheckpoint(dirpath=str(root / "epochs"), every_n_epochs=1, save_top_k=-1)
+        inputs = InputCheckpointCallback(every_n_train_steps=1, keep_last=6)
+        return with_models_dir(root, inputs, every(model_every), epochs)
+
+    first = preempted(root, stop_at, callbacks(), **kwargs)
+    if resume_from == "epoch_end":
+        ckpt, step = root / "epochs" / f"epoch=0-step={epoch_steps}.ckpt", epoch_steps
+    else:
+        step = int(resume_from.split("=")[1])
+        ckpt = model_ckpt(root, step)
+    resumed = fit(root, callbacks(), ckpt_path=ckpt, **kwargs)
+    check_resumed(full, first, resumed, step)
+
+
 # -- resume from a model checkpoint --------------------------------------------------------------
 
 
@@ -280,18 +302,7 @@ def test_resume_mid_epoch_and_at_the_epoch_boundary_keeps_epochs_whole(tmp_path,
     full = fit(tmp_path / "full", **limit)
     assert Counter(epoch for epoch, _, _ in full.seen) == {0: PER_EPOCH, 1: PER_EPOCH, 2: PER_EPOCH}
 
-    def callbacks() -> list[Any]:
-        epochs = ModelCheckpoint(dirpath=str(tmp_path / "epochs"), every_n_epochs=1, save_top_k=-1)
-        return with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1, keep_last=6), every(2), epochs)
-
-    first = preempted(tmp_path, 14, callbacks(), **limit)
-    if resume_from == "epoch_end":
-        ckpt, step = tmp_path / "epochs" / "epoch=0-step=12.ckpt", 12
-    else:
-        step = int(resume_from.split("=")[1])
-        ckpt = model_ckpt(tmp_path, step)
-    resumed = fit(tmp_path, callbacks(), ckpt_path=ckpt, **limit)
-    check_resumed(full, first, resumed, step)
+    stop_and_resume(tmp_path, full, stop_at=14, model_every=2, epoch_steps=12, resume_from=resume_from, **limit)
 
 
 @pytest.mark.parametrize(
@@ -321,18 +332,7 @@ def test_limit_train_batches_cuts_epochs_and_the_resume_follows(tmp_path, limit,
         {0: 7, 1: 7, 2: 7} if limit is MAX_EPOCHS else {0: 7, 1: 7, 2: 2}
     )
 
-    def callbacks() -> list[Any]:
-        epochs = ModelCheckpoint(dirpath=str(tmp_path / "epochs"), every_n_epochs=1, save_top_k=-1)
-        return with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1, keep_last=6), every(1), epochs)
-
-    first = preempted(tmp_path, 12, callbacks(), **kwargs)
-    if resume_from == "epoch_end":
-        ckpt, step = tmp_path / "epochs" / "epoch=0-step=7.ckpt", 7
-    else:
-        step = int(resume_from.split("=")[1])
-        ckpt = model_ckpt(tmp_path, step)
-    resumed = fit(tmp_path, callbacks(), ckpt_path=ckpt, **kwargs)
-    check_resumed(full, first, resumed, step)
+    stop_and_resume(tmp_path, full, stop_at=12, model_every=1, epoch_steps=7, resume_from=resume_from, **kwargs)
 
 
 def test_reloaded_train_loaders_resume_too(tmp_path):
