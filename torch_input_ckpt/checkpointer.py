@@ -234,8 +234,8 @@ class InputCheckpointer:
             InputStateError: if checkpoints exist but none is valid, or they do not fit the pipeline.
         """
         self.flush()
-        if self._single_rank_directory():
-            newest = files.find_newest(self.directory, self.rank)
+        newest = self._own_history()
+        if newest is not None:
             if newest.checkpoint is None and not newest.problems:
                 self.save(0)
                 return None
@@ -263,13 +263,14 @@ class InputCheckpointer:
                 lists the steps that are), or the state does not fit the pipeline.
         """
         self.flush()
-        if not self._single_rank_directory():
+        newest = self._own_history()
+        if newest is None:
             plan = self._plan(step)
             if plan is None:
                 raise InputStateError(f"{self.directory}: no input checkpoint to restore")
             return self._apply_plan(plan)
         if step is None:
-            return self._restore_newest(files.find_newest(self.directory, self.rank))
+            return self._restore_newest(newest)
         steps = self._list()
         if step not in steps:
             raise InputStateError(
@@ -280,17 +281,19 @@ class InputCheckpointer:
         self._apply(checkpoint)
         return step
 
-    def _single_rank_directory(self) -> bool:
-        """A job of one rank whose directory holds only its own files: restore from its own history."""
+    def _own_history(self) -> files.Newest | None:
+        """This rank's newest checkpoint, when the restore comes from its own history alone: a job of one
+        rank whose directory holds only its own files, saved on this world size (or a rank given by hand
+        outside torch.distributed). None when the ranks' files must be planned together."""
         if self._collective:
-            return False
-        if self.world_size is None:  # a rank given by hand outside torch.distributed: its files only
-            return True
-        return set(files.list_steps(self.directory)) <= {self.rank} and self._own_world_matches()
-
-    def _own_world_matches(self) -> bool:
-        newest = files.find_newest(self.directory, self.rank).checkpoint
-        return newest is None or newest.world_size in (None, self.world_size)
+            return None
+        if self.world_size is not None and not set(files.list_steps(self.directory)) <= {self.rank}:
+            return None
+        newest = files.find_newest(self.directory, self.rank)
+        if self.world_size is not None and newest.checkpoint is not None:
+            if newest.checkpoint.world_size not in (None, self.world_size):
+                return None  # saved by another world size: resharded by the plan
+        return newest
 
     def _plan(self, step: int | None) -> RestorePlan | None:
         """Choose what to restore; under torch.distributed, check that every rank chose the same step."""
