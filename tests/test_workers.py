@@ -308,10 +308,11 @@ class OwnGenerator(Dataset):
 
 
 def test_generator_made_per_sample_from_torch_initial_seed_follows_the_sample():
-    """The recipe the README gives for RNG objects: build them in __getitem__ from torch.initial_seed()."""
+    """The recipe the README gives for RNG objects: build them in __getitem__ from torch.initial_seed(),
+    declaring torch's RNG (reading its seed is no draw, so it would not be found by probing)."""
 
     def make(num_workers):
-        return lambda: _loader(num_workers, dataset=OwnGenerator())
+        return lambda: _loader(num_workers, dataset=OwnGenerator(), reseed_rng=("torch",))
 
     expected = list(epochs_of(make(0)(), 2))
     assert list(epochs_of(make(2)(), 2)) == expected

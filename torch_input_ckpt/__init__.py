@@ -5,7 +5,7 @@
 from torchdata.stateful_dataloader import Stateful
 
 from .checkpointer import InputCheckpointer
-from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
+from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError, UnseededDrawWarning
 from .loader import ResumableDataLoader
 from .sampler import ResumableSampler
 from .world import World
@@ -18,5 +18,6 @@ __all__ = [
     "ResumableDataLoader",
     "ResumableSampler",
     "Stateful",
+    "UnseededDrawWarning",
     "World",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ExternalStateWarning", "InputCheckpointWarning", "InputStateError"]
+__all__ = ["ExternalStateWarning", "InputCheckpointWarning", "InputStateError", "UnseededDrawWarning"]
 
 
 class InputStateError(ValueError):
@@ -19,3 +19,12 @@ class InputCheckpointWarning(UserWarning):
 
 class ExternalStateWarning(UserWarning):
     """Part of the pipeline has state this library cannot capture, so a resume may not be exact."""
+
+
+class UnseededDrawWarning(UserWarning):
+    """A sample drew from a global RNG (torch's, NumPy's or Python's) that was not seeded for it.
+
+    Its draws depend on what ran before it, so they are not reproduced after a resume or with
+    another ``num_workers``. The message names the RNG and the samples; the RNG is seeded before every
+    sample from then on.
+    """

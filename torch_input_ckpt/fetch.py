@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import random
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import get_worker_info
 
-__all__ = ["FetchDataset", "TaggedCollate", "TaggedKeys", "reseed"]
+from .reseeding import Reseeding, parse_reseed_rng
+
+__all__ = ["FetchDataset", "TaggedCollate", "TaggedKeys"]
 
 
 class TaggedKeys(list):
@@ -23,80 +22,41 @@ class _TaggedSamples(list):
     number: int
 
 
-def reseed(seed: int) -> None:
-    """Seed torch's, NumPy's (if imported) and Python's global RNGs with one sample's seed.
-
-    ``torch.default_generator.manual_seed`` is used rather than ``torch.manual_seed``, which also
-    visits every accelerator and costs ~90 µs instead of ~1 µs. NumPy is seeded only if the dataset
-    imported it: this library does not depend on NumPy.
-    """
-    torch.default_generator.manual_seed(seed)
-    random.seed(seed)
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed(seed)
-
-
-def _capture_rngs() -> tuple[Any, Any, Any]:
-    numpy = sys.modules.get("numpy")
-    return torch.get_rng_state(), random.getstate(), numpy.random.get_state() if numpy is not None else None
-
-
-def _restore_rngs(saved: tuple[Any, Any, Any]) -> None:
-    torch_state, python_state, numpy_state = saved
-    torch.set_rng_state(torch_state)
-    random.setstate(python_state)
-    if numpy_state is not None:
-        sys.modules["numpy"].random.set_state(numpy_state)
-
-
 class FetchDataset(torch.utils.data.Dataset):
     """The dataset as the loader's workers see it: keys in, the user's samples out.
 
-    With ``reseed``, a key is ``(index, seed)`` and the global RNGs are seeded from ``seed`` before
-    ``dataset[index]``, then put back as they were after the batch, so the draws a sample makes
-    depend on what the sample is, not on which worker fetched it or what ran before, and the main
-    process's RNG streams (dropout, ...) are untouched when ``num_workers=0``. (In a worker they are
-    left as the last sample's: nothing else there depends on them, and putting them back costs ~160 µs
-    per batch.)
+    With ``reseed``, a key is ``(index, seed)``, and before ``dataset[index]`` the global RNGs the
+    dataset draws from are seeded from ``seed`` (:class:`~torch_input_ckpt.reseeding.Reseeding`
+    decides which: declared, found on the first samples, or found later and warned). In the main
+    process (``num_workers=0``) the RNGs seeded are put back as they were after the batch, so that its
+    RNG streams (dropout, ...) are untouched; in a worker nothing else relies on them.
     With ``tagged``, the batch number of the keys is handed on to :class:`TaggedCollate`.
+
+    Args:
+        dataset: The user's map-style dataset.
+        reseed: ``False``, ``True`` (find the RNGs in use) or the names of the RNGs to seed from the
+            first sample (others are still found), as the loader's ``reseed_rng``.
+        tagged: Keys are :class:`TaggedKeys`.
     """
 
-    def __init__(self, dataset: Any, *, reseed: bool, tagged: bool) -> None:
+    def __init__(self, dataset: Any, *, reseed: bool | Sequence[str], tagged: bool) -> None:
         self.dataset = dataset
-        self.reseed = reseed
+        declared = parse_reseed_rng(reseed)
+        self.reseed = declared is not None
+        self.reseeding = Reseeding(declared) if declared is not None else None
         self.tagged = tagged
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: Any) -> Any:
-        if not self.reseed:
+        if self.reseeding is None:
             return self.dataset[key]
-        if get_worker_info() is not None:
-            return self._fetch_reseeded(key)
-        saved = _capture_rngs()
-        try:
-            return self._fetch_reseeded(key)
-        finally:
-            _restore_rngs(saved)
-
-    def _fetch_reseeded(self, key: tuple[int, int]) -> Any:
-        index, seed = key
-        reseed(seed)
-        return self.dataset[index]
+        return self.reseeding.fetch(self.dataset, [key])[0]
 
     def __getitems__(self, keys: Sequence[Any]) -> list[Any]:
-        if self.reseed and get_worker_info() is not None:
-            # In a worker nothing else relies on the global RNGs' state: no need to put it back.
-            samples = [self._fetch_reseeded(key) for key in keys]
-        elif self.reseed:
-            # One capture/restore per batch, not per sample: it costs ~160 µs (NumPy's state is most of it).
-            saved = _capture_rngs()
-            try:
-                samples = [self._fetch_reseeded(key) for key in keys]
-            finally:
-                _restore_rngs(saved)
+        if self.reseeding is not None:
+            samples = self.reseeding.fetch(self.dataset, keys)
         elif getattr(self.dataset, "__getitems__", None):
             samples = self.dataset.__getitems__(list(keys))
         else:
@@ -106,6 +66,20 @@ class FetchDataset(torch.utils.data.Dataset):
         tagged = _TaggedSamples(samples)
         tagged.number = keys.number  # type: ignore[attr-defined]
         return tagged
+
+    def reseeded_rngs(self) -> list[str]:
+        """The RNGs seeded before every sample so far, here or in the workers (sorted; [] without reseed)."""
+        return self.reseeding.current() if self.reseeding is not None else []
+
+    def adopt_reseeded(self, names: Sequence[str]) -> None:
+        """Seed ``names`` from the first sample of the next pass on (a resumed state's set)."""
+        if self.reseeding is not None:
+            self.reseeding.adopt(names)
+
+    def poll(self) -> None:
+        """Main process, once per delivered batch: take in (and warn for) what the workers found."""
+        if self.reseeding is not None:
+            self.reseeding.poll()
 
 
 class TaggedCollate:

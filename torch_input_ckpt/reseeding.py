@@ -1,0 +1,234 @@
+"""Which global RNGs get seeded per sample: the declared ones, those the first samples draw from, and
+any found drawn from later (warned at once).
+
+The guarantee: a sample that draws from torch's, NumPy's or Python's global RNG has that RNG seeded
+from the sample's own seed (a function of ``(seed, epoch, position)``) before it runs, or is named in
+an :class:`~torch_input_ckpt.errors.UnseededDrawWarning`. Its draws are then the same whatever the
+number of workers and however many resumes came before, unless a warning said otherwise.
+
+How, per process (the main one with ``num_workers=0``, each worker otherwise):
+
+* **Probation.** The first :data:`PROBATION` samples seed every RNG the process has imported and
+  watch, sample by sample, which ones the sample drew from; those are seeded from then on. An RNG
+  no sample drew from is not seeded afterwards, so it costs nothing per sample.
+* **Watch.** After probation, every batch compares a fingerprint of each RNG not seeded (see
+  :mod:`~torch_input_ckpt.rngs`) before and after: a change means a sample of that batch drew from
+  an RNG it had not seeded. It is warned at once, naming the RNG and the batch's samples, and seeded
+  from the next sample on. The check is per batch (about 1.5 µs), not per sample: the warning names
+  the batch, which is the sample itself with ``batch_size=1``.
+* **Declared.** ``reseed_rng=("torch", ...)`` seeds those from the first sample, with no probation
+  for them; the others are still probed and watched.
+* Workers report what they found through a small shared array; the main process reads it once per
+  delivered batch (:meth:`Reseeding.poll`), warns for the workers, records the set in the loader's
+  state and hands it to the next workers it starts. A loader resumed from a state seeds the saved set
+  from its first sample.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import multiprocessing.context
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from torch.utils.data import get_worker_info
+
+from .errors import InputStateError, UnseededDrawWarning
+from .rngs import RNG_NAMES, Rng, imported_rngs, rng
+
+__all__ = ["PROBATION", "RESEEDED_KEY", "Reseeding", "parse_reseed_rng", "saved_reseeded"]
+
+PROBATION = 16
+# The loader state's key for the RNGs seeded before every sample (a sorted list of names).
+RESEEDED_KEY = "reseeded_rngs"
+# Per RNG, in the shared array: [in use (0/1), late finds, worker, number of indices, indices...].
+_SHOWN = 8
+_SLOT = 4 + _SHOWN
+
+
+def parse_reseed_rng(value: Any) -> frozenset[str] | None:
+    """``reseed_rng`` as the set of RNGs declared (``True``: none declared, found by probing), or None
+    for ``False``.
+
+    Raises:
+        ValueError: for anything but a bool or a collection of names from ``("torch", "numpy", "python")``.
+    """
+    if isinstance(value, bool):
+        return frozenset() if value else None
+    if isinstance(value, (tuple, list, set, frozenset)) and all(isinstance(v, str) for v in value):
+        unknown = sorted(set(value) - set(RNG_NAMES))
+        if not unknown:
+            return frozenset(value)
+    raise ValueError(f"reseed_rng must be True, False or a tuple of names from {RNG_NAMES} (got reseed_rng={value!r})")
+
+
+def saved_reseeded(state: dict[str, Any], source: str) -> list[str]:
+    """The RNGs a saved loader state seeded before every sample.
+
+    States written before :data:`RESEEDED_KEY` existed seeded all three whenever ``reseed_rng`` was on.
+
+    Raises:
+        InputStateError: if the entry is not a list of names from ``("torch", "numpy", "python")``.
+    """
+    names = state.get(RESEEDED_KEY)
+    if names is None:
+        return list(RNG_NAMES) if state.get("reseed_rng") is True else []
+    if not isinstance(names, list) or not all(isinstance(n, str) and n in RNG_NAMES for n in names):
+        raise InputStateError(
+            f"{source}: {RESEEDED_KEY}={names!r} is invalid; expected a list of names from {RNG_NAMES}"
+        )
+    return sorted(names)
+
+
+class Reseeding:
+    """The per-process policy: which RNGs are seeded before each sample (see the module docstring)."""
+
+    def __init__(self, declared: frozenset[str]) -> None:
+        self.declared = declared
+        self.reseeded: set[str] = set(declared)
+        self.probation = PROBATION
+        self._report: Any = multiprocessing.RawArray(ctypes.c_longlong, len(RNG_NAMES) * _SLOT)
+        self._late_seen = [0] * len(RNG_NAMES)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if multiprocessing.context.get_spawning_popen() is None:
+            state["_report"] = None  # shared memory only travels to a process being started
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    # -- what the loader asks -------------------------------------------------------------------------
+
+    def adopt(self, names: Sequence[str]) -> None:
+        """Seed ``names`` from the next sample on (the set a resumed state was saved with)."""
+        self.reseeded.update(names)
+
+    def current(self) -> list[str]:
+        """The RNGs seeded per sample so far, in this process or reported by its workers (sorted)."""
+        self.poll()
+        return sorted(self.reseeded)
+
+    def poll(self) -> None:
+        """Main process: take in what workers found, and warn for draws they saw unseeded."""
+        report = self._report
+        if report is None:
+            return
+        for k, name in enumerate(RNG_NAMES):
+            base = k * _SLOT
+            if report[base] and name not in self.reseeded:
+                self.reseeded.add(name)
+            late = report[base + 1]
+            if late > self._late_seen[k]:
+                count = report[base + 3]
+                indices = list(report[base + 4 : base + 4 + min(count, _SHOWN)])
+                more = late - self._late_seen[k] - 1
+                self._late_seen[k] = late
+                self.reseeded.add(name)
+                _warn(rng(name), indices, count, f" in worker {report[base + 2]}", more)
+
+    # -- the fetch ------------------------------------------------------------------------------------
+
+    def fetch(self, dataset: Any, keys: Sequence[tuple[int, int]]) -> list[Any]:
+        """``dataset[index]`` for each ``(index, seed)`` key, seeding the RNGs in use from ``seed``."""
+        info = get_worker_info()
+        if info is not None and self._report is not None:
+            self._take_reported()
+        names = imported_rngs()
+        if self.probation > 0:
+            self.probation -= len(keys)
+            return self._probe(dataset, keys, names, info)
+        seeded = [rng(n) for n in names if n in self.reseeded]
+        watched = [rng(n) for n in names if n not in self.reseeded]
+        before = [r.fingerprint() for r in watched]
+        saved = [r.capture() for r in seeded] if info is None else None
+        try:
+            samples = _fetch(dataset, keys, seeded)
+        finally:
+            if saved is not None:
+                for r, state in zip(seeded, saved, strict=True):
+                    r.restore(state)
+        drawn = [r for r, fp in zip(watched, before, strict=True) if r.fingerprint() != fp]
+        if drawn:
+            self._found_late(drawn, [index for index, _ in keys], info)
+        return samples
+
+    def _probe(self, dataset: Any, keys: Sequence[tuple[int, int]], names: Sequence[str], info: Any) -> list[Any]:
+        """Seed every imported RNG before each sample and see which ones the sample drew from."""
+        rngs = [rng(n) for n in names]
+        saved = [r.capture() for r in rngs] if info is None else None
+        found: set[str] = set()
+        samples = []
+        try:
+            for index, seed in keys:
+                seeded = []
+                for r in rngs:
+                    r.seed(seed)
+                    seeded.append(r.fingerprint())
+                samples.append(dataset[index])
+                found.update(r.name for r, fp in zip(rngs, seeded, strict=True) if r.fingerprint() != fp)
+        finally:
+            if saved is not None:
+                for r, state in zip(rngs, saved, strict=True):
+                    r.restore(state)
+        new = found - self.reseeded
+        self.reseeded |= found
+        if info is not None and self._report is not None:
+            for name in new:
+                self._report[RNG_NAMES.index(name) * _SLOT] = 1
+        return samples
+
+    def _take_reported(self) -> None:
+        """A worker: seed what other workers found in use, from this batch on."""
+        report = self._report
+        for k, name in enumerate(RNG_NAMES):
+            if name not in self.reseeded and (report[k * _SLOT] or report[k * _SLOT + 1]):
+                self.reseeded.add(name)
+
+    def _found_late(self, drawn: list[Rng], indices: list[int], info: Any) -> None:
+        self.reseeded.update(r.name for r in drawn)
+        if info is None or self._report is None:
+            for r in drawn:
+                _warn(r, indices[:_SHOWN], len(indices), "", 0)
+            return
+        for r in drawn:
+            base = RNG_NAMES.index(r.name) * _SLOT
+            shown = indices[:_SHOWN]
+            self._report[base + 2] = info.id
+            self._report[base + 3] = len(indices)
+            self._report[base + 4 : base + 4 + len(shown)] = shown
+            self._report[base + 1] += 1  # last: the main process reads the details once it sees this
+
+
+def _fetch(dataset: Any, keys: Sequence[tuple[int, int]], seeded: list[Rng]) -> list[Any]:
+    if not seeded:
+        return [dataset[index] for index, _ in keys]
+    if len(seeded) == 1:
+        seed_one = seeded[0].seed
+        samples = []
+        for index, seed in keys:
+            seed_one(seed)
+            samples.append(dataset[index])
+        return samples
+    samples = []
+    for index, seed in keys:
+        for r in seeded:
+            r.seed(seed)
+        samples.append(dataset[index])
+    return samples
+
+
+def _warn(r: Rng, indices: list[int], count: int, where: str, more: int) -> None:
+    shown = ", ".join(map(str, indices)) + (", ..." if count > len(indices) else "")
+    also = f" ({more} more such batches in workers)" if more > 0 else ""
+    warnings.warn(
+        f"a sample drew from {r.description} ({r.name!r}) without it being seeded: one of the {count} "
+        f"samples with indices [{shown}]{where}{also}. Its draws are not reproducible (they depend on what ran "
+        f"before); from now on {r.name!r} is seeded before every sample. Pass "
+        f"reseed_rng=({r.name!r}, ...) to seed it from the first sample.",
+        UnseededDrawWarning,
+        stacklevel=3,
+    )
