@@ -15,6 +15,7 @@ from .fetch import FetchDataset, TaggedCollate
 from .iterable import IterableState
 from .passes import Ahead, DeliveredBatches, KeyBatches, Pass
 from .permutation import worker_generator
+from .reseeding import RESEEDED_KEY, parse_reseed_rng, saved_reseeded
 from .sampler import ResumableSampler
 from .state import FORMAT_VERSION, check_header, check_same, field
 
@@ -43,11 +44,15 @@ class ResumableDataLoader(DataLoader):
     Args:
         seed: Chooses the shuffling order, and the workers' base seed, per epoch. Replaces
             ``generator``, whose state would change with every pass and so could not be resumed.
-        reseed_rng: Before each sample of a map-style dataset is fetched, seed torch's, NumPy's and
-            Python's global RNGs from ``(seed, epoch, position)`` (and, in the main process, put
-            them back after the batch), so random augmentations in ``__getitem__`` are reproduced
-            exactly after a resume and do not depend on ``num_workers``. Costs ~10 µs per sample
-            (plus ~160 µs per batch with ``num_workers=0``); turn off if you need none of it.
+        reseed_rng: Which of torch's, NumPy's and Python's global RNGs to seed from ``(seed, epoch,
+            position)`` before each sample of a map-style dataset, so that random augmentations in
+            ``__getitem__`` are reproduced exactly after a resume and do not depend on
+            ``num_workers`` (in the main process they are put back after the batch). ``True`` (the
+            default): those the first samples of each process draw from, and any found drawn from
+            later (warned at once with :class:`UnseededDrawWarning`, then seeded); an RNG no sample
+            draws from costs nothing per sample. A tuple such as ``("torch", "numpy")``: those from
+            the first sample, and others found as with ``True``. ``False``: none (the order still
+            resumes exactly). The state records the set seeded, and a resumed loader seeds it.
         sampler: ``None`` (a :class:`ResumableSampler` is built from ``shuffle`` and ``seed``; under
             ``torch.distributed`` it shards over the ranks), a :class:`ResumableSampler`, or any
             other sampler; another sampler is resumed by restoring its ``state_dict`` (if it has
@@ -80,7 +85,7 @@ class ResumableDataLoader(DataLoader):
         pin_memory_device: str = "",
         in_order: bool = True,
         seed: int = 0,
-        reseed_rng: bool = True,
+        reseed_rng: bool | tuple[str, ...] = True,
     ) -> None:
         if generator is not None:
             raise ValueError(
@@ -94,6 +99,7 @@ class ResumableDataLoader(DataLoader):
             )
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int (got {seed=})")
+        declared = parse_reseed_rng(reseed_rng)
         iterable = isinstance(dataset, IterableDataset)
         if batch_size is None and not in_order and num_workers > 0 and not iterable:
             raise ValueError(
@@ -130,10 +136,9 @@ class ResumableDataLoader(DataLoader):
         # fixed-size batches does not, and then the hot path stays as torch's.
         self._tagged = not in_order and num_workers > 0
         self._keys = KeyBatches(self)
+        reseed = reseed_rng if declared is not None and self._resumable else False
         self._fetch_dataset = (
-            FetchDataset(dataset, reseed=reseed_rng and self._resumable, tagged=self._tagged)
-            if (reseed_rng and self._resumable) or self._tagged
-            else None
+            FetchDataset(dataset, reseed=reseed, tagged=self._tagged) if reseed is not False or self._tagged else None
         )
         self._fetch_collate = TaggedCollate(self.collate_fn) if self._tagged else None
         # Batches delivered out of order beyond the committed cursor, as batch numbers relative to
@@ -229,13 +234,14 @@ class ResumableDataLoader(DataLoader):
             "drop_last": self.drop_last,
             "num_workers": self.num_workers,
             "seed": self.seed,
-            "reseed_rng": self.reseed_rng,
+            "reseed_rng": self.reseed_rng if isinstance(self.reseed_rng, bool) else sorted(self.reseed_rng),
             "sampler_kind": self._sampler_kind(),
         }
         if self._iterable is not None:
             state.update(self._iterable.state_dict())
             return state
         state["dataset_length"] = len(self.dataset)  # type: ignore[arg-type]
+        state[RESEEDED_KEY] = self._fetch_dataset.reseeded_rngs() if self._fetch_dataset is not None else []
         owner, ahead = self._ahead
         state["ahead"] = (ahead if owner == self._generation() else Ahead()).to_state()
         if self._resumable:
@@ -282,15 +288,7 @@ class ResumableDataLoader(DataLoader):
             source,
             "Resume with the dataset the state was saved for.",
         )
-        saved_reseed = field(state, "reseed_rng", bool, source)
-        if saved_reseed != self.reseed_rng:
-            warnings.warn(
-                f"{source}: saved with reseed_rng={saved_reseed}, resuming with "
-                f"reseed_rng={self.reseed_rng}: "
-                "the order resumes exactly but random augmentation draws will differ",
-                InputCheckpointWarning,
-                stacklevel=2,
-            )
+        self._load_reseeded(state, source)
         batch_size = field(state, "batch_size", (int, type(None)), source)
         ahead = Ahead.from_state(field(state, "ahead", dict, source), source)
         if self._resumable:
@@ -317,6 +315,29 @@ class ResumableDataLoader(DataLoader):
             elif hasattr(self.sampler, "set_epoch"):
                 self.sampler.set_epoch(epoch)
         self._ahead = (self._generation(), ahead)
+
+    def _load_reseeded(self, state: dict[str, Any], source: str) -> None:
+        saved, current = field(state, "reseed_rng", (bool, list), source), self.reseed_rng
+        names = saved_reseeded(state, source)
+        if (saved is False) != (current is False):
+            warnings.warn(
+                f"{source}: saved with reseed_rng={saved}, resuming with reseed_rng={current}: "
+                "the order resumes exactly but random augmentation draws will differ",
+                InputCheckpointWarning,
+                stacklevel=3,
+            )
+            return
+        declared = parse_reseed_rng(current)
+        if declared and not set(names) <= declared:
+            warnings.warn(
+                f"{source}: the saved run seeded {names} before every sample, but reseed_rng={current} "
+                f"declares {sorted(declared)}: seeding {sorted(set(names) | declared)} so that the draws resume "
+                "exactly. Declare the saved set to silence this.",
+                InputCheckpointWarning,
+                stacklevel=3,
+            )
+        if self._fetch_dataset is not None:
+            self._fetch_dataset.adopt_reseeded(names)
 
     def _generation(self) -> int:
         """Bumped whenever the position is moved from outside (set_epoch, load_state_dict)."""
