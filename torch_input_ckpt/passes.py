@@ -137,6 +137,9 @@ class DeliveredBatches:
         self._run = run
         self._batches = batches
         self._ordered = run.ordered
+        fetch = run.loader._fetch_dataset
+        # Workers report RNGs they found drawn from without a seed; the main process warns for them.
+        self._poll = fetch.poll if fetch is not None and fetch.reseed and run.loader.num_workers > 0 else None
 
     def __iter__(self) -> DeliveredBatches:
         return self
@@ -150,6 +153,8 @@ class DeliveredBatches:
         except StopIteration:
             self._run.finished()
             raise
+        if self._poll is not None:
+            self._poll()
         if self._ordered:
             self._run.delivered_next()
             return item
@@ -189,7 +194,7 @@ class KeyBatches:
                 run.start,
                 run.prefix * run.batch_size,
                 last,
-                with_seeds=loader.reseed_rng,
+                with_seeds=loader._fetch_dataset is not None and loader._fetch_dataset.reseed,
                 chunk=run.batch_size * max(1, CHUNK // run.batch_size),
                 unit=run.batch_size,
             )
