@@ -327,12 +327,14 @@ class ResumableDataLoader(DataLoader):
                 stacklevel=3,
             )
             return
-        declared = parse_reseed_rng(current)
-        if declared and not set(names) <= declared:
+        declared = parse_reseed_rng(current) or frozenset()
+        # Seeding the saved set too keeps every draw exact (an RNG it lacked was never drawn from, or a
+        # warning said so). Declaring more than it seeded changes what a sample reads as its seed.
+        if not declared <= set(names):
             warnings.warn(
-                f"{source}: the saved run seeded {names} before every sample, but reseed_rng={current} "
-                f"declares {sorted(declared)}: seeding {sorted(set(names) | declared)} so that the draws resume "
-                "exactly. Declare the saved set to silence this.",
+                f"{source}: reseed_rng={current} declares {sorted(declared - set(names))}, which the saved run "
+                f"did not seed (it seeded {names}): a sample that reads that RNG's seed (torch.initial_seed()) "
+                "now sees another value than in the saved run. Resume with the saved declaration to avoid this.",
                 InputCheckpointWarning,
                 stacklevel=3,
             )
