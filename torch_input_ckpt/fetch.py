@@ -13,9 +13,11 @@ __all__ = ["FetchDataset", "TaggedCollate", "TaggedKeys"]
 
 
 class TaggedKeys(list):
-    """A batch of sampler keys that remembers its batch number (survives pickling to workers)."""
+    """A batch of sampler keys that remembers its batch number and, when RNGs may be reseeded, the
+    samples' seeds (a :class:`~torch_input_ckpt.permutation.SeedRange`); both survive pickling to workers."""
 
     number: int
+    seeds: Any
 
 
 class _TaggedSamples(list):
@@ -25,7 +27,8 @@ class _TaggedSamples(list):
 class FetchDataset(torch.utils.data.Dataset):
     """The dataset as the loader's workers see it: keys in, the user's samples out.
 
-    With ``reseed``, a key is ``(index, seed)``, and before ``dataset[index]`` the global RNGs the
+    With ``reseed``, keys are a :class:`TaggedKeys` of indices with their ``seeds`` (a single key, with
+    ``batch_size=None``, is ``(index, seed)``), and before ``dataset[index]`` the global RNGs the
     dataset draws from are seeded from ``seed`` (:class:`~torch_input_ckpt.reseeding.Reseeding`
     decides which: declared, found on the first samples, or found later and warned). In the main
     process (``num_workers=0``) the RNGs seeded are put back as they were after the batch, so that its
@@ -52,11 +55,12 @@ class FetchDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: Any) -> Any:
         if self.reseeding is None:
             return self.dataset[key]
-        return self.reseeding.fetch(self.dataset, [key])[0]
+        index, seed = key
+        return self.reseeding.fetch(self.dataset, [index], [seed])[0]
 
     def __getitems__(self, keys: Sequence[Any]) -> list[Any]:
         if self.reseeding is not None:
-            samples = self.reseeding.fetch(self.dataset, keys)
+            samples = self.reseeding.fetch(self.dataset, keys, keys.seeds)  # type: ignore[attr-defined]
         elif getattr(self.dataset, "__getitems__", None):
             samples = self.dataset.__getitems__(list(keys))
         else:

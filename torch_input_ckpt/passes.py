@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -206,19 +206,22 @@ class KeyBatches:
                 batches = iter(loader.batch_sampler)  # type: ignore[arg-type]
             keys = _replayed_keys(batches, run.start, run.skip, loader._tagged)
         if loader.batch_size is None:
-            # batch_size=None: every key is its own "batch".
-            return (key for key_batch in keys for key in key_batch)
+            # batch_size=None: every key is its own "batch" ((index, seed) when it carries a seed).
+            return (key for key_batch in keys for key in _single_keys(key_batch))
         return keys
 
 
 def _resumable_keys(
-    chunks: Iterator[tuple[list[int], list[int] | None]], size: int, number: int, skip: Ahead, tagged: bool
+    chunks: Iterator[tuple[list[int], Any]], size: int, number: int, skip: Ahead, tagged: bool
 ) -> Iterator[list[Any]]:
     for indices, seeds in chunks:
-        keys: list[Any] = list(zip(indices, seeds, strict=True)) if seeds is not None else indices
-        for lo in range(0, len(keys), size):
+        for lo in range(0, len(indices), size):
             if number not in skip:
-                yield _tag(keys[lo : lo + size], number, tagged)
+                # A batch that carries seeds is TaggedKeys with its SeedRange (the fetch side reads it).
+                keys = _tag(indices[lo : lo + size], number, tagged or seeds is not None)
+                if seeds is not None:
+                    keys.seeds = seeds[lo : lo + size]  # type: ignore[attr-defined]
+                yield keys
             number += 1
 
 
@@ -227,6 +230,11 @@ def _replayed_keys(batches: Iterator[list[Any]], start: int, skip: Ahead, tagged
         number = absolute - start
         if number >= 0 and number not in skip:
             yield _tag(batch, number, tagged)
+
+
+def _single_keys(keys: list[Any]) -> Iterable[Any]:
+    seeds = getattr(keys, "seeds", None)
+    return keys if seeds is None else zip(keys, seeds, strict=True)
 
 
 def _tag(keys: list[Any], number: int, tagged: bool) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -11,6 +12,7 @@ __all__ = [
     "FeistelPermutation",
     "RandpermPermutation",
     "IdentityPermutation",
+    "SeedRange",
     "mix64",
     "worker_generator",
 ]
@@ -153,3 +155,53 @@ def sample_seeds(seed: int, epoch: int, positions: torch.Tensor) -> torch.Tensor
     base = mix64(seed, epoch, 0x5EED)
     low = _mix32(positions & _M32, base & _M32)
     return _mix32(low ^ (positions >> 32), base >> 32)
+
+
+def _mix32_int(x: int, key: int) -> int:
+    """:func:`_mix32` on one Python int (the same value, bit for bit)."""
+    x = ((x ^ key) & _M32) * _MUL1 & _M32
+    x ^= x >> 15
+    x = x * _MUL2 & _M32
+    return x ^ (x >> 13)
+
+
+class SeedRange:
+    """The seeds of ``count`` samples at global positions ``first, first + step, ...``, computed only when
+    read: the same values as :func:`sample_seeds`, without a tensor op or a list when no RNG is seeded.
+
+    Plain ints, so a slice of it travels to a worker with its batch for a few bytes.
+    """
+
+    __slots__ = ("base", "first", "step", "count")
+
+    def __init__(self, base: int, first: int, step: int, count: int) -> None:
+        self.base = base
+        self.first = first
+        self.step = step
+        self.count = count
+
+    @classmethod
+    def of(cls, seed: int, epoch: int, first: int, step: int, count: int) -> SeedRange:
+        return cls(mix64(seed, epoch, 0x5EED), first, step, count)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, part: slice) -> SeedRange:
+        start, stop, stride = part.indices(self.count)
+        if stride != 1:
+            raise ValueError(f"SeedRange slices take no stride (got {part!r})")
+        return SeedRange(self.base, self.first + start * self.step, self.step, max(0, stop - start))
+
+    def __iter__(self) -> Iterator[int]:
+        low_key, high_key = self.base & _M32, self.base >> 32
+        position = self.first
+        for _ in range(self.count):
+            yield _mix32_int(_mix32_int(position & _M32, low_key) ^ (position >> 32), high_key)
+            position += self.step
+
+    def __getstate__(self) -> tuple[int, int, int, int]:
+        return self.base, self.first, self.step, self.count
+
+    def __setstate__(self, state: tuple[int, int, int, int]) -> None:
+        self.base, self.first, self.step, self.count = state

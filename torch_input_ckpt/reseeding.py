@@ -30,7 +30,7 @@ import ctypes
 import multiprocessing
 import multiprocessing.context
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from torch.utils.data import get_worker_info
@@ -132,38 +132,41 @@ class Reseeding:
 
     # -- the fetch ------------------------------------------------------------------------------------
 
-    def fetch(self, dataset: Any, keys: Sequence[tuple[int, int]]) -> list[Any]:
-        """``dataset[index]`` for each ``(index, seed)`` key, seeding the RNGs in use from ``seed``."""
+    def fetch(self, dataset: Any, indices: Sequence[int], seeds: Iterable[int]) -> list[Any]:
+        """``dataset[index]`` for each index, seeding the RNGs in use from its seed (``seeds`` is only read
+        when an RNG is seeded: a :class:`~torch_input_ckpt.permutation.SeedRange` computes them then)."""
         info = get_worker_info()
         if info is not None and self._report is not None:
             self._take_reported()
         names = imported_rngs()
         if self.probation > 0:
-            self.probation -= len(keys)
-            return self._probe(dataset, keys, names, info)
+            self.probation -= len(indices)
+            return self._probe(dataset, indices, seeds, names, info)
         seeded = [rng(n) for n in names if n in self.reseeded]
         watched = [rng(n) for n in names if n not in self.reseeded]
         before = [r.fingerprint() for r in watched]
         saved = [r.capture() for r in seeded] if info is None else None
         try:
-            samples = _fetch(dataset, keys, seeded)
+            samples = _fetch(dataset, indices, seeds, seeded)
         finally:
             if saved is not None:
                 for r, state in zip(seeded, saved, strict=True):
                     r.restore(state)
         drawn = [r for r, fp in zip(watched, before, strict=True) if r.fingerprint() != fp]
         if drawn:
-            self._found_late(drawn, [index for index, _ in keys], info)
+            self._found_late(drawn, list(indices), info)
         return samples
 
-    def _probe(self, dataset: Any, keys: Sequence[tuple[int, int]], names: Sequence[str], info: Any) -> list[Any]:
+    def _probe(
+        self, dataset: Any, indices: Sequence[int], seeds: Iterable[int], names: Sequence[str], info: Any
+    ) -> list[Any]:
         """Seed every imported RNG before each sample and see which ones the sample drew from."""
         rngs = [rng(n) for n in names]
         saved = [r.capture() for r in rngs] if info is None else None
         found: set[str] = set()
         samples = []
         try:
-            for index, seed in keys:
+            for index, seed in zip(indices, seeds, strict=True):
                 seeded = []
                 for r in rngs:
                     r.seed(seed)
@@ -203,18 +206,18 @@ class Reseeding:
             self._report[base + 1] += 1  # last: the main process reads the details once it sees this
 
 
-def _fetch(dataset: Any, keys: Sequence[tuple[int, int]], seeded: list[Rng]) -> list[Any]:
+def _fetch(dataset: Any, indices: Sequence[int], seeds: Iterable[int], seeded: list[Rng]) -> list[Any]:
     if not seeded:
-        return [dataset[index] for index, _ in keys]
+        return [dataset[index] for index in indices]
     if len(seeded) == 1:
         seed_one = seeded[0].seed
         samples = []
-        for index, seed in keys:
+        for index, seed in zip(indices, seeds, strict=True):
             seed_one(seed)
             samples.append(dataset[index])
         return samples
     samples = []
-    for index, seed in keys:
+    for index, seed in zip(indices, seeds, strict=True):
         for r in seeded:
             r.seed(seed)
         samples.append(dataset[index])

@@ -14,7 +14,7 @@ from .permutation import (
     FeistelPermutation,
     IdentityPermutation,
     RandpermPermutation,
-    sample_seeds,
+    SeedRange,
 )
 from .state import FORMAT_VERSION, check_header, check_same, field
 from .world import World
@@ -218,7 +218,7 @@ class ResumableSampler(Sampler[int]):
             unit: Every list but the last holds a multiple of this many (e.g. the batch size).
 
         Yields:
-            ``(indices, seeds)`` lists; ``seeds`` is None unless ``with_seeds``.
+            ``(indices, seeds)``: a list, and a :class:`SeedRange` of as many (None unless ``with_seeds``).
         """
         perm = self.permutation(epoch)
         step, offset = self.world.size, start + self.world.rank
@@ -231,7 +231,9 @@ class ResumableSampler(Sampler[int]):
             positions = torch.arange(lo, min(count, lo + size), dtype=torch.int64) * step + offset
             # Positions past the end wrap to the epoch's start: DistributedSampler's padding.
             indices = perm(positions % self.length).tolist()
-            yield indices, (sample_seeds(self.seed, epoch, positions).tolist() if with_seeds else None)
+            # Seeds are computed by the fetch side, only for samples whose RNGs it seeds.
+            seeds = SeedRange.of(self.seed, epoch, lo * step + offset, step, len(indices)) if with_seeds else None
+            yield indices, seeds
             lo += size
             size = min(largest, size * 4)
 
