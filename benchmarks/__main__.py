@@ -9,13 +9,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import blocking, ddp_sync, resume, sampler_cost, state_cost, throughput
+from . import blocking, ddp_sync, realistic, resume, sampler_cost, state_cost, throughput
 from .harness import ROOT, Config, Figure
 from .report import load_now, plot_resume, render
 
 # In the order of the report; each key runs one function (throughput also yields figure 6).
 FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "throughput": throughput.run,
+    "realistic": realistic.run,
     "resume": resume.run,
     "state_cost": state_cost.run,
     "blocking": blocking.run,
@@ -23,7 +24,7 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "permutation": sampler_cost.run_epoch,
     "ddp_sync": ddp_sync.run,
 }
-_ORDER = ["throughput", "resume", "state_cost", "blocking", "sampler_memory", "reseed", "permutation", "ddp_sync"]
+_ORDER = ["throughput", "realistic", "resume", "state_cost", "blocking", "sampler_memory", "reseed", "permutation", "ddp_sync"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
 

@@ -91,9 +91,11 @@ class Reseeding:
         self.probation = PROBATION
         self._report: Any = multiprocessing.RawArray(ctypes.c_longlong, len(RNG_NAMES) * _SLOT)
         self._late_seen = [0] * len(RNG_NAMES)
+        self._split_cache: tuple[Any, list[Rng], list[Rng]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
+        state["_split_cache"] = None  # holds Rng objects (closures): rebuilt in the process that uses it
         if multiprocessing.context.get_spawning_popen() is None:
             state["_report"] = None  # shared memory only travels to a process being started
         return state
@@ -142,8 +144,7 @@ class Reseeding:
         if self.probation > 0:
             self.probation -= len(indices)
             return self._probe(dataset, indices, seeds, names, info)
-        seeded = [rng(n) for n in names if n in self.reseeded]
-        watched = [rng(n) for n in names if n not in self.reseeded]
+        seeded, watched = self._split(names)
         before = [r.fingerprint() for r in watched]
         saved = [r.capture() for r in seeded] if info is None else None
         try:
@@ -156,6 +157,14 @@ class Reseeding:
         if drawn:
             self._found_late(drawn, list(indices), info)
         return samples
+
+    def _split(self, names: tuple[str, ...]) -> tuple[list[Rng], list[Rng]]:
+        """The RNGs seeded and those watched, cached: this runs once per batch."""
+        key = (names, frozenset(self.reseeded))
+        if self._split_cache is None or self._split_cache[0] != key:
+            seeded = [rng(n) for n in names if n in self.reseeded]
+            self._split_cache = (key, seeded, [rng(n) for n in names if n not in self.reseeded])
+        return self._split_cache[1], self._split_cache[2]
 
     def _probe(
         self, dataset: Any, indices: Sequence[int], seeds: Iterable[int], names: Sequence[str], info: Any
