@@ -24,7 +24,17 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "permutation": sampler_cost.run_epoch,
     "ddp_sync": ddp_sync.run,
 }
-_ORDER = ["throughput", "realistic", "resume", "state_cost", "blocking", "sampler_memory", "reseed", "permutation", "ddp_sync"]
+_ORDER = [
+    "throughput",
+    "realistic",
+    "resume",
+    "state_cost",
+    "blocking",
+    "sampler_memory",
+    "reseed",
+    "permutation",
+    "ddp_sync",
+]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
 

@@ -23,8 +23,8 @@ from .harness import (
 BATCH_SIZE = 64
 WORKERS = (0, 2)
 IMPLS = {
-    "ours": "ResumableDataLoader(reseed_rng=False)",
     "ours_reseed": "ResumableDataLoader (default reseed_rng=True)",
+    "ours": "ResumableDataLoader(reseed_rng=False)",
     "torch": "torch DataLoader(shuffle=True)",
     "stateful": "torchdata StatefulDataLoader(shuffle=True)",
 }
@@ -56,25 +56,34 @@ def _loader(impl: str, dataset: IndexDataset, workers: int, batch_size: int) -> 
 
 
 def _reseed_parts() -> dict[str, float]:
-    """Seconds per call of each part of the per-sample reseed (min over 5 repeats of 20,000 calls)."""
+    """Seconds per call of each candidate for seeding, probing and saving the global RNGs (min over 5
+    repeats of 20,000 calls): what issue 17's choices in ``torch_input_ckpt.rngs`` rest on."""
     import random
-    import sys
     import timeit
 
+    import numpy
     import torch
 
-    from torch_input_ckpt.fetch import _capture_rngs, _restore_rngs, reseed
+    from torch_input_ckpt.rngs import rng
 
-    numpy = sys.modules.get("numpy")  # torch imports it when it is installed; reseed() seeds it then
     seed = 0x1234_5678
+    generator = torch.default_generator
     parts: dict[str, Any] = {
-        "reseed() in all": lambda: reseed(seed),
-        "torch.default_generator.manual_seed": lambda: torch.default_generator.manual_seed(seed),
-        "random.seed": lambda: random.seed(seed),
+        "torch: default_generator.manual_seed (used)": lambda: generator.manual_seed(seed),
+        "numpy: numpy.random.seed (used)": lambda: numpy.random.seed(seed),
+        "python: random.seed": lambda: random.seed(seed),
+        "python: _random.Random.seed, the C method (used)": lambda: rng("python").seed(seed),
+        "probe torch: get_state() as bytes (used)": rng("torch").fingerprint,
+        "probe numpy: MT19937 pos and key[0] via ctypes (used)": rng("numpy").fingerprint,
+        "probe numpy: numpy.random.get_state()": numpy.random.get_state,
+        "probe python: MT index and state[0] via ctypes (used)": rng("python").fingerprint,
+        "probe python: random.getstate()": random.getstate,
+        "save + restore torch (once per batch, num_workers=0)": lambda: generator.set_state(generator.get_state()),
+        "save + restore numpy (once per batch, num_workers=0)": lambda: numpy.random.set_state(
+            numpy.random.get_state()
+        ),
+        "save + restore python (once per batch, num_workers=0)": lambda: random.setstate(random.getstate()),
     }
-    if numpy is not None:
-        parts["numpy.random.seed"] = lambda: numpy.random.seed(seed)
-    parts["capture + restore of the RNG states (once per batch)"] = lambda: _restore_rngs(_capture_rngs())
     number = 20_000
     return {name: min(timeit.repeat(fn, number=number, repeat=5)) / number for name, fn in parts.items()}
 
@@ -198,17 +207,19 @@ def run(cfg: Config, n: int | None = None) -> list[Figure]:
         key="reseed",
         title="6. Per-sample cost of reseeding (reseed_rng=True vs False)",
         about=(
-            "The loader rows are figure 1's epochs: (epoch time with reseed_rng=True - without) / N. At "
-            "num_workers=2 this is wall time with two workers reseeding in parallel. The parts are a "
-            "micro-benchmark of what `torch_input_ckpt.fetch.reseed` does per sample (min of 5 x 20,000 calls)."
+            "The loader rows are figure 1's epochs: (epoch time with the default reseed_rng=True - with False) / N; "
+            "the trivial dataset draws nothing, so this is the cost of checking, once per batch, that no RNG was "
+            "drawn from. The parts are micro-benchmarks of the candidates for seeding, probing and saving each "
+            "global RNG (min of 5 x 20,000 calls); '(used)' marks the ones `torch_input_ckpt.rngs` uses."
         ),
-        columns=["what", "µs per sample"],
+        columns=["what", "µs per sample (probes: per call, two per batch)"],
     )
     for w in WORKERS:
         per_sample = (seconds["ours_reseed", w, n] - seconds["ours", w, n]) / n
         fig6.rows.append([f"in the loader, num_workers={w} (from figure 1)", f"{per_sample * 1e6:.2f}"])
     for name, secs in parts.items():
         per = secs / BATCH_SIZE if "once per batch" in name else secs
+        per = secs if "probe" in name else per
         shown = (
             f"{per * 1e6:.3f} ({secs * 1e6:.1f} per batch of {BATCH_SIZE})"
             if "once per batch" in name
