@@ -30,7 +30,7 @@ import ctypes
 import multiprocessing
 import multiprocessing.context
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from torch.utils.data import get_worker_info
@@ -91,11 +91,11 @@ class Reseeding:
         self.probation = PROBATION
         self._report: Any = multiprocessing.RawArray(ctypes.c_longlong, len(RNG_NAMES) * _SLOT)
         self._late_seen = [0] * len(RNG_NAMES)
-        self._split_cache: tuple[Any, list[Rng], list[Rng]] | None = None
+        self._plan: _Plan | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_split_cache"] = None  # holds Rng objects (closures): rebuilt in the process that uses it
+        state["_plan"] = None  # holds Rng objects (closures): rebuilt in the process that uses it
         if multiprocessing.context.get_spawning_popen() is None:
             state["_report"] = None  # shared memory only travels to a process being started
         return state
@@ -144,27 +144,25 @@ class Reseeding:
         if self.probation > 0:
             self.probation -= len(indices)
             return self._probe(dataset, indices, seeds, names, info)
-        seeded, watched = self._split(names)
-        before = [r.fingerprint() for r in watched]
-        saved = [r.capture() for r in seeded] if info is None else None
-        try:
-            samples = _fetch(dataset, indices, seeds, seeded)
-        finally:
-            if saved is not None:
-                for r, state in zip(seeded, saved, strict=True):
-                    r.restore(state)
-        drawn = [r for r, fp in zip(watched, before, strict=True) if r.fingerprint() != fp]
-        if drawn:
+        plan = self._plan
+        if plan is None or plan.names is not names or plan.size != len(self.reseeded):
+            plan = self._plan = _Plan(names, self.reseeded)
+        before = plan.fingerprints()
+        if plan.seeded:
+            saved = [r.capture() for r in plan.seeded] if info is None else None
+            try:
+                samples = _fetch(dataset, indices, seeds, plan.seeded)
+            finally:
+                if saved is not None:
+                    for r, state in zip(plan.seeded, saved, strict=True):
+                        r.restore(state)
+        else:
+            samples = [dataset[index] for index in indices]
+        after = plan.fingerprints()
+        if after != before:
+            drawn = [r for r, a, b in zip(plan.watched, after, before, strict=True) if a != b]
             self._found_late(drawn, list(indices), info)
         return samples
-
-    def _split(self, names: tuple[str, ...]) -> tuple[list[Rng], list[Rng]]:
-        """The RNGs seeded and those watched, cached: this runs once per batch."""
-        key = (names, frozenset(self.reseeded))
-        if self._split_cache is None or self._split_cache[0] != key:
-            seeded = [rng(n) for n in names if n in self.reseeded]
-            self._split_cache = (key, seeded, [rng(n) for n in names if n not in self.reseeded])
-        return self._split_cache[1], self._split_cache[2]
 
     def _probe(
         self, dataset: Any, indices: Sequence[int], seeds: Iterable[int], names: Sequence[str], info: Any
@@ -213,6 +211,25 @@ class Reseeding:
             self._report[base + 3] = len(indices)
             self._report[base + 4 : base + 4 + len(shown)] = shown
             self._report[base + 1] += 1  # last: the main process reads the details once it sees this
+
+
+class _Plan:
+    """For one set of imported and seeded RNGs: which to seed, which to watch, and one call that takes
+    every watched fingerprint (this runs twice per batch: a few calls fewer matter at ~0.3 µs a sample)."""
+
+    __slots__ = ("names", "size", "seeded", "watched", "fingerprints")
+
+    def __init__(self, names: tuple[str, ...], reseeded: set[str]) -> None:
+        self.names = names
+        self.size = len(reseeded)
+        self.seeded = [rng(n) for n in names if n in reseeded]
+        self.watched = [rng(n) for n in names if n not in reseeded]
+        probes = [r.fingerprint for r in self.watched]
+        if len(probes) == 3:
+            a, b, c = probes
+            self.fingerprints: Callable[[], tuple[Any, ...]] = lambda: (a(), b(), c())
+        else:
+            self.fingerprints = lambda: tuple(probe() for probe in probes)
 
 
 def _fetch(dataset: Any, indices: Sequence[int], seeds: Iterable[int], seeded: list[Rng]) -> list[Any]:
