@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .reseeding import Reseeding, parse_reseed_rng
+from .rngs import prepare
 
 __all__ = ["FetchDataset", "TaggedCollate", "TaggedKeys"]
 
@@ -47,6 +48,8 @@ class FetchDataset(torch.utils.data.Dataset):
         declared = parse_reseed_rng(reseed)
         self.reseed = declared is not None
         self.reseeding = Reseeding(declared) if declared is not None else None
+        if declared is not None:
+            prepare()
         self.tagged = tagged
 
     def __len__(self) -> int:

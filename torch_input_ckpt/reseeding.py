@@ -142,8 +142,7 @@ class Reseeding:
             self._take_reported()
         names = imported_rngs()
         if self.probation > 0:
-            self.probation -= len(indices)
-            return self._probe(dataset, indices, seeds, names, info)
+            return self._fetch_probing(dataset, indices, seeds, names, info)
         plan = self._plan
         if plan is None or plan.names is not names or plan.size != len(self.reseeded):
             plan = self._plan = _Plan(names, self.reseeded)
@@ -163,6 +162,18 @@ class Reseeding:
             drawn = [r for r, a, b in zip(plan.watched, after, before, strict=True) if a != b]
             self._found_late(drawn, list(indices), info)
         return samples
+
+    def _fetch_probing(
+        self, dataset: Any, indices: Sequence[int], seeds: Iterable[int], names: tuple[str, ...], info: Any
+    ) -> list[Any]:
+        """Probe at most the probation's remaining samples of this batch; fetch the rest as usual."""
+        count = min(self.probation, len(indices))
+        self.probation -= count
+        if count == len(indices):
+            return self._probe(dataset, indices, seeds, names, info)
+        listed = list(seeds)
+        head = self._probe(dataset, indices[:count], listed[:count], names, info)
+        return head + self.fetch(dataset, indices[count:], listed[count:])
 
     def _probe(
         self, dataset: Any, indices: Sequence[int], seeds: Iterable[int], names: Sequence[str], info: Any
