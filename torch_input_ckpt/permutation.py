@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -12,7 +13,9 @@ __all__ = [
     "FeistelPermutation",
     "RandpermPermutation",
     "IdentityPermutation",
+    "PYTHON_INDICES",
     "SeedRange",
+    "indices_at",
     "mix64",
     "worker_generator",
 ]
@@ -95,6 +98,28 @@ class FeistelPermutation:
                 left = torch.remainder(left + _round(right, key), a)
         return left * b + right
 
+    def values(self, positions: Iterable[int]) -> list[int]:
+        """The permuted indices of positions in ``[0, length)``, on Python ints (the same values as
+        :meth:`__call__`). For a first batch after a resume: about 2 µs an index, and no torch op, whose
+        first call in a process costs 0.2-0.6 ms and 0.3-1.4 MB each (measured for arange, mul, div...)."""
+        a, b, keys, length = self._a, self._b, self._keys, self.length
+        out = []
+        for x in positions:
+            while True:
+                left, right = divmod(x, b)
+                for i, key in enumerate(keys):
+                    if i % 2:
+                        h = ((left ^ key) * _MUL1) & _M32
+                        right = (right + (h ^ (h >> 16))) % b
+                    else:
+                        h = ((right ^ key) * _MUL1) & _M32
+                        left = (left + (h ^ (h >> 16))) % a
+                x = left * b + right
+                if x < length:
+                    break
+            out.append(x)
+        return out
+
     def __call__(self, positions: torch.Tensor) -> torch.Tensor:
         """Map an int64 tensor of positions in ``[0, length)`` to the permuted indices."""
         out = self._network(positions)
@@ -106,6 +131,24 @@ class FeistelPermutation:
             out.index_copy_(0, index, values)
             index = index[values >= self.length]
         return out
+
+
+# Up to this many indices are computed on Python ints rather than tensors (see FeistelPermutation.values).
+PYTHON_INDICES = 128
+
+
+def indices_at(permutation: Any, first: int, step: int, count: int) -> list[int]:
+    """The permuted indices of global positions ``first, first + step, ...`` (``count`` of them), where a
+    position past the end wraps to the start (padding). Few indices of a Feistel permutation are computed
+    without torch, so that the first batch of a fresh process costs no torch op."""
+    length = permutation.length
+    if count <= PYTHON_INDICES and isinstance(permutation, (FeistelPermutation, IdentityPermutation)):
+        positions = (p % length for p in range(first, first + step * count, step))
+        if isinstance(permutation, IdentityPermutation):
+            return list(positions)
+        return permutation.values(positions)
+    positions_tensor = torch.arange(count, dtype=torch.int64) * step + first
+    return permutation(positions_tensor % length).tolist()  # type: ignore[no-any-return]
 
 
 class RandpermPermutation:
