@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sized
 from typing import Any, Literal
 
-import torch
 from torch.utils.data import Sampler
 
 from .errors import InputStateError
@@ -15,6 +14,7 @@ from .permutation import (
     IdentityPermutation,
     RandpermPermutation,
     SeedRange,
+    indices_at,
 )
 from .state import FORMAT_VERSION, check_header, check_same, field
 from .world import World
@@ -26,7 +26,7 @@ _ORDERS: dict[str, type] = {"feistel": FeistelPermutation, "randperm": RandpermP
 # Positions are computed this many at a time: large enough that torch's per-call overhead is
 # amortised, small enough that memory stays flat whatever the dataset length.
 CHUNK = 32768
-_FIRST_CHUNK = 512
+_FIRST_CHUNK = 64
 
 
 class ResumableSampler(Sampler[int]):
@@ -228,9 +228,8 @@ class ResumableSampler(Sampler[int]):
         size = min(largest, unit * max(1, _FIRST_CHUNK // unit))
         lo = first
         while lo < count:
-            positions = torch.arange(lo, min(count, lo + size), dtype=torch.int64) * step + offset
             # Positions past the end wrap to the epoch's start: DistributedSampler's padding.
-            indices = perm(positions % self.length).tolist()
+            indices = indices_at(perm, lo * step + offset, step, min(count, lo + size) - lo)
             # Seeds are computed by the fetch side, only for samples whose RNGs it seeds.
             seeds = SeedRange.of(self.seed, epoch, lo * step + offset, step, len(indices)) if with_seeds else None
             yield indices, seeds
