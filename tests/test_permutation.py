@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -107,3 +108,18 @@ def test_sample_seeds_depend_on_seed_epoch_and_position():
     assert not torch.equal(a, sample_seeds(0, 1, positions))
     assert int(a.min()) >= 0 and int(a.max()) < 2**32
     assert torch.equal(a[500:], sample_seeds(0, 0, positions[500:]))
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 100, 4**5 + 1, 10**6 + 3, 2**40 + 5])
+def test_python_ints_path_equals_the_tensor_path(length):
+    """The first batch of a fresh process is computed on Python ints (no torch op): same indices."""
+    from torch_input_ckpt.permutation import PYTHON_INDICES, IdentityPermutation, indices_at
+
+    perm = FeistelPermutation(length, 3, 1)
+    first = max(0, length - 50)  # near the end, so that positions wrap (padding) too
+    count = min(PYTHON_INDICES, 3 * length)
+    expected = perm((torch.arange(count, dtype=torch.int64) * 3 + first) % length).tolist()
+    assert indices_at(perm, first, 3, count) == expected
+    assert perm.values(range(min(length, 300))) == perm(torch.arange(min(length, 300))).tolist()
+    identity = IdentityPermutation(length)
+    assert indices_at(identity, first, 3, count) == [(first + 3 * k) % length for k in range(count)]
