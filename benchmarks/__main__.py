@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import blocking, ddp_sync, realistic, resume, sampler_cost, state_cost, throughput
+from . import blocking, cold_resume, ddp_sync, realistic, resume, sampler_cost, state_cost, throughput
 from .harness import ROOT, Config, Figure
 from .report import load_now, plot_resume, render
 
@@ -18,6 +18,7 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "throughput": throughput.run,
     "realistic": realistic.run,
     "resume": resume.run,
+    "cold_resume": cold_resume.run,
     "state_cost": state_cost.run,
     "blocking": blocking.run,
     "sampler_memory": sampler_cost.run_memory,
@@ -28,6 +29,7 @@ _ORDER = [
     "throughput",
     "realistic",
     "resume",
+    "cold_resume",
     "state_cost",
     "blocking",
     "sampler_memory",
