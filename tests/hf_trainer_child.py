@@ -80,7 +80,8 @@ class Log(TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> None:
+    """Parse the command line (or ``argv``) and train."""
     parser = argparse.ArgumentParser()
     parser.add_argument("output_dir")
     parser.add_argument("log")
@@ -94,7 +95,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--length", type=int, default=60)
     parser.add_argument("--stock", action="store_true")
-    a = parser.parse_args()
+    a = parser.parse_args(argv)
     args = TrainingArguments(
         output_dir=a.output_dir,
         per_device_train_batch_size=2,
@@ -120,4 +121,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run()
