@@ -81,6 +81,11 @@ class AcceleratedLoader:
         return self.loader.drop_last
 
     @property
+    def num_workers(self) -> int:
+        """The wrapped loader's ``num_workers``."""
+        return self.loader.num_workers
+
+    @property
     def epoch(self) -> int:
         """The epoch the caller is in (a finished epoch counts as the next one)."""
         return int(self.state_dict()["epoch"])
