@@ -124,14 +124,16 @@ def test_sigkilled_trainer_resumes_every_step_exactly(tmp_path: Path) -> None:
 
 # -- torchrun: 2 ranks killed mid-epoch, resumed on 2 and on 3 --------------------------------------
 
-DDP = ["--epochs", "1", "--workers", "2", "--save-steps", "3", "--length", "62"]  # 31 per rank: 16 batches
+# 31 samples per rank on 2 ranks: 16 batches of 2 (the last of 1), so max_steps 16 is one epoch there.
+DDP = ["--max-steps", "16", "--workers", "2", "--save-steps", "3", "--length", "62"]
 
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("hf_ddp")
     runs = {"killed": _start(base / "out2", base / "log2", [*DDP, "--kill-at", "7"], ranks=2)}
-    runs["reference"] = _start(base / "ref", base / "ref.log", DDP, ranks=2)
+    # Without workers: the order does not depend on them (and the reference costs less).
+    runs["reference"] = _start(base / "ref", base / "ref.log", [*DDP, "--workers", "0"], ranks=2)
     finished = {name: _wait(proc) for name, proc in runs.items()}
     assert finished["killed"][0] != 0, finished["killed"][1][-3000:]
     assert finished["reference"][0] == 0, finished["reference"][1][-3000:]
@@ -141,11 +143,15 @@ def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
     shutil.copytree(base / "out2", base / "out3")
     shutil.copy(base / "log2", base / "log3")
-    resumes = {n: _start(base / f"out{n}", base / f"log{n}", [*DDP, "--resume"], ranks=n) for n in (2, 3)}
+    resumes = {
+        n: _start(base / f"out{n}", base / f"log{n}", [*DDP, "--resume", "--workers", str(workers)], ranks=n)
+        for n, workers in ((2, 2), (3, 0))
+    }
     for n, proc in resumes.items():
         code, output = _wait(proc)
         assert code == 0, f"resume on {n} ranks:\n{output[-3000:]}"
     return {
+        "dir": base,
         "before": [line for line in killed_lines if line["step"] <= 6],
         "reference": _lines(base / "ref.log"),
         2: _lines(base / "log2")[len(killed_lines) :],
@@ -167,19 +173,45 @@ def test_torchrun_resumed_on_two_ranks_equals_uninterrupted(ddp_runs: dict[str, 
 @pytest.mark.slow
 def test_torchrun_resumed_on_three_ranks_trains_the_epoch_exactly_once(ddp_runs: dict[str, Any]) -> None:
     before, after = ddp_runs["before"], ddp_runs[3]
-    # 24 samples in steps 1..6 on 2 ranks; 38 left, 13 per rank on 3 (one padded): 7 batches each.
+    # 24 samples in steps 1..6 on 2 ranks; 38 left, 13 per rank on 3 (one padded): steps 7..13 end
+    # epoch 0; max_steps=16 then takes 3 steps of epoch 1 (11 steps per epoch on 3 ranks).
     assert sorted({(line["rank"], line["step"]) for line in after}) == [
-        (rank, step) for rank in range(3) for step in range(7, 14)
+        (rank, step) for rank in range(3) for step in range(7, 17)
     ]
     assert all(line["world"] == 3 for line in after)
-    counts = Counter(i for line in before + after for i in _ids(line))
-    assert sorted(counts) == list(range(62)), "missing samples"
-    duplicated = [i for i, n in counts.items() if n > 1]
     first = [line for line in ddp_runs["reference"] if (line["rank"], line["step"]) == (0, 1)][0]
-    # The padding repeats the epoch's first sample (global position 0 = rank 0's first of step 1).
-    assert duplicated == [_ids(first)[0]] and counts[duplicated[0]] == 2
-    last = [line for line in after if line["step"] == 13]
-    assert len(last) == 3 and all(line["epoch"] == pytest.approx(1.0) for line in last)
+    _check_epoch_once(before + [line for line in after if line["step"] <= 13], padded=[_ids(first)[0]])
+    at_end = [line for line in after if line["step"] == 13]
+    assert len(at_end) == 3 and all(line["epoch"] == pytest.approx(1.0) for line in at_end)
+    epoch1 = [i for line in after if line["step"] > 13 for i in _ids(line)]
+    assert len(epoch1) == len(set(epoch1)) == 3 * 3 * 2
+    assert all(1.0 < line["epoch"] < 2.0 for line in after if line["step"] > 13)
+
+
+def _check_epoch_once(lines: list[dict[str, Any]], padded: list[int]) -> None:
+    """Every sample of the 62 trained once: none missing, and only ``padded`` (the epoch's first) twice."""
+    counts = Counter(i for line in lines for i in _ids(line))
+    assert sorted(counts) == list(range(62)), "missing samples"
+    assert sorted(i for i, n in counts.items() if n > 1) == sorted(padded), "duplicated samples"
+    assert all(counts[i] == 2 for i in padded)
+
+
+@pytest.mark.slow
+def test_torchrun_checkpoint_resumed_in_one_process(ddp_runs: dict[str, Any], tmp_path: Path) -> None:
+    shutil.copytree(ddp_runs["dir"] / "ref", tmp_path / "out")
+    for name in [p.name for p in (tmp_path / "out").glob("checkpoint-*") if p.name != "checkpoint-6"]:
+        shutil.rmtree(tmp_path / "out" / name)  # resume from step 6 of the uninterrupted 2-rank run
+    flags = ["--epochs", "1", "--workers", "2", "--save-steps", "100", "--length", "62", "--resume"]
+    # Accumulation of 5: 12 batches of the epoch are behind this rank, not a whole number of steps.
+    with pytest.raises(InputStateError, match="12 batches into epoch 0 .* gradient accumulations of 5"):
+        hf_trainer_child.run([str(tmp_path / "out"), str(tmp_path / "bad.log"), *flags, "--accumulation", "5"])
+    hf_trainer_child.run([str(tmp_path / "out"), str(tmp_path / "log"), *flags])
+    after = _lines(tmp_path / "log")
+    # 38 samples left on 1 rank: 19 batches, steps 7..25.
+    assert [line["step"] for line in after] == list(range(7, 26))
+    before = [line for line in ddp_runs["reference"] if line["step"] <= 6]
+    _check_epoch_once(before + after, padded=[])
+    assert after[-1]["epoch"] == pytest.approx(1.0)
 
 
 # -- what is refused -----------------------------------------------------------------------------
@@ -228,3 +260,10 @@ def test_a_checkpoint_without_input_checkpoint_is_an_error(tmp_path: Path) -> No
     trainer = _trainer(tmp_path / "ours", max_steps=4, save_steps=2)
     with pytest.raises(InputStateError, match="checkpoint-2 has no input checkpoint .* not written by a"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "stock" / "checkpoint-2"))
+
+
+def test_the_core_never_imports_hugging_face() -> None:
+    code = "import sys, torch_input_ckpt; print(sorted({'transformers', 'accelerate'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
