@@ -21,6 +21,7 @@ __all__ = [
     "hf_dataloader_begin",
     "hf_dataloader_end",
     "hf_output_dir",
+    "hf_overrides_train_sampler",
     "hf_replaced_skip",
 ]
 
@@ -47,6 +48,7 @@ def _unsupported(package: str, version: str, missing: str, tested: str) -> Unsup
 # - `_save_checkpoint(model, trial)` writes `<_get_output_dir(trial)>/checkpoint-<global_step>`; the
 #   mixin overrides it to write the input checkpoint there first.
 # - `_get_collator_with_removed_columns` / `_remove_unused_columns` apply `remove_unused_columns`.
+# - `_get_train_sampler`: a subclass overriding it is refused (our loader samples by itself).
 # `AcceleratedLoader` (hf_accelerate.py) registers itself with accelerate's `GradientState` while it
 # iterates (`_add_dataloader` / `_remove_dataloader`), as accelerate's own loaders do, so that
 # `end_of_dataloader` (and with it `accelerator.accumulate`'s sync at an epoch's end) is right.
@@ -118,6 +120,11 @@ def hf_replaced_skip(
 def hf_output_dir(trainer: Any, trial: Any) -> str:
     """The run directory in which ``trainer._save_checkpoint(model, trial)`` writes ``checkpoint-<step>``."""
     return str(trainer._get_output_dir(trial=trial))
+
+
+def hf_overrides_train_sampler(trainer: Any, trainer_cls: type) -> bool:
+    """Whether ``trainer``'s class overrides ``Trainer._get_train_sampler`` (a sampler our loader would ignore)."""
+    return type(trainer)._get_train_sampler is not trainer_cls._get_train_sampler
 
 
 def hf_collator_for_training(trainer: Any, dataset: Any) -> tuple[Any, Callable[..., Any] | None]:

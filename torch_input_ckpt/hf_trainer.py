@@ -33,7 +33,13 @@ from torch.utils.data import IterableDataset
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ._compat import hf_check_trainer, hf_collator_for_training, hf_output_dir, hf_replaced_skip
+from ._compat import (
+    hf_check_trainer,
+    hf_collator_for_training,
+    hf_output_dir,
+    hf_overrides_train_sampler,
+    hf_replaced_skip,
+)
 from .checkpointer import InputCheckpointer
 from .errors import InputStateError
 from .hf_accelerate import AcceleratedLoader, prepare_resumable
@@ -208,7 +214,7 @@ def _check_supported(trainer: Any, dataset: Any) -> None:
             f"ResumableTrainer does not support train_sampling_strategy={args.train_sampling_strategy!r} "
             f"(supported: {sorted(_SUPPORTED_STRATEGIES)}): its sampler cannot seek"
         )
-    if type(trainer)._get_train_sampler is not Trainer._get_train_sampler:
+    if hf_overrides_train_sampler(trainer, Trainer):
         raise ValueError(
             f"{type(trainer).__name__} overrides _get_train_sampler, which ResumableTrainer's loader does not use "
             "(it samples with a ResumableSampler): remove the override or use the stock Trainer"
