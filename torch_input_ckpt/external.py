@@ -11,7 +11,7 @@ from torchdata.stateful_dataloader.sampler import BatchSampler as StatefulBatchS
 from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRandomSampler
 
 from .loader import ResumableDataLoader
-from .state import is_stateful
+from .schema import is_stateful
 
 __all__ = ["external_parts"]
 

@@ -17,7 +17,7 @@ from typing import Any
 from .checkpointer import InputCheckpointer
 from .errors import ExternalStateWarning, InputStateError
 from .sampler import ResumableSampler
-from .state import is_stateful
+from .schema import is_stateful
 
 __all__ = ["InputCheckpointCallback"]
 
