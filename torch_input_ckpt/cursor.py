@@ -13,9 +13,15 @@ first hole. Batches delivered beyond the prefix are what a state saves as ``Ahea
 
 from __future__ import annotations
 
+import warnings
+from typing import Literal
+
+from .errors import EpochMismatchWarning
 from .schema import Ahead
 
-__all__ = ["Cursor", "Ledger"]
+__all__ = ["Cursor", "EpochRequest", "Ledger", "epoch_request"]
+
+EpochRequest = Literal["keep", "finish", "restart"]
 
 _NOTHING_AHEAD = Ahead()
 
@@ -28,23 +34,28 @@ class Cursor:
         value: The starting position within it (samples or batches, as the owner counts).
     """
 
-    __slots__ = ("epoch", "value", "generation")
+    __slots__ = ("epoch", "value", "generation", "restored")
 
     def __init__(self, epoch: int = 0, value: int = 0) -> None:
         self.epoch = epoch
         self.value = value
         self.generation = 0
+        # Loaded from a saved state, and neither moved nor advanced since: see epoch_request().
+        self.restored = False
 
-    def move_to(self, epoch: int, value: int = 0) -> None:
-        """Move the position from outside: iterations started before stop committing."""
+    def move_to(self, epoch: int, value: int = 0, *, restored: bool = False) -> None:
+        """Move the position from outside (``restored``: to a loaded state): iterations started before
+        stop committing."""
         self.epoch, self.value = epoch, value
         self.generation += 1
+        self.restored = restored
 
     def commit(self, generation: int, epoch: int, value: int) -> bool:
         """Record progress of an iteration started at ``generation``; ignored (False) if moved since."""
         if generation != self.generation:
             return False
         self.epoch, self.value = epoch, value
+        self.restored = False
         return True
 
     def __repr__(self) -> str:
@@ -100,3 +111,46 @@ class Ledger:
         if not self.holes:
             return Ahead()
         return Ahead(self.high - prefix, frozenset(n - prefix for n in self.holes))
+
+
+def epoch_request(requested: int, epoch: int, *, restored: bool, at_start: bool, owner: str) -> EpochRequest:
+    """What ``set_epoch(requested)`` does to a position (the one rule for samplers and loaders).
+
+    =====================================================  ==========================================
+    ``requested``                                          effect
+    =====================================================  ==========================================
+    the current epoch                                      nothing: a resumed position is kept
+    one behind a *restored* position at an epoch's start   ``"finish"``: the rest of that (finished)
+    (the saved run had just finished epoch ``requested``)  epoch is empty; warns
+    any other epoch behind a restored position             ``"restart"``; warns (the data repeats)
+    any other epoch                                        ``"restart"``: that epoch from its start
+    =====================================================  ==========================================
+
+    Args:
+        requested: The epoch passed to ``set_epoch``.
+        epoch: The epoch the next pass produces (a finished one counts as the next).
+        restored: The position was loaded from a state and has neither moved nor advanced since.
+        at_start: Whether the position is at the start of ``epoch`` (nothing of it consumed).
+        owner: The object's name, for the warning.
+    """
+    if requested == epoch:
+        return "keep"
+    if not restored or requested > epoch:
+        return "restart"
+    if requested == epoch - 1 and at_start:
+        warnings.warn(
+            f"{owner}.set_epoch({requested}) after restoring a position at the end of epoch {requested}: that "
+            f"epoch is finished, so its rest is empty and epoch {epoch} comes next. Loop over "
+            f"range(loader.epoch, num_epochs) to avoid this; call restart_epoch({requested}) to repeat it.",
+            EpochMismatchWarning,
+            stacklevel=4,
+        )
+        return "finish"
+    warnings.warn(
+        f"{owner}.set_epoch({requested}) after restoring a position in epoch {epoch}: starting epoch "
+        f"{requested} over, so its data is seen again. Loop over range(loader.epoch, num_epochs) to resume "
+        f"where the checkpoint stopped; call restart_epoch({requested}) to do this without a warning.",
+        EpochMismatchWarning,
+        stacklevel=4,
+    )
+    return "restart"

@@ -12,7 +12,7 @@ from torch.utils.data import IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from . import _compat
-from .cursor import Cursor
+from .cursor import Cursor, epoch_request
 from .errors import InputStateError
 from .permutation import worker_generator
 from .schema import ITERABLE_KIND, Key, LoaderHeader, check_plain, field, is_stateful
@@ -56,6 +56,8 @@ class IterableBackend:
         # A loaded torchdata state that no pass has picked up yet: returned as is by state_dict(), so that
         # saving right after loading needs no worker start-up and changes nothing.
         self._pending: dict[str, Any] | None = None
+        # The next pass delivers nothing (see set_epoch).
+        self._empty_pass = False
         # Whether a pass was started since the last move or the end of an epoch, and whether it is
         # still open (not run to its end).
         self._started = False
@@ -72,12 +74,24 @@ class IterableBackend:
         return self._at.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its beginning, unless it is the current epoch."""
-        if epoch != self._at.epoch:
+        """Start ``epoch`` from its beginning, unless it is the current epoch (see :func:`epoch_request`)."""
+        at = self._at
+        at_start = self._pending is None and not self._started
+        action = epoch_request(epoch, at.epoch, restored=at.restored, at_start=at_start, owner="ResumableDataLoader")
+        if action != "keep":
             self._move(epoch, {})
+            # "finish": the next pass is the (empty) rest of `epoch`, which the restored run had finished.
+            self._empty_pass = action == "finish"
+
+    def restart_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning, whatever the position."""
+        self._move(epoch, {})
 
     def iterate(self, start_torch: Any = None) -> Iterator[Any]:
         """One pass: the rest of the current epoch (torchdata's loader builds its own iterator)."""
+        if self._empty_pass:
+            self._empty_pass = False
+            return _IterablePass(self, iter(()))
         delegate = self.delegate
         if self._pending is None and self._open:
             # The caller left the previous pass early: continue where it stopped, exactly as a restored
@@ -92,6 +106,13 @@ class IterableBackend:
             dataset.set_epoch(self._at.epoch)
         delegate.generator = worker_generator(self.seed, self._at.epoch)
         return _IterablePass(self, iter(delegate))
+
+    def batches_remaining(self) -> int:
+        """``len`` of the loader (the dataset's ``__len__``; TypeError without one) less this epoch's delivered."""
+        total = len(self.delegate)
+        inner = self.state()[Key.INNER]
+        done = _compat.stateful_dataloader_batches(inner) if inner else 0
+        return max(0, total - (done or 0))
 
     def state(self) -> dict[str, Any]:
         """The loader state's entries for an iterable dataset (merged into the loader's state)."""
@@ -151,10 +172,11 @@ class IterableBackend:
                 f"{source}: the iterable loader state has no {key!r} entry (keys found: {sorted(inner)}); "
                 "it is damaged or was not written by ResumableDataLoader"
             )
-        self._move(header.epoch, inner)
+        self._move(header.epoch, inner, restored=True)
 
-    def _move(self, epoch: int, inner: dict[str, Any]) -> None:
-        self._at.move_to(epoch)
+    def _move(self, epoch: int, inner: dict[str, Any], *, restored: bool = False) -> None:
+        self._at.move_to(epoch, restored=restored)
+        self._empty_pass = False
         self._started = self._open = False
         self._pending = inner or None
         self.delegate.load_state_dict(inner)

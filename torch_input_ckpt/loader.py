@@ -32,6 +32,10 @@ class Backend(Protocol):
 
     def set_epoch(self, epoch: int) -> None: ...
 
+    def restart_epoch(self, epoch: int) -> None: ...
+
+    def batches_remaining(self) -> int: ...
+
     def iterate(self, start_torch: Callable[[], Iterator[Any]]) -> Iterator[Any]: ...
 
     def state(self) -> dict[str, Any]: ...
@@ -151,8 +155,30 @@ class ResumableDataLoader(HookedDataLoader):
         return self._backend.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its beginning, unless it is the current epoch (then keep the position)."""
+        """Start ``epoch`` from its beginning, unless it is the current epoch (then keep the position).
+
+        After a restore, an epoch behind the restored one is most likely a loop counter that came from
+        elsewhere than :attr:`epoch`: one behind at an epoch boundary makes the next pass the (empty)
+        rest of that finished epoch; any other warns and starts it over (:class:`EpochMismatchWarning`;
+        the table is in the README). :meth:`restart_epoch` starts an epoch over without a warning.
+        """
         self._backend.set_epoch(epoch)
+
+    def restart_epoch(self, epoch: int | None = None) -> None:
+        """Start ``epoch`` (default: the current one, :attr:`epoch`) from its beginning, whatever the position."""
+        self._backend.restart_epoch(self.epoch if epoch is None else epoch)
+
+    @property
+    def batches_remaining(self) -> int:
+        """Batches this rank still delivers in the current epoch: ``len(loader)`` less those already
+        delivered (after a mid-epoch resume, the rest of the epoch). ``len`` stays the whole epoch's
+        count, since learning-rate schedules are computed from it; show this one in a progress bar:
+        ``tqdm(loader, total=loader.batches_remaining)``.
+
+        Raises:
+            TypeError: for an ``IterableDataset`` without ``__len__``.
+        """
+        return self._backend.batches_remaining()
 
     # -- iteration --------------------------------------------------------------------------------
 

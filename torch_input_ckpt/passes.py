@@ -77,7 +77,7 @@ class MapBackend(ABC):
         # Handed over while torch's iterator is built (it then asks KeyBatches for keys), and only then,
         # so that no reference cycle holds the backend: a cycle would leave persistent workers to the
         # cycle collector, which closes their queues before the iterator can stop them (a 5 s join each).
-        self._building: MapPass | None = None
+        self.building: MapPass | None = None
 
     # -- what subclasses provide -----------------------------------------------------------------------
 
@@ -93,6 +93,9 @@ class MapBackend(ABC):
     def set_epoch(self, epoch: int) -> None: ...
 
     @abstractmethod
+    def restart_epoch(self, epoch: int) -> None: ...
+
+    @abstractmethod
     def begin(self, ledger: Ledger) -> MapPass: ...
 
     @abstractmethod
@@ -106,6 +109,9 @@ class MapBackend(ABC):
 
     @abstractmethod
     def batch_count(self) -> int: ...
+
+    @abstractmethod
+    def batches_remaining(self) -> int: ...
 
     # -- the pass ------------------------------------------------------------------------------------------
 
@@ -123,11 +129,11 @@ class MapBackend(ABC):
         """One pass: build torch's iterator with ``start_torch()`` and record what it delivers."""
         owner, ahead = self._ahead
         run = self.begin(Ledger(ahead if owner == self.generation else Ahead()))
-        self._building = run
+        self.building = run
         try:
             batches = start_torch()
         finally:
-            self._building = None
+            self.building = None
         return DeliveredBatches(self, run, batches)
 
     def delivered(self, run: MapPass, number: int | None) -> None:
@@ -206,7 +212,7 @@ class KeyBatches:
 
     def __iter__(self) -> Iterator[Any]:
         backend = self._owner()
-        run = backend._building
+        run = backend.building
         if run is None:
             raise RuntimeError(
                 "torch's DataLoader iterator asked for indices outside ResumableDataLoader.__iter__ "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .cursor import Cursor, Ledger
+from .cursor import Cursor, Ledger, epoch_request
 from .passes import MapBackend, MapOptions, MapPass, tag
 from .schema import Key, LoaderHeader, check_same, field
 
@@ -46,18 +46,32 @@ class ReplayBackend(MapBackend):
         return self._at.generation
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch == self._at.epoch:
-            return
+        at = self._at
+        action = epoch_request(
+            epoch, at.epoch, restored=at.restored, at_start=at.value == 0, owner="ResumableDataLoader"
+        )
+        if action == "restart":
+            self.restart_epoch(epoch)
+        elif action == "finish":
+            # The next pass replays the whole of `epoch` without fetching or delivering it; then epoch + 1.
+            self.restart_epoch(epoch)
+            at.value = self.batch_count()
+
+    def restart_epoch(self, epoch: int) -> None:
         self._move(epoch)
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
-    def _move(self, epoch: int, delivered: int = 0, start_state: Any = None) -> None:
-        self._at.move_to(epoch, delivered)
+    def _move(self, epoch: int, delivered: int = 0, start_state: Any = None, *, restored: bool = False) -> None:
+        self._at.move_to(epoch, delivered, restored=restored)
         self._start_state = start_state
 
     def batch_count(self) -> int:
         return len(self.batch_sampler if self.batch_sampler is not None else self.sampler)
+
+    def batches_remaining(self) -> int:
+        ahead = self.ahead()
+        return max(0, self.batch_count() - self._at.value - (ahead.end - len(ahead.missing)))
 
     def begin(self, ledger: Ledger) -> MapPass:
         # Put the sampler where this epoch's pass began, so that replaying it reaches the position.
@@ -101,7 +115,7 @@ class ReplayBackend(MapBackend):
         check_same("batch_size", header.batch_size, self.options.batch_size, source, "Resume with the same batch_size.")
         start_state = state.get(Key.SAMPLER)
         delivered = field(state, Key.BATCHES_DELIVERED, int, source, low=0)
-        self._move(header.epoch, delivered, start_state)
+        self._move(header.epoch, delivered, start_state, restored=True)
         if start_state is not None:
             self.sampler.load_state_dict(start_state)
         elif hasattr(self.sampler, "set_epoch"):

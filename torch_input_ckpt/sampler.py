@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Sampler
 
-from .cursor import Cursor
+from .cursor import Cursor, epoch_request
 from .permutation import (
     MAX_LENGTH,
     FeistelPermutation,
@@ -117,9 +117,26 @@ class ResumableSampler(Sampler[int]):
         return self.position()[1]
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its beginning, unless it is already the current epoch (then keep the position)."""
-        if epoch != self.epoch:
+        """Start ``epoch`` from its beginning, unless it is already the current epoch (then keep the position).
+
+        After a restore, an epoch behind the restored one is most likely a loop counter that came from
+        elsewhere: see :func:`~torch_input_ckpt.cursor.epoch_request` for the rule (it warns with
+        :class:`~torch_input_ckpt.EpochMismatchWarning`). :meth:`restart_epoch` starts any epoch over.
+        """
+        current, cursor = self.position()
+        action = epoch_request(
+            epoch, current, restored=self._at.restored, at_start=cursor == 0, owner=type(self).__name__
+        )
+        if action == "restart":
             self.move_to(epoch, 0)
+        elif action == "finish":
+            # The pass of `epoch` that comes next is its (empty) rest; then `current` starts.
+            self.move_to(epoch, self.length)
+            self._resume_pending = True
+
+    def restart_epoch(self, epoch: int | None = None) -> None:
+        """Start ``epoch`` (default: the current one) from its beginning, whatever the position."""
+        self.move_to(self.epoch if epoch is None else epoch, 0)
 
     def rank_count(self, cursor: int = 0) -> int:
         """How many samples this rank takes from ``cursor`` to the end of the epoch (padding included)."""
@@ -165,6 +182,7 @@ class ResumableSampler(Sampler[int]):
         """
         if self._at.commit(generation, epoch, cursor):
             self._live = None
+            self._resume_pending = False
 
     # -- iteration --------------------------------------------------------------------------------
 
@@ -298,5 +316,6 @@ class ResumableSampler(Sampler[int]):
             check_same(name, saved, current, source, f"Construct the sampler with {name}={saved!r} to resume.")
         # Any cursor at or past the end means "this pass is over"; store it as `length` so that a state
         # re-saved under another world size stays within that world's bound.
-        self.move_to(state.epoch, min(state.cursor, self.length))
+        self._at.move_to(state.epoch, min(state.cursor, self.length), restored=True)
+        self._live = None
         self._resume_pending = literal

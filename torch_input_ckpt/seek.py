@@ -45,12 +45,19 @@ class SeekBackend(MapBackend):
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
+    def restart_epoch(self, epoch: int) -> None:
+        self.sampler.restart_epoch(epoch)
+
     def batch_count(self) -> int:
         return self._batches(self.sampler.rank_count(0))
 
     def _batches(self, count: int) -> int:
         full, rest = divmod(count, self.options.unit)
         return full + (1 if rest and not (self.options.drop_last and self.options.batch_size) else 0)
+
+    def batches_remaining(self) -> int:
+        ahead = self.ahead()
+        return self._batches(self.sampler.rank_count(self.sampler.cursor)) - (ahead.end - len(ahead.missing))
 
     def begin(self, ledger: Ledger) -> MapPass:
         epoch, start = self.sampler.position()
@@ -76,6 +83,10 @@ class SeekBackend(MapBackend):
                 if number not in skip:
                     yield tag(keys[lo : lo + unit], number, options.tagged)
                 number += 1
+
+    def finished(self, run: MapPass) -> None:
+        # Commits the pass's end also when it delivered nothing (the empty rest of a finished epoch).
+        self.sampler.commit(run.generation, run.epoch, run.start + run.count * self.sampler.num_replicas)
 
     def commit(self, run: MapPass, prefix: int) -> None:
         taken = run.count if prefix >= run.batches else prefix * self.options.unit
