@@ -94,14 +94,9 @@ class AcceleratedLoader:
         return len(self.loader)
 
     def batches_left(self) -> int:
-        """Batches this rank still yields in the current epoch, from the delivered position."""
-        sampler = self.loader.sampler
-        if not isinstance(sampler, ResumableSampler):
-            raise ValueError("batches_left needs the loader's own ResumableSampler")
-        state = self.state_dict()["sampler"]
-        samples = sampler.rank_count(int(state["cursor"]))
-        size = self.loader.batch_size or 1
-        return samples // size if self.loader.drop_last else -(-samples // size)
+        """Batches this rank still yields in the current epoch, from the position the caller received."""
+        # Mid-pass the loader has delivered one batch more than we have (the one fetched ahead).
+        return self.loader.batches_remaining + (1 if self._delivered is not None else 0)
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning, unless it is the current epoch (then keep the position)."""
