@@ -142,12 +142,12 @@ class ResumableTrainerMixin:
                 f"rank, not a whole number of gradient accumulations of {accumulation} (the world size changed "
                 "mid-epoch?): resume on the old number of ranks, or from a checkpoint at an epoch's end"
             )
-        if trainer.args.max_steps <= 0:
-            # num_train_epochs decides: the steps left are those of the rest of this epoch and of the
-            # epochs after it, counted on this world size (differs from global_step's if it changed).
-            later = max(0, int(num_train_epochs) - epoch - 1)
-            trainer.state.max_steps = step + -(-left // accumulation) + later * num_update_steps_per_epoch
-        if (epoch, done) != (epochs_trained, steps_trained):
+        if (epoch, done) != (epochs_trained, steps_trained):  # the world size changed
+            if trainer.args.max_steps <= 0:
+                # num_train_epochs decides: the steps left are those of the rest of this epoch and of
+                # the epochs after it, counted on this world size (global_step counted the old one's).
+                later = max(0, int(num_train_epochs) - epoch - 1)
+                trainer.state.max_steps = step + -(-left // accumulation) + later * num_update_steps_per_epoch
             logger.info(
                 "input stream resumed at epoch %d, %d batches into it (the Trainer's count from global step %d "
                 "on this world size: epoch %d, %d batches)",
