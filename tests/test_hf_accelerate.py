@@ -63,10 +63,10 @@ def test_prepare_passes_it_through_and_its_state_is_what_the_caller_received() -
     assert again is prepared, "accelerate rebuilt the loader"
     plain = ResumableDataLoader(Augmented(), batch_size=3, shuffle=True, seed=4)
     assert _take(prepared, 5) == _take(plain, 5)
-    # The wrapper has fetched a sixth batch ahead; its state is after the fifth, as the plain loader's.
+    # Its state is after the fifth batch (with its workers' prefetching), as the plain loader's.
     assert prepared.state_dict() == {**plain.state_dict(), "num_workers": 2}
     assert prepared.batches_left() == 8 - 5
-    # An abandoned pass hands back the batch it fetched ahead: the next pass continues at batch 6.
+    # An abandoned pass loses nothing: the next pass continues at batch 6.
     assert _take(prepared, 1) == _take(plain, 1)
     release()
 
@@ -77,6 +77,11 @@ def test_end_of_dataloader_is_marked_on_the_epochs_last_batch() -> None:
     flags = [accelerator.gradient_state.end_of_dataloader for _ in prepared]
     assert flags == [False] * 7 + [True]
     assert not accelerator.gradient_state.in_dataloader
+    assert [accelerator.gradient_state.end_of_dataloader for _ in prepared] == flags, "the next epoch too"
+    _take(prepared, 5)
+    resumed = _prepared(accelerator)
+    resumed.load_state_dict(prepared.state_dict())
+    assert [accelerator.gradient_state.end_of_dataloader for _ in resumed] == [False, False, True]
 
 
 def test_save_state_and_load_state_restore_it(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """A ResumableDataLoader prepared for Hugging Face Accelerate, without losing its position or its sharding.
 
 Guarantee: ``AcceleratedLoader.state_dict()`` is the position after the last batch *the caller
-received* (the loader looks one batch ahead, as accelerate's own loaders do, to know the epoch's
-end), so a restore resumes at exactly the next batch; the loader keeps sharding itself over the
-ranks (one global cursor), so a restore on another number of ranks continues the epoch exactly once.
+received* (it fetches nothing ahead: the loader's own count of the batches left tells the epoch's
+end, where accelerate's loaders look one batch ahead), so a restore resumes at exactly the next
+batch; the loader keeps sharding itself over the ranks (one global cursor), so a restore on another
+number of ranks continues the epoch exactly once.
 
 Why not ``accelerator.prepare(loader)`` alone: accelerate rebuilds every ``DataLoader`` it prepares as
 a new one over the same dataset, wrapping its batch sampler in a ``BatchSamplerShard`` — the
@@ -31,10 +32,9 @@ __all__ = ["AcceleratedLoader", "prepare_resumable"]
 class AcceleratedLoader:
     """A :class:`ResumableDataLoader` with accelerate's device placement and gradient-state bookkeeping.
 
-    Build it with :func:`prepare_resumable`. It iterates the loader one batch ahead, moves each batch
-    to ``device``, marks ``end_of_dataloader`` on the last batch of the epoch (which
-    ``accelerator.accumulate`` reads), and reports as its state the position after the last batch
-    it yielded.
+    Build it with :func:`prepare_resumable`. It moves each batch to ``device``, marks
+    ``end_of_dataloader`` on the last batch of the epoch (which ``accelerator.accumulate`` reads), and
+    its state is the wrapped loader's: the position after the last batch it yielded.
 
     Args:
         loader: The loader to wrap.
@@ -60,8 +60,6 @@ class AcceleratedLoader:
         # Read by accelerate's GradientState while this loader is its active dataloader.
         self.end_of_dataloader = False
         self.remainder = -1
-        # The state after the last batch yielded, while a pass is under way (the loader is one ahead).
-        self._delivered: dict[str, Any] | None = None
 
     # -- what the Trainer and accelerate read -----------------------------------------------------
 
@@ -88,54 +86,34 @@ class AcceleratedLoader:
     @property
     def epoch(self) -> int:
         """The epoch the caller is in (a finished epoch counts as the next one)."""
-        return int(self.state_dict()["epoch"])
+        return self.loader.epoch
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def batches_left(self) -> int:
-        """Batches this rank still yields in the current epoch, from the position the caller received."""
-        # Mid-pass the loader has delivered one batch more than we have (the one fetched ahead).
-        return self.loader.batches_remaining + (1 if self._delivered is not None else 0)
+        """Batches this rank still yields in the current epoch (the loader's ``batches_remaining``)."""
+        return self.loader.batches_remaining
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning, unless it is the current epoch (then keep the position)."""
-        self._settle()
         self.loader.set_epoch(epoch)
 
     # -- iteration ----------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Any]:
-        self._settle()
         self.end_of_dataloader = False
         if self.gradient_state is not None:
             hf_dataloader_begin(self.gradient_state, self)
         try:
-            yield from self._ahead_by_one()
+            epoch = self.loader.epoch
+            for batch in self.loader:
+                # After an epoch's last batch the loader's position is the next epoch's start.
+                self.end_of_dataloader = self.loader.epoch != epoch or self.loader.batches_remaining == 0
+                yield self._to_device(batch)
         finally:
             if self.gradient_state is not None:
                 hf_dataloader_end(self.gradient_state, self)
-
-    def _ahead_by_one(self) -> Iterator[Any]:
-        batches = iter(self.loader)
-        try:
-            current = next(batches)
-        except StopIteration:
-            self.end_of_dataloader = True
-            return
-        while True:
-            # The loader's state now is "after `current`": what the caller has once it receives it.
-            self._delivered = self.loader.state_dict()
-            current = self._to_device(current)
-            try:
-                upcoming = next(batches)
-            except StopIteration:
-                self.end_of_dataloader = True
-                self._delivered = None  # the loader itself is at the epoch's end: its state is right
-                yield current
-                return
-            yield current
-            current = upcoming
 
     def _to_device(self, batch: Any) -> Any:
         if self.device is None:
@@ -144,21 +122,14 @@ class AcceleratedLoader:
 
         return send_to_device(batch, self.device, non_blocking=self.non_blocking)
 
-    def _settle(self) -> None:
-        # A pass abandoned with a batch fetched ahead: put the loader back at what the caller received.
-        if self._delivered is not None:
-            delivered, self._delivered = self._delivered, None
-            self.loader.load_state_dict(delivered)
-
     # -- state --------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The wrapped loader's state as of the last batch yielded (never the one fetched ahead)."""
-        return dict(self._delivered) if self._delivered is not None else self.loader.state_dict()
+        """The wrapped loader's state: the position after the last batch yielded."""
+        return self.loader.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the wrapped loader; the next ``iter()`` starts at the restored position."""
-        self._delivered = None
         self.loader.load_state_dict(state_dict)
 
 
