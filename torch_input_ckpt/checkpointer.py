@@ -135,9 +135,9 @@ class InputCheckpointer:
         self._external: list[str] | None = None  # checked at the first save
         self._last_save_time = _monotonic()
         self._writer = BackgroundWriter(f"torch_input_ckpt writer (rank {self.rank})")
-        # Flushes at garbage collection or interpreter exit; refers to the writer only, so it does not
-        # keep this object alive.
-        self._finalizer = weakref.finalize(self, self._writer.close)
+        # Flushes at garbage collection or interpreter exit, and reports a write that failed by then (nobody
+        # is left to raise it to); refers to the writer only, so it does not keep this object alive.
+        self._finalizer = weakref.finalize(self, _close_unattended, self._writer, str(self.directory), self.rank)
         files.remove_stale_temporaries(self.directory, self.rank)
         # Under torch.distributed with several ranks: collectives on a CPU-capable group, to agree on
         # time-based saves and on the step to restore. Built here, where every rank is at the same point.
@@ -165,8 +165,10 @@ class InputCheckpointer:
         Raises:
             Exception: the error of a failed background write, if one happened since the last call.
         """
-        if self._writer.error is not None:
-            self._raise_pending()
+        error = self._writer.take_error() if self._writer.error is not None else None
+        if error is not None:
+            _note(error, f"after_step({step}) raised this before deciding on a save: step {step} was not saved")
+            raise error
         if not self._should_save(step):
             return False
         self.save(step)
@@ -200,6 +202,8 @@ class InputCheckpointer:
         )
         self._writer.submit(functools.partial(_commit, self.directory, self.rank, step, data, self.keep_last))
         self._last_save_time = _monotonic()
+        if self._writer.error is not None:  # failed while this call waited for room in the queue
+            self._raise_pending()
 
     def _check_external(self, states: Mapping[str, Any]) -> list[str]:
         found = [item for name, obj in self._components.items() for item in external_parts(name, obj, states.get(name))]
@@ -400,8 +404,15 @@ class InputCheckpointer:
         self._raise_pending()
 
     def close(self) -> None:
-        """Finish pending writes and stop the writer thread (also done at garbage collection and exit)."""
-        self._finalizer()
+        """Finish pending writes and stop the writer thread (also done at garbage collection and exit).
+
+        Raises:
+            Exception: the error of a failed background write. Without ``close()`` (garbage collection, or
+                the end of the script), such an error is logged at ERROR and passed to
+                ``sys.unraisablehook``, which prints it to stderr.
+        """
+        self._finalizer.detach()
+        self._writer.close()
         self._raise_pending()
 
     def __enter__(self) -> InputCheckpointer:
@@ -427,11 +438,43 @@ def _commit(directory: Path, rank: int, step: int, data: bytes, keep_last: int |
     try:
         files.write_atomic(directory / InputFile(rank, step).name, data)
         files.write_pointer(directory, rank, step)
-        files.prune(directory, rank, step, keep_last)
     except BaseException as error:
-        if hasattr(error, "add_note"):  # Python >= 3.11
-            error.add_note(f"while writing the input checkpoint of step {step} (rank {rank}) to {directory}")
+        _note(error, f"while writing the input checkpoint of step {step} (rank {rank}) to {directory}")
         raise
+    # Step `step` is committed: a file that cannot be deleted is a warning, not a failed save.
+    for problem in files.prune(directory, rank, step, keep_last):
+        log.warning("input checkpoint of step %d committed, but an older one could not be deleted: %s", step, problem)
+
+
+def _note(error: BaseException, text: str) -> None:
+    if hasattr(error, "add_note"):  # Python >= 3.11
+        error.add_note(text)
+
+
+def _close_unattended(writer: BackgroundWriter, directory: str, rank: int) -> None:
+    """The finalizer (garbage collection or interpreter exit): flush, and make a failed write loud."""
+    writer.close()
+    error = writer.take_error()
+    if error is None:
+        return
+    log.error(
+        "an input checkpoint write of rank %d in %s failed and was never raised (the checkpointer was not "
+        "closed): %r. The newest input checkpoint on disk is older than the last save.",
+        rank,
+        directory,
+        error,
+    )
+    _Unraisable(error)  # at once collected: sys.unraisablehook prints the error with its traceback
+
+
+class _Unraisable:
+    """Hands an error to ``sys.unraisablehook`` the standard way: raised from ``__del__``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __del__(self) -> None:
+        raise self.error
 
 
 def _is_int(value: Any) -> bool:

@@ -120,6 +120,8 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
         }
         try:
             files.read_checkpoint(path)
+        except files.FileVanishedError:
+            continue  # pruned by a saver since the listing: not damage
         except InputStateError as error:
             entry.update(valid=False, problem=_reason(error, path))
         entries.append(entry)
@@ -138,7 +140,7 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
             "step": checkpoint.step,
             "file": checkpoint.path.name,
             "bytes": checkpoint.size,
-            "saved_at": datetime.fromtimestamp(checkpoint.wall_time, timezone.utc).isoformat(timespec="seconds"),
+            "saved_at": _saved_at(checkpoint.wall_time),
             "wall_time": checkpoint.wall_time,
             "world_size": checkpoint.world_size,
             "external": checkpoint.external,
@@ -158,9 +160,16 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
     }
 
 
+def _saved_at(wall_time: float) -> str:
+    try:
+        return datetime.fromtimestamp(wall_time, timezone.utc).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):  # read_checkpoint bounds it; never a traceback here
+        return "?"
+
+
 def _size(path: Path) -> int | None:
     try:
-        return path.stat().st_size
+        return path.lstat().st_size  # of a symlink itself: nothing about its target is shown
     except OSError:
         return None
 
@@ -225,7 +234,7 @@ def _bytes(size: int | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """The ``torch-input-ckpt`` command. Returns 0 if every rank has a valid checkpoint, 1 if not,
-    2 for a usage error or a missing directory."""
+    2 for a usage error or a missing or unreadable directory, 3 for an internal error (a bug to report)."""
     parser = argparse.ArgumentParser(
         prog="torch-input-ckpt",
         description="Inspect the input-pipeline checkpoints written by InputCheckpointer.",
@@ -252,5 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"torch-input-ckpt: error: cannot read {args.directory}: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug of ours, not a file's: still one line, never a traceback
+        print(f"torch-input-ckpt: internal error reading {args.directory}: {error!r}", file=sys.stderr)
+        return 3
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if report["valid"] else 1
