@@ -459,10 +459,11 @@ def _close_unattended(writer: BackgroundWriter, directory: str, rank: int) -> No
         return
     log.error(
         "an input checkpoint write of rank %d in %s failed and was never raised (the checkpointer was not "
-        "closed): %r. The newest input checkpoint on disk is older than the last save.",
+        "closed): %r (%s). The newest input checkpoint on disk is older than the last save.",
         rank,
         directory,
         error,
+        "; ".join(getattr(error, "__notes__", ())),
     )
     _Unraisable(error)  # at once collected: sys.unraisablehook prints the error with its traceback
 

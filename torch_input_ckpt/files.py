@@ -424,9 +424,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> InputCheckpoint:
 def _parse(data: bytes) -> Any:
     """JSON with duplicate keys, huge integers and deep nesting refused (each raises ``ValueError``)."""
     doc = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys, parse_int=_bounded_int)
-    depth = _depth(doc)
-    if depth > MAX_DEPTH:
-        raise ValueError(f"nested {depth} levels deep, more than {MAX_DEPTH}")
+    if _depth(doc) > MAX_DEPTH:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
     return doc
 
 
@@ -447,7 +446,7 @@ def _bounded_int(text: str) -> int:
 
 
 def _depth(doc: Any) -> int:
-    """How deeply ``doc`` nests, without recursion (so that the measure itself cannot overflow)."""
+    """How deeply ``doc`` nests (up to ``MAX_DEPTH + 1``), without recursion, so the measure cannot overflow."""
     deepest, stack = 0, [(doc, 1)]
     while stack:
         obj, depth = stack.pop()
