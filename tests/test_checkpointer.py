@@ -219,7 +219,9 @@ def test_keep_last_deletes_older_files_of_its_rank_only(tmp_path):
         "checkpoint_input_0",
         "input_0-00000005.json",
         "input_0-00000006.json",
+        "input_0.lock",  # the one-writer lock (empty once released)
     ]
+    assert (tmp_path / "input_0.lock").read_bytes() == b""
     saved_states(tmp_path / "all", count=4, keep_last=None)
     assert files.list_steps(tmp_path / "all") == {0: [0, 1, 2, 3, 4]}
 
@@ -227,7 +229,7 @@ def test_keep_last_deletes_older_files_of_its_rank_only(tmp_path):
 def test_file_names_and_pointer_content(tmp_path):
     with InputCheckpointer(tmp_path, make_loader(), every_n_steps=1, rank=3) as ckpt:
         ckpt.save(120)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_input_3", "input_3-00000120.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_input_3", "input_3-00000120.json", "input_3.lock"]
     assert (tmp_path / "checkpoint_input_3").read_text().splitlines()[1:] == [
         "latest: input_3-00000120.json",
         "step: 120",

@@ -117,10 +117,12 @@ def test_sigkill_at_random_moments_resumes_the_exact_stream(tmp_path, workers, k
     trained, restores = trained_stream(log)
     assert len(restores) == kills + 1 and restores[0] == 0 and restores[-1] > 0
     assert trained == expected
-    # What is left: the last keep_last=2 checkpoints, the pointer, no temporaries of killed saves.
+    # What is left: the last keep_last=2 checkpoints, the pointer, the lock, no temporaries of killed saves.
     assert sorted(p.name for p in directory.iterdir()) == [
         "checkpoint_input_0",
         f"input_0-{TOTAL - 1:08d}.json",
         f"input_0-{TOTAL:08d}.json",
+        "input_0.lock",  # the kernel released the killed writers' flocks; the last run emptied the file
     ]
+    assert (directory / "input_0.lock").read_bytes() == b""
     assert files.read_pointer(directory, 0) == TOTAL

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch.distributed as dist
 
 from . import files
+from ._compat import FastForwardNoticeFilter
 from .distributed import RestorePlan, SaveAgreement, cpu_group, gather_steps, plan_restore
 from .encoding import decode_tensors
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
@@ -23,6 +24,7 @@ from .external import external_parts
 from .files import InputCheckpoint, InputFile
 from .inspection import describe_position
 from .loader import ResumableDataLoader
+from .lock import WriterLock
 from .sampler import ResumableSampler
 from .state import is_stateful
 from .world import World
@@ -134,10 +136,15 @@ class InputCheckpointer:
         self.external_state_policy = external_state_policy
         self._external: list[str] | None = None  # checked at the first save
         self._last_save_time = _monotonic()
+        # One writer per (directory, rank): taken first, so that a second job fails before touching anything.
+        self._lock = WriterLock(self.directory, self.rank)
         self._writer = BackgroundWriter(f"torch_input_ckpt writer (rank {self.rank})")
+        self._quiet = FastForwardNoticeFilter()
         # Flushes at garbage collection or interpreter exit, and reports a write that failed by then (nobody
         # is left to raise it to); refers to the writer only, so it does not keep this object alive.
-        self._finalizer = weakref.finalize(self, _close_unattended, self._writer, str(self.directory), self.rank)
+        self._finalizer = weakref.finalize(
+            self, _close_unattended, self._writer, self._lock, self._quiet, str(self.directory), self.rank
+        )
         files.remove_stale_temporaries(self.directory, self.rank)
         # Under torch.distributed with several ranks: collectives on a CPU-capable group, to agree on
         # time-based saves and on the step to restore. Built here, where every rank is at the same point.
@@ -156,8 +163,15 @@ class InputCheckpointer:
 
     # -- saving -----------------------------------------------------------------------------------
 
-    def after_step(self, step: int) -> bool:
+    def after_step(self, step: int, *, pin: bool = False) -> bool:
         """Call once per optimizer step with the global step; saves when an interval has elapsed.
+
+        Args:
+            step: The global step just completed.
+            pin: True at a step where you also save a model checkpoint: the input checkpoint of this step
+                is then saved whatever the schedule, and pinned (see :meth:`save`), so that
+                ``restore(step)`` always finds it next to the model's. Under torch.distributed, pass the
+                same value on every rank.
 
         Returns:
             Whether it saved.
@@ -169,9 +183,9 @@ class InputCheckpointer:
         if error is not None:
             _note(error, f"after_step({step}) raised this before deciding on a save: step {step} was not saved")
             raise error
-        if not self._should_save(step):
+        if not pin and not self._should_save(step):
             return False
-        self.save(step)
+        self.save(step, pin=pin)
         return True
 
     def _should_save(self, step: int) -> bool:
@@ -184,8 +198,13 @@ class InputCheckpointer:
         due = _monotonic() - self._last_save_time >= self.every_n_seconds
         return due if self._agreement is None else self._agreement.decide(step, due)
 
-    def save(self, step: int) -> None:
+    def save(self, step: int, *, pin: bool = False) -> None:
         """Take the state now and write it in the background as the checkpoint of ``step``.
+
+        Args:
+            step: The global step.
+            pin: Keep this checkpoint until :meth:`unpin` (e.g. it goes with a model checkpoint): pinned
+                checkpoints are never pruned and do not count against ``keep_last``.
 
         Raises:
             ValueError: for a negative step, or (policy ``"fail"``) state this library cannot capture.
@@ -200,10 +219,43 @@ class InputCheckpointer:
         data = files.encode_checkpoint(
             rank=self.rank, world_size=self.world_size, step=step, states=states, external=self._external
         )
-        self._writer.submit(functools.partial(_commit, self.directory, self.rank, step, data, self.keep_last))
+        self._writer.submit(functools.partial(_commit, self.directory, self.rank, step, data, self.keep_last, pin))
         self._last_save_time = _monotonic()
         if self._writer.error is not None:  # failed while this call waited for room in the queue
             self._raise_pending()
+
+    def pin(self, step: int) -> None:
+        """Pin the checkpoint of ``step``, already saved: it is kept until :meth:`unpin`.
+
+        Raises:
+            InputStateError: if this rank has no checkpoint of ``step``.
+        """
+        steps = self.steps()
+        if step not in steps:
+            raise InputStateError(
+                f"{self.directory}: no input checkpoint of rank {self.rank} at step {step} to pin; "
+                f"steps on disk: {steps if steps else 'none'}"
+            )
+        files.write_pin(self.directory, self.rank, step)
+
+    def unpin(self, step: int) -> bool:
+        """Unpin ``step`` (e.g. its model checkpoint was deleted) and prune it if ``keep_last`` says so.
+
+        Returns:
+            Whether ``step`` was pinned.
+        """
+        self.flush()
+        was = files.remove_pin(self.directory, self.rank, step)
+        newest = files.read_pointer(self.directory, self.rank)
+        if was and newest is not None:
+            for problem in files.prune(self.directory, self.rank, newest, self.keep_last):
+                log.warning("could not delete an unpinned input checkpoint: %s", problem)
+        return was
+
+    def pinned(self) -> list[int]:
+        """The pinned steps of this rank (after pending writes), oldest first."""
+        self.flush()
+        return files.pinned_steps(self.directory, self.rank)
 
     def _check_external(self, states: Mapping[str, Any]) -> list[str]:
         found = [item for name, obj in self._components.items() for item in external_parts(name, obj, states.get(name))]
@@ -374,6 +426,8 @@ class InputCheckpointer:
                 f"{source}: holds the state of {sorted(checkpoint.states)}, but this checkpointer was given "
                 f"{sorted(expected)}. Pass the same components, under the same names, as when it was saved."
             )
+        if self.external_state_policy == "ignore":
+            self._quiet.install()  # the user said the uncaptured parts may be replayed: no notice about it
         for name in expected:
             obj = self._components[name]
             state = decode_tensors(checkpoint.states[name], source)
@@ -388,7 +442,9 @@ class InputCheckpointer:
                 raise InputStateError(f"{source}: {name}.load_state_dict() failed: {error!r}") from error
         self._last_save_time = _monotonic()
         name, position = next(iter(describe_position(checkpoint.states).items()))
-        log.info(
+        # WARNING, the one level Python prints without any logging set-up: a resume changes what the job
+        # does, so it must be visible by default (one line per rank; silence it with the logger's level).
+        log.warning(
             "restored input pipeline from %s at step %d, epoch %s, position %s",
             checkpoint.path,
             checkpoint.step,
@@ -412,7 +468,11 @@ class InputCheckpointer:
                 ``sys.unraisablehook``, which prints it to stderr.
         """
         self._finalizer.detach()
-        self._writer.close()
+        try:
+            self._writer.close()
+        finally:
+            self._lock.release()
+            self._quiet.uninstall()
         self._raise_pending()
 
     def __enter__(self) -> InputCheckpointer:
@@ -433,10 +493,13 @@ class InputCheckpointer:
             raise error
 
 
-def _commit(directory: Path, rank: int, step: int, data: bytes, keep_last: int | None) -> None:
-    """On the writer thread: the file, then the pointer to it, then pruning, each durable before the next."""
+def _commit(directory: Path, rank: int, step: int, data: bytes, keep_last: int | None, pin: bool) -> None:
+    """On the writer thread: the file, its pin, then the pointer to it, then pruning, each durable before the
+    next (so that a pinned file is never pruned, even by a save interrupted halfway)."""
     try:
         files.write_atomic(directory / InputFile(rank, step).name, data)
+        if pin:
+            files.write_pin(directory, rank, step)
         files.write_pointer(directory, rank, step)
     except BaseException as error:
         _note(error, f"while writing the input checkpoint of step {step} (rank {rank}) to {directory}")
@@ -451,9 +514,15 @@ def _note(error: BaseException, text: str) -> None:
         error.add_note(text)
 
 
-def _close_unattended(writer: BackgroundWriter, directory: str, rank: int) -> None:
-    """The finalizer (garbage collection or interpreter exit): flush, and make a failed write loud."""
-    writer.close()
+def _close_unattended(
+    writer: BackgroundWriter, lock: WriterLock, quiet: FastForwardNoticeFilter, directory: str, rank: int
+) -> None:
+    """The finalizer (garbage collection or interpreter exit): flush, unlock, and make a failed write loud."""
+    try:
+        writer.close()
+    finally:
+        lock.release()
+        quiet.uninstall()
     error = writer.take_error()
     if error is None:
         return

@@ -21,20 +21,23 @@ from .errors import InputStateError
 __all__ = [
     "FILE_FORMAT",
     "FILE_FORMAT_VERSION",
-    "MAX_FILE_BYTES",
     "FileVanishedError",
     "InputCheckpoint",
     "InputFile",
+    "MAX_FILE_BYTES",
     "Newest",
     "encode_checkpoint",
     "find_newest",
     "list_steps",
+    "pinned_steps",
     "prune",
     "read_checkpoint",
     "read_pointer",
     "read_regular_file",
+    "remove_pin",
     "remove_stale_temporaries",
     "write_atomic",
+    "write_pin",
     "write_pointer",
 ]
 
@@ -46,6 +49,8 @@ _STEP_DIGITS = 8
 _NAME = re.compile(r"input_(0|[1-9][0-9]*)-([0-9]+)\.json")
 _POINTER = re.compile(r"checkpoint_input_(0|[1-9][0-9]*)")
 _TEMP = ".tmp"
+_PIN = ".pin"
+_PIN_NAME = re.compile(r"input_(0|[1-9][0-9]*)-([0-9]+)\.pin")
 # Real files are well under 1 KB; anything larger than this is damage (or an attack), refused before it is
 # read, so that a huge or sparse file cannot exhaust memory.
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -91,6 +96,11 @@ class InputFile:
         parsed = cls(int(match[1]), int(match[2]))
         # Only the exact spelling we produce counts, so that e.g. "input_0-1.json" is never ours to delete.
         return parsed if parsed.name == name else None
+
+    @property
+    def pin_name(self) -> str:
+        """The marker that pins this file (never pruned): ``input_<rank>-<step>.pin``."""
+        return self.name.removesuffix(_EXTENSION) + _PIN
 
     @staticmethod
     def pointer_name(rank: int) -> str:
@@ -267,18 +277,44 @@ def remove_stale_temporaries(directory: Path, rank: int) -> None:
             Path(entry.path).unlink(missing_ok=True)
 
 
+def pinned_steps(directory: str | os.PathLike[str], rank: int) -> list[int]:
+    """The sorted steps of ``rank`` that are pinned (see :func:`write_pin`)."""
+    found = []
+    for entry in os.scandir(directory):
+        match = _PIN_NAME.fullmatch(entry.name)
+        if match is not None and int(match[1]) == rank and InputFile(rank, int(match[2])).pin_name == entry.name:
+            found.append(int(match[2]))
+    return sorted(found)
+
+
+def write_pin(directory: Path, rank: int, step: int) -> None:
+    """Durably mark the checkpoint of ``step`` as pinned: :func:`prune` never deletes it."""
+    write_atomic(directory / InputFile(rank, step).pin_name, f"pinned input checkpoint of step {step}\n".encode())
+
+
+def remove_pin(directory: Path, rank: int, step: int) -> bool:
+    """Unpin ``step`` (its file is then pruned like any other). Returns whether it was pinned."""
+    path = directory / InputFile(rank, step).pin_name
+    existed = path.is_file()
+    path.unlink(missing_ok=True)
+    return existed
+
+
 def prune(directory: Path, rank: int, newest: int, keep_last: int | None) -> list[str]:
     """After ``newest`` is durable and pointed to: delete ``rank``'s files beyond the ``keep_last`` newest,
     and files newer than ``newest`` (left from a run restored to an earlier step; never restorable again).
+    Pinned steps are never deleted and do not count against ``keep_last``.
 
     Returns:
         ``"<file>: <error>"`` for each file that could not be deleted. The save itself is committed, so a
         failed deletion is not a failed save: the caller warns.
     """
     steps = list_steps(directory).get(rank, [])
-    kept = [s for s in steps if s <= newest]
+    pinned = set(pinned_steps(directory, rank))
+    kept = [s for s in steps if s <= newest and s not in pinned]
     if keep_last is not None:
         kept = kept[-keep_last:]
+    kept += pinned
     failed = []
     for step in steps:
         if step not in kept:
