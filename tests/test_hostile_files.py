@@ -19,6 +19,7 @@ import pytest
 from torch_input_ckpt import InputCheckpointer, InputCheckpointWarning, InputStateError, ResumableSampler, files
 from torch_input_ckpt.__main__ import main
 from torch_input_ckpt.files import InputFile
+from torch_input_ckpt.planner import plan_restore
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "TOP-SECRET-0123456789 do not print me"
@@ -223,10 +224,14 @@ def test_readers_racing_a_saver_at_keep_last_1_always_find_a_committed_checkpoin
 
     def read_repeatedly():
         while not done.is_set():
-            newest = files.find_newest(tmp_path, 0)
+            try:
+                plan = plan_restore(tmp_path, 1)  # what restore plans
+            except InputStateError as error:
+                failures.append(str(error))
+            else:
+                if plan is None or plan.checkpoint is None:
+                    failures.append(f"no plan: {plan}")
             reads[0] += 1
-            if newest.checkpoint is None:
-                failures.append("; ".join(newest.problems))
             report = __import__("torch_input_ckpt.inspection").inspection.inspect_directory(tmp_path)
             if not report["valid"] or any(not f["valid"] for f in report["ranks"][0]["files"]):
                 failures.append(f"inspect: {report['ranks'][0]}")

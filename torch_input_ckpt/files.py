@@ -25,9 +25,7 @@ __all__ = [
     "InputCheckpoint",
     "InputFile",
     "MAX_FILE_BYTES",
-    "Newest",
     "encode_checkpoint",
-    "find_newest",
     "list_steps",
     "pinned_steps",
     "prune",
@@ -157,21 +155,6 @@ class InputCheckpoint:
     states: dict[str, Any]
     external: list[str]
     size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Newest:
-    """What restore would pick for one rank: the newest valid checkpoint, and what was skipped on the way.
-
-    Attributes:
-        checkpoint: The newest valid checkpoint, or None if there is none.
-        problems: ``"<file>: <reason>"`` for each damaged file or pointer met, newest first.
-        uncommitted: Steps on disk newer than the pointer (a save interrupted before its pointer update).
-    """
-
-    checkpoint: InputCheckpoint | None
-    problems: list[str]
-    uncommitted: list[int]
 
 
 # -- encoding --------------------------------------------------------------------------------------
@@ -548,51 +531,3 @@ def _short(value: Any) -> str:
     """``repr(value)`` cut to 80 characters: messages about hostile files stay readable."""
     text = repr(value) if not isinstance(value, BaseException) else str(value)
     return text if len(text) <= 80 else f"{text[:77]}..."
-
-
-def find_newest(directory: str | os.PathLike[str], rank: int) -> Newest:
-    """The newest valid checkpoint of ``rank`` in ``directory``, as restore picks it.
-
-    The pointer marks the newest *committed* save: files newer than it (a save killed before its
-    pointer update, or leftovers of a run restored to an earlier step) are passed over. A pointer
-    naming a missing file, and damaged files, are reported and the next older file is tried. With
-    no pointer (e.g. killed during the very first save), all files are candidates.
-
-    A saver may be running at the same time (pruning files as it commits newer ones): the pointer is
-    read before the listing, and when a file vanished under the reader, it starts over (up to
-    :data:`READ_ATTEMPTS` times), so a committed checkpoint is never missed.
-    """
-    directory = Path(directory)
-    for _ in range(READ_ATTEMPTS - 1):
-        newest, vanished = _find_newest_once(directory, rank)
-        if newest.checkpoint is not None or not vanished:
-            return newest
-    return _find_newest_once(directory, rank)[0]
-
-
-def _find_newest_once(directory: Path, rank: int) -> tuple[Newest, bool]:
-    problems: list[str] = []
-    try:
-        pointed = read_pointer(directory, rank)  # before listing: the files it names are listed below
-    except InputStateError as error:
-        problems.append(str(error))
-        pointed = None
-    steps = list_steps(directory).get(rank, [])
-    uncommitted: list[int] = []
-    vanished = False
-    if pointed is not None:
-        uncommitted = [s for s in steps if s > pointed]
-        steps = [s for s in steps if s <= pointed]
-        if pointed not in steps:
-            vanished = True  # pruned after the pointer moved on, or really missing: look again
-            pointer = directory / InputFile.pointer_name(rank)
-            problems.append(f"{pointer}: names {InputFile(rank, pointed).name}, which does not exist")
-    for step in reversed(steps):
-        try:
-            return Newest(read_checkpoint(directory / InputFile(rank, step).name), problems, uncommitted), vanished
-        except FileVanishedError as error:
-            vanished = True
-            problems.append(str(error))
-        except InputStateError as error:
-            problems.append(str(error))
-    return Newest(None, problems, uncommitted), vanished

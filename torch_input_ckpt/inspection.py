@@ -132,10 +132,9 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
             pointer["problem"] = "missing"
     except InputStateError as error:
         pointer["problem"] = _reason(error, directory / pointer["file"])
-    found = files.find_newest(directory, rank)
+    checkpoint, problems, uncommitted = _newest(directory, rank)
     newest = None
-    if found.checkpoint is not None:
-        checkpoint = found.checkpoint
+    if checkpoint is not None:
         newest = {
             "step": checkpoint.step,
             "file": checkpoint.path.name,
@@ -155,9 +154,23 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
         "files": entries,
         "pointer": pointer,
         "newest": newest,
-        "uncommitted_steps": found.uncommitted,
-        "problems": found.problems,
+        "uncommitted_steps": uncommitted,
+        "problems": problems,
     }
+
+
+def _newest(directory: Path, rank: int) -> tuple[files.InputCheckpoint | None, list[str], list[int]]:
+    """What restore would pick for ``rank`` alone (the restore planner's answer), what it passed over, and
+    the steps newer than the pointer."""
+    from .planner import PlanError, plan_restore  # here: planner reads describe_position from this module
+
+    try:
+        plan = plan_restore(directory, 1, rank=rank, alone=True)
+    except PlanError as error:
+        return None, list(error.problems), [s for _, s in error.uncommitted]
+    if plan is None:
+        return None, [], []
+    return plan.checkpoint, list(plan.problems), [s for _, s in plan.uncommitted]
 
 
 def _saved_at(wall_time: float) -> str:
