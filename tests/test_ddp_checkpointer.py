@@ -154,3 +154,36 @@ def test_old_ranks_that_disagree_on_the_position_are_not_resharded(tmp_path):
             c.save(2)
     with pytest.raises(InputStateError, match=r"the 2 old ranks disagree on the position of 'input'.*lockstep"):
         plan_restore(tmp_path, 3)
+
+
+def _count_restore_reads(rank, world, directory):
+    """Restore the newest step, counting every file this rank opens for reading."""
+    from torch_input_ckpt import files
+
+    opened = []
+    real = files.read_regular_file
+
+    def counting(path, limit):
+        opened.append(path.name)
+        return real(path, limit)
+
+    files.read_regular_file = counting
+    try:
+        with InputCheckpointer(directory, _loader(), every_n_steps=1, keep_last=None) as ckpt:
+            step = ckpt.restore()
+    finally:
+        files.read_regular_file = real
+    return step, opened
+
+
+@pytest.mark.parametrize("old,new", [(3, 3), (3, 2)])
+def test_only_rank_0_plans_and_every_other_rank_reads_one_file(tmp_path, old, new):
+    run_world(_train, old, tmp_path, 4, None)
+    results = run_world(_count_restore_reads, new, tmp_path)
+    assert [step for step, _ in results] == [4] * new
+    planner = results[0][1]
+    assert sorted(planner) == sorted(
+        [f"checkpoint_input_{r}" for r in range(old)] + [InputFile(r, 4).name for r in range(old)]
+    )
+    for rank in range(1, new):
+        assert results[rank][1] == [InputFile(rank, 4).name]  # its own old rank's file, nothing else
