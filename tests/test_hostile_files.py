@@ -89,6 +89,18 @@ HOSTILE = {
         lambda p: resign(p, edit=lambda b: b.replace(b'"step":3', b'"step":3,"step":3')),
         "duplicate key 'step'",
     ),
+    "num_replicas -3": (
+        lambda p: resign(p, edit=lambda b: b.replace(b'"num_replicas":1', b'"num_replicas":-3')),
+        "component 'input': num_replicas=-3",
+    ),
+    "num_replicas true": (
+        lambda p: resign(p, edit=lambda b: b.replace(b'"num_replicas":1', b'"num_replicas":true')),
+        "component 'input': num_replicas=True",
+    ),
+    "epoch beyond bound": (
+        lambda p: resign(p, edit=lambda b: b.replace(b'"epoch":0', b'"epoch":' + str(2**62 + 1).encode())),
+        "component 'input': epoch=",
+    ),
     "not canonical": (lambda p: resign(p, edit=lambda b: b.replace(b'"step":3', b'"step": 3')), "checksum mismatch"),
 }
 # "rank beyond world" keeps rank 0 < world 1, so it must stay valid: a control that the checks are not too wide.

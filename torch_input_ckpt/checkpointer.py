@@ -23,10 +23,9 @@ from .encoding import decode_tensors
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .external import external_parts
 from .files import InputCheckpoint, InputFile
-from .inspection import describe_position
 from .lock import WriterLock
 from .planner import RestorePlan, plan_restore
-from .state import is_stateful
+from .schema import is_stateful, positions
 from .world import World
 from .writer import BackgroundWriter
 
@@ -403,7 +402,7 @@ class InputCheckpointer:
             except Exception as error:
                 raise InputStateError(f"{source}: {name}.load_state_dict() failed: {error!r}") from error
         self._last_save_time = self._clock()
-        name, position = next(iter(describe_position(checkpoint.states).items()))
+        name, position = next(iter(positions(checkpoint.states).items()))
         # WARNING, the one level Python prints without any logging set-up: a resume changes what the job
         # does, so it must be visible by default (one line per rank; silence it with the logger's level).
         log.warning(

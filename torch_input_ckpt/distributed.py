@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -68,22 +68,3 @@ def share_from_first(make: Callable[[], Any], group: Any) -> Any:
     if kind == "error":
         raise InputStateError(value)
     return value
-
-
-def _not_reshardable(state: Any) -> str | None:
-    if not isinstance(state, Mapping):
-        return "its state is not a dict"
-    kind = state.get("kind")
-    if kind == "ResumableSampler":
-        return None
-    if kind == "ResumableDataLoader":
-        if state.get("sampler_kind") != "ResumableSampler":
-            return (
-                f"its position (sampler_kind={state.get('sampler_kind')!r}) is per rank or per worker; only a "
-                "ResumableSampler's global cursor can be split over another number of ranks"
-            )
-        ahead = state.get("ahead")
-        if isinstance(ahead, Mapping) and ahead.get("end"):
-            return "it holds batches delivered out of order (in_order=False) beyond its cursor"
-        return None
-    return f"its state (kind={kind!r}) has no global position that could be split over another number of ranks"

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .errors import InputStateError
-from .state import not_plain, to_plain
+from .schema import not_plain, to_plain
 
 __all__ = ["decode_tensors", "to_json"]
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import schema
 from .encoding import to_json
 from .errors import InputStateError
 
@@ -431,6 +432,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> InputCheckpoint:
         checkpoint = _checkpoint(path, doc, len(data))
     except (KeyError, TypeError, ValueError) as error:
         raise damaged(f"malformed checkpoint ({_short(error)})") from error
+    for name, state in checkpoint.states.items():
+        # Our own components' states, as their loaders will check them: inspect's "ok" is restore's.
+        schema.validate(state, f"{path}: component {name!r}")
     named = InputFile.parse(path.name)
     if named is not None and (named.rank, named.step) != (checkpoint.rank, checkpoint.step):
         raise damaged(

@@ -19,12 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from . import files
-
-# Until schema.py lands: what blocks resharding and a state's position are read through these two.
-from .distributed import _not_reshardable
 from .errors import InputStateError
 from .files import InputCheckpoint, InputFile
-from .inspection import describe_position
+from .schema import positions, reshard_blocker
 
 __all__ = ["PlanError", "RestorePlan", "plan_restore"]
 
@@ -298,15 +295,15 @@ def _check_reshardable(checkpoints: list[InputCheckpoint], saved_world: int, wor
     agree on it (they do when they consumed in lockstep)."""
     first = checkpoints[0]
     for name, state in first.states.items():
-        reason = _not_reshardable(state)
+        reason = reshard_blocker(state)
         if reason is not None:
             raise InputStateError(
                 f"{first.path}: component {name!r} cannot be resumed on {world} ranks after being saved on "
                 f"{saved_world}: {reason}. Resume with {saved_world} ranks."
             )
-        positions = {c.rank: describe_position(c.states).get(name) for c in checkpoints}
-        if len(set(positions.values())) != 1:
-            where = {r: None if p is None else (p.epoch, p.position) for r, p in positions.items()}
+        found = {c.rank: positions(c.states).get(name) for c in checkpoints}
+        if len(set(found.values())) != 1:
+            where = {r: None if p is None else (p.epoch, p.position) for r, p in found.items()}
             raise InputStateError(
                 f"{first.path.parent}: at step {first.step} the {saved_world} old ranks disagree on the position of "
                 f"{name!r} (rank: (epoch, cursor) = {where}); they must consume in lockstep to be resharded"

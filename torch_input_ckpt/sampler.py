@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Sampler
 
-from .errors import InputStateError
+from .cursor import Cursor, epoch_request
 from .permutation import (
     MAX_LENGTH,
     FeistelPermutation,
@@ -16,7 +16,7 @@ from .permutation import (
     RandpermPermutation,
     sample_seeds,
 )
-from .state import FORMAT_VERSION, check_header, check_same, field
+from .schema import SamplerState, check_same
 from .world import World
 
 __all__ = ["ResumableSampler"]
@@ -82,17 +82,15 @@ class ResumableSampler(Sampler[int]):
         self.seed = seed
         self.drop_last = drop_last
         self.order: Order = order
-        self._epoch = 0
-        self._cursor = 0
-        # Bumped by set_epoch/load_state_dict, so that an iterator started before the change
-        # stops writing its progress into the new position.
-        self._generation = 0
+        # The position; its generation is bumped by set_epoch/load_state_dict, so that an iterator
+        # started before the change stops writing its progress into the new position.
+        self._at = Cursor()
         # Set by load_state_dict: the next iter() continues the saved pass literally, even when it has
         # nothing left, as StatefulDataLoader expects (it re-creates the pass's iterator on load and
         # starts a new pass, i.e. calls iter() again, only after that one is exhausted).
         self._resume_pending = False
         # The chunk a live __iter__ is handing out: (generation, cursor at its start, its list iterator,
-        # its length), read by _position() to know how far the iteration got.
+        # its length), read by position() to know how far the iteration got.
         self._live: tuple[int, int, Iterator[int], int] | None = None
         self._permutation_cache: tuple[int, Any] | None = None
 
@@ -111,17 +109,34 @@ class ResumableSampler(Sampler[int]):
     @property
     def epoch(self) -> int:
         """The epoch the next ``iter()`` produces or resumes (a finished epoch counts as the next one)."""
-        return self._position()[0]
+        return self.position()[0]
 
     @property
     def cursor(self) -> int:
         """Samples consumed by all ranks together in the current epoch (the global cursor)."""
-        return self._position()[1]
+        return self.position()[1]
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its beginning, unless it is already the current epoch (then keep the position)."""
-        if epoch != self.epoch:
-            self._move_to(epoch, 0)
+        """Start ``epoch`` from its beginning, unless it is already the current epoch (then keep the position).
+
+        After a restore, an epoch behind the restored one is most likely a loop counter that came from
+        elsewhere: see :func:`~torch_input_ckpt.cursor.epoch_request` for the rule (it warns with
+        :class:`~torch_input_ckpt.EpochMismatchWarning`). :meth:`restart_epoch` starts any epoch over.
+        """
+        current, cursor = self.position()
+        action = epoch_request(
+            epoch, current, restored=self._at.restored, at_start=cursor == 0, owner=type(self).__name__
+        )
+        if action == "restart":
+            self.move_to(epoch, 0)
+        elif action == "finish":
+            # The pass of `epoch` that comes next is its (empty) rest; then `current` starts.
+            self.move_to(epoch, self.length)
+            self._resume_pending = True
+
+    def restart_epoch(self, epoch: int | None = None) -> None:
+        """Start ``epoch`` (default: the current one) from its beginning, whatever the position."""
+        self.move_to(self.epoch if epoch is None else epoch, 0)
 
     def rank_count(self, cursor: int = 0) -> int:
         """How many samples this rank takes from ``cursor`` to the end of the epoch (padding included)."""
@@ -135,31 +150,39 @@ class ResumableSampler(Sampler[int]):
         """Samples this rank takes in a whole epoch, as ``DistributedSampler.num_samples``."""
         return self.rank_count(0)
 
-    def _position(self, normalize: bool = True) -> tuple[int, int]:
-        live = self._live
-        if live is not None and live[0] == self._generation:
-            _, base, handed, size = live
-            self._cursor = base + (size - handed.__length_hint__()) * self.world.size
-        # A cursor with nothing left for any rank is the start of the next epoch: normalising when
-        # the position is read (rather than when the last index is handed out) keeps readers consistent.
-        # (An epoch with nothing in it at all, drop_last with fewer samples than ranks, stays put.)
-        if normalize and not self._resume_pending and self._cursor > 0 and self.rank_count(self._cursor) == 0:
-            return self._epoch + 1, 0
-        return self._epoch, self._cursor
+    @property
+    def generation(self) -> int:
+        """Bumped whenever the position is moved from outside (:meth:`set_epoch`, :meth:`load_state_dict`,
+        :meth:`move_to`): a consumer that started at an older generation must stop committing."""
+        return self._at.generation
 
-    def _move_to(self, epoch: int, cursor: int) -> None:
-        self._epoch, self._cursor = epoch, cursor
-        self._generation += 1
+    def position(self, normalize: bool = True) -> tuple[int, int]:
+        """``(epoch, cursor)`` now. With ``normalize``, a pass with nothing left for any rank reads as
+        the start of the next epoch (normalising when the position is read, rather than when the last
+        index is handed out, keeps readers consistent); an epoch with nothing in it at all (drop_last
+        with fewer samples than ranks) stays put."""
+        at, live = self._at, self._live
+        if live is not None and live[0] == at.generation:
+            _, base, handed, size = live
+            at.value = base + (size - handed.__length_hint__()) * self.world.size
+        if normalize and not self._resume_pending and at.value > 0 and self.rank_count(at.value) == 0:
+            return at.epoch + 1, 0
+        return at.epoch, at.value
+
+    def move_to(self, epoch: int, cursor: int = 0) -> None:
+        """Put the position at ``(epoch, cursor)`` (a move from outside: a new generation)."""
+        self._at.move_to(epoch, cursor)
         self._resume_pending = False
         self._live = None
 
-    def _commit(self, generation: int, epoch: int, cursor: int) -> None:
-        """Record progress made by an iterator started at ``generation`` (ignored if moved since).
+    def commit(self, generation: int, epoch: int, cursor: int) -> None:
+        """Record progress made by a consumer started at ``generation`` (ignored if moved since).
 
         A committed position supersedes any chunk an earlier ``__iter__`` was handing out.
         """
-        if generation == self._generation:
-            self._epoch, self._cursor, self._live = epoch, cursor, None
+        if self._at.commit(generation, epoch, cursor):
+            self._live = None
+            self._resume_pending = False
 
     # -- iteration --------------------------------------------------------------------------------
 
@@ -170,20 +193,21 @@ class ResumableSampler(Sampler[int]):
         workers the state runs ahead of the batches the caller received; ``ResumableDataLoader`` and
         ``StatefulDataLoader`` account for that.
         """
-        epoch, start = self._position()
-        generation = self._generation
-        self._epoch, self._cursor, self._resume_pending = epoch, start, False
+        epoch, start = self.position()
+        generation = self.generation
+        self._at.commit(generation, epoch, start)
+        self._resume_pending = False
         step = self.world.size
         count = self.rank_count(start)
         base = start
         for indices, _ in self.chunks(epoch, start, 0, count, with_seeds=False):
             # No per-index bookkeeping: the chunk's list iterator knows how many it has handed out,
-            # and _position() asks it. `yield from` a list runs at C speed.
+            # and position() asks it. `yield from` a list runs at C speed.
             handed = iter(indices)
             self._live = (generation, base, handed, len(indices))
             yield from handed
             base += len(indices) * step
-            self._commit(generation, epoch, base)
+            self.commit(generation, epoch, base)
 
     def permutation(self, epoch: int) -> Any:
         """The permutation object for ``epoch`` (a callable on int64 position tensors)."""
@@ -244,22 +268,21 @@ class ResumableSampler(Sampler[int]):
         the first ``iter()`` after loading it yields what is left of that pass (nothing) before the
         next ``iter()`` starts the next epoch. This is what ``StatefulDataLoader`` expects.
         """
-        return self._state(normalize=False)
+        return self.saved_state(normalize=False).to_dict()
 
-    def _state(self, normalize: bool) -> dict[str, Any]:
-        epoch, cursor = self._position(normalize)
-        return {
-            "kind": "ResumableSampler",
-            "version": FORMAT_VERSION,
-            "epoch": epoch,
-            "cursor": cursor,
-            "length": self.length,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "drop_last": self.drop_last,
-            "order": self.order,
-            "num_replicas": self.world.size,
-        }
+    def saved_state(self, normalize: bool) -> SamplerState:
+        """The typed state; with ``normalize``, a finished pass reads as the next epoch's start."""
+        epoch, cursor = self.position(normalize)
+        return SamplerState(
+            epoch=epoch,
+            cursor=cursor,
+            length=self.length,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            order=self.order,
+            num_replicas=self.world.size,
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any], *, source: str = "state_dict") -> None:
         """Restore a position saved by :meth:`state_dict`, on this or another world size.
@@ -268,25 +291,31 @@ class ResumableSampler(Sampler[int]):
             InputStateError: (a ``ValueError``) when the state is malformed, of another format version,
                 or was saved for another dataset length, seed, shuffle, order or ``drop_last``.
         """
-        state = check_header(state_dict, "ResumableSampler", source)
-        for name, current in (
-            ("length", self.length),
-            ("seed", self.seed),
-            ("shuffle", self.shuffle),
-            ("drop_last", self.drop_last),
-            ("order", self.order),
+        self.load(SamplerState.from_dict(state_dict, source), source, literal=True)
+
+    def load(self, state: SamplerState, source: str, *, literal: bool) -> None:
+        """Restore a parsed state after checking it fits this sampler's configuration.
+
+        Args:
+            state: The parsed state.
+            source: Where it came from, for messages.
+            literal: The next ``iter()`` continues the saved pass literally, even with nothing left in it,
+                as ``StatefulDataLoader`` expects (it re-creates the pass's iterator on load and starts a
+                new pass only after that one is exhausted). ``ResumableDataLoader`` normalises instead.
+
+        Raises:
+            InputStateError: for another dataset length, seed, shuffle, order or ``drop_last``.
+        """
+        for name, saved, current in (
+            ("length", state.length, self.length),
+            ("seed", state.seed, self.seed),
+            ("shuffle", state.shuffle, self.shuffle),
+            ("drop_last", state.drop_last, self.drop_last),
+            ("order", state.order, self.order),
         ):
-            saved = field(state, name, type(current), source)
             check_same(name, saved, current, source, f"Construct the sampler with {name}={saved!r} to resume.")
-        epoch = field(state, "epoch", int, source)
-        cursor = field(state, "cursor", int, source)
-        saved_world = field(state, "num_replicas", int, source)
-        if epoch < 0 or not 0 <= cursor < self.length + saved_world:
-            raise InputStateError(
-                f"{source}: saved position epoch={epoch}, cursor={cursor} is invalid; expected "
-                f"epoch >= 0 and 0 <= cursor < length + num_replicas = {self.length + saved_world}"
-            )
         # Any cursor at or past the end means "this pass is over"; store it as `length` so that a state
         # re-saved under another world size stays within that world's bound.
-        self._move_to(epoch, min(cursor, self.length))
-        self._resume_pending = True
+        self._at.move_to(state.epoch, min(state.cursor, self.length), restored=True)
+        self._live = None
+        self._resume_pending = literal
