@@ -187,3 +187,22 @@ def test_only_rank_0_plans_and_every_other_rank_reads_one_file(tmp_path, old, ne
     )
     for rank in range(1, new):
         assert results[rank][1] == [InputFile(rank, 4).name]  # its own old rank's file, nothing else
+
+
+def _restore_from_own_directory(rank, world, directory):
+    """Each rank restores from a directory of its own (not shared): only rank 0's holds rank 1's file."""
+    mine = Path(directory) / f"node{rank}"
+    with InputCheckpointer(mine, _loader(), every_n_steps=1) as ckpt:
+        try:
+            ckpt.restore()
+        except InputStateError as error:
+            return str(error)
+    return None
+
+
+def test_a_directory_not_shared_by_all_ranks_fails_every_rank_not_a_hang(tmp_path):
+    run_world(_train, 2, tmp_path / "node0", 3, None)  # node0 holds both ranks' files; node1 none
+    (tmp_path / "node1").mkdir()
+    errors = run_world(_restore_from_own_directory, 2, tmp_path, timeout=60)
+    assert errors[1] is not None and "input_1-00000003.json: file does not exist" in errors[1]
+    assert errors[0] == f"rank 1 could not read its input checkpoint: {errors[1]}"

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from . import files
 from ._compat import FastForwardNoticeFilter
 from .arguments import check_choice, check_int, check_positive_number
-from .distributed import SaveAgreement, cpu_group, share_from_first
+from .distributed import SaveAgreement, all_succeeded, cpu_group, share_from_first
 from .encoding import decode_tensors
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .external import external_parts
@@ -79,8 +79,9 @@ class InputCheckpointer:
             ``IterableDataset`` without state): ``"fail"`` raises ``ValueError``, ``"warn"`` warns
             once (:class:`ExternalStateWarning`) and saves the rest, ``"ignore"`` saves the rest.
         process_group: Under torch.distributed, the group for the checkpointer's own collectives (one
-            broadcast every ``sync_every_n_steps`` steps when ``every_n_seconds`` is set; one gather per
-            restore). Default: the default group if it is gloo, else a new gloo group.
+            broadcast every ``sync_every_n_steps`` steps when ``every_n_seconds`` is set; per restore, one
+            broadcast of the plan and one all-gather of a success flag). Default: the default group if it
+            is gloo, else a new gloo group.
         sync_every_n_steps: Under torch.distributed, how often the ranks agree on a time-based save:
             rank 0's clock decides, so all ranks save at the same step, at most this many steps late.
         clock: The clock of ``every_n_seconds``, a callable returning seconds (default
@@ -356,8 +357,17 @@ class InputCheckpointer:
                 mine,
             )
         checkpoint = plan.checkpoint
+        error = None
         if checkpoint is None or checkpoint.rank != plan.source_rank(self.rank):
-            checkpoint = files.read_checkpoint(plan.path(self.directory, self.rank))
+            try:
+                checkpoint = files.read_checkpoint(plan.path(self.directory, self.rank))
+            except InputStateError as raised:  # e.g. a directory that is not shared by all ranks
+                error = raised
+        if self._collective:
+            all_succeeded(error, self._group)  # every rank raises together: an error, not a hang
+        elif error is not None:
+            raise error
+        assert checkpoint is not None
         if self._world_known and plan.saved_world != self.world.size:
             log.info(
                 "resharding the input pipeline saved by %d ranks at step %d over %d ranks (rank %d reads %s)",

@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from .errors import InputStateError
 
-__all__ = ["SaveAgreement", "cpu_group", "share_from_first"]
+__all__ = ["SaveAgreement", "all_succeeded", "cpu_group", "share_from_first"]
 
 
 def cpu_group(process_group: Any = None) -> Any:
@@ -68,3 +68,20 @@ def share_from_first(make: Callable[[], Any], group: Any) -> Any:
     if kind == "error":
         raise InputStateError(value)
     return value
+
+
+def all_succeeded(error: Exception | None, group: Any) -> None:
+    """Every rank reports whether its step succeeded (one all-gather of a short text); if any failed,
+    every rank raises, naming the first rank that failed, so that none is left waiting in a collective.
+
+    Raises:
+        InputStateError: ``rank <r>: <its error>``, on every rank.
+    """
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, None if error is None else str(error), group=group)
+    failed = [(r, text) for r, text in enumerate(out) if text is not None]
+    if failed:
+        if error is not None:
+            raise error
+        rank, text = failed[0]
+        raise InputStateError(f"rank {rank} could not read its input checkpoint: {text}")
