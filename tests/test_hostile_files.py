@@ -174,6 +174,27 @@ def test_a_symlinked_pointer_is_refused_and_its_target_never_echoed(tmp_path, ca
     assert "is a symbolic link" in out and "SECRET" not in out
 
 
+def test_a_fifo_at_the_pointers_name_is_refused_without_hanging(tmp_path, capsys):
+    save_steps(tmp_path)
+    (tmp_path / "checkpoint_input_0").unlink()
+    os.mkfifo(tmp_path / "checkpoint_input_0")
+    with pytest.raises(InputStateError, match="checkpoint_input_0: not a regular file"):
+        files.read_pointer(tmp_path, 0)
+    assert main(["inspect", str(tmp_path)]) == 0
+    assert "checkpoint_input_0: not a regular file" in capsys.readouterr().out
+
+
+def test_inspect_marks_pinned_checkpoints(tmp_path, capsys):
+    with InputCheckpointer(tmp_path, ResumableSampler(40), every_n_steps=1, keep_last=1) as ckpt:
+        ckpt.save(1, pin=True)
+        ckpt.save(2)
+        ckpt.save(3)
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"  {InputFile(0, 1).name}  " in out and "ok  (pinned: kept until unpinned)" in out
+    assert out.count("(pinned:") == 1
+
+
 def test_a_garbled_pointer_is_described_by_length_and_hash_not_content(tmp_path):
     save_steps(tmp_path)
     (tmp_path / "checkpoint_input_0").write_text(SECRET)

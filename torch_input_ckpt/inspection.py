@@ -45,6 +45,7 @@ def inspect_directory(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]:
     entries = []
+    pinned = set(files.pinned_steps(directory, rank))
     for step in steps:
         path = directory / InputFile(rank, step).name
         entry: dict[str, Any] = {
@@ -53,6 +54,7 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
             "bytes": _size(path),
             "valid": True,
             "problem": None,
+            "pinned": step in pinned,
         }
         try:
             files.read_checkpoint(path)
@@ -136,7 +138,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"rank {rank['rank']}: steps {', '.join(map(str, steps)) if steps else 'none'}")
         for entry in rank["files"]:
             status = "ok" if entry["valid"] else f"DAMAGED: {entry['problem']}"
-            lines.append(f"  {entry['file']}  {_bytes(entry['bytes'])}  {status}")
+            pin = "  (pinned: kept until unpinned)" if entry.get("pinned") else ""
+            lines.append(f"  {entry['file']}  {_bytes(entry['bytes'])}  {status}{pin}")
         pointer = rank["pointer"]
         if pointer["problem"] is None:
             lines.append(f"  {pointer['file']} -> step {pointer['step']}")
