@@ -98,7 +98,7 @@ def trained_stream(log: Path) -> tuple[list, list[int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("workers", "kills"), [(0, 5), (2, 4)])
+@pytest.mark.parametrize(("workers", "kills"), [(0, 12), (2, 8)])
 def test_sigkill_at_random_moments_resumes_the_exact_stream(tmp_path, workers, kills):
     reference_log = tmp_path / "reference.jsonl"
     proc = start(tmp_path / "reference", reference_log, workers)
