@@ -7,6 +7,7 @@ from torchdata.stateful_dataloader import Stateful
 from .checkpointer import InputCheckpointer
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .loader import ResumableDataLoader
+from .mixture import Mixture, Origin
 from .sampler import ResumableSampler
 from .world import World
 
@@ -15,6 +16,8 @@ __all__ = [
     "InputCheckpointWarning",
     "InputCheckpointer",
     "InputStateError",
+    "Mixture",
+    "Origin",
     "ResumableDataLoader",
     "ResumableSampler",
     "Stateful",
