@@ -275,13 +275,11 @@ class ResumableDataLoader(DataLoader):
             self._iterable.load_state_dict(state, source)
             return
         length = len(self.dataset)  # type: ignore[arg-type]
-        check_same(
-            "dataset_length",
-            field(state, "dataset_length", int, source),
-            length,
-            source,
-            "Resume with the dataset the state was saved for.",
-        )
+        saved_length = field(state, "dataset_length", int, source)
+        # A dataset with its own epoch order (a Mixture) checks its length in the sampler's state.
+        if not callable(getattr(self.dataset, "load_order_state", None)):
+            fix = "Resume with the dataset the state was saved for."
+            check_same("dataset_length", saved_length, length, source, fix)
         saved_reseed = field(state, "reseed_rng", bool, source)
         if saved_reseed != self.reseed_rng:
             warnings.warn(

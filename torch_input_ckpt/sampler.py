@@ -27,6 +27,8 @@ _ORDERS: dict[str, type] = {"feistel": FeistelPermutation, "randperm": RandpermP
 # amortised, small enough that memory stays flat whatever the dataset length.
 CHUNK = 32768
 _FIRST_CHUNK = 512
+# The key under which a dataset that provides its own epoch order (e.g. a Mixture) nests its state.
+DATASET_ORDER = "dataset_order"
 
 
 class ResumableSampler(Sampler[int]):
@@ -95,6 +97,9 @@ class ResumableSampler(Sampler[int]):
         # its length), read by _position() to know how far the iteration got.
         self._live: tuple[int, int, Iterator[int], int] | None = None
         self._permutation_cache: tuple[int, Any] | None = None
+        # A dataset with its own epoch order (the protocol: epoch_order, order_state, load_order_state)
+        # replaces the permutation; its counters are saved with this sampler's state.
+        self._dataset_order = None if isinstance(data_source_or_length, int) else _order_protocol(data_source_or_length)
 
     # -- position ---------------------------------------------------------------------------------
 
@@ -187,6 +192,8 @@ class ResumableSampler(Sampler[int]):
 
     def permutation(self, epoch: int) -> Any:
         """The permutation object for ``epoch`` (a callable on int64 position tensors)."""
+        if self._dataset_order is not None:
+            return self._dataset_order.epoch_order(self.seed, epoch, self.shuffle)
         cached = self._permutation_cache
         if cached is not None and cached[0] == epoch:
             return cached[1]
@@ -248,7 +255,7 @@ class ResumableSampler(Sampler[int]):
 
     def _state(self, normalize: bool) -> dict[str, Any]:
         epoch, cursor = self._position(normalize)
-        return {
+        state = {
             "kind": "ResumableSampler",
             "version": FORMAT_VERSION,
             "epoch": epoch,
@@ -260,6 +267,9 @@ class ResumableSampler(Sampler[int]):
             "order": self.order,
             "num_replicas": self.world.size,
         }
+        if self._dataset_order is not None:
+            state[DATASET_ORDER] = self._dataset_order.order_state()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any], *, source: str = "state_dict") -> None:
         """Restore a position saved by :meth:`state_dict`, on this or another world size.
@@ -269,8 +279,10 @@ class ResumableSampler(Sampler[int]):
                 or was saved for another dataset length, seed, shuffle, order or ``drop_last``.
         """
         state = check_header(state_dict, "ResumableSampler", source)
+        # A dataset with its own order checks its length itself (a mixture's may change at an epoch boundary).
+        checked = (("length", self.length),) if self._dataset_order is None else ()
         for name, current in (
-            ("length", self.length),
+            *checked,
             ("seed", self.seed),
             ("shuffle", self.shuffle),
             ("drop_last", self.drop_last),
@@ -286,7 +298,22 @@ class ResumableSampler(Sampler[int]):
                 f"{source}: saved position epoch={epoch}, cursor={cursor} is invalid; expected "
                 f"epoch >= 0 and 0 <= cursor < length + num_replicas = {self.length + saved_world}"
             )
+        if self._dataset_order is not None:
+            self._dataset_order.load_order_state(
+                field(state, DATASET_ORDER, dict, source),
+                seed=self.seed,
+                shuffle=self.shuffle,
+                epoch=epoch,
+                cursor=cursor,
+                source=source,
+            )
         # Any cursor at or past the end means "this pass is over"; store it as `length` so that a state
         # re-saved under another world size stays within that world's bound.
         self._move_to(epoch, min(cursor, self.length))
         self._resume_pending = True
+
+
+def _order_protocol(dataset: Any) -> Any:
+    """``dataset`` if it provides its own epoch order (``epoch_order``, ``order_state``, ``load_order_state``)."""
+    names = ("epoch_order", "order_state", "load_order_state")
+    return dataset if all(callable(getattr(dataset, name, None)) for name in names) else None
