@@ -146,8 +146,13 @@ class SegmentLayout:
         first_slot = torch.cumsum(sizes, 0) - sizes
         shift = torch.tensor(before, dtype=torch.int64) - first_slot
         numbers = torch.arange(size, dtype=torch.int64) + torch.repeat_interleave(shift, sizes)
-        order = self._order(b, size, sources, numbers)
-        block = Block(sum(before), before, sources[order], numbers[order])
+        delivered = sources[self._order(b, size, sources, numbers)]
+        # A source's samples are numbered in delivery order (its k-th slot of the block gets its k-th
+        # number), so that its first samples are the ones consumed first: a stable sort of the delivered
+        # sources lists each source's slots in delivery order, and `numbers` is sorted the same way.
+        renumbered = torch.empty_like(numbers)
+        renumbered[torch.sort(delivered, stable=True).indices] = numbers
+        block = Block(sum(before), before, delivered, renumbered)
         self._cache = (b, block)
         return block
 
