@@ -19,39 +19,55 @@ the counts consumed before a cursor, which a weight change on resume needs, woul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 import torch
 
-__all__ = ["BLOCK", "Block", "SegmentLayout", "largest_remainder", "prefix_count"]
+__all__ = ["BLOCK", "Block", "SegmentLayout", "integer_weights", "largest_remainder", "prefix_count"]
 
 # Keys per block: large enough that a block's fixed cost (one small permutation, O(#sources)
 # integer work) is amortised, small enough that the first batch after a resume costs little.
 BLOCK = 4096
 
 
-def largest_remainder(weights: Sequence[Fraction], total: int) -> list[int]:
+def integer_weights(weights: Sequence[Fraction | int | float]) -> tuple[int, ...]:
+    """Weights as the smallest integers in the same proportions (exact: a float is a dyadic fraction).
+
+    Two weight vectors give the same layout exactly when these are equal.
+
+    Raises:
+        ValueError: if a weight is negative or not finite, or all are 0.
+    """
+    fractions = [Fraction(w) for w in weights]
+    if any(f < 0 for f in fractions):
+        raise ValueError(f"weights must be >= 0 (got {[str(f) for f in fractions]})")
+    denominator = math.lcm(*(f.denominator for f in fractions))
+    numerators = [f.numerator * (denominator // f.denominator) for f in fractions]
+    common = math.gcd(*numerators)
+    if common == 0:
+        raise ValueError(f"at least one weight must be > 0 (got {[str(f) for f in fractions]})")
+    return tuple(n // common for n in numerators)
+
+
+def largest_remainder(weights: Sequence[Fraction | int | float], total: int) -> list[int]:
     """Integer counts proportional to ``weights`` that sum exactly to ``total`` (Hamilton's method).
 
     Each source gets ``floor(w * total / sum(w))``; the samples left over go one each to the largest
-    remainders, ties to the earlier source. A weight of 0 gets 0.
+    remainders, ties to the earlier source. A weight of 0 gets 0. Exact integer arithmetic throughout.
 
     Raises:
         ValueError: if a weight is negative or all are 0, or ``total < 0``.
     """
     if total < 0:
         raise ValueError(f"total must be >= 0 (got {total=})")
-    if any(w < 0 for w in weights):
-        raise ValueError(f"weights must be >= 0 (got {list(map(str, weights))})")
-    whole = sum(weights, Fraction(0))
-    if whole == 0:
-        raise ValueError(f"at least one weight must be > 0 (got {list(map(str, weights))})")
-    shares = [w * total / whole for w in weights]
-    counts = [int(s) for s in shares]  # floor: shares are >= 0
+    integers = integer_weights(weights)
+    whole = sum(integers)
+    counts = [w * total // whole for w in integers]
+    remainders = [w * total % whole for w in integers]
     left = total - sum(counts)
-    by_remainder = sorted(range(len(shares)), key=lambda k: (-(shares[k] - counts[k]), k))
-    for k in by_remainder[:left]:
+    for k in sorted(range(len(counts)), key=lambda k: (-remainders[k], k))[:left]:
         counts[k] += 1
     return counts
 
@@ -123,7 +139,11 @@ class SegmentLayout:
 
     def find(self, q: int) -> int:
         """The block holding position ``q`` (``0 <= q < total``): the last ``b`` with ``P(b) <= q``."""
-        lo, hi = 0, self.blocks - 1
+        # Each prefix count is within one of its share of x, so P(b) is within #sources of b * block:
+        # the search window is a few blocks wide, whatever the segment's length.
+        spread = len(self.counts) + 1
+        lo = max(0, (q - spread) // self.block - 1)
+        hi = min(self.blocks - 1, (q + spread) // self.block + 1)
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if self.block_start(mid) <= q:
@@ -140,12 +160,14 @@ class SegmentLayout:
         before, after = self.before_block(b), self.before_block(b + 1)
         sizes = torch.tensor([a - s for s, a in zip(before, after, strict=True)], dtype=torch.int64)
         size = int(sizes.sum())
-        ids = torch.arange(len(self.counts), dtype=torch.int64)
-        sources = torch.repeat_interleave(ids, sizes)
+        # Slots in source order: source k's run of sizes[k] slots. (searchsorted rather than
+        # repeat_interleave, which stalls on torch's thread pool when the cores are busy: 2.7 ms vs 9 µs.)
+        ends = torch.cumsum(sizes, 0)
+        slots = torch.arange(size, dtype=torch.int64)
+        sources = torch.searchsorted(ends, slots, right=True)
         # Slot i of source k's run is its sample before[k] + (i - first slot of the run).
-        first_slot = torch.cumsum(sizes, 0) - sizes
-        shift = torch.tensor(before, dtype=torch.int64) - first_slot
-        numbers = torch.arange(size, dtype=torch.int64) + torch.repeat_interleave(shift, sizes)
+        shift = torch.tensor(before, dtype=torch.int64) - (ends - sizes)
+        numbers = slots + shift[sources]
         delivered = sources[self._order(b, size, sources, numbers)]
         # A source's samples are numbered in delivery order (its k-th slot of the block gets its k-th
         # number), so that its first samples are the ones consumed first: a stable sort of the delivered

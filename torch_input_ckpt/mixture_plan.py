@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 import torch
 
 from .errors import InputStateError
-from .mixture_layout import SegmentLayout, largest_remainder
+from .mixture_layout import SegmentLayout, integer_weights, largest_remainder
 from .mixture_sources import SourceCursor, SourceTable, source_seed
 from .permutation import FeistelPermutation, mix64
 from .state import FORMAT_VERSION, check_header
@@ -68,10 +67,10 @@ class Plan:
     retired: Mapping[str, tuple[int, SourceCursor]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        fractions = [Fraction(w) for w in self.weights]
-        object.__setattr__(self, "counts", largest_remainder(fractions, self.total))
+        integers = integer_weights(self.weights)
+        object.__setattr__(self, "counts", largest_remainder(integers, self.total))
         rest = self.total - self.anchor_position
-        object.__setattr__(self, "segment_counts", largest_remainder(fractions, rest))
+        object.__setattr__(self, "segment_counts", largest_remainder(integers, rest))
 
     counts: list[int] = field(init=False, repr=False, compare=False)
     segment_counts: list[int] = field(init=False, repr=False, compare=False)

@@ -15,9 +15,9 @@ Rules (checked in this order; the README's table says the same):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 
 from .errors import InputStateError
+from .mixture_layout import integer_weights
 from .mixture_plan import Plan
 from .mixture_sources import SourceCursor
 
@@ -45,12 +45,6 @@ class Position:
     cursor: int
 
 
-def _normalised(weights: tuple[float, ...]) -> tuple[Fraction, ...]:
-    fractions = [Fraction(w) for w in weights]
-    whole = sum(fractions, Fraction(0))
-    return tuple(f / whole for f in fractions)
-
-
 def resume_plan(saved: Plan, now: Configuration, at: Position, source: str) -> Plan:
     """The plan to continue with, given the saved one and the mixture as built now.
 
@@ -58,10 +52,10 @@ def resume_plan(saved: Plan, now: Configuration, at: Position, source: str) -> P
         InputStateError: for a changed ``samples_per_epoch`` mid-epoch, a shrunk source, or a grown one
             without ``allow_growth``, naming both values and the fix.
     """
-    same_layout = (saved.total, saved.names, _normalised(saved.weights)) == (
+    same_layout = (saved.total, saved.names, integer_weights(saved.weights)) == (
         now.total,
         now.names,
-        _normalised(now.weights),
+        integer_weights(now.weights),
     )
     if same_layout and tuple(c.length for c in saved.cursors) == now.lengths:
         return saved
