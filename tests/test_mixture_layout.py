@@ -76,7 +76,7 @@ def test_layout_places_each_sample_once_in_order_and_counts_consumption(counts, 
 def test_source_numbering_is_exactly_once_per_source_epoch_with_growth(length, growth, grow_at, seed):
     cursor = SourceCursor.fresh(length)
     grown = cursor.grow(grow_at, length + growth) if growth else cursor
-    table = SourceTable([source_seed(seed, "s")], [grown], [0])
+    table = SourceTable([source_seed(seed, "s")], [grown])
     g = torch.arange(grow_at, grow_at + 3 * (length + growth) + 5, dtype=torch.int64)
     epochs, indices = table.locate(torch.zeros_like(g), g)
     # Expected source epochs: those begun before the growth keep the old length (the one in progress is
@@ -91,17 +91,18 @@ def test_source_numbering_is_exactly_once_per_source_epoch_with_growth(length, g
             assert sorted(items) == list(range(size))
     # The numbering is a pure function: the same from the first cursor for samples before any growth.
     if not growth:
-        plain = SourceTable([source_seed(seed, "s")], [cursor], [0]).locate(torch.zeros_like(g), g)
+        plain = SourceTable([source_seed(seed, "s")], [cursor]).locate(torch.zeros_like(g), g)
         assert torch.equal(plain[1], indices)
 
 
 def test_a_source_of_length_one_and_a_weight_of_zero():
     counts = largest_remainder([Fraction(0), Fraction(1), Fraction(3)], 100)
     assert counts == [0, 25, 75]
-    table = SourceTable([source_seed(0, "one")], [SourceCursor.fresh(1)], [5])
+    table = SourceTable([source_seed(0, "one"), source_seed(0, "two")], [SourceCursor.fresh(1), SourceCursor.fresh(2)])
     epochs, indices = table.locate(torch.zeros(4, dtype=torch.int64), torch.arange(4))
     assert epochs.tolist() == [0, 1, 2, 3] and indices.tolist() == [0, 0, 0, 0]
-    assert table.flat(torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)).tolist() == [5]
+    # Keys interleave the sources: index * #sources + source.
+    assert table.keys(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1])).tolist() == [0, 1, 3]
 
 
 @settings(max_examples=40, deadline=None)

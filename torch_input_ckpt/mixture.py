@@ -17,7 +17,6 @@ current weights, not the ones it had.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,8 +43,8 @@ class Origin:
 class Mixture(Dataset):
     """Map-style datasets mixed by weight; pass it to :class:`~torch_input_ckpt.ResumableDataLoader`.
 
-    Its keys are flat indices into the concatenated sources and ``mixture[key]`` is the source's own
-    item; the order of an epoch (which key at which position) is the mixture's, and
+    A key is ``index * #sources + source`` (the source's place in ``sources``), and ``mixture[key]``
+    is the source's own item; the order of an epoch (which key at which position) is the mixture's, and
     :class:`~torch_input_ckpt.ResumableSampler` uses it in place of its permutation, and saves the
     mixture's counters with its own state.
 
@@ -82,7 +81,7 @@ class Mixture(Dataset):
             raise ValueError(f"samples_per_epoch must be an int >= 1 (got {samples_per_epoch=})")
         self.samples_per_epoch = total
         self.allow_growth = allow_growth
-        self._offsets = [sum(self.lengths[:k]) for k in range(len(names))]
+        self._getters = [self.sources[name].__getitem__ for name in names]
         self._plan = Plan.fresh(total, names, self.weights, self.lengths)
         self._order: tuple[tuple[int, int, bool], EpochOrder] | None = None
 
@@ -93,30 +92,26 @@ class Mixture(Dataset):
         return self.samples_per_epoch
 
     def locate_key(self, key: int) -> tuple[str, int]:
-        """The ``(source name, index)`` a flat key refers to."""
-        k = bisect.bisect_right(self._offsets, key) - 1
-        if not 0 <= key < self._offsets[-1] + self.lengths[-1]:
-            raise IndexError(f"mixture key {key} is outside [0, {self._offsets[-1] + self.lengths[-1]})")
-        return self.names[k], key - self._offsets[k]
+        """The ``(source name, index)`` a key refers to (a key is ``index * #sources + source``)."""
+        index, k = divmod(key, len(self.names))
+        if not 0 <= key or index >= self.lengths[k]:
+            raise IndexError(f"mixture key {key} is not that of an item (source {k}, index {index})")
+        return self.names[k], index
 
     def __getitem__(self, key: int) -> Any:
-        """The item a flat key refers to (the source's own item)."""
+        """The item a key refers to (the source's own item)."""
         name, index = self.locate_key(key)
         return self.sources[name][index]
 
     def __getitems__(self, keys: Sequence[int]) -> list[Any]:
-        """Fetch a batch (torch's fetcher calls this): the keys are routed to their sources in one go."""
-        offsets, names, sources = self._offsets, self.names, self.sources
-        out = []
-        for key in keys:
-            k = bisect.bisect_right(offsets, key) - 1
-            out.append(sources[names[k]][key - offsets[k]])
-        return out
+        """Fetch a batch (torch's fetcher calls this): one division routes a key to its source."""
+        getters, count = self._getters, len(self._getters)
+        return [getters[key % count](key // count) for key in keys]
 
     # -- the order protocol ResumableSampler uses -----------------------------------------------------
 
     def epoch_order(self, seed: int, epoch: int, shuffle: bool) -> EpochOrder:
-        """Epoch ``epoch``'s order: a callable on int64 position tensors, returning flat keys."""
+        """Epoch ``epoch``'s order: a callable on int64 position tensors, returning the mixture's keys."""
         key = (seed, epoch, shuffle)
         if self._order is None or self._order[0] != key or self._order[1].plan is not self._plan:
             self._order = (key, EpochOrder(self._plan, seed, epoch, shuffle))

@@ -190,7 +190,7 @@ def _natural(state: Mapping[str, Any], key: str, source: str, minimum: int = 0) 
 
 
 class EpochOrder:
-    """One epoch's order of a mixture: positions in ``[0, samples_per_epoch)`` -> flat keys.
+    """One epoch's order of a mixture: positions in ``[0, samples_per_epoch)`` -> the mixture's keys.
 
     It is what :class:`~torch_input_ckpt.ResumableSampler` uses in place of its permutation.
     Positions before the anchor in the anchor epoch (only the wrap-around padding of the epoch's end
@@ -202,21 +202,17 @@ class EpochOrder:
         self.epoch = epoch
         self._layout, self._start = plan.layout(seed, epoch, shuffle)
         self._bases = torch.tensor(plan.epoch_bases(epoch), dtype=torch.int64)
-        offsets, at = [], 0
-        for cursor in plan.cursors:
-            offsets.append(at)
-            at += cursor.length
         seeds = [source_seed(seed, name) for name in plan.names]
-        self._table = SourceTable(seeds, list(plan.cursors), offsets)
+        self._table = SourceTable(seeds, list(plan.cursors))
 
     def origins(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(source numbers, source epochs, item indices)`` of int64 ``positions`` of this epoch."""
         q = torch.remainder(positions - self._start, self._layout.total)
         sources, numbers = self._layout.locate(q)
-        epochs, indices = self._table.locate(sources, self._bases[sources] + numbers)
+        epochs, indices = self._table.locate(sources, self._bases.index_select(0, sources) + numbers)
         return sources, epochs, indices
 
     def __call__(self, positions: torch.Tensor) -> torch.Tensor:
-        """The flat keys (into the concatenated present sources) of int64 ``positions``."""
+        """The mixture's keys (``index * #sources + source``) of int64 ``positions``."""
         sources, _, indices = self.origins(positions)
-        return self._table.flat(sources, indices)
+        return self._table.keys(sources, indices)

@@ -93,15 +93,14 @@ class SourceCursor:
 
 
 class SourceTable:
-    """The current sources as per-source tensors, mapping (source, sample number) to a flat key.
+    """The current sources as per-source tensors, mapping (source, sample number) to an item.
 
     Args:
         seeds: Per source, its permutation seed (:func:`source_seed`).
         cursors: Per source, its :class:`SourceCursor`.
-        offsets: Per source, the flat key of its item 0 (its place in the concatenated sources).
     """
 
-    def __init__(self, seeds: list[int], cursors: list[SourceCursor], offsets: list[int]) -> None:
+    def __init__(self, seeds: list[int], cursors: list[SourceCursor]) -> None:
         def tensor(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64)
 
@@ -109,31 +108,40 @@ class SourceTable:
         self._seed_hi = tensor([(s >> 32) & _M32 for s in seeds])
         self._start = tensor([c.epoch_start for c in cursors])
         self._epoch = tensor([c.source_epoch for c in cursors])
-        # Column 0: the cursor's epoch; column 1: the epochs after it.
-        self._length = tensor([[c.epoch_length, c.length] for c in cursors]).reshape(-1, 2)
-        self._a = tensor([[_radix(c.epoch_length), _radix(c.length)] for c in cursors]).reshape(-1, 2)
-        self._offset = tensor(offsets)
+        # The cursor's source epoch, and the ones after it: their lengths and Feistel radices.
+        self._first = tensor([c.epoch_length for c in cursors])
+        self._later = tensor([c.length for c in cursors])
+        self._first_a = tensor([_radix(c.epoch_length) for c in cursors])
+        self._later_a = tensor([_radix(c.length) for c in cursors])
+        self._count = len(seeds)
 
+    # Gathers use index_select rather than tensor[indices], which stalls on torch's thread pool on
+    # busy cores (see mixture_layout.py).
     def locate(self, sources: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(source epochs, item indices)`` of sample numbers ``g`` of ``sources`` (int64 tensors)."""
-        d = g - self._start[sources]
-        first = self._length[sources, 0]
+
+        def per(values: torch.Tensor) -> torch.Tensor:
+            return values.index_select(0, sources)
+
+        d = g - per(self._start)
+        first = per(self._first)
         later = d >= first
         rest = d - first
-        length = torch.where(later, self._length[sources, 1], first)
-        epoch = torch.where(
+        length = torch.where(later, per(self._later), first)
+        epoch = per(self._epoch) + torch.where(
             later,
-            self._epoch[sources] + 1 + torch.div(rest, length, rounding_mode="floor"),
-            self._epoch[sources] + torch.div(d, first, rounding_mode="floor"),
+            1 + torch.div(rest, length, rounding_mode="floor"),
+            torch.div(d, first, rounding_mode="floor"),
         )
         within = torch.where(later, torch.remainder(rest, length), torch.remainder(d, first))
-        a = torch.where(later, self._a[sources, 1], self._a[sources, 0])
-        keys = _round_keys(self._seed_lo[sources], self._seed_hi[sources], epoch)
+        a = torch.where(later, per(self._later_a), per(self._first_a))
+        keys = _round_keys(per(self._seed_lo), per(self._seed_hi), epoch)
         return epoch, _feistel(within, length, a, keys)
 
-    def flat(self, sources: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Flat keys (into the concatenated sources) of items ``indices`` of ``sources``."""
-        return self._offset[sources] + indices
+    def keys(self, sources: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The mixture's keys of items ``indices`` of ``sources``: ``index * #sources + source``, so that a
+        fetch routes a key with one division, whatever the number of sources."""
+        return indices * self._count + sources
 
 
 def _radix(length: int) -> int:
@@ -148,13 +156,18 @@ def _mix32(x: torch.Tensor, key: torch.Tensor | int) -> torch.Tensor:
     return x ^ (x >> 13)
 
 
-def _round_keys(seed_lo: torch.Tensor, seed_hi: torch.Tensor, epoch: torch.Tensor) -> torch.Tensor:
-    """Per element, the six 32-bit round keys of (source seed, source epoch): shape ``(6, n)``."""
+def _round_keys(seed_lo: torch.Tensor, seed_hi: torch.Tensor, epoch: torch.Tensor) -> list[torch.Tensor]:
+    """Per element, the six 32-bit round keys of (source seed, source epoch).
+
+    One hash of (seed, epoch) per element, and the rounds' keys differ from it by fixed 32-bit salts:
+    each round multiplies and folds its input, so related keys still give unrelated rounds, and this
+    is a third of the elementwise work of hashing each key.
+    """
     base = _mix32(_mix32(epoch & _M32, seed_lo) ^ ((epoch >> 32) & _M32), seed_hi)
-    return torch.stack([_mix32(base, salt) for salt in _SALTS])
+    return [base ^ salt for salt in _SALTS]
 
 
-def _network(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+def _network(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
     left, right = torch.div(x, b, rounding_mode="floor"), torch.remainder(x, b)
     for i in range(_ROUNDS):
         # Both parts stay below 2**31 and keys below 2**32: the product stays below 2**63.
@@ -167,13 +180,18 @@ def _network(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, keys: torch.Tens
     return left * b + right
 
 
-def _feistel(x: torch.Tensor, length: torch.Tensor, a: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+def _feistel(x: torch.Tensor, length: torch.Tensor, a: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
     """Per element, a bijection of ``[0, length)`` keyed by ``keys`` (cycle-walking off ``[0, a*b)``)."""
     b = torch.div(length + a - 1, a, rounding_mode="floor")
     out = _network(x, a, b, keys)
     index = torch.nonzero(out >= length).squeeze(1)
     while index.numel():
-        values = _network(out[index], a[index], b[index], keys[:, index])
-        out[index] = values
-        index = index[values >= length[index]]
+        values = _network(
+            out.index_select(0, index),
+            a.index_select(0, index),
+            b.index_select(0, index),
+            [key.index_select(0, index) for key in keys],
+        )
+        out.index_copy_(0, index, values)
+        index = index.index_select(0, torch.nonzero(values >= length.index_select(0, index)).squeeze(1))
     return out
