@@ -276,9 +276,13 @@ class ResumableDataLoader(DataLoader):
             return
         length = len(self.dataset)  # type: ignore[arg-type]
         saved_length = field(state, "dataset_length", int, source)
-        # A dataset with its own epoch order (a Mixture) checks its length in the sampler's state.
-        if not callable(getattr(self.dataset, "load_order_state", None)):
+        # A dataset with its own epoch order (a Mixture), or a sampler that accepts growth, checks the
+        # length in the sampler's state.
+        own_order = callable(getattr(self.dataset, "load_order_state", None))
+        if not own_order and not getattr(self.sampler, "allow_growth", False):
             fix = "Resume with the dataset the state was saved for."
+            if self._resumable and saved_length < length:
+                fix += " If data was appended, pass sampler=ResumableSampler(dataset, allow_growth=True)."
             check_same("dataset_length", saved_length, length, source, fix)
         saved_reseed = field(state, "reseed_rng", bool, source)
         if saved_reseed != self.reseed_rng:

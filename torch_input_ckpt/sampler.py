@@ -55,6 +55,9 @@ class ResumableSampler(Sampler[int]):
         drop_last: Drop the tail that does not divide evenly over ranks instead of padding it.
         order: ``"feistel"`` (O(1) per index, any length up to 2**62) or ``"randperm"`` (the exact
             order of ``DistributedSampler``/``torch.randperm``; O(length) time and memory per epoch).
+        allow_growth: Accept a state saved for a shorter dataset (data appended since): the epoch in
+            progress finishes over the old length, exactly as it would have, and the next epochs use the
+            new length. Off by default: a changed length usually means the wrong dataset.
 
     Raises:
         ValueError: for a length outside ``[1, 2**62]``, a bad rank or world size, or an unknown order.
@@ -70,6 +73,7 @@ class ResumableSampler(Sampler[int]):
         rank: int | None = None,
         drop_last: bool = False,
         order: Order = "feistel",
+        allow_growth: bool = False,
     ) -> None:
         length = data_source_or_length if isinstance(data_source_or_length, int) else len(data_source_or_length)
         if isinstance(length, bool) or not 1 <= length <= MAX_LENGTH:
@@ -84,6 +88,9 @@ class ResumableSampler(Sampler[int]):
         self.seed = seed
         self.drop_last = drop_last
         self.order: Order = order
+        self.allow_growth = allow_growth
+        # (epoch, old length) after a growth on resume: that epoch finishes over the old length.
+        self._grown: tuple[int, int] | None = None
         self._epoch = 0
         self._cursor = 0
         # Bumped by set_epoch/load_state_dict, so that an iterator started before the change
@@ -96,7 +103,7 @@ class ResumableSampler(Sampler[int]):
         # The chunk a live __iter__ is handing out: (generation, cursor at its start, its list iterator,
         # its length), read by _position() to know how far the iteration got.
         self._live: tuple[int, int, Iterator[int], int] | None = None
-        self._permutation_cache: tuple[int, Any] | None = None
+        self._permutation_cache: tuple[tuple[int, int], Any] | None = None
         # A dataset with its own epoch order (the protocol: epoch_order, order_state, load_order_state)
         # replaces the permutation; its counters are saved with this sampler's state.
         self._dataset_order = None if isinstance(data_source_or_length, int) else _order_protocol(data_source_or_length)
@@ -130,11 +137,19 @@ class ResumableSampler(Sampler[int]):
 
     def rank_count(self, cursor: int = 0) -> int:
         """How many samples this rank takes from ``cursor`` to the end of the epoch (padding included)."""
-        remaining = self.length - cursor
+        # Only an epoch in progress can be a grown one (see epoch_length): an epoch's start (cursor 0,
+        # also the next epoch's start when this one is over) covers the current length.
+        remaining = (self.epoch_length(self._epoch) if cursor else self.length) - cursor
         if remaining <= 0:
             return 0
         size = self.world.size
         return remaining // size if self.drop_last else -(-remaining // size)
+
+    def epoch_length(self, epoch: int) -> int:
+        """The dataset length ``epoch`` covers: the old length for an epoch in progress when the dataset
+        grew (``allow_growth``), else ``length``."""
+        grown = self._grown
+        return grown[1] if grown is not None and grown[0] == epoch else self.length
 
     def __len__(self) -> int:
         """Samples this rank takes in a whole epoch, as ``DistributedSampler.num_samples``."""
@@ -154,6 +169,7 @@ class ResumableSampler(Sampler[int]):
 
     def _move_to(self, epoch: int, cursor: int) -> None:
         self._epoch, self._cursor = epoch, cursor
+        self._grown = None  # a moved position no longer continues the epoch the dataset grew in
         self._generation += 1
         self._resume_pending = False
         self._live = None
@@ -195,11 +211,12 @@ class ResumableSampler(Sampler[int]):
         if self._dataset_order is not None:
             return self._dataset_order.epoch_order(self.seed, epoch, self.shuffle)
         cached = self._permutation_cache
-        if cached is not None and cached[0] == epoch:
+        length = self.epoch_length(epoch)
+        if cached is not None and cached[0] == (epoch, length):
             return cached[1]
         kind = _ORDERS[self.order] if self.shuffle else IdentityPermutation
-        perm = kind(self.length, self.seed, epoch)
-        self._permutation_cache = (epoch, perm)
+        perm = kind(length, self.seed, epoch)
+        self._permutation_cache = ((epoch, length), perm)
         return perm
 
     def chunks(
@@ -228,6 +245,7 @@ class ResumableSampler(Sampler[int]):
             ``(indices, seeds)`` lists; ``seeds`` is None unless ``with_seeds``.
         """
         perm = self.permutation(epoch)
+        length = self.epoch_length(epoch)
         step, offset = self.world.size, start + self.world.rank
         largest = max(unit, chunk - chunk % unit)
         # The first list is small, so that the first batch after a resume costs little; then the
@@ -237,7 +255,7 @@ class ResumableSampler(Sampler[int]):
         while lo < count:
             positions = torch.arange(lo, min(count, lo + size), dtype=torch.int64) * step + offset
             # Positions past the end wrap to the epoch's start: DistributedSampler's padding.
-            indices = perm(positions % self.length).tolist()
+            indices = perm(positions % length).tolist()
             yield indices, (sample_seeds(self.seed, epoch, positions).tolist() if with_seeds else None)
             lo += size
             size = min(largest, size * 4)
@@ -260,7 +278,7 @@ class ResumableSampler(Sampler[int]):
             "version": FORMAT_VERSION,
             "epoch": epoch,
             "cursor": cursor,
-            "length": self.length,
+            "length": self.epoch_length(epoch),
             "seed": self.seed,
             "shuffle": self.shuffle,
             "drop_last": self.drop_last,
@@ -271,6 +289,23 @@ class ResumableSampler(Sampler[int]):
             state[DATASET_ORDER] = self._dataset_order.order_state()
         return state
 
+    def _saved_length(self, state: Any, cursor: int, source: str) -> int:
+        """The length the saved epoch covers: the current one, or (``allow_growth``) a shorter one."""
+        saved = field(state, "length", int, source)
+        if saved == self.length or (cursor == 0 and self.allow_growth and saved < self.length):
+            return self.length  # nothing changed, or the grown dataset starts a fresh epoch
+        if saved < self.length and self.allow_growth:
+            return saved  # type: ignore[no-any-return]
+        grow = (
+            "If data was appended, build the sampler with allow_growth=True (the epoch in progress then "
+            "finishes over the old length); otherwise resume with the dataset the state was saved for."
+            if saved < self.length
+            else "A dataset may grow but not shrink: resume with the dataset the state was saved for."
+        )
+        raise InputStateError(
+            f"{source}: the state was saved with length={saved}, but this pipeline has length={self.length}. {grow}"
+        )
+
     def load_state_dict(self, state_dict: dict[str, Any], *, source: str = "state_dict") -> None:
         """Restore a position saved by :meth:`state_dict`, on this or another world size.
 
@@ -280,9 +315,7 @@ class ResumableSampler(Sampler[int]):
         """
         state = check_header(state_dict, "ResumableSampler", source)
         # A dataset with its own order checks its length itself (a mixture's may change at an epoch boundary).
-        checked = (("length", self.length),) if self._dataset_order is None else ()
         for name, current in (
-            *checked,
             ("seed", self.seed),
             ("shuffle", self.shuffle),
             ("drop_last", self.drop_last),
@@ -293,10 +326,12 @@ class ResumableSampler(Sampler[int]):
         epoch = field(state, "epoch", int, source)
         cursor = field(state, "cursor", int, source)
         saved_world = field(state, "num_replicas", int, source)
-        if epoch < 0 or not 0 <= cursor < self.length + saved_world:
+        # A dataset with its own order checks its length itself (a mixture's may change at an epoch boundary).
+        length = self.length if self._dataset_order is not None else self._saved_length(state, cursor, source)
+        if epoch < 0 or not 0 <= cursor < length + saved_world:
             raise InputStateError(
                 f"{source}: saved position epoch={epoch}, cursor={cursor} is invalid; expected "
-                f"epoch >= 0 and 0 <= cursor < length + num_replicas = {self.length + saved_world}"
+                f"epoch >= 0 and 0 <= cursor < length + num_replicas = {length + saved_world}"
             )
         if self._dataset_order is not None:
             self._dataset_order.load_order_state(
@@ -309,7 +344,8 @@ class ResumableSampler(Sampler[int]):
             )
         # Any cursor at or past the end means "this pass is over"; store it as `length` so that a state
         # re-saved under another world size stays within that world's bound.
-        self._move_to(epoch, min(cursor, self.length))
+        self._move_to(epoch, min(cursor, length))
+        self._grown = (epoch, length) if length != self.length else None
         self._resume_pending = True
 
 
