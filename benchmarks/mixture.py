@@ -281,7 +281,7 @@ def _throughput_figure(cfg: Config) -> Figure:
     samples = plain[0]["samples"]
     fig = Figure(
         key="mixture_throughput",
-        title=f"10. Epoch throughput: a 3-source mixture vs one dataset ({samples:,} trivial samples, reseed_rng=False)",
+        title=f"10. Epoch throughput: a 3-source mixture vs one dataset ({samples:,} trivial samples, no reseeding)",
         about=(
             "One epoch, batch size 64, num_workers=0, items are their index (no work per item): the cost of the order "
             f"and the routing alone. Mixture weights {THROUGHPUT_WEIGHTS} over sources of "

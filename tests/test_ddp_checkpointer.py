@@ -133,7 +133,7 @@ def test_fresh_start_saves_initial_on_every_rank_after_all_have_looked(tmp_path)
 
 
 def test_only_global_positions_are_reshardable():
-    from torch_input_ckpt.distributed import _not_reshardable
+    from torch_input_ckpt.schema import reshard_blocker as _not_reshardable
 
     loader_state = _loader().state_dict()
     assert _not_reshardable(loader_state) is None

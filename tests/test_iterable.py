@@ -165,10 +165,10 @@ def test_fresh_state_and_state_after_load_start_no_workers():
     """state_dict() before any iteration, and right after a load, is answered without starting workers."""
     fresh = _loader(num_workers=2)
     state = fresh.state_dict()
-    assert state["inner"] == {} and fresh._iterable.delegate._iterator is None
+    assert state["inner"] == {} and fresh._backend.delegate._iterator is None
     loaded = _loader(num_workers=2)
     loaded.load_state_dict(roundtrip(state))
-    assert loaded.state_dict() == state and loaded._iterable.delegate._iterator is None
+    assert loaded.state_dict() == state and loaded._backend.delegate._iterator is None
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes:UserWarning")  # 2-core CI

@@ -5,13 +5,14 @@
 from torchdata.stateful_dataloader import Stateful
 
 from .checkpointer import InputCheckpointer
-from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
+from .errors import EpochMismatchWarning, ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .loader import ResumableDataLoader
 from .mixture import Mixture, Origin
 from .sampler import ResumableSampler
 from .world import World
 
 __all__ = [
+    "EpochMismatchWarning",
     "ExternalStateWarning",
     "InputCheckpointWarning",
     "InputCheckpointer",

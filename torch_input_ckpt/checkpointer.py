@@ -21,10 +21,9 @@ from .encoding import decode_tensors
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .external import external_parts
 from .files import InputCheckpoint, InputFile
-from .inspection import describe_position
 from .loader import ResumableDataLoader
 from .sampler import ResumableSampler
-from .state import is_stateful
+from .schema import is_stateful, positions
 from .world import World
 from .writer import BackgroundWriter
 
@@ -383,7 +382,7 @@ class InputCheckpointer:
             except Exception as error:
                 raise InputStateError(f"{source}: {name}.load_state_dict() failed: {error!r}") from error
         self._last_save_time = _monotonic()
-        name, position = next(iter(describe_position(checkpoint.states).items()))
+        name, position = next(iter(positions(checkpoint.states).items()))
         log.info(
             "restored input pipeline from %s at step %d, epoch %s, position %s",
             checkpoint.path,

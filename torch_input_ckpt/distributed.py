@@ -13,7 +13,7 @@ import torch.distributed as dist
 from . import files
 from .errors import InputStateError
 from .files import InputCheckpoint, InputFile
-from .inspection import describe_position
+from .schema import positions, reshard_blocker
 
 __all__ = ["RestorePlan", "SaveAgreement", "cpu_group", "gather_steps", "plan_restore"]
 
@@ -170,38 +170,19 @@ def _check_reshardable(checkpoints: list[InputCheckpoint], saved_world: int, wor
     agree on it (they do when they consumed in lockstep)."""
     first = checkpoints[0]
     for name, state in first.states.items():
-        reason = _not_reshardable(state)
+        reason = reshard_blocker(state)
         if reason is not None:
             raise InputStateError(
                 f"{first.path}: component {name!r} cannot be resumed on {world} ranks after being saved on "
                 f"{saved_world}: {reason}. Resume with {saved_world} ranks."
             )
-        positions = {c.rank: describe_position(c.states).get(name) for c in checkpoints}
-        if len(set(positions.values())) != 1:
-            where = {r: None if p is None else (p.epoch, p.position) for r, p in positions.items()}
+        found = {c.rank: positions(c.states).get(name) for c in checkpoints}
+        if len(set(found.values())) != 1:
+            where = {r: None if p is None else (p.epoch, p.position) for r, p in found.items()}
             raise InputStateError(
                 f"{first.path.parent}: at step {first.step} the {saved_world} old ranks disagree on the position of "
                 f"{name!r} (rank: (epoch, cursor) = {where}); they must consume in lockstep to be resharded"
             )
-
-
-def _not_reshardable(state: Any) -> str | None:
-    if not isinstance(state, Mapping):
-        return "its state is not a dict"
-    kind = state.get("kind")
-    if kind == "ResumableSampler":
-        return None
-    if kind == "ResumableDataLoader":
-        if state.get("sampler_kind") != "ResumableSampler":
-            return (
-                f"its position (sampler_kind={state.get('sampler_kind')!r}) is per rank or per worker; only a "
-                "ResumableSampler's global cursor can be split over another number of ranks"
-            )
-        ahead = state.get("ahead")
-        if isinstance(ahead, Mapping) and ahead.get("end"):
-            return "it holds batches delivered out of order (in_order=False) beyond its cursor"
-        return None
-    return f"its state (kind={kind!r}) has no global position that could be split over another number of ranks"
 
 
 def _steps_text(listing: Mapping[int, list[int]]) -> str:

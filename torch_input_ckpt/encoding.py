@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .errors import InputStateError
-from .state import check_plain
+from .schema import check_plain
 
 __all__ = ["decode_tensors", "to_json"]
 

@@ -11,7 +11,7 @@ from torchdata.stateful_dataloader.sampler import BatchSampler as StatefulBatchS
 from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRandomSampler
 
 from .loader import ResumableDataLoader
-from .state import is_stateful
+from .schema import Key, is_stateful
 
 __all__ = ["external_parts"]
 
@@ -22,7 +22,7 @@ def external_parts(name: str, obj: Any, state: Any) -> list[str]:
     if not is_stateful(obj):
         return [f"{label} has no state_dict()/load_state_dict()"]
     if isinstance(obj, ResumableDataLoader) and isinstance(state, Mapping):
-        return [f"{label}: the state of {item}" for item in state.get("external") or []]
+        return [f"{label}: the state of {item}" for item in state.get(Key.EXTERNAL) or []]
     if isinstance(obj, StatefulDataLoader):
         if isinstance(obj.dataset, IterableDataset):
             if not is_stateful(obj.dataset):

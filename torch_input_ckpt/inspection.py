@@ -6,8 +6,6 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,72 +13,9 @@ from typing import Any
 from . import files
 from .errors import InputStateError
 from .files import InputFile
+from .schema import positions
 
-__all__ = ["Position", "describe_position", "inspect_directory", "main"]
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where one component's state stands, as far as its kind lets us tell.
-
-    Attributes:
-        kind: The state's ``"kind"`` entry, or a guess from its keys (e.g. ``"StatefulDataLoader"``).
-        epoch: The epoch, or None if the state does not record one.
-        position: How far into the epoch (or pass), in ``unit``; None if unknown.
-        unit: What ``position`` counts.
-    """
-
-    kind: str
-    epoch: int | None
-    position: int | None
-    unit: str
-
-    def text(self) -> str:
-        """E.g. ``"40 (samples into the epoch, all ranks)"``, or ``"?"``."""
-        return "?" if self.position is None else f"{self.position} ({self.unit})"
-
-
-def describe_position(states: Mapping[str, Any]) -> dict[str, Position]:
-    """The :class:`Position` of each saved component state, by name."""
-    return {name: _position(state) for name, state in states.items()}
-
-
-def _position(state: Any) -> Position:
-    if not isinstance(state, Mapping):
-        return Position(type(state).__name__, None, None, "")
-    kind = state.get("kind")
-    epoch = _int(state.get("epoch"))
-    if kind in ("ResumableDataLoader", "ResumableSampler"):
-        sampler = state.get("sampler") if kind == "ResumableDataLoader" else state
-        if isinstance(sampler, Mapping) and _int(sampler.get("cursor")) is not None:
-            return Position(kind, epoch, sampler["cursor"], "samples into the epoch, all ranks")
-        if _int(state.get("batches_delivered")) is not None:
-            return Position(kind, epoch, state["batches_delivered"], "batches into the epoch")
-        inner = state.get("inner")
-        if isinstance(inner, Mapping):
-            return Position(kind, epoch, _stateful_dataloader_batches(inner), "batches into the epoch")
-        return Position(kind, epoch, None, "")
-    batches = _stateful_dataloader_batches(state)
-    if batches is not None:
-        return Position("StatefulDataLoader", epoch, batches, "batches into the current pass")
-    for key in ("cursor", "position", "samples_yielded", "yielded", "step", "index"):
-        if _int(state.get(key)) is not None:
-            return Position(str(kind or "state"), epoch, state[key], key)
-    return Position(str(kind or "state"), epoch, None, "")
-
-
-def _stateful_dataloader_batches(state: Mapping[str, Any]) -> int | None:
-    """Batches torchdata's StatefulDataLoader delivered in its current pass (single- or multi-process)."""
-    if _int(state.get("_num_yielded")) is not None:
-        return state["_num_yielded"]  # type: ignore[no-any-return]
-    snapshot = state.get("_snapshot")
-    if isinstance(snapshot, Mapping) and _int(snapshot.get("_snapshot_step")) is not None:
-        return snapshot["_snapshot_step"] + (_int(state.get("_steps_since_snapshot")) or 0)  # type: ignore[no-any-return]
-    return None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+__all__ = ["inspect_directory", "main"]
 
 
 # -- the report --------------------------------------------------------------------------------------
@@ -144,7 +79,7 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
             "external": checkpoint.external,
             "components": {
                 name: {"kind": p.kind, "epoch": p.epoch, "position": p.position, "unit": p.unit}
-                for name, p in describe_position(checkpoint.states).items()
+                for name, p in positions(checkpoint.states).items()
             },
         }
     return {

@@ -14,10 +14,11 @@ from datetime import timedelta
 from types import ModuleType
 from typing import Any
 
+from . import _compat
 from .checkpointer import InputCheckpointer
 from .errors import ExternalStateWarning, InputStateError
 from .sampler import ResumableSampler
-from .state import is_stateful
+from .schema import is_stateful
 
 __all__ = ["InputCheckpointCallback"]
 
@@ -169,43 +170,28 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
     # -- Lightning's internals --------------------------------------------------------------------
     # Lightning has no callback hook between building the train loaders and iterating them, which is where
     # a loader must be restored (an iterator already made continues from the old position), nor one for
-    # the sampler it injects under DDP. So, for the duration of `fit`, one method of this trainer's fit
-    # loop and one of its data connector are shadowed by instance attributes (the classes are untouched).
+    # the sampler it injects under DDP: _compat shadows one method of this trainer's fit loop and one of
+    # its data connector for the duration of `fit`.
 
     def _install(self, trainer: Any) -> None:
-        fit_loop, connector = trainer.fit_loop, getattr(trainer, "_data_connector", None)
-        missing = [
-            name
-            for owner, name in ((fit_loop, "_load_combined_loader_states"), (connector, "_resolve_sampler"))
-            if not callable(getattr(owner, name, None))
-        ]
-        if missing or not hasattr(fit_loop, "_combined_loader"):
-            raise RuntimeError(
-                f"InputCheckpointCallback does not support {pl.__name__} {getattr(pl, '__version__', '?')}: "
-                f"it lacks {missing or ['FitLoop._combined_loader']} (written for 2.6)"
-            )
-        fit_loop._load_combined_loader_states = self._restore_train_loaders
-        connector._resolve_sampler = functools.partial(_resolve_sampler, trainer, connector._resolve_sampler)
+        _compat.lightning_install(
+            trainer, pl, self._restore_train_loaders, functools.partial(_resolve_sampler, trainer)
+        )
 
     @staticmethod
     def _uninstall(trainer: Any) -> None:
-        for owner, name in (
-            (trainer.fit_loop, "_load_combined_loader_states"),
-            (getattr(trainer, "_data_connector", None), "_resolve_sampler"),
-        ):
-            if owner is not None and name in vars(owner):
-                delattr(owner, name)
+        _compat.lightning_uninstall(trainer)
 
     def _restore_train_loaders(self) -> None:
         """Shadows ``FitLoop._load_combined_loader_states``; runs whenever Lightning (re)builds the train loaders."""
         trainer = self._trainer
-        fit_loop = trainer.fit_loop
         # The copy of the loader state that Lightning read from the model checkpoint: never loaded while
         # this callback is installed (the input checkpoint is the one source of the position), only released.
-        fit_loop._combined_loader_states_to_load = []
-        if fit_loop._combined_loader is None:
+        _compat.lightning_stored_loader_states(trainer, release=True)
+        built = _compat.lightning_train_loaders(trainer)
+        if built is None:
             return
-        loaders = _checked_loaders(list(fit_loop._combined_loader.flattened))
+        loaders = _checked_loaders(built)
         # One loader is saved under the name a plain `InputCheckpointer(directory, loader)` uses, so the
         # files are interchangeable with a loop without Lightning; several, in Lightning's order.
         components = {"input": loaders[0]} if len(loaders) == 1 else {f"train_{i}": dl for i, dl in enumerate(loaders)}
@@ -404,5 +390,5 @@ def _resolve_sampler(
     )
     if (sampler.epoch, sampler.cursor) != (0, 0):
         # The position is global (not per rank), so it carries over to the new world size as it is.
-        resharded.load_state_dict({**sampler.state_dict(), "epoch": sampler.epoch, "cursor": sampler.cursor})
+        resharded.move_to(sampler.epoch, sampler.cursor)
     return resharded

@@ -21,8 +21,8 @@ from .errors import InputStateError
 from .mixture_layout import SegmentLayout, integer_weights, largest_remainder
 from .mixture_sources import SourceCursor, SourceTable, source_seed
 from .permutation import FeistelPermutation, mix64
-from .state import FORMAT_VERSION, check_header
-from .state import field as state_field
+from .schema import FORMAT_VERSION, check_header
+from .schema import field as state_field
 
 __all__ = ["EpochOrder", "Plan"]
 
