@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from fractions import Fraction
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -133,3 +134,17 @@ def test_any_mixture_has_exact_counts_and_exactly_once_per_source_epoch(spec, to
             chunk = items[at : at + n]
             assert len(set(chunk)) == len(chunk), f"{name}: a source epoch repeats an item"
             assert len(chunk) < n or sorted(chunk) == list(range(n)), f"{name}: a source epoch misses an item"
+
+
+@pytest.mark.parametrize("sources", [3, 40])  # both ways of numbering a block's slots (one-hot, sort)
+def test_many_sources_are_numbered_in_delivery_order(sources):
+    counts = [7 + 5 * k for k in range(sources)]
+
+    def permute(b: int, size: int) -> torch.Tensor:
+        return torch.randperm(size, generator=torch.Generator().manual_seed(b))
+
+    layout = SegmentLayout(counts, permute, block=300)
+    found, numbers = layout.locate(torch.arange(sum(counts), dtype=torch.int64))
+    for k in range(sources):
+        assert numbers[found == k].tolist() == list(range(counts[k]))
+    assert layout.consumed(1000) == torch.bincount(found[:1000], minlength=sources).tolist()

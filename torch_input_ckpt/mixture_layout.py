@@ -107,6 +107,25 @@ class Block:
         return self.start + self.sources.numel()
 
 
+def _renumber(delivered: torch.Tensor, numbers: torch.Tensor, before: list[int]) -> torch.Tensor:
+    """Number a source's samples in delivery order (its i-th slot of the block gets its i-th number), so
+    that its first samples are the ones consumed first.
+
+    ``numbers`` lists each source's numbers in source order. With few sources, a source's running count
+    is a cumulative sum of its one-hot column (O(slots x sources), cheap for a handful); with many, a
+    stable sort of the delivered sources lists each source's slots in delivery order, as ``numbers``.
+    """
+    count = len(before)
+    if count <= _ONE_HOT_SOURCES:
+        columns = torch.arange(count, dtype=torch.int64)
+        running = torch.cumsum((delivered.unsqueeze(1) == columns).to(torch.int64), 0)
+        rank = torch.gather(running, 1, delivered.unsqueeze(1)).squeeze(1) - 1
+        return rank + torch.tensor(before, dtype=torch.int64).index_select(0, delivered)
+    return torch.empty_like(numbers).scatter_(0, torch.sort(delivered, stable=True).indices, numbers)
+
+
+_ONE_HOT_SOURCES = 16
+
 # (block number, number of slots) -> a permutation of range(slots) as an int64 tensor.
 BlockShuffle = Callable[[int, int], torch.Tensor]
 
@@ -171,11 +190,7 @@ class SegmentLayout:
         shift = torch.tensor(before, dtype=torch.int64) - (ends - sizes)
         numbers = slots + shift.index_select(0, sources)
         delivered = sources.index_select(0, self._order(b, size, sources, numbers))
-        # A source's samples are numbered in delivery order (its k-th slot of the block gets its k-th
-        # number), so that its first samples are the ones consumed first: a stable sort of the delivered
-        # sources lists each source's slots in delivery order, and `numbers` is sorted the same way.
-        renumbered = torch.empty_like(numbers).scatter_(0, torch.sort(delivered, stable=True).indices, numbers)
-        block = Block(sum(before), before, delivered, renumbered)
+        block = Block(sum(before), before, delivered, _renumber(delivered, numbers, before))
         self._cache = (b, block)
         return block
 
