@@ -114,6 +114,8 @@ class SourceTable:
         self._first_a = tensor([_radix(c.epoch_length) for c in cursors])
         self._later_a = tensor([_radix(c.length) for c in cursors])
         self._count = len(seeds)
+        # No source is finishing a source epoch over an older length (the usual case): one length each.
+        self._uniform = all(c.epoch_length == c.length for c in cursors)
 
     # Gathers use index_select rather than tensor[indices], which stalls on torch's thread pool on
     # busy cores (see mixture_layout.py).
@@ -124,6 +126,11 @@ class SourceTable:
             return values.index_select(0, sources)
 
         d = g - per(self._start)
+        if self._uniform:
+            length = per(self._later)
+            epoch = per(self._epoch) + torch.div(d, length, rounding_mode="floor")
+            keys = _round_keys(per(self._seed_lo), per(self._seed_hi), epoch)
+            return epoch, _feistel(torch.remainder(d, length), length, per(self._later_a), keys)
         first = per(self._first)
         later = d >= first
         rest = d - first
