@@ -191,3 +191,13 @@ def test_a_malformed_state_is_refused_naming_the_entry():
     del state["dataset_order"]
     with pytest.raises(InputStateError, match="dataset_order"):
         ResumableSampler(mixture(), seed=3).load_state_dict(state)
+
+
+def test_a_sampler_rebuilt_for_another_world_from_its_dataset_order_keeps_the_mixture():
+    """What the Lightning integration does when it reshards a loader's sampler."""
+    m = mixture()
+    single = ResumableSampler(m, seed=3)
+    assert single.dataset_order is m and ResumableSampler(N, seed=3).dataset_order is None
+    order = list(ResumableSampler(m, seed=3))
+    ranks = [list(ResumableSampler(single.dataset_order, seed=3, num_replicas=2, rank=r)) for r in range(2)]
+    assert ranks[0] == order[0::2] and ranks[1] == order[1::2] + order[:1]

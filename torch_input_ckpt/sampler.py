@@ -111,6 +111,11 @@ class ResumableSampler(Sampler[int]):
     # -- position ---------------------------------------------------------------------------------
 
     @property
+    def dataset_order(self) -> Any:
+        """The dataset that provides this sampler's epoch order (e.g. a ``Mixture``), or None."""
+        return self._dataset_order
+
+    @property
     def num_replicas(self) -> int:
         """The world size this sampler shards over."""
         return self.world.size
