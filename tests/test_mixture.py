@@ -201,3 +201,12 @@ def test_a_sampler_rebuilt_for_another_world_from_its_dataset_order_keeps_the_mi
     order = list(ResumableSampler(m, seed=3))
     ranks = [list(ResumableSampler(single.dataset_order, seed=3, num_replicas=2, rank=r)) for r in range(2)]
     assert ranks[0] == order[0::2] and ranks[1] == order[1::2] + order[:1]
+
+
+def test_a_key_that_is_no_item_is_an_index_error():
+    m = mixture()
+    assert m.locate_key(3 * 6 + 1) == ("b", 6)
+    with pytest.raises(IndexError, match="not that of an item"):
+        m.locate_key(3 * 7 + 0)  # "a" has 7 items: index 7 is past its end
+    with pytest.raises(IndexError):
+        m[-1]

@@ -94,7 +94,7 @@ class Mixture(Dataset):
     def locate_key(self, key: int) -> tuple[str, int]:
         """The ``(source name, index)`` a key refers to (a key is ``index * #sources + source``)."""
         index, k = divmod(key, len(self.names))
-        if not 0 <= key or index >= self.lengths[k]:
+        if key < 0 or index >= self.lengths[k]:
             raise IndexError(f"mixture key {key} is not that of an item (source {k}, index {index})")
         return self.names[k], index
 
