@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import get_worker_info
 
-__all__ = ["FetchDataset", "TaggedCollate", "TaggedKeys", "reseed"]
+__all__ = ["FetchDataset", "TaggedCollate", "TaggedKeys", "capture_rngs", "reseed", "restore_rngs"]
 
 
 class TaggedKeys(list):
@@ -37,12 +37,14 @@ def reseed(seed: int) -> None:
         numpy.random.seed(seed)
 
 
-def _capture_rngs() -> tuple[Any, Any, Any]:
+def capture_rngs() -> tuple[Any, Any, Any]:
+    """The global RNGs' states (torch's, Python's, NumPy's if imported), for :func:`restore_rngs`."""
     numpy = sys.modules.get("numpy")
     return torch.get_rng_state(), random.getstate(), numpy.random.get_state() if numpy is not None else None
 
 
-def _restore_rngs(saved: tuple[Any, Any, Any]) -> None:
+def restore_rngs(saved: tuple[Any, Any, Any]) -> None:
+    """Put the global RNGs back as :func:`capture_rngs` found them."""
     torch_state, python_state, numpy_state = saved
     torch.set_rng_state(torch_state)
     random.setstate(python_state)
@@ -75,11 +77,11 @@ class FetchDataset(torch.utils.data.Dataset):
             return self.dataset[key]
         if get_worker_info() is not None:
             return self._fetch_reseeded(key)
-        saved = _capture_rngs()
+        saved = capture_rngs()
         try:
             return self._fetch_reseeded(key)
         finally:
-            _restore_rngs(saved)
+            restore_rngs(saved)
 
     def _fetch_reseeded(self, key: tuple[int, int]) -> Any:
         index, seed = key
@@ -92,11 +94,11 @@ class FetchDataset(torch.utils.data.Dataset):
             samples = [self._fetch_reseeded(key) for key in keys]
         elif self.reseed:
             # One capture/restore per batch, not per sample: it costs ~160 µs (NumPy's state is most of it).
-            saved = _capture_rngs()
+            saved = capture_rngs()
             try:
                 samples = [self._fetch_reseeded(key) for key in keys]
             finally:
-                _restore_rngs(saved)
+                restore_rngs(saved)
         elif getattr(self.dataset, "__getitems__", None):
             samples = self.dataset.__getitems__(list(keys))
         else:

@@ -15,6 +15,7 @@ from . import _compat
 from .cursor import Cursor, epoch_request
 from .errors import InputStateError
 from .permutation import worker_generator
+from .reseeded import ReseededIterable
 from .schema import ITERABLE_KIND, Key, LoaderHeader, check_plain, field, is_stateful
 from .world import World
 
@@ -38,17 +39,22 @@ class IterableBackend:
         options: The ``DataLoader`` arguments (``batch_size``, ``num_workers``, ...).
     """
 
-    def __init__(self, dataset: IterableDataset, seed: int, options: dict[str, Any]) -> None:
+    def __init__(self, dataset: IterableDataset, seed: int, options: dict[str, Any], *, reseed: bool) -> None:
         if not options.get("in_order", True) and options.get("num_workers", 0) > 0:
             # torchdata gives no resume guarantee for out-of-order iterable batches (it only logs so), and
             # which worker's batch comes first is a race. Delivering in order is one of the orders
             # in_order=False permits, and it is the one that resumes exactly.
             log.info("IterableDataset with in_order=False: delivering batches in order, which resumes exactly")
         options = {**options, "in_order": True}
+        self.dataset = dataset
+        # A stateful dataset resumes mid-epoch in a fresh worker, whose RNGs would not be where the
+        # uninterrupted worker's were: its samples are reseeded one by one (a stateless one is replayed
+        # from the epoch's start, draws included).
+        served = ReseededIterable(dataset, seed, World.detect().rank) if reseed and is_stateful(dataset) else dataset
         with warnings.catch_warnings():
             # torchdata 0.11 calls torch.set_vital, deprecated in torch 2.13: not the user's concern.
             warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
-            self.delegate = StatefulDataLoader(dataset, snapshot_every_n_steps=1, **options)
+            self.delegate = StatefulDataLoader(served, snapshot_every_n_steps=1, **options)
         self.seed = seed
         # The epoch; its generation is bumped when the position is moved from outside (set_epoch,
         # load_state_dict), so that a pass started before does not advance the epoch when it ends.
@@ -158,7 +164,7 @@ class IterableBackend:
                     "on the saved world size, each rank loading its own state."
                 )
         batch_size = header.batch_size
-        if batch_size != self.delegate.batch_size and not is_stateful(self.delegate.dataset):
+        if batch_size != self.delegate.batch_size and not is_stateful(self.dataset):
             raise InputStateError(
                 f"{source}: the state was saved with batch_size={batch_size}, but this pipeline has "
                 f"batch_size={self.delegate.batch_size}. An IterableDataset without state_dict is resumed by "
@@ -203,7 +209,7 @@ class IterableBackend:
         return None
 
     def _external(self) -> list[str]:
-        dataset = self.delegate.dataset
+        dataset = self.dataset
         if is_stateful(dataset):
             return []
         return [

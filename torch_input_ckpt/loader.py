@@ -133,7 +133,7 @@ class ResumableDataLoader(HookedDataLoader):
     def _make_backend(self, iterable: bool, common: dict[str, Any]) -> Backend:
         if iterable:
             # torchdata's StatefulDataLoader iterates it: see iterable.py for why.
-            return IterableBackend(self.dataset, self.seed, common)  # type: ignore[arg-type]
+            return IterableBackend(self.dataset, self.seed, common, reseed=self.reseed_rng)  # type: ignore[arg-type]
         resumable = isinstance(self.sampler, ResumableSampler)
         options = MapOptions(
             batch_size=self.batch_size,

@@ -84,6 +84,9 @@ class Key:
     INNER = "inner"
     WORLD_SIZE = "world_size"
     RANK = "rank"
+    # ... each worker's dataset state inside `inner`, when its samples are reseeded (reseeded.py)
+    DATASET = "dataset"
+    YIELDED = "yielded"
 
 
 def is_stateful(obj: Any) -> bool:
