@@ -11,6 +11,7 @@ imported here: the functions take their objects as arguments.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 __all__ = [
+    "FastForwardNoticeFilter",
     "STATEFUL_INNER_KEY",
     "HookedDataLoader",
     "UnsupportedVersionError",
@@ -33,6 +35,7 @@ __all__ = [
     "hf_replaced_skip",
     "lightning_install",
     "lightning_stored_loader_states",
+    "lightning_track_files",
     "lightning_train_loaders",
     "lightning_uninstall",
     "stateful_dataloader_batches",
@@ -151,6 +154,9 @@ def stateful_dataloader_drop_pending(loader: Any) -> None:
 # of its data connector are shadowed by instance attributes (the classes are untouched).
 
 _LIGHTNING_HOOKS = (("fit_loop", "_load_combined_loader_states"), ("_data_connector", "_resolve_sampler"))
+# Public methods, shadowed the same way for the duration of `fit` to learn which model checkpoint file
+# goes with which step (ModelCheckpoint saves through the first and deletes through the second).
+_LIGHTNING_FILE_HOOKS = ((None, "save_checkpoint"), ("strategy", "remove_checkpoint"))
 
 
 def lightning_install(trainer: Any, pl: Any, restore: Callable[[], None], resolve: Callable[..., Any]) -> None:
@@ -176,10 +182,29 @@ def lightning_install(trainer: Any, pl: Any, restore: Callable[[], None], resolv
     connector._resolve_sampler = lambda dataloader, shuffle, mode=None: resolve(original, dataloader, shuffle, mode)
 
 
+def lightning_track_files(trainer: Any, saving: Callable[[str], None], removed: Callable[[str], None]) -> None:
+    """Call ``saving(path)`` before the trainer writes a model checkpoint file and ``removed(path)`` after
+    its strategy deletes one."""
+    save, strategy = trainer.save_checkpoint, trainer.strategy
+    remove = strategy.remove_checkpoint
+
+    def save_checkpoint(filepath: Any, *args: Any, **kwargs: Any) -> Any:
+        saving(str(filepath))
+        return save(filepath, *args, **kwargs)
+
+    def remove_checkpoint(filepath: Any) -> Any:
+        result = remove(filepath)
+        removed(str(filepath))
+        return result
+
+    trainer.save_checkpoint = save_checkpoint
+    strategy.remove_checkpoint = remove_checkpoint
+
+
 def lightning_uninstall(trainer: Any) -> None:
     """Give the trainer its own methods back (a no-op where nothing is shadowed)."""
-    for owner_name, name in _LIGHTNING_HOOKS:
-        owner = getattr(trainer, owner_name, None)
+    for owner_name, name in _LIGHTNING_HOOKS + _LIGHTNING_FILE_HOOKS:
+        owner = trainer if owner_name is None else getattr(trainer, owner_name, None)
         if owner is not None and name in vars(owner):
             delattr(owner, name)
 
@@ -198,6 +223,30 @@ def lightning_stored_loader_states(trainer: Any, *, release: bool) -> list[Any]:
     if release:
         fit_loop._combined_loader_states_to_load = []
     return states
+
+
+# -- torchdata: StatefulDataLoader's fast-forward notice ----------------------------------------------
+# torchdata 0.11 logs a WARNING on its module logger when it resumes an IterableDataset without state by
+# re-reading it ("... so we are naively fast-forwarding your dataset by N steps ..."). Under
+# external_state_policy="ignore" the user has said that this part is not captured, so the checkpointer
+# drops exactly that record (matched on the logger name and the message) while it is open.
+_TORCHDATA_LOGGER = "torchdata.stateful_dataloader.stateful_dataloader"
+_FAST_FORWARD_TEXT = "naively fast-forwarding your dataset"
+
+
+class FastForwardNoticeFilter(logging.Filter):
+    """Drops torchdata's "naively fast-forwarding" notice while installed (and nothing else)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _FAST_FORWARD_TEXT not in record.getMessage()
+
+    def install(self) -> None:
+        """Attach to torchdata's logger (idempotent)."""
+        logging.getLogger(_TORCHDATA_LOGGER).addFilter(self)
+
+    def uninstall(self) -> None:
+        """Detach (idempotent)."""
+        logging.getLogger(_TORCHDATA_LOGGER).removeFilter(self)
 
 
 # -- Hugging Face: transformers' Trainer and accelerate's GradientState ------------------------------

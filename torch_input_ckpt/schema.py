@@ -9,7 +9,7 @@ ok" and "restore accepts it" mean the same thing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +34,11 @@ __all__ = [
     "check_same",
     "field",
     "is_stateful",
+    "not_plain",
     "position",
     "positions",
     "reshard_blocker",
+    "to_plain",
     "validate",
 ]
 
@@ -66,6 +68,8 @@ class Key:
     DROP_LAST = "drop_last"
     ORDER = "order"
     NUM_REPLICAS = "num_replicas"
+    # The nested state of a dataset that provides its own epoch order (a Mixture: mixture_plan.py)
+    DATASET_ORDER = "dataset_order"
     # ResumableDataLoader
     BATCH_SIZE = "batch_size"
     NUM_WORKERS = "num_workers"
@@ -158,25 +162,42 @@ def check_same(name: str, saved: Any, current: Any, source: str, fix: str) -> No
         )
 
 
-def check_plain(obj: Any, path: str = "state") -> None:
-    """Raise ``TypeError`` unless ``obj`` is built only of JSON types (dict with str keys, list, str, int,
-    float, bool, None), so that a checkpoint can be written as JSON and read without unpickling."""
+def to_plain(obj: Any, path: str = "state", leaf: Callable[[Any, str], Any] | None = None) -> Any:
+    """``obj`` built only of JSON types (dict with str keys, list, str, int, float, bool, None), tuples as
+    lists: the one walker over saved states. A value of another type is handed to ``leaf(value, path)``,
+    which returns its JSON form (e.g. a tensor's) or raises; without ``leaf`` it is a ``TypeError``.
+
+    Raises:
+        TypeError: naming the key (``path``) and the type, so that a checkpoint can be written as JSON and
+            read without unpickling.
+    """
     if obj is None or isinstance(obj, (str, int, float, bool)):
-        return
-    if isinstance(obj, (list, tuple)):
-        for i, item in enumerate(obj):
-            check_plain(item, f"{path}[{i}]")
-        return
+        return obj
     if isinstance(obj, Mapping):
+        out = {}
         for key, item in obj.items():
             if not isinstance(key, str):
                 raise TypeError(f"{path} has a non-string key {key!r}: states must be JSON-compatible")
-            check_plain(item, f"{path}[{key!r}]")
-        return
-    raise TypeError(
+            out[key] = to_plain(item, f"{path}[{key!r}]", leaf)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(item, f"{path}[{i}]", leaf) for i, item in enumerate(obj)]
+    if leaf is not None:
+        return leaf(obj, path)
+    raise not_plain(obj, path)
+
+
+def not_plain(obj: Any, path: str) -> TypeError:
+    """The error for a value that is not of a JSON type."""
+    return TypeError(
         f"{path} is a {type(obj).__name__}; states must be built of JSON types "
         "(dict, list, str, int, float, bool, None)"
     )
+
+
+def check_plain(obj: Any, path: str = "state") -> None:
+    """Raise ``TypeError`` unless ``obj`` is built only of JSON types (see :func:`to_plain`)."""
+    to_plain(obj, path)
 
 
 def _names(kinds: tuple[type, ...]) -> str:
@@ -214,6 +235,7 @@ class SamplerState:
         drop_last: DistributedSampler's rule for the tail that does not divide over the ranks.
         order: ``"feistel"`` or ``"randperm"``.
         num_replicas: The world size the state was taken in.
+        dataset_order: The state of a dataset that provides its own epoch order (a ``Mixture``), or None.
     """
 
     epoch: int
@@ -224,6 +246,7 @@ class SamplerState:
     drop_last: bool
     order: str
     num_replicas: int
+    dataset_order: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -237,6 +260,7 @@ class SamplerState:
             Key.DROP_LAST: self.drop_last,
             Key.ORDER: self.order,
             Key.NUM_REPLICAS: self.num_replicas,
+            **({} if self.dataset_order is None else {Key.DATASET_ORDER: self.dataset_order}),
         }
 
     @classmethod
@@ -258,6 +282,7 @@ class SamplerState:
             drop_last=field(state, Key.DROP_LAST, bool, source),
             order=field(state, Key.ORDER, str, source),
             num_replicas=world,
+            dataset_order=field(state, Key.DATASET_ORDER, dict, source) if Key.DATASET_ORDER in state else None,
         )
 
 
