@@ -123,6 +123,7 @@ def _two_rank_job(rank: int, world: int, directory: str) -> dict[str, Any]:
     head = [b["id"] for b in _take(prepared, 2)]
     with InputCheckpointer(os.path.join(directory, "input"), prepared, every_n_steps=1) as checkpointer:
         checkpointer.save(2)
+    accelerator.wait_for_everyone()  # every rank's file is durable before any rank restores
     # accelerate writes registered objects from the main process only: rank 0's state, for every rank.
     accelerator.save_state(os.path.join(directory, "state"))
     rest = [b["id"] for b in _take(prepared, 100)]

@@ -170,7 +170,9 @@ class ResumableTrainerMixin:
             os.makedirs(directory, exist_ok=True)
             with InputCheckpointer(directory, self._input_loader, every_n_steps=1, keep_last=1) as checkpointer:
                 checkpointer.save(trainer.state.global_step)
-            # Leaving the block flushed it: the input checkpoint is durable before the model is written.
+            # Leaving the block flushed this rank's file; once every rank is here, the input checkpoint
+            # of this step is durable on every rank before any model file is written.
+            trainer.accelerator.wait_for_everyone()
         super()._save_checkpoint(model, trial)  # type: ignore[misc]
 
 
