@@ -29,7 +29,7 @@ test-lightning-floor: $(FLOOR_VENV)/.installed
 
 $(FLOOR_VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(FLOOR_VENV)
-	$(FLOOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(filter-out pytorch_lightning==%,$(PINS)) $(LIGHTNING_FLOOR)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(filter torch==% torchdata==% pytest==% hypothesis==%,$(PINS)) $(LIGHTNING_FLOOR)
 	$(FLOOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
