@@ -243,13 +243,7 @@ class ResumableDataLoader(HookedDataLoader):
             "Build the loader with the same kind of sampler (or dataset) it was saved with.",
         )
         if not isinstance(backend, IterableBackend):
-            check_same(
-                "dataset_length",
-                field(state_dict, Key.DATASET_LENGTH, int, source),
-                len(self.dataset),  # type: ignore[arg-type]
-                source,
-                "Resume with the dataset the state was saved for.",
-            )
+            self._check_dataset_length(field(state_dict, Key.DATASET_LENGTH, int, source), source)
             if header.reseed_rng != self.reseed_rng:
                 warnings.warn(
                     f"{source}: saved with reseed_rng={header.reseed_rng}, resuming with "
@@ -259,6 +253,18 @@ class ResumableDataLoader(HookedDataLoader):
                     stacklevel=2,
                 )
         backend.load(state_dict, header, source)
+
+    def _check_dataset_length(self, saved: int, source: str) -> None:
+        # A dataset with its own epoch order (a Mixture), or a sampler that accepts growth, has the
+        # length checked in the sampler's state.
+        own_order = callable(getattr(self.dataset, "load_order_state", None))
+        if own_order or getattr(self.sampler, "allow_growth", False):
+            return
+        length = len(self.dataset)  # type: ignore[arg-type]
+        fix = "Resume with the dataset the state was saved for."
+        if isinstance(self.sampler, ResumableSampler) and saved < length:
+            fix += " If data was appended, pass sampler=ResumableSampler(dataset, allow_growth=True)."
+        check_same("dataset_length", saved, length, source, fix)
 
 
 def _check_arguments(

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Sampler
 
 from .cursor import Cursor, epoch_request
+from .errors import InputStateError
 from .permutation import (
     MAX_LENGTH,
     FeistelPermutation,
@@ -16,7 +17,7 @@ from .permutation import (
     RandpermPermutation,
     sample_seeds,
 )
-from .schema import SamplerState, check_same
+from .schema import Key, SamplerState, check_same
 from .world import World
 
 __all__ = ["ResumableSampler"]
@@ -53,6 +54,13 @@ class ResumableSampler(Sampler[int]):
         drop_last: Drop the tail that does not divide evenly over ranks instead of padding it.
         order: ``"feistel"`` (O(1) per index, any length up to 2**62) or ``"randperm"`` (the exact
             order of ``DistributedSampler``/``torch.randperm``; O(length) time and memory per epoch).
+        allow_growth: Accept a state saved for a shorter dataset (data appended since): the epoch in
+            progress finishes over the old length, exactly as it would have, and the next epochs use the
+            new length. Off by default: a changed length usually means the wrong dataset.
+
+    A dataset that provides its own epoch order (``epoch_order``, ``order_state``, ``load_order_state``,
+    as :class:`~torch_input_ckpt.Mixture` does) replaces the permutation, and its state is nested in
+    this sampler's; it then checks its length itself.
 
     Raises:
         ValueError: for a length outside ``[1, 2**62]``, a bad rank or world size, or an unknown order.
@@ -68,6 +76,7 @@ class ResumableSampler(Sampler[int]):
         rank: int | None = None,
         drop_last: bool = False,
         order: Order = "feistel",
+        allow_growth: bool = False,
     ) -> None:
         length = data_source_or_length if isinstance(data_source_or_length, int) else len(data_source_or_length)
         if isinstance(length, bool) or not 1 <= length <= MAX_LENGTH:
@@ -82,6 +91,11 @@ class ResumableSampler(Sampler[int]):
         self.seed = seed
         self.drop_last = drop_last
         self.order: Order = order
+        self.allow_growth = allow_growth
+        # (epoch, old length) after a growth on resume: that epoch finishes over the old length.
+        self._grown: tuple[int, int] | None = None
+        # A dataset with its own epoch order replaces the permutation (see the class docstring).
+        self._dataset_order = None if isinstance(data_source_or_length, int) else _order_protocol(data_source_or_length)
         # The position; its generation is bumped by set_epoch/load_state_dict, so that an iterator
         # started before the change stops writing its progress into the new position.
         self._at = Cursor()
@@ -92,9 +106,14 @@ class ResumableSampler(Sampler[int]):
         # The chunk a live __iter__ is handing out: (generation, cursor at its start, its list iterator,
         # its length), read by position() to know how far the iteration got.
         self._live: tuple[int, int, Iterator[int], int] | None = None
-        self._permutation_cache: tuple[int, Any] | None = None
+        self._permutation_cache: tuple[tuple[int, int], Any] | None = None
 
     # -- position ---------------------------------------------------------------------------------
+
+    @property
+    def dataset_order(self) -> Any:
+        """The dataset that provides this sampler's epoch order (e.g. a ``Mixture``), or None."""
+        return self._dataset_order
 
     @property
     def num_replicas(self) -> int:
@@ -140,11 +159,19 @@ class ResumableSampler(Sampler[int]):
 
     def rank_count(self, cursor: int = 0) -> int:
         """How many samples this rank takes from ``cursor`` to the end of the epoch (padding included)."""
-        remaining = self.length - cursor
+        # Only an epoch in progress can be a grown one (see epoch_length): an epoch's start (cursor 0,
+        # also the next epoch's start when this one is over) covers the current length.
+        remaining = (self.epoch_length(self._at.epoch) if cursor else self.length) - cursor
         if remaining <= 0:
             return 0
         size = self.world.size
         return remaining // size if self.drop_last else -(-remaining // size)
+
+    def epoch_length(self, epoch: int) -> int:
+        """The dataset length ``epoch`` covers: the old length for the epoch in progress when the dataset
+        grew (``allow_growth``), else ``length``."""
+        grown = self._grown
+        return grown[1] if grown is not None and grown[0] == epoch else self.length
 
     def __len__(self) -> int:
         """Samples this rank takes in a whole epoch, as ``DistributedSampler.num_samples``."""
@@ -172,6 +199,7 @@ class ResumableSampler(Sampler[int]):
     def move_to(self, epoch: int, cursor: int = 0) -> None:
         """Put the position at ``(epoch, cursor)`` (a move from outside: a new generation)."""
         self._at.move_to(epoch, cursor)
+        self._grown = None  # a moved position no longer continues the epoch the dataset grew in
         self._resume_pending = False
         self._live = None
 
@@ -211,12 +239,15 @@ class ResumableSampler(Sampler[int]):
 
     def permutation(self, epoch: int) -> Any:
         """The permutation object for ``epoch`` (a callable on int64 position tensors)."""
+        if self._dataset_order is not None:
+            return self._dataset_order.epoch_order(self.seed, epoch, self.shuffle)
         cached = self._permutation_cache
-        if cached is not None and cached[0] == epoch:
+        length = self.epoch_length(epoch)
+        if cached is not None and cached[0] == (epoch, length):
             return cached[1]
         kind = _ORDERS[self.order] if self.shuffle else IdentityPermutation
-        perm = kind(self.length, self.seed, epoch)
-        self._permutation_cache = (epoch, perm)
+        perm = kind(length, self.seed, epoch)
+        self._permutation_cache = ((epoch, length), perm)
         return perm
 
     def chunks(
@@ -245,6 +276,7 @@ class ResumableSampler(Sampler[int]):
             ``(indices, seeds)`` lists; ``seeds`` is None unless ``with_seeds``.
         """
         perm = self.permutation(epoch)
+        length = self.epoch_length(epoch)
         step, offset = self.world.size, start + self.world.rank
         largest = max(unit, chunk - chunk % unit)
         # The first list is small, so that the first batch after a resume costs little; then the
@@ -254,7 +286,7 @@ class ResumableSampler(Sampler[int]):
         while lo < count:
             positions = torch.arange(lo, min(count, lo + size), dtype=torch.int64) * step + offset
             # Positions past the end wrap to the epoch's start: DistributedSampler's padding.
-            indices = perm(positions % self.length).tolist()
+            indices = perm(positions % length).tolist()
             yield indices, (sample_seeds(self.seed, epoch, positions).tolist() if with_seeds else None)
             lo += size
             size = min(largest, size * 4)
@@ -276,12 +308,13 @@ class ResumableSampler(Sampler[int]):
         return SamplerState(
             epoch=epoch,
             cursor=cursor,
-            length=self.length,
+            length=self.epoch_length(epoch),
             seed=self.seed,
             shuffle=self.shuffle,
             drop_last=self.drop_last,
             order=self.order,
             num_replicas=self.world.size,
+            dataset_order=None if self._dataset_order is None else self._dataset_order.order_state(),
         )
 
     def load_state_dict(self, state_dict: dict[str, Any], *, source: str = "state_dict") -> None:
@@ -292,6 +325,24 @@ class ResumableSampler(Sampler[int]):
                 or was saved for another dataset length, seed, shuffle, order or ``drop_last``.
         """
         self.load(SamplerState.from_dict(state_dict, source), source, literal=True)
+
+    def _saved_length(self, state: SamplerState, source: str) -> int:
+        """The length the saved epoch covers: the current one, or (``allow_growth``) a shorter one."""
+        saved = state.length
+        if saved == self.length or self._dataset_order is not None:
+            return self.length  # a dataset with its own order checks its length itself
+        if saved < self.length and self.allow_growth:
+            # At an epoch's start the grown dataset starts a fresh epoch at once.
+            return self.length if state.cursor == 0 else saved
+        fix = (
+            "If data was appended, build the sampler with allow_growth=True (the epoch in progress then "
+            "finishes over the old length); otherwise resume with the dataset the state was saved for."
+            if saved < self.length
+            else "A dataset may grow but not shrink: resume with the dataset the state was saved for."
+        )
+        raise InputStateError(
+            f"{source}: the state was saved with length={saved}, but this pipeline has length={self.length}. {fix}"
+        )
 
     def load(self, state: SamplerState, source: str, *, literal: bool) -> None:
         """Restore a parsed state after checking it fits this sampler's configuration.
@@ -306,16 +357,38 @@ class ResumableSampler(Sampler[int]):
         Raises:
             InputStateError: for another dataset length, seed, shuffle, order or ``drop_last``.
         """
+        length = self._saved_length(state, source)
         for name, saved, current in (
-            ("length", state.length, self.length),
             ("seed", state.seed, self.seed),
             ("shuffle", state.shuffle, self.shuffle),
             ("drop_last", state.drop_last, self.drop_last),
             ("order", state.order, self.order),
         ):
             check_same(name, saved, current, source, f"Construct the sampler with {name}={saved!r} to resume.")
+        if self._dataset_order is not None:
+            if state.dataset_order is None:
+                raise InputStateError(
+                    f"{source}: the state has no {Key.DATASET_ORDER!r} entry, but this sampler's dataset "
+                    f"({type(self._dataset_order).__name__}) provides its own order: resume with the dataset "
+                    "the state was saved for."
+                )
+            self._dataset_order.load_order_state(
+                state.dataset_order,
+                seed=self.seed,
+                shuffle=self.shuffle,
+                epoch=state.epoch,
+                cursor=state.cursor,
+                source=source,
+            )
         # Any cursor at or past the end means "this pass is over"; store it as `length` so that a state
         # re-saved under another world size stays within that world's bound.
-        self._at.move_to(state.epoch, min(state.cursor, self.length), restored=True)
+        self._at.move_to(state.epoch, min(state.cursor, length), restored=True)
+        self._grown = (state.epoch, length) if length != self.length else None
         self._live = None
         self._resume_pending = literal
+
+
+def _order_protocol(dataset: Any) -> Any:
+    """``dataset`` if it provides its own epoch order (``epoch_order``, ``order_state``, ``load_order_state``)."""
+    names = ("epoch_order", "order_state", "load_order_state")
+    return dataset if all(callable(getattr(dataset, name, None)) for name in names) else None

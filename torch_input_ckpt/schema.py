@@ -66,6 +66,8 @@ class Key:
     DROP_LAST = "drop_last"
     ORDER = "order"
     NUM_REPLICAS = "num_replicas"
+    # The nested state of a dataset that provides its own epoch order (a Mixture: mixture_plan.py)
+    DATASET_ORDER = "dataset_order"
     # ResumableDataLoader
     BATCH_SIZE = "batch_size"
     NUM_WORKERS = "num_workers"
@@ -214,6 +216,7 @@ class SamplerState:
         drop_last: DistributedSampler's rule for the tail that does not divide over the ranks.
         order: ``"feistel"`` or ``"randperm"``.
         num_replicas: The world size the state was taken in.
+        dataset_order: The state of a dataset that provides its own epoch order (a ``Mixture``), or None.
     """
 
     epoch: int
@@ -224,6 +227,7 @@ class SamplerState:
     drop_last: bool
     order: str
     num_replicas: int
+    dataset_order: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -237,6 +241,7 @@ class SamplerState:
             Key.DROP_LAST: self.drop_last,
             Key.ORDER: self.order,
             Key.NUM_REPLICAS: self.num_replicas,
+            **({} if self.dataset_order is None else {Key.DATASET_ORDER: self.dataset_order}),
         }
 
     @classmethod
@@ -258,6 +263,7 @@ class SamplerState:
             drop_last=field(state, Key.DROP_LAST, bool, source),
             order=field(state, Key.ORDER, str, source),
             num_replicas=world,
+            dataset_order=field(state, Key.DATASET_ORDER, dict, source) if Key.DATASET_ORDER in state else None,
         )
 
 
