@@ -8,6 +8,8 @@ from .checkpointer import InputCheckpointer
 from .errors import EpochMismatchWarning, ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .loader import ResumableDataLoader
 from .sampler import ResumableSampler
+from .shards import Shard
+from .stream import ShardedStream
 from .world import World
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "InputStateError",
     "ResumableDataLoader",
     "ResumableSampler",
+    "Shard",
+    "ShardedStream",
     "Stateful",
     "World",
 ]
