@@ -155,9 +155,7 @@ def window_shuffle(
     out = _network(x, a, b, keys)
     walking = torch.nonzero(out >= length).squeeze(1)
     while walking.numel():
-        values = _network(
-            out.index_select(0, walking), a[walking], b[walking], [k[walking] for k in keys]
-        )
+        values = _network(out.index_select(0, walking), a[walking], b[walking], [k[walking] for k in keys])
         out.index_copy_(0, walking, values)
         walking = walking[values >= length[walking]]
     return base + out

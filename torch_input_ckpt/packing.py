@@ -80,9 +80,7 @@ class PackedReader:
         return pieces
 
 
-def assemble(
-    pieces: list[tuple[int, int, Any]], length: int, pad_id: int
-) -> dict[str, torch.Tensor]:
+def assemble(pieces: list[tuple[int, int, Any]], length: int, pad_id: int) -> dict[str, torch.Tensor]:
     """One packed sample from its pieces ``(document id, offset in document, tokens)``, padded to ``length``."""
     input_ids = torch.full((length,), pad_id, dtype=torch.int64)
     position_ids = torch.zeros(length, dtype=torch.int64)

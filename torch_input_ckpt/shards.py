@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,12 +229,12 @@ def index_command(directory: str, tokens: str | None) -> int:
     """
     root = Path(directory)
     if not root.is_dir():
-        print(f"torch-input-ckpt: error: {directory} is not a directory", flush=True)
+        print(f"torch-input-ckpt: error: {directory} is not a directory", file=sys.stderr)
         return 2
     try:
         path = write_index(root, tokens)
     except (ValueError, OSError, KeyError, TypeError) as error:
-        print(f"torch-input-ckpt: error: {error}", flush=True)
+        print(f"torch-input-ckpt: error: {error}", file=sys.stderr)
         return 2
     index = json.loads(path.read_text(encoding="utf-8"))
     entries = index[Key.INDEX_SHARDS]

@@ -185,7 +185,11 @@ class ShardedStream(Dataset):
         current = self.order_state()
         for key in (Key.SEED, Key.SHUFFLE, Key.STREAM_LANES, Key.STREAM_WINDOW, Key.STREAM_PACK_TO):
             check_same(
-                f"ShardedStream {key}", state.get(key), current[key], where, f"Build the stream with {key}={state.get(key)!r}."
+                f"ShardedStream {key}",
+                state.get(key),
+                current[key],
+                where,
+                f"Build the stream with {key}={state.get(key)!r}.",
             )
         shards = field(state, Key.STREAM_SHARDS, int, where)
         check_same(
@@ -219,7 +223,9 @@ class ShardedStream(Dataset):
             end = start + self.units[shard]
             if end <= lo:
                 continue
-            for k, offset, tokens in reader.pieces(shard, self.shards[shard].source, max(lo, start) - start, min(hi, end) - start):
+            for k, offset, tokens in reader.pieces(
+                shard, self.shards[shard].source, max(lo, start) - start, min(hi, end) - start
+            ):
                 pieces.append((self.sample_base[shard] + k, offset, tokens))
         return assemble(pieces, length, self.pad_id)
 
