@@ -1,0 +1,197 @@
+"""Figure 11: ShardedStream — resume to the first batch at 90% of an epoch over 10,000 .npy shards, and
+streaming throughput beside a plain hand-written IterableDataset."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+from torch.utils.data import IterableDataset
+
+from .harness import Config, Figure, PeakMemory, Target, collect, fmt_bytes, fmt_ratio, fmt_time, median_of
+
+ROWS, ROW = 1000, 64  # samples per shard, tokens per sample
+WINDOW, PACK = 1024, 2048
+BATCH = 8
+
+
+def make_shards(root: str, shards: int, sparse: bool) -> str:
+    """``shards`` .npy files of ROWS x ROW int32 tokens (sparse files: contents never written) + the index."""
+    import numpy as np
+
+    from torch_input_ckpt.shards import INDEX_FILE, write_index
+
+    os.makedirs(root, exist_ok=True)
+    if os.path.exists(os.path.join(root, INDEX_FILE)):
+        return root
+    rng = np.random.default_rng(0)
+    for s in range(shards):
+        array = np.lib.format.open_memmap(os.path.join(root, f"{s:06d}.npy"), "w+", np.int32, (ROWS, ROW))
+        if not sparse:
+            array[:] = rng.integers(0, 50000, size=(ROWS, ROW), dtype=np.int32)
+        array.flush()
+        del array
+    write_index(root)
+    return root
+
+
+class PackedShards(IterableDataset):
+    """The hand-written equivalent: shards in order, rows concatenated and cut into PACK tokens, the
+    carry-over in the state (what users write for StatefulDataLoader)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths, self.shard, self.row, self.carry = paths, 0, 0, 0
+
+    def __iter__(self) -> Any:
+        import numpy as np
+        import torch
+
+        while self.shard < len(self.paths):
+            array = np.load(self.paths[self.shard], mmap_mode="r")
+            need = PACK
+            pieces = []
+            while self.row < len(array) and need:
+                take = min(need, ROW - self.carry)
+                pieces.append(np.asarray(array[self.row, self.carry : self.carry + take]))
+                need -= take
+                self.carry += take
+                if self.carry == ROW:
+                    self.row, self.carry = self.row + 1, 0
+            if self.row == len(array):
+                self.shard, self.row = self.shard + 1, 0
+            if pieces:
+                yield torch.from_numpy(np.concatenate(pieces).astype(np.int64))
+
+    def state_dict(self) -> dict[str, int]:
+        return {"shard": self.shard, "row": self.row, "carry": self.carry}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.shard, self.row, self.carry = state["shard"], state["row"], state["carry"]
+
+
+def _resume_ours(root: str) -> dict[str, Any]:
+    from torch_input_ckpt import ResumableDataLoader, ShardedStream
+
+    start = time.perf_counter()
+    stream = ShardedStream(root, lanes=64, seed=0, window=WINDOW, pack_to=PACK)
+    built = time.perf_counter() - start
+    saver = ResumableDataLoader(stream, batch_size=BATCH)
+    saver.sampler.move_to(0, int(0.9 * len(stream)))  # the position a run reaches at 90% of the epoch
+    state = saver.state_dict()
+    loader = ResumableDataLoader(ShardedStream(root, lanes=64, seed=0, window=WINDOW, pack_to=PACK), batch_size=BATCH)
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        loader.load_state_dict(state)
+        next(iter(loader))
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "extra": memory.extra, "build": built}
+
+
+def _resume_stateful(root: str) -> dict[str, Any]:
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    paths = sorted(os.path.join(root, p) for p in os.listdir(root) if p.endswith(".npy"))
+    saver = StatefulDataLoader(PackedShards(paths), batch_size=BATCH)
+    it = iter(saver)
+    next(it)
+    state = saver.state_dict()
+    # The same point of the epoch, written into its dataset state (running 90% of 10M rows would take hours).
+    state["dataset_state"] = {"shard": int(0.9 * len(paths)), "row": 0, "carry": 0}
+    loader = StatefulDataLoader(PackedShards(paths), batch_size=BATCH)
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        loader.load_state_dict(state)
+        next(iter(loader))
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "extra": memory.extra, "build": 0.0}
+
+
+class PlainRows(IterableDataset):
+    """A plain IterableDataset over the same .npy files: each worker takes every k-th shard, rows in order."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def __iter__(self) -> Any:
+        import numpy as np
+        import torch
+
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for path in self.paths[worker::workers]:
+            array = np.load(path, mmap_mode="r")
+            for k in range(len(array)):
+                yield np.array(array[k])
+
+
+def _throughput(root: str, impl: str, workers: int) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+
+    from torch_input_ckpt import ResumableDataLoader, ShardedStream
+
+    if impl == "plain":
+        paths = sorted(os.path.join(root, p) for p in os.listdir(root) if p.endswith(".npy"))
+        loader: Any = DataLoader(PlainRows(paths), batch_size=64, num_workers=workers)
+    else:
+        stream = ShardedStream(root, lanes=8, seed=0, window=WINDOW)
+        loader = ResumableDataLoader(stream, batch_size=64, num_workers=workers, reseed_rng=impl == "ours_reseed")
+    start = time.perf_counter()
+    samples = sum(len(batch) for batch in loader)
+    return {"seconds": time.perf_counter() - start, "samples": samples}
+
+
+def measure(params: dict[str, Any]) -> dict[str, Any]:
+    """Child side: one resume or one throughput pass."""
+    if params["what"] == "resume":
+        return (_resume_ours if params["impl"] == "ours" else _resume_stateful)(params["root"])
+    return _throughput(params["root"], params["impl"], params["workers"])
+
+
+def run(cfg: Config) -> list[Figure]:
+    """Figure 11 (two tables)."""
+    base = os.path.join(tempfile.gettempdir(), "torch_input_ckpt_bench_stream")
+    shards = 200 if cfg.quick else 10_000
+    big = make_shards(os.path.join(base, f"resume_{shards}"), shards, sparse=True)
+    small = make_shards(os.path.join(base, "throughput"), 20 if cfg.quick else 100, sparse=False)
+    resume = [{"what": "resume", "impl": i, "root": big} for i in ("ours", "stateful")]
+    r_ours, r_theirs = collect("stream", resume, cfg, label=lambda v: v["impl"])
+    t_ours, t_theirs = median_of(r_ours, "seconds"), median_of(r_theirs, "seconds")
+    extra = max(r["extra"] for r in r_ours)
+    fig = Figure(
+        key="stream",
+        title=f"11. ShardedStream: resume to the first batch at 90% ({shards:,} shards x {ROWS:,} samples, "
+        f".npy, window {WINDOW:,}, packing {PACK:,}, num_workers=0)",
+        about="`load_state_dict` + first batch in a fresh process, stream already constructed (construction, "
+        "which reads the index and stats every shard, is the last column). torchdata's StatefulDataLoader over "
+        "a hand-written packing IterableDataset whose state is (shard, row, carry): its best case, resumable "
+        "only on the same topology and without a window shuffle.",
+        columns=["loader", "resume to first batch", "extra memory", "construction"],
+    )
+    fig.rows.append(["ShardedStream + ResumableDataLoader", fmt_time(t_ours), fmt_bytes(extra),
+                     fmt_time(median_of(r_ours, "build"))])
+    fig.rows.append(["hand-written IterableDataset + StatefulDataLoader", fmt_time(t_theirs),
+                     fmt_bytes(max(r["extra"] for r in r_theirs)), ""])
+    fig.targets.append(Target("resume < 100 ms", t_ours < 0.1, fmt_time(t_ours)))
+    fig.targets.append(Target("extra memory < 50 MB", extra < 50e6, fmt_bytes(extra)))
+    fig.notes.append("Mosaic Streaming and LitData were not measured in this run (not installed).")
+    variants = [{"what": "throughput", "impl": i, "workers": w, "root": small}
+                for w in (0, 2) for i in ("plain", "ours", "ours_reseed")]
+    results = collect("stream", variants, cfg, label=lambda v: f"{v['impl']} workers={v['workers']}")
+    by = {(v["impl"], v["workers"]): r for v, r in zip(variants, results, strict=True)}
+    tp = Figure(
+        key="stream_throughput",
+        title="11b. ShardedStream streaming throughput vs a plain IterableDataset + DataLoader (rows of .npy shards)",
+        about="One epoch, batch 64; samples per second; ratio = ours / plain. `reseed` = per-sample RNG reseeding on.",
+        columns=["num_workers", "loader", "samples/s", "ratio"],
+    )
+    for w in (0, 2):
+        plain = by["plain", w][0]["samples"] / median_of(by["plain", w], "seconds")
+        for impl, name in (("plain", "plain IterableDataset"), ("ours", "ShardedStream"),
+                           ("ours_reseed", "ShardedStream, reseed")):
+            rate = by[impl, w][0]["samples"] / median_of(by[impl, w], "seconds")
+            tp.rows.append([str(w), name, f"{rate:,.0f}", fmt_ratio(rate, plain) if impl != "plain" else ""])
+            if impl == "ours":
+                tp.targets.append(Target(f">= 0.95x plain, num_workers={w}", rate >= 0.95 * plain, fmt_ratio(rate, plain)))
+    return [fig, tp]
