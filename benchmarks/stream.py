@@ -169,15 +169,30 @@ def run(cfg: Config) -> list[Figure]:
         "only on the same topology and without a window shuffle.",
         columns=["loader", "resume to first batch", "extra memory", "construction"],
     )
-    fig.rows.append(["ShardedStream + ResumableDataLoader", fmt_time(t_ours), fmt_bytes(extra),
-                     fmt_time(median_of(r_ours, "build"))])
-    fig.rows.append(["hand-written IterableDataset + StatefulDataLoader", fmt_time(t_theirs),
-                     fmt_bytes(max(r["extra"] for r in r_theirs)), ""])
+    fig.rows.append(
+        [
+            "ShardedStream + ResumableDataLoader",
+            fmt_time(t_ours),
+            fmt_bytes(extra),
+            fmt_time(median_of(r_ours, "build")),
+        ]
+    )
+    fig.rows.append(
+        [
+            "hand-written IterableDataset + StatefulDataLoader",
+            fmt_time(t_theirs),
+            fmt_bytes(max(r["extra"] for r in r_theirs)),
+            "",
+        ]
+    )
     fig.targets.append(Target("resume < 100 ms", t_ours < 0.1, fmt_time(t_ours)))
     fig.targets.append(Target("extra memory < 50 MB", extra < 50e6, fmt_bytes(extra)))
     fig.notes.append("Mosaic Streaming and LitData were not measured in this run (not installed).")
-    variants = [{"what": "throughput", "impl": i, "workers": w, "root": small}
-                for w in (0, 2) for i in ("plain", "ours", "ours_reseed")]
+    variants = [
+        {"what": "throughput", "impl": i, "workers": w, "root": small}
+        for w in (0, 2)
+        for i in ("plain", "ours", "ours_reseed")
+    ]
     results = collect("stream", variants, cfg, label=lambda v: f"{v['impl']} workers={v['workers']}")
     by = {(v["impl"], v["workers"]): r for v, r in zip(variants, results, strict=True)}
     tp = Figure(
@@ -188,10 +203,15 @@ def run(cfg: Config) -> list[Figure]:
     )
     for w in (0, 2):
         plain = by["plain", w][0]["samples"] / median_of(by["plain", w], "seconds")
-        for impl, name in (("plain", "plain IterableDataset"), ("ours", "ShardedStream"),
-                           ("ours_reseed", "ShardedStream, reseed")):
+        for impl, name in (
+            ("plain", "plain IterableDataset"),
+            ("ours", "ShardedStream"),
+            ("ours_reseed", "ShardedStream, reseed"),
+        ):
             rate = by[impl, w][0]["samples"] / median_of(by[impl, w], "seconds")
             tp.rows.append([str(w), name, f"{rate:,.0f}", fmt_ratio(rate, plain) if impl != "plain" else ""])
             if impl == "ours":
-                tp.targets.append(Target(f">= 0.95x plain, num_workers={w}", rate >= 0.95 * plain, fmt_ratio(rate, plain)))
+                tp.targets.append(
+                    Target(f">= 0.95x plain, num_workers={w}", rate >= 0.95 * plain, fmt_ratio(rate, plain))
+                )
     return [fig, tp]

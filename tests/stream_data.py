@@ -55,7 +55,10 @@ def _write_tar(path: Path, shard: int, size: int) -> None:
     with tarfile.open(path, "w") as archive:
         for k in range(size):
             record = _record(shard, k)
-            members = {"json": json.dumps({"id": record["id"]}).encode(), "tokens.json": json.dumps(record["tokens"]).encode()}
+            members = {
+                "json": json.dumps({"id": record["id"]}).encode(),
+                "tokens.json": json.dumps(record["tokens"]).encode(),
+            }
             for ext, data in members.items():
                 info = tarfile.TarInfo(f"s{shard}/{k:05d}.{ext}")
                 info.size = len(data)

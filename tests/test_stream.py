@@ -73,9 +73,7 @@ def test_resume_chain_equals_uninterrupted(shard_dir, window, pack_to):
     assert got == expected
     assert all(len(str(s)) < 2000 for s in states), "the state must stay small"
     if pack_to is None:
-        check_exactly_once(
-            got, lambda ids: [all_ids().index(i) for i in ids], len(all_ids())
-        )
+        check_exactly_once(got, lambda ids: [all_ids().index(i) for i in ids], len(all_ids()))
     else:
         check_tokens_exactly_once(got, shard_dir[0], shuffled=window > 1)
 
@@ -104,7 +102,9 @@ def check_tokens_exactly_once(stream, kind, shuffled):
             k = d - base[shard]
             length = ROW if kind == "npy" else doc_length(shard, k)
             pieces = sorted(pieces) if shuffled else pieces
-            assert pieces == list(enumerate(tokens(shard, k, length))), f"epoch {epoch}: document {d} not once, in order"
+            assert pieces == list(enumerate(tokens(shard, k, length))), (
+                f"epoch {epoch}: document {d} not once, in order"
+            )
 
 
 @pytest.mark.parametrize("stop", [0, 1, 5])

@@ -195,8 +195,12 @@ def test_lane_assignment_is_balanced(weights, lanes, seed):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.lists(st.integers(1, 9), min_size=0, max_size=6), min_size=1, max_size=6), st.integers(1, 7),
-       st.integers(1, 3), st.integers(0, 4))
+@given(
+    st.lists(st.lists(st.integers(1, 9), min_size=0, max_size=6), min_size=1, max_size=6),
+    st.integers(1, 7),
+    st.integers(1, 3),
+    st.integers(0, 4),
+)
 def test_packing_delivers_every_token_once(docs_per_shard, pack_to, lanes, window):
     from torch_input_ckpt import Shard
 
@@ -206,7 +210,10 @@ def test_packing_delivers_every_token_once(docs_per_shard, pack_to, lanes, windo
     shards = [Shard(s, len(d), sum(d) and len(sum(([[0] * n for n in d]), []))) for s, d in enumerate(docs_per_shard)]
     if not any(s.count for s in shards):
         return
-    docs = [[list(range(100 * s + 10 * k, 100 * s + 10 * k + n)) for k, n in enumerate(d)] for s, d in enumerate(docs_per_shard)]
+    docs = [
+        [list(range(100 * s + 10 * k, 100 * s + 10 * k + n)) for k, n in enumerate(d)]
+        for s, d in enumerate(docs_per_shard)
+    ]
     docs_per_shard = docs
     data = ShardedStream(shards, open_shard, lanes=lanes, window=window, pack_to=pack_to, seed=5)
     keys = data.epoch_order(0, 1, True)(torch.arange(len(data))).tolist()

@@ -250,6 +250,22 @@ class ShardReaders:
             self._open.popitem(last=False)
         return self.read(shard, description, k)
 
+    def array(self, shard: int, description: Any) -> Any:
+        """The memory-mapped array of a ``.npy`` shard (kept open), or None for another format."""
+        entry = self._open.get(shard)
+        if entry is None and self._memmap is not None:
+            array = self._memmap(description)
+            if array is None:
+                return None
+            self.reopened += 1
+            entry = self._open[shard] = ["array", array]
+            while len(self._open) > self._size:
+                self._open.popitem(last=False)
+        if entry is None or entry[0] != "array":
+            return None
+        self._open.move_to_end(shard)
+        return entry[1]
+
     def _advance(self, entry: list[Any], k: int) -> Any:
         iterator = entry[1]
         while entry[0] < k:

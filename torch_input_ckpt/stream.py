@@ -130,6 +130,27 @@ class ShardedStream(Dataset):
         shard, k = self.locate(int(key))
         return self._readers().read(shard, self.shards[shard].source, k)
 
+    def __getitems__(self, keys: Sequence[int]) -> list[Any]:
+        """A batch (torch's fetcher calls this): the keys of one ``.npy`` shard are read by one fancy index."""
+        if self.pack_to is not None or not self._builtin:
+            return [self[key] for key in keys]
+        shards = [self.locate(int(key)) for key in keys]
+        out: list[Any] = [None] * len(shards)
+        groups: dict[int, list[int]] = {}
+        for i, (shard, _) in enumerate(shards):
+            groups.setdefault(shard, []).append(i)
+        for shard, places in groups.items():
+            array = self._readers().array(shard, self.shards[shard].source)
+            if array is None:
+                for i in places:
+                    out[i] = self._readers().read(shard, self.shards[shard].source, shards[i][1])
+                continue
+            # One copy out of the memory map, as a plain array (rows of a memmap are slow memmap views).
+            rows = array.__array__()[[shards[i][1] for i in places]]
+            for row, i in zip(rows, places, strict=True):
+                out[i] = row
+        return out
+
     def _readers(self) -> ShardReaders:
         readers = self._caches.get("readers")
         if readers is None:
