@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from resume import check_exactly_once, check_resume, epochs_of, resume_chain
 from stream_data import SIZES, all_ids, ids_collate, tokens_field, write_shards
 
 from torch_input_ckpt import ResumableDataLoader, ShardedStream
 from torch_input_ckpt.shards import write_index
+
+from resume import check_exactly_once, check_resume, epochs_of, resume_chain
 
 FORMATS = ("jsonl", "jsonl.gz", "npy", "tar")
 LANES = 3

@@ -11,15 +11,16 @@ from itertools import cycle
 
 import pytest
 import torch
-from distributed import run_world
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from resume import epochs_of, resume_chain, roundtrip, to_py
 from stream_data import all_ids, ids_collate, write_shards
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, ResumableSampler, ShardedStream
 from torch_input_ckpt.lanes import Interleave, assign_lanes, window_shuffle
 from torch_input_ckpt.shards import write_index
+
+from distributed import run_world
+from resume import epochs_of, resume_chain, roundtrip, to_py
 
 BATCH = 2
 
