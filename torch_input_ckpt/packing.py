@@ -56,14 +56,11 @@ class PackedReader:
     def pieces(self, shard: int, description: Any, lo: int, hi: int) -> list[tuple[int, int, torch.Tensor]]:
         """The pieces of tokens ``[lo, hi)`` of a shard: ``(document number, offset in it, tokens)``."""
         row = self._row_length(shard)
-        document: torch.Tensor | None = None
         if row:
-            k = lo // row
-            start = k * row
-        else:
-            k, start, document = self._at.get(shard, (0, 0, None))
-            if start > lo:
-                k, start, document = 0, 0, None
+            return self._rows(shard, description, lo, hi, row)
+        k, start, document = self._at.get(shard, (0, 0, None))
+        if start > lo:
+            k, start, document = 0, 0, None
         pieces = []
         while start < hi:
             if document is None:
@@ -75,8 +72,20 @@ class PackedReader:
             if end > hi:
                 break  # the document goes on in the next sequence: keep it
             k, start, document = k + 1, end, None
-        if not row:
-            self._at[shard] = (k, start, document)
+        self._at[shard] = (k, start, document)
+        return pieces
+
+    def _rows(self, shard: int, description: Any, lo: int, hi: int, row: int) -> list[tuple[int, int, torch.Tensor]]:
+        # Documents of one length (.npy rows): the rows covering [lo, hi) are one slice of the memory map.
+        import numpy as np
+
+        first, last = lo // row, -(-hi // row)
+        array = self._readers.array(shard, description)
+        block = torch.from_numpy(np.asarray(array[first:last], dtype=np.int64).reshape(-1))
+        pieces = []
+        for k in range(first, last):
+            a, b = max(lo, k * row), min(hi, (k + 1) * row)
+            pieces.append((k, a - k * row, block[a - first * row : b - first * row]))
         return pieces
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, window_shuffle
+from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
 from .packing import PackedReader, assemble
 from .readers import ShardReaders, npy_memmap, open_samples
 from .schema import FORMAT_VERSION, STREAM_KIND, Key, check_header, check_same, field
@@ -174,9 +174,10 @@ class ShardedStream(Dataset):
         cached = self._caches.get("layout")
         if cached is not None and cached[0] == epoch:
             return cached[1]
-        order = epoch_shard_order(self.lane_of, self.seed, epoch, self.shuffle)
-        units = torch.tensor(self.units, dtype=torch.int64)[order]
-        starts = torch.cumsum(units, 0) - units
+        with one_thread():
+            order = epoch_shard_order(self.lane_of, self.seed, epoch, self.shuffle)
+            units = torch.tensor(self.units, dtype=torch.int64)[order]
+            starts = torch.cumsum(units, 0) - units
         self._caches["layout"] = (epoch, (order, starts))
         return order, starts
 
@@ -298,16 +299,8 @@ class StreamOrder:
         return lane, q
 
     def __call__(self, positions: torch.Tensor) -> torch.Tensor:
-        # On one intra-op thread: these ops are small, and torch's thread pool made them 5-100x slower on
-        # 2 busy cores (measured: 32,768 positions in 10-50 ms on one thread, 100-700 ms on two).
-        threads = torch.get_num_threads()
-        if threads == 1:
+        with one_thread():
             return self._keys(positions)
-        torch.set_num_threads(1)
-        try:
-            return self._keys(positions)
-        finally:
-            torch.set_num_threads(threads)
 
     def _keys(self, positions: torch.Tensor) -> torch.Tensor:
         lane, q = self.lanes(positions)
