@@ -81,7 +81,7 @@ class PackedReader:
 
         first, last = lo // row, -(-hi // row)
         array = self._readers.array(shard, description)
-        block = torch.from_numpy(np.asarray(array[first:last], dtype=np.int64).reshape(-1))
+        block = torch.from_numpy(np.array(array[first:last], dtype=np.int64).reshape(-1))  # a copy: writable
         pieces = []
         for k in range(first, last):
             a, b = max(lo, k * row), min(hi, (k + 1) * row)
