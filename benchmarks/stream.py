@@ -290,9 +290,14 @@ def _others(cfg: Config, base: str, root: str) -> list[list[str]]:
 def run(cfg: Config) -> list[Figure]:
     """Figure 11 (two tables)."""
     base = os.path.join(tempfile.gettempdir(), "torch_input_ckpt_bench_stream")
+    fig = _resume_figure(cfg, base)
+    _same_data_rows(cfg, base, fig)
+    return [fig, _throughput_figure(cfg, base)]
+
+
+def _resume_figure(cfg: Config, base: str) -> Figure:
     shards = 200 if cfg.quick else 10_000
     big = make_shards(os.path.join(base, f"resume_{shards}"), shards, sparse=True)
-    small = make_shards(os.path.join(base, "throughput"), 20 if cfg.quick else 100, sparse=False)
     resume = [{"what": "resume", "impl": i, "root": big} for i in ("ours", "stateful")]
     r_ours, r_theirs = collect("stream", resume, cfg, label=lambda v: v["impl"])
     t_ours, t_theirs = median_of(r_ours, "seconds"), median_of(r_theirs, "seconds")
@@ -325,6 +330,10 @@ def run(cfg: Config) -> list[Figure]:
     )
     fig.targets.append(Target("resume < 100 ms", t_ours < 0.1, fmt_time(t_ours)))
     fig.targets.append(Target("extra memory < 50 MB", extra < 50e6, fmt_bytes(extra)))
+    return fig
+
+
+def _same_data_rows(cfg: Config, base: str, fig: Figure) -> None:
     middle = 20 if cfg.quick else 200
     mid = make_shards(os.path.join(base, f"resume_{middle}"), middle, sparse=False)
     same = collect("stream", [{"what": "resume", "impl": "ours", "root": mid}], cfg, label=lambda v: "ours 200")[0]
@@ -352,6 +361,10 @@ def run(cfg: Config) -> list[Figure]:
         "point from a state taken after one batch. Sized so that LitData's conversion (~2,000 rows/s) takes "
         "under two minutes."
     )
+
+
+def _throughput_figure(cfg: Config, base: str) -> Figure:
+    small = make_shards(os.path.join(base, "throughput"), 20 if cfg.quick else 100, sparse=False)
     variants = [
         {"what": "throughput", "impl": i, "workers": w, "root": small}
         for w in (0, 2)
@@ -378,4 +391,4 @@ def run(cfg: Config) -> list[Figure]:
                 tp.targets.append(
                     Target(f">= 0.95x plain, num_workers={w}", rate >= 0.95 * plain, fmt_ratio(rate, plain))
                 )
-    return [fig, tp]
+    return tp

@@ -100,20 +100,13 @@ class ShardedStream(Dataset):
         self.lane_of = assign_lanes(weights, self.lanes, seed, self.shuffle)
         self.sample_base = _prefix(counts)  # sample id of each shard's first sample, in shard order
         self.units = weights  # per shard: samples, or tokens when packing
-        totals = [0] * self.lanes
-        for shard, lane in enumerate(self.lane_of):
-            totals[lane] += weights[shard]
-        self.lane_units = totals
-        self.lane_lengths = totals if pack_to is None else [-(-t // pack_to) for t in totals]
+        self.lane_units = _lane_totals(self.lane_of, weights, self.lanes)
+        self.lane_lengths = self.lane_units if pack_to is None else [-(-t // pack_to) for t in self.lane_units]
         self.lane_base = _prefix(self.lane_lengths)  # first position (in lane-major order) of each lane
         self.length = sum(self.lane_lengths)
         self.interleave = Interleave(self.lane_lengths)
         self.fingerprint = fingerprint(self.shards)
-        # A window spans this many shards of a lane at most (the smallest non-empty one decides): every lane
-        # keeps that many open, so that no read within a window reopens a shard.
-        smallest = min(c for c in counts if c) if pack_to is None else min(w for w in weights if w)
-        per_lane = 2 + max(window, pack_to or 0) // smallest
-        self.open_shards = min(self.lanes * per_lane + 2, _MAX_OPEN)
+        self.open_shards = _open_budget(weights, self.lanes, window, pack_to)
         self._caches: dict[str, Any] = {}
 
     # -- dataset -------------------------------------------------------------------------------------
@@ -309,6 +302,21 @@ class StreamOrder:
             return self.epoch * self.stream.length + flat
         index = torch.searchsorted(self.starts, flat, right=True) - 1
         return self.sample_base[self.order[index]] + (flat - self.starts[index])
+
+
+def _lane_totals(lane_of: Sequence[int], weights: Sequence[int], lanes: int) -> list[int]:
+    totals = [0] * lanes
+    for shard, lane in enumerate(lane_of):
+        totals[lane] += weights[shard]
+    return totals
+
+
+def _open_budget(weights: Sequence[int], lanes: int, window: int, pack_to: int | None) -> int:
+    """How many shards a process keeps open: what a window of every lane spans (the smallest non-empty
+    shard decides), so that no read within a window reopens a shard; at most ``_MAX_OPEN``."""
+    smallest = min((w for w in weights if w), default=1)
+    span = max(window, 1) * (pack_to or 1)  # in samples, or tokens when packing
+    return min(lanes * (2 + span // smallest) + 2, _MAX_OPEN)
 
 
 def _prefix(values: Sequence[int]) -> list[int]:
