@@ -7,6 +7,7 @@ from torchdata.stateful_dataloader import Stateful
 from .checkpointer import InputCheckpointer
 from .errors import EpochMismatchWarning, ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .loader import ResumableDataLoader
+from .mixture import Mixture, Origin
 from .sampler import ResumableSampler
 from .shards import Shard
 from .stream import ShardedStream
@@ -18,6 +19,8 @@ __all__ = [
     "InputCheckpointWarning",
     "InputCheckpointer",
     "InputStateError",
+    "Mixture",
+    "Origin",
     "ResumableDataLoader",
     "ResumableSampler",
     "Shard",

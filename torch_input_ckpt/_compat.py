@@ -10,6 +10,7 @@ Lightning and Hugging Face are never imported here: the functions take their obj
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 __all__ = [
+    "FastForwardNoticeFilter",
     "STATEFUL_INNER_KEY",
     "HookedDataLoader",
     "UnsupportedVersionError",
@@ -188,3 +190,27 @@ def lightning_stored_loader_states(trainer: Any, *, release: bool) -> list[Any]:
     if release:
         fit_loop._combined_loader_states_to_load = []
     return states
+
+
+# -- torchdata: StatefulDataLoader's fast-forward notice ----------------------------------------------
+# torchdata 0.11 logs a WARNING on its module logger when it resumes an IterableDataset without state by
+# re-reading it ("... so we are naively fast-forwarding your dataset by N steps ..."). Under
+# external_state_policy="ignore" the user has said that this part is not captured, so the checkpointer
+# drops exactly that record (matched on the logger name and the message) while it is open.
+_TORCHDATA_LOGGER = "torchdata.stateful_dataloader.stateful_dataloader"
+_FAST_FORWARD_TEXT = "naively fast-forwarding your dataset"
+
+
+class FastForwardNoticeFilter(logging.Filter):
+    """Drops torchdata's "naively fast-forwarding" notice while installed (and nothing else)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _FAST_FORWARD_TEXT not in record.getMessage()
+
+    def install(self) -> None:
+        """Attach to torchdata's logger (idempotent)."""
+        logging.getLogger(_TORCHDATA_LOGGER).addFilter(self)
+
+    def uninstall(self) -> None:
+        """Detach (idempotent)."""
+        logging.getLogger(_TORCHDATA_LOGGER).removeFilter(self)

@@ -13,6 +13,7 @@ from typing import Any
 from . import files
 from .errors import InputStateError
 from .files import InputFile
+from .planner import PlanError, plan_restore
 from .schema import positions
 
 __all__ = ["inspect_directory", "main"]
@@ -44,6 +45,7 @@ def inspect_directory(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]:
     entries = []
+    pinned = set(files.pinned_steps(directory, rank))
     for step in steps:
         path = directory / InputFile(rank, step).name
         entry: dict[str, Any] = {
@@ -52,9 +54,12 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
             "bytes": _size(path),
             "valid": True,
             "problem": None,
+            "pinned": step in pinned,
         }
         try:
             files.read_checkpoint(path)
+        except files.FileVanishedError:
+            continue  # pruned by a saver since the listing: not damage
         except InputStateError as error:
             entry.update(valid=False, problem=_reason(error, path))
         entries.append(entry)
@@ -65,15 +70,14 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
             pointer["problem"] = "missing"
     except InputStateError as error:
         pointer["problem"] = _reason(error, directory / pointer["file"])
-    found = files.find_newest(directory, rank)
+    checkpoint, problems, uncommitted = _newest(directory, rank)
     newest = None
-    if found.checkpoint is not None:
-        checkpoint = found.checkpoint
+    if checkpoint is not None:
         newest = {
             "step": checkpoint.step,
             "file": checkpoint.path.name,
             "bytes": checkpoint.size,
-            "saved_at": datetime.fromtimestamp(checkpoint.wall_time, timezone.utc).isoformat(timespec="seconds"),
+            "saved_at": _saved_at(checkpoint.wall_time),
             "wall_time": checkpoint.wall_time,
             "world_size": checkpoint.world_size,
             "external": checkpoint.external,
@@ -88,14 +92,33 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
         "files": entries,
         "pointer": pointer,
         "newest": newest,
-        "uncommitted_steps": found.uncommitted,
-        "problems": found.problems,
+        "uncommitted_steps": uncommitted,
+        "problems": problems,
     }
+
+
+def _newest(directory: Path, rank: int) -> tuple[files.InputCheckpoint | None, list[str], list[int]]:
+    """What restore would pick for ``rank`` alone (the restore planner's answer), what it passed over, and
+    the steps newer than the pointer."""
+    try:
+        plan = plan_restore(directory, 1, rank=rank, alone=True)
+    except PlanError as error:
+        return None, list(error.problems), [s for _, s in error.uncommitted]
+    if plan is None:
+        return None, [], []
+    return plan.checkpoint, list(plan.problems), [s for _, s in plan.uncommitted]
+
+
+def _saved_at(wall_time: float) -> str:
+    try:
+        return datetime.fromtimestamp(wall_time, timezone.utc).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):  # read_checkpoint bounds it; never a traceback here
+        return "?"
 
 
 def _size(path: Path) -> int | None:
     try:
-        return path.stat().st_size
+        return path.lstat().st_size  # of a symlink itself: nothing about its target is shown
     except OSError:
         return None
 
@@ -115,7 +138,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"rank {rank['rank']}: steps {', '.join(map(str, steps)) if steps else 'none'}")
         for entry in rank["files"]:
             status = "ok" if entry["valid"] else f"DAMAGED: {entry['problem']}"
-            lines.append(f"  {entry['file']}  {_bytes(entry['bytes'])}  {status}")
+            pin = "  (pinned: kept until unpinned)" if entry.get("pinned") else ""
+            lines.append(f"  {entry['file']}  {_bytes(entry['bytes'])}  {status}{pin}")
         pointer = rank["pointer"]
         if pointer["problem"] is None:
             lines.append(f"  {pointer['file']} -> step {pointer['step']}")
@@ -160,7 +184,7 @@ def _bytes(size: int | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """The ``torch-input-ckpt`` command. Returns 0 if every rank has a valid checkpoint, 1 if not,
-    2 for a usage error or a missing directory."""
+    2 for a usage error or a missing or unreadable directory, 3 for an internal error (a bug to report)."""
     parser = argparse.ArgumentParser(
         prog="torch-input-ckpt",
         description="Inspect the input-pipeline checkpoints written by InputCheckpointer.",
@@ -194,5 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"torch-input-ckpt: error: cannot read {args.directory}: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug of ours, not a file's: still one line, never a traceback
+        print(f"torch-input-ckpt: internal error reading {args.directory}: {error!r}", file=sys.stderr)
+        return 3
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if report["valid"] else 1

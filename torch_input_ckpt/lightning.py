@@ -380,13 +380,15 @@ def _resolve_sampler(
     if (sampler.num_replicas, sampler.rank) == (size, rank):
         return sampler
     resharded = ResumableSampler(
-        sampler.length,
+        # A dataset with its own epoch order (a Mixture) keeps it, and its counters, on the new ranks.
+        sampler.length if sampler.dataset_order is None else sampler.dataset_order,
         shuffle=sampler.shuffle,
         seed=sampler.seed,
         num_replicas=size,
         rank=rank,
         drop_last=sampler.drop_last,
         order=sampler.order,
+        allow_growth=sampler.allow_growth,
     )
     if (sampler.epoch, sampler.cursor) != (0, 0):
         # The position is global (not per rank), so it carries over to the new world size as it is.

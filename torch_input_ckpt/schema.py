@@ -9,7 +9,7 @@ ok" and "restore accepts it" mean the same thing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +36,11 @@ __all__ = [
     "check_same",
     "field",
     "is_stateful",
+    "not_plain",
     "position",
     "positions",
     "reshard_blocker",
+    "to_plain",
     "validate",
 ]
 
@@ -181,25 +183,42 @@ def check_same(name: str, saved: Any, current: Any, source: str, fix: str) -> No
         )
 
 
-def check_plain(obj: Any, path: str = "state") -> None:
-    """Raise ``TypeError`` unless ``obj`` is built only of JSON types (dict with str keys, list, str, int,
-    float, bool, None), so that a checkpoint can be written as JSON and read without unpickling."""
+def to_plain(obj: Any, path: str = "state", leaf: Callable[[Any, str], Any] | None = None) -> Any:
+    """``obj`` built only of JSON types (dict with str keys, list, str, int, float, bool, None), tuples as
+    lists: the one walker over saved states. A value of another type is handed to ``leaf(value, path)``,
+    which returns its JSON form (e.g. a tensor's) or raises; without ``leaf`` it is a ``TypeError``.
+
+    Raises:
+        TypeError: naming the key (``path``) and the type, so that a checkpoint can be written as JSON and
+            read without unpickling.
+    """
     if obj is None or isinstance(obj, (str, int, float, bool)):
-        return
-    if isinstance(obj, (list, tuple)):
-        for i, item in enumerate(obj):
-            check_plain(item, f"{path}[{i}]")
-        return
+        return obj
     if isinstance(obj, Mapping):
+        out = {}
         for key, item in obj.items():
             if not isinstance(key, str):
                 raise TypeError(f"{path} has a non-string key {key!r}: states must be JSON-compatible")
-            check_plain(item, f"{path}[{key!r}]")
-        return
-    raise TypeError(
+            out[key] = to_plain(item, f"{path}[{key!r}]", leaf)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(item, f"{path}[{i}]", leaf) for i, item in enumerate(obj)]
+    if leaf is not None:
+        return leaf(obj, path)
+    raise not_plain(obj, path)
+
+
+def not_plain(obj: Any, path: str) -> TypeError:
+    """The error for a value that is not of a JSON type."""
+    return TypeError(
         f"{path} is a {type(obj).__name__}; states must be built of JSON types "
         "(dict, list, str, int, float, bool, None)"
     )
+
+
+def check_plain(obj: Any, path: str = "state") -> None:
+    """Raise ``TypeError`` unless ``obj`` is built only of JSON types (see :func:`to_plain`)."""
+    to_plain(obj, path)
 
 
 def _names(kinds: tuple[type, ...]) -> str:
