@@ -215,10 +215,14 @@ def _from_items(items: Sequence[Any]) -> list[Shard]:
 
 
 def fingerprint(shards: Sequence[Shard]) -> str:
-    """A short hash of the shard list (names and counts in order): what a saved state was taken over."""
+    """A short hash of the shard list (names and counts in order): what a saved state was taken over.
+
+    A path counts by its file name only, so that the same shards mounted elsewhere after a restart still match.
+    """
     digest = hashlib.sha256()
     for shard in shards:
-        digest.update(f"{shard.name}\0{shard.count}\0{shard.tokens}\n".encode())
+        name = Path(shard.source).name if isinstance(shard.source, (str, os.PathLike)) else shard.name
+        digest.update(f"{name}\0{shard.count}\0{shard.tokens}\n".encode())
     return digest.hexdigest()[:16]
 
 

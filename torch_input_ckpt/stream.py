@@ -227,8 +227,7 @@ class ShardedStream(Dataset):
     # -- packing ---------------------------------------------------------------------------------------
 
     def _packed(self, key: int) -> dict[str, torch.Tensor]:
-        length = self.pack_to
-        assert length is not None
+        length = int(self.pack_to or 0)  # set: _packed is only called with pack_to
         epoch, rest = divmod(key, self.length)
         lane = bisect.bisect_right(self.lane_base, rest) - 1
         n = rest - self.lane_base[lane]
