@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections import Counter
 from itertools import cycle
 
@@ -13,14 +14,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from stream_data import all_ids, ids_collate, write_shards
+from stream_data import SIZES, all_ids, ids_collate, write_shards
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, ResumableSampler, ShardedStream
 from torch_input_ckpt.lanes import Interleave, assign_lanes, window_shuffle
 from torch_input_ckpt.shards import write_index
 
 from distributed import run_world
-from resume import epochs_of, resume_chain, roundtrip, to_py
+from resume import check_exactly_once, epochs_of, resume_chain, roundtrip, to_py
 
 BATCH = 2
 
@@ -228,3 +229,78 @@ def test_packing_delivers_every_token_once(docs_per_shard, pack_to, lanes, windo
     expected = Counter(t for shard in docs for doc in shard for t in doc)
     assert seen == expected
     assert len(data) == sum(-(-t // pack_to) for t in data.lane_units)
+
+
+# -- per-sample draws, user openers, shuffle off, the index command, a moved directory --------------------
+
+
+def draw(sample):
+    return [sample["id"], int(torch.randint(0, 10**9, ())), random.randrange(10**9)]
+
+
+def augmented(root, workers):
+    data = ShardedStream(root, lanes=4, seed=1, window=3, transform=draw)
+    return ResumableDataLoader(data, batch_size=BATCH, num_workers=workers, collate_fn=list, seed=9)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes:UserWarning")  # 2-core CI
+def test_transform_draws_follow_the_sample_across_resumes_and_workers(root):
+    expected = list(epochs_of(augmented(root, 0), 2))
+    counts = cycle([3, 0])
+    got, _ = resume_chain(lambda: augmented(root, 2), [5, 30], 2, resume_with=lambda: augmented(root, next(counts)))
+    assert got == expected
+    assert len({tuple(x[1:]) for _, batch in expected for x in batch}) == 2 * len(all_ids()), "draws differ"
+
+
+def test_user_opener_resumes_and_is_read_forward(tmp_path):
+    from torch_input_ckpt import Shard
+
+    opened = []
+
+    def open_shard(source, start):
+        opened.append((source, start))
+        return iter([f"{source}-{k}" for k in range(start, SIZES[source])])
+
+    def make():
+        shards = [Shard(s, n) for s, n in enumerate(SIZES)]
+        return ResumableDataLoader(
+            ShardedStream(shards, open_shard, lanes=3, window=2), batch_size=BATCH, collate_fn=list
+        )
+
+    expected = list(epochs_of(make(), 2))
+    # Each non-empty shard opened at most once an epoch, at its start: a window that goes back is served
+    # from the kept samples (a shard still open from the last epoch may not need opening at all).
+    nonempty = {s for s, n in enumerate(SIZES) if n}
+    assert {source for source, _ in opened} == nonempty and len(opened) <= 2 * len(nonempty)
+    assert {start for _, start in opened} == {0}
+    assert check_resume_ids(make, expected)
+    check_exactly_once(expected, lambda ids: [all_ids().index(i) for i in ids], len(all_ids()))
+
+
+def check_resume_ids(make, expected):
+    got, _ = resume_chain(make, [1, 7, 25], 2)
+    return got == expected
+
+
+def test_shuffle_off_reads_lanes_in_shard_order(root):
+    data = ShardedStream(root, lanes=1, shuffle=False, window=3)
+    keys = data.epoch_order(0, 0, True)(torch.arange(len(data))).tolist()
+    assert [ids_collate([data[k]])[0] for k in keys] == all_ids()
+
+
+def test_index_command_and_a_moved_directory(tmp_path):
+    from torch_input_ckpt.inspection import main
+
+    first = write_shards(tmp_path / "a", "tar", (2, 0, 3))
+    assert main(["index", str(first), "--tokens", "tokens.json"]) == 0
+    index = json.loads((first / "torch_input_ckpt_index.json").read_text())
+    assert [e["count"] for e in index["shards"]] == [2, 0, 3]
+    assert main(["index", str(tmp_path / "missing")]) == 2
+    saved = ResumableDataLoader(ShardedStream(first, pack_to=4, tokens="tokens.json"), batch_size=1)
+    next(iter(saved))
+    state = roundtrip(saved.state_dict())
+    moved = tmp_path / "b"
+    os.rename(first, moved)
+    resumed = ResumableDataLoader(ShardedStream(moved, pack_to=4, tokens="tokens.json"), batch_size=1)
+    resumed.load_state_dict(state)  # the same shards elsewhere: accepted
+    assert len(list(resumed)) == len(resumed) - 1

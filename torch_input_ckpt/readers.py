@@ -207,13 +207,15 @@ class ShardReaders:
     """A small per-process cache of open shards, each positioned after the sample it last gave.
 
     Reading sample ``k`` of a shard continues the open reader when it stands at or before ``k`` (skipping
-    forward within the shard), else reopens the shard at ``k``. ``.npy`` shards are indexed directly.
+    forward within the shard), takes it from the shard's last ``keep`` samples read (a window shuffle
+    goes back within its window), else reopens the shard at ``k``. ``.npy`` shards are indexed directly.
 
     Args:
         opener: ``opener(shard_description, start)`` -> iterator of samples from ``start``.
         size: How many shards stay open (the least recently used is closed first).
         memmap: ``memmap(description)`` -> an indexable array, or None when the description is not a
             ``.npy`` file (then ``opener`` is used).
+        keep: How many of the samples last read (or skipped) of each open sequential shard are kept.
     """
 
     def __init__(
@@ -221,10 +223,12 @@ class ShardReaders:
         opener: Callable[[Any, int], Iterator[Any]],
         size: int,
         memmap: Callable[[Any], Any] | None = None,
+        keep: int = 0,
     ) -> None:
         self._opener = opener
         self._memmap = memmap
         self._size = max(1, size)
+        self._keep = keep
         self._open: OrderedDict[int, list[Any]] = OrderedDict()
         self.reopened = 0  # how many times a shard was (re)opened: the tests bound it
 
@@ -239,12 +243,16 @@ class ShardReaders:
                 return np.array(entry[1][k])
             if entry[0] <= k:
                 return self._advance(entry, k)
+            if k in entry[2]:
+                return entry[2][k]
         array = self._memmap(description) if self._memmap is not None else None
         self.reopened += 1
         if array is not None:
             entry = ["array", array]
         else:
-            entry = [k, self._opener(description, k)]
+            # Open up to `keep` samples early: a shuffled window may ask for those next, from the kept ones.
+            start = max(0, k - self._keep)
+            entry = [start, self._opener(description, start), OrderedDict()]
         self._open[shard] = entry
         while len(self._open) > self._size:
             self._open.popitem(last=False)
@@ -267,12 +275,16 @@ class ShardReaders:
         return entry[1]
 
     def _advance(self, entry: list[Any], k: int) -> Any:
-        iterator = entry[1]
-        while entry[0] < k:
-            next(iterator)
+        iterator, recent, keep = entry[1], entry[2], self._keep
+        while True:
+            sample = next(iterator)
+            if keep:
+                recent[entry[0]] = sample
+                if len(recent) > keep:
+                    recent.popitem(last=False)
             entry[0] += 1
-        entry[0] += 1
-        return next(iterator)
+            if entry[0] > k:
+                return sample
 
 
 def npy_memmap(description: Any) -> Any:

@@ -69,6 +69,10 @@ class ShardedStream(Dataset):
         tokens: With ``pack_to``, how to get a document's tokens from a sample: a field name, a callable,
             or None (the sample is its tokens, as a ``.npy`` row is).
         pad_id: The token that pads a lane's last packed sequence.
+        transform: Applied to each sample (or packed sequence) as it is fetched. Its random draws from
+            torch's, NumPy's and Python's global RNGs are reseeded per sample from ``(loader seed, epoch,
+            global position)`` by the loader (``reseed_rng=True``), so they survive resumes and changes of
+            ``num_workers`` and world size.
 
     Raises:
         ValueError: for bad arguments, a shard whose count is unknown, or (packing) no token counts.
@@ -87,8 +91,12 @@ class ShardedStream(Dataset):
         pack_to: int | None = None,
         tokens: str | Callable[[Any], Any] | None = None,
         pad_id: int = 0,
+        transform: Callable[[Any], Any] | None = None,
     ) -> None:
         _check_arguments(open_shard, lanes, seed, window, pack_to)
+        if transform is not None and not callable(transform):
+            raise ValueError(f"transform must be callable(sample) (got {transform!r})")
+        self.transform = transform
         self.shards: list[Shard] = resolve_shards(shards, needs_tokens=pack_to is not None)
         self.lanes = min(64, len(self.shards)) if lanes is None else lanes
         self.seed, self.shuffle, self.window = seed, bool(shuffle), window
@@ -128,13 +136,15 @@ class ShardedStream(Dataset):
     def __getitem__(self, key: int) -> Any:
         """The sample with id ``key`` or, with ``pack_to``, the packed sequence ``key`` names."""
         if self.pack_to is not None:
-            return self._packed(int(key))
-        shard, k = self.locate(int(key))
-        return self._readers().read(shard, self.shards[shard].source, k)
+            sample = self._packed(int(key))
+        else:
+            shard, k = self.locate(int(key))
+            sample = self._readers().read(shard, self.shards[shard].source, k)
+        return sample if self.transform is None else self.transform(sample)
 
     def __getitems__(self, keys: Sequence[int]) -> list[Any]:
         """A batch (torch's fetcher calls this): the keys of one ``.npy`` shard are read by one fancy index."""
-        if self.pack_to is not None or not self._builtin:
+        if self.pack_to is not None or not self._builtin or self.transform is not None:
             return [self[key] for key in keys]
         shards = [self.locate(int(key)) for key in keys]
         out: list[Any] = [None] * len(shards)
@@ -157,7 +167,9 @@ class ShardedStream(Dataset):
         readers = self._caches.get("readers")
         if readers is None:
             memmap = npy_memmap if self._builtin else None
-            readers = self._caches["readers"] = ShardReaders(self._opener, self.open_shards, memmap)
+            readers = self._caches["readers"] = ShardReaders(
+                self._opener, self.open_shards, memmap, keep=self.window if self.shuffle else 0
+            )
         return readers
 
     # -- epoch layout --------------------------------------------------------------------------------
