@@ -203,31 +203,31 @@ def test_lane_assignment_is_balanced(weights, lanes, seed):
     st.integers(1, 3),
     st.integers(0, 4),
 )
-def test_packing_delivers_every_token_once(docs_per_shard, pack_to, lanes, window):
+def test_packing_delivers_every_token_once(lengths, pack_to, lanes, window):
     from torch_input_ckpt import Shard
 
-    def open_shard(source, start):
-        return iter(docs_per_shard[source][start:])
-
-    shards = [Shard(s, len(d), sum(d) and len(sum(([[0] * n for n in d]), []))) for s, d in enumerate(docs_per_shard)]
-    if not any(s.count for s in shards):
-        return
+    if not any(lengths):
+        lengths = [[1]]  # a stream needs one document
     docs = [
-        [list(range(100 * s + 10 * k, 100 * s + 10 * k + n)) for k, n in enumerate(d)]
-        for s, d in enumerate(docs_per_shard)
+        [list(range(100 * s + 10 * k, 100 * s + 10 * k + n)) for k, n in enumerate(d)] for s, d in enumerate(lengths)
     ]
-    docs_per_shard = docs
+
+    def open_shard(source, start):
+        return iter(docs[source][start:])
+
+    shards = [Shard(s, len(d), sum(d)) for s, d in enumerate(lengths)]
     data = ShardedStream(shards, open_shard, lanes=lanes, window=window, pack_to=pack_to, seed=5)
     keys = data.epoch_order(0, 1, True)(torch.arange(len(data))).tolist()
+    assert sorted(keys) == [len(data) + i for i in range(len(data))], "epoch 1's keys: each sequence once"
     seen = Counter()
     for key in keys:
         sample = to_py(data[key])
         assert len(sample["input_ids"]) == pack_to
-        for t, d in zip(sample["input_ids"], sample["document_ids"], strict=True):
+        for t, d, p in zip(sample["input_ids"], sample["document_ids"], sample["position_ids"], strict=True):
             if d >= 0:
                 seen[t] += 1
-    expected = Counter(t for shard in docs for doc in shard for t in doc)
-    assert seen == expected
+                assert t % 10 == p, "position_ids count from the document's first token"
+    assert seen == Counter(t for shard in docs for doc in shard for t in doc)
     assert len(data) == sum(-(-t // pack_to) for t in data.lane_units)
 
 

@@ -17,9 +17,10 @@ Guarantees (the README's "Sharded streams" section has the table):
 
 Limits: a worker reads a lane's shard forward, skipping what other workers and ranks take, and keeps
 open the shards a window of every lane spans (at most 512); a format without random access (JSON lines,
-tar) re-reads a shard from its start when a position before the open reader's is asked for (at most one
-shard per lane after a resume). With a window shuffle and packing, the packed sequences are shuffled, so
-the two pieces of a document cut between sequences may arrive in either order.
+tar) keeps the last ``window`` samples of each open shard, so a window that goes back is served from
+them, and is reopened only when asked for a sample before those (after a resume: at most one shard per
+lane). With a window shuffle and packing, the packed sequences are shuffled, so the two pieces of a
+document cut between sequences may arrive in either order.
 """
 
 from __future__ import annotations
