@@ -304,3 +304,23 @@ def test_index_command_and_a_moved_directory(tmp_path):
     resumed = ResumableDataLoader(ShardedStream(moved, pack_to=4, tokens="tokens.json"), batch_size=1)
     resumed.load_state_dict(state)  # the same shards elsewhere: accepted
     assert len(list(resumed)) == len(resumed) - 1
+
+
+def test_packed_window_reads_each_shard_forward(tmp_path):
+    from torch_input_ckpt import Shard
+
+    opened = []
+    docs = [[[s * 100 + k] * (1 + (s + k) % 4) for k in range(n)] for s, n in enumerate(SIZES)]
+
+    def open_shard(source, start):
+        for doc in docs[source][start:]:
+            opened.append(source)
+            yield doc
+
+    shards = [Shard(s, len(d), sum(map(len, d))) for s, d in enumerate(docs)]
+    data = ShardedStream(shards, open_shard, lanes=3, window=4, pack_to=3)
+    stream = list(epochs_of(ResumableDataLoader(data, batch_size=2), 1))
+    assert len(stream) == -(-len(data) // 2)
+    # A window going back finds its documents by their remembered offsets and the reader's kept ones: each
+    # document is read about once (a reopen starts at most `window` documents early), not once per sequence.
+    assert len(opened) <= 2 * sum(SIZES), f"{len(opened)} documents read for {sum(SIZES)}"

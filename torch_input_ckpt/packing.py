@@ -17,6 +17,8 @@ sequence continue its count), and ``document_ids`` name each token's document by
 
 from __future__ import annotations
 
+import bisect
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +37,7 @@ class PackedReader:
         tokens: How to get a document's tokens from a sample (a field name, a callable, or None).
         row_length: ``row_length(shard)`` -> the fixed document length of a shard whose documents all
             have one (``.npy`` rows), else None.
+        limit: For how many shards the document offsets read are remembered.
     """
 
     def __init__(
@@ -42,12 +45,17 @@ class PackedReader:
         readers: ShardReaders,
         tokens: str | Callable[[Any], Any] | None,
         row_length: Callable[[int], int | None],
+        limit: int = 64,
     ) -> None:
         self._readers = readers
         self._tokens = tokens
         self._row_length = row_length
-        # shard -> (document number, token offset of its first token, its tokens or None if not read yet)
-        self._at: dict[int, tuple[int, int, torch.Tensor | None]] = {}
+        self._limit = max(1, limit)
+        # shard -> (document number, its tokens): the document a sequence's end cut, for the next sequence
+        self._at: dict[int, tuple[int, torch.Tensor]] = {}
+        # shard -> token offset of the first token of each of its documents read so far (of the `limit`
+        # shards used last), so that a window shuffle going back finds its document without a re-read
+        self._starts: OrderedDict[int, list[int]] = OrderedDict()
 
     def _document(self, shard: int, description: Any, k: int) -> torch.Tensor:
         sample = self._readers.read(shard, description, k)
@@ -58,22 +66,36 @@ class PackedReader:
         row = self._row_length(shard)
         if row:
             return self._rows(shard, description, lo, hi, row)
-        k, start, document = self._at.get(shard, (0, 0, None))
-        if start > lo:
-            k, start, document = 0, 0, None
+        starts = self._known(shard)
+        k = bisect.bisect_right(starts, lo) - 1
+        start = starts[k]
+        cut = self._at.get(shard)
+        document = cut[1] if cut is not None and cut[0] == k else None
         pieces = []
         while start < hi:
             if document is None:
                 document = self._document(shard, description, k)
             end = start + len(document)
+            if len(starts) == k + 1:
+                starts.append(end)
             if end > lo:
                 offset = max(lo, start) - start
                 pieces.append((k, offset, document[offset : min(hi, end) - start]))
             if end > hi:
-                break  # the document goes on in the next sequence: keep it
+                self._at[shard] = (k, document)  # the document goes on in the next sequence: keep it
+                break
             k, start, document = k + 1, end, None
-        self._at[shard] = (k, start, document)
         return pieces
+
+    def _known(self, shard: int) -> list[int]:
+        starts = self._starts.get(shard)
+        if starts is None:
+            starts = self._starts[shard] = [0]
+            while len(self._starts) > self._limit:
+                evicted, _ = self._starts.popitem(last=False)
+                self._at.pop(evicted, None)
+        self._starts.move_to_end(shard)
+        return starts
 
     def _rows(self, shard: int, description: Any, lo: int, hi: int, row: int) -> list[tuple[int, int, torch.Tensor]]:
         # Documents of one length (.npy rows): the rows covering [lo, hi) are one slice of the memory map.

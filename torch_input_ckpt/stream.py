@@ -272,7 +272,9 @@ class ShardedStream(Dataset):
     def _packed_reader(self) -> PackedReader:
         reader = self._caches.get("packed")
         if reader is None:
-            reader = self._caches["packed"] = PackedReader(self._readers(), self.tokens, self._row_length)
+            reader = self._caches["packed"] = PackedReader(
+                self._readers(), self.tokens, self._row_length, limit=self.open_shards
+            )
         return reader
 
     def _row_length(self, shard: int) -> int | None:
