@@ -9,7 +9,18 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import blocking, ddp_sync, mixture, restore_scale, resume, sampler_cost, state_cost, stream, throughput
+from . import (
+    blocking,
+    ddp_sync,
+    hf_resume,
+    mixture,
+    restore_scale,
+    resume,
+    sampler_cost,
+    state_cost,
+    stream,
+    throughput,
+)
 from .harness import ROOT, Config, Figure
 from .report import load_now, plot_resume, render
 
@@ -24,10 +35,11 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "ddp_sync": ddp_sync.run,
     "mixture": mixture.run,
     "restore_scale": restore_scale.run,
+    "hf_resume": hf_resume.run,
     "stream": stream.run,
 }
 _ORDER = ["throughput", "resume", "state_cost", "blocking", "sampler_memory", "reseed", "permutation", "ddp_sync"]
-_ORDER += ["mixture_resume", "mixture_throughput", "restore_scale"]
+_ORDER += ["mixture_resume", "mixture_throughput", "restore_scale", "hf_resume"]
 _ORDER += ["stream", "stream_throughput"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
