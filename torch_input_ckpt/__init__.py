@@ -9,6 +9,8 @@ from .errors import EpochMismatchWarning, ExternalStateWarning, InputCheckpointW
 from .loader import ResumableDataLoader
 from .mixture import Mixture, Origin
 from .sampler import ResumableSampler
+from .shards import Shard
+from .stream import ShardedStream
 from .world import World
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "Origin",
     "ResumableDataLoader",
     "ResumableSampler",
+    "Shard",
+    "ShardedStream",
     "Stateful",
     "World",
 ]
