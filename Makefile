@@ -4,9 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Pinned: torch 2.13.0's CPU build is what this project's machines install without a multi-GB CUDA
 # download; an unpinned or open-ended torch would pull one.
-PINS := torch==2.13.0 torchdata==0.11.0 pytorch_lightning==2.6.6 pytest==9.0.3 hypothesis==6.155.2 ruff==0.17.6
+PINS := torch==2.13.0 torchdata==0.11.0 pytorch_lightning==2.6.6 pytest==9.0.3 hypothesis==6.155.2 ruff==0.17.6 radon==6.0.1
+# The Hugging Face integration's tested versions (they install against torch==2.13.0 without another torch).
+PINS += transformers==5.23.0 accelerate==1.15.0
 
-.PHONY: setup test demo demo-ddp bench bench-quick lint
+.PHONY: setup test test-lightning-floor demo demo-ddp bench bench-quick lint
 
 setup: $(VENV)/.installed
 
@@ -18,6 +20,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: setup
 	$(PY) -m pytest -q
+
+# The Lightning tests against the lowest pytorch_lightning the [lightning] extra declares, in a venv of its own.
+LIGHTNING_FLOOR := pytorch_lightning==2.6.0
+FLOOR_VENV := .venv-lightning-floor
+test-lightning-floor: $(FLOOR_VENV)/.installed
+	$(FLOOR_VENV)/bin/python -m pytest -q tests/test_lightning.py
+
+$(FLOOR_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(filter torch==% torchdata==% pytest==% hypothesis==%,$(PINS)) $(LIGHTNING_FLOOR)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
 
 demo: setup
 	$(PY) examples/preempt_demo.py

@@ -9,7 +9,20 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import blocking, cold_resume, ddp_sync, realistic, resume, sampler_cost, state_cost, throughput
+from . import (
+    blocking,
+    cold_resume,
+    ddp_sync,
+    hf_resume,
+    mixture,
+    realistic,
+    restore_scale,
+    resume,
+    sampler_cost,
+    state_cost,
+    stream,
+    throughput,
+)
 from .harness import ROOT, Config, Figure
 from .report import load_now, plot_resume, render
 
@@ -24,6 +37,10 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "sampler_memory": sampler_cost.run_memory,
     "permutation": sampler_cost.run_epoch,
     "ddp_sync": ddp_sync.run,
+    "mixture": mixture.run,
+    "restore_scale": restore_scale.run,
+    "hf_resume": hf_resume.run,
+    "stream": stream.run,
 }
 _ORDER = [
     "throughput",
@@ -37,6 +54,8 @@ _ORDER = [
     "permutation",
     "ddp_sync",
 ]
+_ORDER += ["mixture_resume", "mixture_throughput", "restore_scale", "hf_resume"]
+_ORDER += ["stream", "stream_throughput"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
 

@@ -27,6 +27,7 @@ from torch_input_ckpt import (
     InputStateError,
     ResumableDataLoader,
     ResumableSampler,
+    World,
     files,
 )
 from torch_input_ckpt.files import InputFile
@@ -189,10 +190,9 @@ def test_every_n_steps(tmp_path):
         assert ckpt.steps() == [3, 6, 9]
 
 
-def test_every_n_seconds_uses_the_time_since_the_last_save(tmp_path, monkeypatch):
+def test_every_n_seconds_uses_the_time_since_the_last_save(tmp_path):
     clock = [100.0]
-    monkeypatch.setattr(checkpointer_module, "_monotonic", lambda: clock[0])
-    with InputCheckpointer(tmp_path, make_loader(), every_n_seconds=10) as ckpt:
+    with InputCheckpointer(tmp_path, make_loader(), every_n_seconds=10, clock=lambda: clock[0]) as ckpt:
         decisions = []
         for step, now in enumerate([101, 109.9, 110, 111, 119, 125, 130], start=1):
             clock[0] = now
@@ -204,13 +204,29 @@ def test_every_n_seconds_uses_the_time_since_the_last_save(tmp_path, monkeypatch
         assert ckpt.steps() == [3, 6, 50]
 
 
-def test_both_intervals(tmp_path, monkeypatch):
+def test_both_intervals(tmp_path):
     clock = [0.0]
-    monkeypatch.setattr(checkpointer_module, "_monotonic", lambda: clock[0])
-    with InputCheckpointer(tmp_path, make_loader(), every_n_steps=5, every_n_seconds=60) as ckpt:
+    with InputCheckpointer(
+        tmp_path, make_loader(), every_n_steps=5, every_n_seconds=60, clock=lambda: clock[0]
+    ) as ckpt:
         assert [s for s in range(1, 11) if ckpt.after_step(s)] == [5, 10]
         clock[0] = 61
         assert ckpt.after_step(11)
+
+
+def test_without_a_schedule_only_explicit_saves_save(tmp_path):
+    with InputCheckpointer(tmp_path, make_loader(), clock=lambda: 10.0**9) as ckpt:
+        assert not any(ckpt.after_step(step) for step in range(1, 50))
+        ckpt.save(7)
+        assert ckpt.after_step(8, pin=True)
+        assert ckpt.steps() == [7, 8] and ckpt.pinned() == [8]
+
+
+def test_a_world_given_by_hand_is_recorded(tmp_path):
+    with InputCheckpointer(tmp_path, make_loader(), every_n_steps=1, world=World(1, 4)) as ckpt:
+        assert (ckpt.rank, ckpt.world_size, ckpt.world) == (1, 4, World(1, 4))
+        ckpt.save(3)
+    assert files.read_checkpoint(tmp_path / InputFile(1, 3).name).world_size == 4
 
 
 def test_keep_last_deletes_older_files_of_its_rank_only(tmp_path):
@@ -219,7 +235,9 @@ def test_keep_last_deletes_older_files_of_its_rank_only(tmp_path):
         "checkpoint_input_0",
         "input_0-00000005.json",
         "input_0-00000006.json",
+        "input_0.lock",  # the one-writer lock (empty once released)
     ]
+    assert (tmp_path / "input_0.lock").read_bytes() == b""
     saved_states(tmp_path / "all", count=4, keep_last=None)
     assert files.list_steps(tmp_path / "all") == {0: [0, 1, 2, 3, 4]}
 
@@ -227,7 +245,7 @@ def test_keep_last_deletes_older_files_of_its_rank_only(tmp_path):
 def test_file_names_and_pointer_content(tmp_path):
     with InputCheckpointer(tmp_path, make_loader(), every_n_steps=1, rank=3) as ckpt:
         ckpt.save(120)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_input_3", "input_3-00000120.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_input_3", "input_3-00000120.json", "input_3.lock"]
     assert (tmp_path / "checkpoint_input_3").read_text().splitlines()[1:] == [
         "latest: input_3-00000120.json",
         "step: 120",
@@ -384,7 +402,9 @@ def test_when_every_file_is_damaged_restore_raises_naming_each(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({}, "give every_n_steps, every_n_seconds or both"),
+        ({"every_n_steps": 1, "clock": 5}, "clock must be a callable returning seconds (got clock=5)"),
+        ({"every_n_steps": 1, "world": (0, 2)}, "world must be a torch_input_ckpt.World (got world=(0, 2))"),
+        ({"every_n_steps": 1, "rank": 1, "world": World(0, 2)}, "rank=1 contradicts world=World(rank=0, size=2)"),
         ({"every_n_steps": 0}, "every_n_steps must be an int >= 1 (got every_n_steps=0)"),
         ({"every_n_steps": -3}, "got every_n_steps=-3"),
         ({"every_n_steps": 2.5}, "got every_n_steps=2.5"),

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from torch_input_ckpt import InputCheckpointer, InputStateError, ResumableDataLoader
-from torch_input_ckpt.distributed import plan_restore
+from torch_input_ckpt import InputCheckpointer, InputStateError, ResumableDataLoader, World
 from torch_input_ckpt.files import InputFile
+from torch_input_ckpt.planner import plan_restore
 
 from distributed import run_world
 from resume import to_py
@@ -108,9 +108,9 @@ def test_restore_of_a_step_some_ranks_lack_names_them(tmp_path):
     run_world(_train, 2, tmp_path, 4, None)
     (tmp_path / InputFile(1, 3).name).unlink()
     with pytest.raises(InputStateError, match=r"step 3 was saved by 2 ranks, but ranks \[1\] have no valid file"):
-        plan_restore(tmp_path, 0, 3, step=3)
+        plan_restore(tmp_path, 3, step=3)
     with pytest.raises(InputStateError, match=r"no valid input checkpoint at step 9; steps on disk per rank: rank 0"):
-        plan_restore(tmp_path, 0, 2, step=9)
+        plan_restore(tmp_path, 2, step=9)
 
 
 def test_per_rank_state_cannot_be_resharded(tmp_path):
@@ -118,12 +118,12 @@ def test_per_rank_state_cannot_be_resharded(tmp_path):
 
     for rank in range(2):
         loader = ResumableDataLoader(list(range(N)), batch_size=BATCH, sampler=SequentialSampler(range(N)))
-        with InputCheckpointer(tmp_path, loader, every_n_steps=1, rank=rank, external_state_policy="ignore") as c:
-            c.world_size = 2  # as if saved under a 2-rank process group
+        world = World(rank, 2)  # as if saved under a 2-rank process group
+        with InputCheckpointer(tmp_path, loader, every_n_steps=1, world=world, external_state_policy="ignore") as c:
             c.save(1)
     with pytest.raises(InputStateError, match="cannot be resumed on 3 ranks after being saved on 2.*per rank"):
-        plan_restore(tmp_path, 0, 3)
-    assert plan_restore(tmp_path, 1, 2).checkpoint.rank == 1, "the same world size restores its own files"
+        plan_restore(tmp_path, 3)
+    assert plan_restore(tmp_path, 2, rank=1).checkpoint.rank == 1, "the same world size restores its own files"
 
 
 def test_fresh_start_saves_initial_on_every_rank_after_all_have_looked(tmp_path):
@@ -133,7 +133,7 @@ def test_fresh_start_saves_initial_on_every_rank_after_all_have_looked(tmp_path)
 
 
 def test_only_global_positions_are_reshardable():
-    from torch_input_ckpt.distributed import _not_reshardable
+    from torch_input_ckpt.schema import reshard_blocker as _not_reshardable
 
     loader_state = _loader().state_dict()
     assert _not_reshardable(loader_state) is None
@@ -150,8 +150,59 @@ def test_old_ranks_that_disagree_on_the_position_are_not_resharded(tmp_path):
         it = iter(loader)
         for _ in range(batches):
             next(it)
-        with InputCheckpointer(tmp_path, loader, every_n_steps=1, rank=rank) as c:
-            c.world_size = 2  # as if saved under a 2-rank process group
+        with InputCheckpointer(tmp_path, loader, every_n_steps=1, world=World(rank, 2)) as c:  # as under 2 ranks
             c.save(2)
     with pytest.raises(InputStateError, match=r"the 2 old ranks disagree on the position of 'input'.*lockstep"):
-        plan_restore(tmp_path, 0, 3)
+        plan_restore(tmp_path, 3)
+
+
+def _count_restore_reads(rank, world, directory):
+    """Restore the newest step, counting every file this rank opens for reading."""
+    from torch_input_ckpt import files
+
+    opened = []
+    real = files.read_regular_file
+
+    def counting(path, limit):
+        opened.append(path.name)
+        return real(path, limit)
+
+    files.read_regular_file = counting
+    try:
+        with InputCheckpointer(directory, _loader(), every_n_steps=1, keep_last=None) as ckpt:
+            step = ckpt.restore()
+    finally:
+        files.read_regular_file = real
+    return step, opened
+
+
+@pytest.mark.parametrize("old,new", [(3, 3), (3, 2)])
+def test_only_rank_0_plans_and_every_other_rank_reads_one_file(tmp_path, old, new):
+    run_world(_train, old, tmp_path, 4, None)
+    results = run_world(_count_restore_reads, new, tmp_path)
+    assert [step for step, _ in results] == [4] * new
+    planner = results[0][1]
+    assert sorted(planner) == sorted(
+        [f"checkpoint_input_{r}" for r in range(old)] + [InputFile(r, 4).name for r in range(old)]
+    )
+    for rank in range(1, new):
+        assert results[rank][1] == [InputFile(rank, 4).name]  # its own old rank's file, nothing else
+
+
+def _restore_from_own_directory(rank, world, directory):
+    """Each rank restores from a directory of its own (not shared): only rank 0's holds rank 1's file."""
+    mine = Path(directory) / f"node{rank}"
+    with InputCheckpointer(mine, _loader(), every_n_steps=1) as ckpt:
+        try:
+            ckpt.restore()
+        except InputStateError as error:
+            return str(error)
+    return None
+
+
+def test_a_directory_not_shared_by_all_ranks_fails_every_rank_not_a_hang(tmp_path):
+    run_world(_train, 2, tmp_path / "node0", 3, None)  # node0 holds both ranks' files; node1 none
+    (tmp_path / "node1").mkdir()
+    errors = run_world(_restore_from_own_directory, 2, tmp_path, timeout=60)
+    assert errors[1] is not None and "input_1-00000003.json: file does not exist" in errors[1]
+    assert errors[0] == f"rank 1 could not read its input checkpoint: {errors[1]}"

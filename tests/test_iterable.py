@@ -3,6 +3,9 @@ what their per-worker state cannot do (another num_workers, another world) with 
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -157,18 +160,20 @@ def test_state_is_plain_json_with_each_workers_position():
     assert (state["num_workers"], state["world_size"], state["rank"], state["external"]) == (2, 1, 0, [])
     workers = state["inner"]["_snapshot"]["_worker_snapshots"]
     # Three batches delivered: two from worker 0, one from worker 1 (not the batches prefetched beyond).
-    assert workers["worker_0"]["dataset_state"] == {"epoch": 0, "position": 6}
-    assert workers["worker_1"]["dataset_state"] == {"epoch": 0, "position": 3}
+    # Each worker's dataset state is the dataset's own, with the count of samples it yielded (their RNG
+    # seeds follow from it: see test_rng_draws_of_a_stateful_iterable_survive_a_resume).
+    assert workers["worker_0"]["dataset_state"] == {"dataset": {"epoch": 0, "position": 6}, "yielded": 6, "epoch": 0}
+    assert workers["worker_1"]["dataset_state"] == {"dataset": {"epoch": 0, "position": 3}, "yielded": 3, "epoch": 0}
 
 
 def test_fresh_state_and_state_after_load_start_no_workers():
     """state_dict() before any iteration, and right after a load, is answered without starting workers."""
     fresh = _loader(num_workers=2)
     state = fresh.state_dict()
-    assert state["inner"] == {} and fresh._iterable.delegate._iterator is None
+    assert state["inner"] == {} and fresh._backend.delegate._iterator is None
     loaded = _loader(num_workers=2)
     loaded.load_state_dict(roundtrip(state))
-    assert loaded.state_dict() == state and loaded._iterable.delegate._iterator is None
+    assert loaded.state_dict() == state and loaded._backend.delegate._iterator is None
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes:UserWarning")  # 2-core CI
@@ -302,3 +307,51 @@ def test_state_taken_after_an_epoch_ended_resumes_at_the_next_epoch(options):
     resumed.load_state_dict(state)
     assert head + list(epochs_of(resumed, 2)) == expected
     del resumed
+
+
+class AugmentingStream(ShardedStream):
+    """The sharded stream, each sample with draws from torch's, NumPy's and Python's global RNGs."""
+
+    def _items(self, worker: int, shard: list[int]):
+        for sample in super()._items(worker, shard):
+            yield {
+                **sample,
+                "torch": torch.rand(()).item(),
+                "numpy": float(np.random.rand()),
+                "python": random.random(),
+            }
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_rng_draws_of_a_stateful_iterable_survive_a_resume(num_workers):
+    """Each sample's global RNGs are reseeded from (seed, epoch, rank, worker, count): the draws after a
+    resume (mid-epoch, after a worker ran out, into the next epoch) are the uninterrupted run's."""
+
+    def make() -> ResumableDataLoader:
+        return _loader(AugmentingStream(seed=1, skew=True), num_workers=num_workers)
+
+    expected = check_resume(make, PER_EPOCH // 2)
+    for stop in (1, 6, PER_EPOCH + 2):
+        check_resume(make, stop, expected=expected)
+    draws = [value for _, batch in expected for value in batch["torch"]]
+    assert len(set(draws)) == len(draws), "every sample draws afresh"
+
+
+def test_rng_draws_of_a_stateful_iterable_differ_after_a_resume_without_reseeding():
+    """What the reseeding fixes: a fresh worker restored mid-epoch starts from its base seed."""
+
+    def make() -> ResumableDataLoader:
+        return _loader(AugmentingStream(seed=1), num_workers=2, reseed_rng=False)
+
+    with pytest.raises(AssertionError, match="diverged"):
+        check_resume(make, PER_EPOCH // 2)
+
+
+def test_rng_draws_in_the_main_process_leave_the_models_rng_alone():
+    loader = _loader(AugmentingStream(seed=1), num_workers=0)
+    torch.manual_seed(7)
+    before = torch.rand(3).tolist()
+    torch.manual_seed(7)
+    for _ in loader:
+        pass
+    assert torch.rand(3).tolist() == before

@@ -5,18 +5,32 @@
 from torchdata.stateful_dataloader import Stateful
 
 from .checkpointer import InputCheckpointer
-from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError, UnseededDrawWarning
+from .errors import (
+    EpochMismatchWarning,
+    ExternalStateWarning,
+    InputCheckpointWarning,
+    InputStateError,
+    UnseededDrawWarning,
+)
 from .loader import ResumableDataLoader
+from .mixture import Mixture, Origin
 from .sampler import ResumableSampler
+from .shards import Shard
+from .stream import ShardedStream
 from .world import World
 
 __all__ = [
+    "EpochMismatchWarning",
     "ExternalStateWarning",
     "InputCheckpointWarning",
     "InputCheckpointer",
     "InputStateError",
+    "Mixture",
+    "Origin",
     "ResumableDataLoader",
     "ResumableSampler",
+    "Shard",
+    "ShardedStream",
     "Stateful",
     "UnseededDrawWarning",
     "World",

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
-import math
 import os
 import time
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import torch.distributed as dist
 
 from . import files
-from .distributed import RestorePlan, SaveAgreement, cpu_group, gather_steps, plan_restore
+from ._compat import FastForwardNoticeFilter
+from .arguments import check_choice, check_int, check_positive_number
+from .distributed import SaveAgreement, all_succeeded, cpu_group, share_from_first
 from .encoding import decode_tensors
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .external import external_parts
 from .files import InputCheckpoint, InputFile
-from .inspection import describe_position
-from .loader import ResumableDataLoader
-from .sampler import ResumableSampler
-from .state import is_stateful
+from .lock import WriterLock
+from .planner import RestorePlan, plan_restore
+from .schema import is_stateful, positions
 from .world import World
 from .writer import BackgroundWriter
 
@@ -36,8 +37,6 @@ ExternalStatePolicy = Literal["fail", "warn", "ignore"]
 _POLICIES = ("fail", "warn", "ignore")
 # The name under which a single (non-dict) stateful object is saved.
 SINGLE = "input"
-# Looked up at each call (not bound at import) so that tests can substitute a fake clock.
-_monotonic = time.monotonic
 
 
 class InputCheckpointer:
@@ -58,24 +57,33 @@ class InputCheckpointer:
         stateful: An object with ``state_dict()``/``load_state_dict()`` (a ``ResumableDataLoader``,
             a ``ResumableSampler``, a torchdata ``StatefulDataLoader``, ...) or a dict of named ones.
         every_n_steps: Save when ``step`` is a multiple of this.
-        every_n_seconds: Save when this many seconds (monotonic clock) have passed since the last
-            save. At least one of the two intervals must be given.
+        every_n_seconds: Save when this many seconds (of ``clock``) have passed since the last save.
+            With neither interval, only explicit :meth:`save` calls (and ``after_step(step, pin=True)``)
+            save.
         keep_last: How many of this rank's checkpoints to keep (None: all). Older ones are deleted
             only after a newer one is durable.
-        rank: This process's rank; defaults to ``torch.distributed``'s when initialised, else 0.
+        rank: This process's rank; defaults to ``torch.distributed``'s when initialised, else 0. Given
+            by hand outside torch.distributed (without ``world``), the world size is unknown: the files
+            record none, and a restore reads this rank's own files only.
+        world: This process's :class:`World` (rank and number of ranks), e.g. a trainer's; defaults to
+            ``World.detect()`` (``rank`` overrides its rank).
         external_state_policy: What to do, at the first save, when part of the pipeline has state
             this library cannot capture (a component without ``state_dict``, a custom sampler or an
             ``IterableDataset`` without state): ``"fail"`` raises ``ValueError``, ``"warn"`` warns
             once (:class:`ExternalStateWarning`) and saves the rest, ``"ignore"`` saves the rest.
         process_group: Under torch.distributed, the group for the checkpointer's own collectives (one
-            broadcast every ``sync_every_n_steps`` steps when ``every_n_seconds`` is set; one gather per
-            restore). Default: the default group if it is gloo, else a new gloo group.
+            broadcast every ``sync_every_n_steps`` steps when ``every_n_seconds`` is set; per restore, one
+            broadcast of the plan and one all-gather of a success flag). Default: the default group if it
+            is gloo, else a new gloo group.
         sync_every_n_steps: Under torch.distributed, how often the ranks agree on a time-based save:
             rank 0's clock decides, so all ranks save at the same step, at most this many steps late.
+        clock: The clock of ``every_n_seconds``, a callable returning seconds (default
+            ``time.monotonic``).
 
     Raises:
-        ValueError: for an invalid or unwritable directory, missing or non-positive intervals, a bad
-            ``keep_last``, ``rank`` or policy, or a ``stateful`` without ``state_dict``.
+        ValueError: for an invalid or unwritable directory, non-positive intervals, a bad ``keep_last``,
+            ``rank``, ``world`` or policy, or a ``stateful`` without ``state_dict``.
+        RuntimeError: if another checkpointer holds this directory and rank (naming its pid and host).
 
     Example::
 
@@ -94,58 +102,57 @@ class InputCheckpointer:
         every_n_seconds: float | None = None,
         keep_last: int | None = 3,
         rank: int | None = None,
+        world: World | None = None,
         external_state_policy: ExternalStatePolicy = "fail",
         process_group: Any = None,
         sync_every_n_steps: int = 10,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        if every_n_steps is None and every_n_seconds is None:
-            raise ValueError(f"give every_n_steps, every_n_seconds or both (got {every_n_steps=}, {every_n_seconds=})")
-        if every_n_steps is not None and (not _is_int(every_n_steps) or every_n_steps < 1):
-            raise ValueError(f"every_n_steps must be an int >= 1 (got {every_n_steps=})")
-        if every_n_seconds is not None and (
-            isinstance(every_n_seconds, bool)
-            or not isinstance(every_n_seconds, (int, float))
-            or not 0 < every_n_seconds < math.inf
-        ):
-            raise ValueError(f"every_n_seconds must be a finite number > 0 (got {every_n_seconds=})")
-        if keep_last is not None and (not _is_int(keep_last) or keep_last < 1):
-            raise ValueError(f"keep_last must be an int >= 1, or None to keep all (got {keep_last=})")
-        if external_state_policy not in _POLICIES:
-            raise ValueError(
-                f"external_state_policy must be one of {', '.join(map(repr, _POLICIES))} (got {external_state_policy=})"
-            )
-        if rank is not None and (not _is_int(rank) or rank < 0):
-            raise ValueError(f"rank must be an int >= 0 (got {rank=})")
-        if not _is_int(sync_every_n_steps) or sync_every_n_steps < 1:
-            raise ValueError(f"sync_every_n_steps must be an int >= 1 (got {sync_every_n_steps=})")
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1, optional=True)
+        self.every_n_seconds = check_positive_number("every_n_seconds", every_n_seconds, optional=True)
+        self.keep_last = check_int("keep_last", keep_last, minimum=1, none="keep all")
+        self.external_state_policy = check_choice("external_state_policy", external_state_policy, _POLICIES)
+        check_int("sync_every_n_steps", sync_every_n_steps, minimum=1)
+        if clock is not None and not callable(clock):
+            raise ValueError(f"clock must be a callable returning seconds (got {clock=})")
         distributed = dist.is_available() and dist.is_initialized()
-        detected = World.detect()
-        if distributed and rank is not None and rank >= detected.size:
-            raise ValueError(f"rank must be < the world size {detected.size} (got {rank=})")
+        #: This process's rank and number of ranks.
+        self.world, self._world_known = _resolve_world(rank, world, distributed)
         self.directory = _usable_directory(directory)
-        self.rank: int = detected.rank if rank is None else rank
-        # The world size is recorded for inspection and resharding; unknown when a rank is given by hand
-        # outside torch.distributed.
-        self.world_size: int | None = detected.size if distributed or rank is None else None
         self._components: dict[str, Any] = _components(stateful)
-        self.every_n_steps = every_n_steps
-        self.every_n_seconds = every_n_seconds
-        self.keep_last = keep_last
-        self.external_state_policy = external_state_policy
+        self._clock = clock if clock is not None else time.monotonic
         self._external: list[str] | None = None  # checked at the first save
-        self._last_save_time = _monotonic()
-        self._writer = BackgroundWriter(f"torch_input_ckpt writer (rank {self.rank})")
-        # Flushes at garbage collection or interpreter exit; refers to the writer only, so it does not
-        # keep this object alive.
-        self._finalizer = weakref.finalize(self, self._writer.close)
-        files.remove_stale_temporaries(self.directory, self.rank)
+        self._last_save_time = self._clock()
+        self._start_writing()
         # Under torch.distributed with several ranks: collectives on a CPU-capable group, to agree on
-        # time-based saves and on the step to restore. Built here, where every rank is at the same point.
-        self._collective = distributed and detected.size > 1
+        # time-based saves and to share the restore plan. Built here, where every rank is at the same point.
+        self._collective = distributed and self.world.size > 1
         self._group = cpu_group(process_group) if self._collective else None
         self._agreement = (
             SaveAgreement(self._group, sync_every_n_steps) if self._collective and every_n_seconds is not None else None
         )
+
+    def _start_writing(self) -> None:
+        # One writer per (directory, rank): taken first, so that a second job fails before touching anything.
+        self._lock = WriterLock(self.directory, self.rank)
+        self._writer = BackgroundWriter(f"torch_input_ckpt writer (rank {self.rank})")
+        self._quiet = FastForwardNoticeFilter()
+        # Flushes at garbage collection or interpreter exit, and reports a write that failed by then (nobody
+        # is left to raise it to); refers to the writer only, so it does not keep this object alive.
+        self._finalizer = weakref.finalize(
+            self, _close_unattended, self._writer, self._lock, self._quiet, str(self.directory), self.rank
+        )
+        files.remove_stale_temporaries(self.directory, self.rank)
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (``world.rank``)."""
+        return self.world.rank
+
+    @property
+    def world_size(self) -> int | None:
+        """The number of ranks recorded in the files: ``world.size``, or None when only the rank is known."""
+        return self.world.size if self._world_known else None
 
     def __repr__(self) -> str:
         return (
@@ -156,8 +163,15 @@ class InputCheckpointer:
 
     # -- saving -----------------------------------------------------------------------------------
 
-    def after_step(self, step: int) -> bool:
+    def after_step(self, step: int, *, pin: bool = False) -> bool:
         """Call once per optimizer step with the global step; saves when an interval has elapsed.
+
+        Args:
+            step: The global step just completed.
+            pin: True at a step where you also save a model checkpoint: the input checkpoint of this step
+                is then saved whatever the schedule, and pinned (see :meth:`save`), so that
+                ``restore(step)`` always finds it next to the model's. Under torch.distributed, pass the
+                same value on every rank.
 
         Returns:
             Whether it saved.
@@ -165,11 +179,13 @@ class InputCheckpointer:
         Raises:
             Exception: the error of a failed background write, if one happened since the last call.
         """
-        if self._writer.error is not None:
-            self._raise_pending()
-        if not self._should_save(step):
+        error = self._writer.take_error() if self._writer.error is not None else None
+        if error is not None:
+            _note(error, f"after_step({step}) raised this before deciding on a save: step {step} was not saved")
+            raise error
+        if not pin and not self._should_save(step):
             return False
-        self.save(step)
+        self.save(step, pin=pin)
         return True
 
     def _should_save(self, step: int) -> bool:
@@ -179,27 +195,66 @@ class InputCheckpointer:
             return True
         if self.every_n_seconds is None:
             return False
-        due = _monotonic() - self._last_save_time >= self.every_n_seconds
+        due = self._clock() - self._last_save_time >= self.every_n_seconds
         return due if self._agreement is None else self._agreement.decide(step, due)
 
-    def save(self, step: int) -> None:
+    def save(self, step: int, *, pin: bool = False) -> None:
         """Take the state now and write it in the background as the checkpoint of ``step``.
+
+        Args:
+            step: The global step.
+            pin: Keep this checkpoint until :meth:`unpin` (e.g. it goes with a model checkpoint): pinned
+                checkpoints are never pruned and do not count against ``keep_last``.
 
         Raises:
             ValueError: for a negative step, or (policy ``"fail"``) state this library cannot capture.
             TypeError: if a state holds something that is not JSON (naming its key).
         """
         self._raise_pending()
-        if not _is_int(step) or step < 0:
-            raise ValueError(f"step must be an int >= 0 (got {step=})")
+        check_int("step", step, minimum=0)
         states = {name: obj.state_dict() for name, obj in self._components.items() if is_stateful(obj)}
         if self._external is None:
             self._external = self._check_external(states)
         data = files.encode_checkpoint(
             rank=self.rank, world_size=self.world_size, step=step, states=states, external=self._external
         )
-        self._writer.submit(functools.partial(_commit, self.directory, self.rank, step, data, self.keep_last))
-        self._last_save_time = _monotonic()
+        self._writer.submit(functools.partial(_commit, self.directory, self.rank, step, data, self.keep_last, pin))
+        self._last_save_time = self._clock()
+        if self._writer.error is not None:  # failed while this call waited for room in the queue
+            self._raise_pending()
+
+    def pin(self, step: int) -> None:
+        """Pin the checkpoint of ``step``, already saved: it is kept until :meth:`unpin`.
+
+        Raises:
+            InputStateError: if this rank has no checkpoint of ``step``.
+        """
+        steps = self.steps()
+        if step not in steps:
+            raise InputStateError(
+                f"{self.directory}: no input checkpoint of rank {self.rank} at step {step} to pin; "
+                f"steps on disk: {steps if steps else 'none'}"
+            )
+        files.write_pin(self.directory, self.rank, step)
+
+    def unpin(self, step: int) -> bool:
+        """Unpin ``step`` (e.g. its model checkpoint was deleted) and prune it if ``keep_last`` says so.
+
+        Returns:
+            Whether ``step`` was pinned.
+        """
+        self.flush()
+        was = files.remove_pin(self.directory, self.rank, step)
+        newest = files.read_pointer(self.directory, self.rank)
+        if was and newest is not None:
+            for problem in files.prune(self.directory, self.rank, newest, self.keep_last):
+                log.warning("could not delete an unpinned input checkpoint: %s", problem)
+        return was
+
+    def pinned(self) -> list[int]:
+        """The pinned steps of this rank (after pending writes), oldest first."""
+        self.flush()
+        return files.pinned_steps(self.directory, self.rank)
 
     def _check_external(self, states: Mapping[str, Any]) -> list[str]:
         found = [item for name, obj in self._components.items() for item in external_parts(name, obj, states.get(name))]
@@ -225,7 +280,7 @@ class InputCheckpointer:
 
         Under torch.distributed every rank must call it together: the ranks restore the newest step
         that all ranks saved (on another world size, they split what is left of the epoch), and none
-        writes its initial checkpoint before all have looked.
+        writes its initial checkpoint before rank 0 has looked.
 
         Returns:
             The restored step, or None when there was nothing to restore (a fresh start).
@@ -234,13 +289,7 @@ class InputCheckpointer:
             InputStateError: if checkpoints exist but none is valid, or they do not fit the pipeline.
         """
         self.flush()
-        newest = self._own_history()
-        if newest is not None:
-            if newest.checkpoint is None and not newest.problems:
-                self.save(0)
-                return None
-            return self._restore_newest(newest)
-        plan = self._plan(None)
+        plan = self._agree(None)
         if plan is None:
             self.save(0)
             return None
@@ -252,7 +301,7 @@ class InputCheckpointer:
         Damaged files (and a pointer naming a missing file) are skipped with an
         :class:`InputCheckpointWarning` when restoring the newest; an explicit ``step`` must be valid.
         When the directory was written by another number of ranks, this rank continues with its share of
-        what is left of the epoch (see :func:`torch_input_ckpt.distributed.plan_restore`). Under
+        what is left of the epoch (see :func:`torch_input_ckpt.planner.plan_restore`). Under
         torch.distributed every rank must call it together.
 
         Returns:
@@ -263,77 +312,66 @@ class InputCheckpointer:
                 lists the steps that are), or the state does not fit the pipeline.
         """
         self.flush()
-        newest = self._own_history()
-        if newest is None:
-            plan = self._plan(step)
-            if plan is None:
-                raise InputStateError(f"{self.directory}: no input checkpoint to restore")
-            return self._apply_plan(plan)
-        if step is None:
-            return self._restore_newest(newest)
-        steps = self._list()
-        if step not in steps:
-            raise InputStateError(
-                f"{self.directory}: no input checkpoint of rank {self.rank} at step {step}; "
-                f"steps on disk: {steps if steps else 'none'}"
-            )
-        checkpoint = files.read_checkpoint(self.directory / InputFile(self.rank, step).name)
-        self._apply(checkpoint)
-        return step
-
-    def _own_history(self) -> files.Newest | None:
-        """This rank's newest checkpoint, when the restore comes from its own history alone: a job of one
-        rank whose directory holds only its own files, saved on this world size (or a rank given by hand
-        outside torch.distributed). None when the ranks' files must be planned together."""
-        if self._collective:
-            return None
-        if self.world_size is not None and not set(files.list_steps(self.directory)) <= {self.rank}:
-            return None
-        newest = files.find_newest(self.directory, self.rank)
-        if self.world_size is not None and newest.checkpoint is not None:
-            if newest.checkpoint.world_size not in (None, self.world_size):
-                return None  # saved by another world size: resharded by the plan
-        return newest
+        plan = self._agree(step)
+        if plan is None:
+            raise InputStateError(f"{self.directory}: no input checkpoint of rank {self.rank} to restore")
+        return self._apply_plan(plan)
 
     def _plan(self, step: int | None) -> RestorePlan | None:
-        """Choose what to restore; under torch.distributed, check that every rank chose the same step."""
-        world = self.world_size or 1
-        try:
-            plan, error = plan_restore(self.directory, self.rank, world, step), None
-        except InputStateError as raised:
-            plan, error = None, raised
-        if self._collective:
-            # Also a barrier: no rank saves its initial checkpoint before every rank has looked.
-            chosen = gather_steps(None if plan is None else plan.checkpoint.step, self._group, error)
-            failed = [(r, text) for r, (_, text) in enumerate(chosen) if text is not None]
-            if failed and error is None:
-                raise InputStateError(f"rank {failed[0][0]} could not choose an input checkpoint: {failed[0][1]}")
-            steps = {s for s, _ in chosen}
-            if error is None and len(steps) > 1:
-                raise InputStateError(
-                    f"{self.directory}: the ranks chose different input checkpoints to restore ("
-                    + ", ".join(f"rank {r}: step {s}" for r, (s, _) in enumerate(chosen))
-                    + "); is the directory shared by all ranks?"
-                )
-        if error is not None:
-            raise error
-        return plan
+        """Plan alone on this rank (this rank's own files only when its world size is unknown)."""
+        return plan_restore(self.directory, self.world.size, step, rank=self.rank, alone=not self._world_known)
+
+    def _agree(self, step: int | None) -> RestorePlan | None:
+        """Plan -> agree: rank 0 plans (lists, reads and checks every old rank's files) and shares the plan
+        with one broadcast; the other ranks read nothing but the one file it names (O(W) reads in all).
+        Also a barrier: no rank saves its initial checkpoint before rank 0 has looked."""
+        if not self._collective:
+            return self._plan(step)
+        planned: list[RestorePlan | None] = []
+
+        def plan_here() -> dict[str, Any] | None:
+            planned.append(self._plan(step))
+            return None if planned[0] is None else planned[0].to_dict()
+
+        shared = share_from_first(plan_here, self._group)
+        if planned:  # the planning rank keeps the file it has read already
+            return planned[0]
+        return None if shared is None else RestorePlan.from_dict(shared)
 
     def _apply_plan(self, plan: RestorePlan) -> int:
+        """Apply: warn about what was passed over, read this rank's file (unless the planner did), load it."""
         for problem in plan.problems:
             warnings.warn(f"{problem}; falling back to an older input checkpoint", InputCheckpointWarning, stacklevel=3)
-        world = self.world_size or 1
-        if plan.saved_world != world:
+        mine = [s for r, s in plan.uncommitted if r == self.rank]
+        if mine:
+            log.info(
+                "rank %d: passing over steps %s, newer than the pointer (saves cut short before commit)",
+                self.rank,
+                mine,
+            )
+        checkpoint = plan.checkpoint
+        error = None
+        if checkpoint is None or checkpoint.rank != plan.source_rank(self.rank):
+            try:
+                checkpoint = files.read_checkpoint(plan.path(self.directory, self.rank))
+            except InputStateError as raised:  # e.g. a directory that is not shared by all ranks
+                error = raised
+        if self._collective:
+            all_succeeded(error, self._group)  # every rank raises together: an error, not a hang
+        elif error is not None:
+            raise error
+        assert checkpoint is not None
+        if self._world_known and plan.saved_world != self.world.size:
             log.info(
                 "resharding the input pipeline saved by %d ranks at step %d over %d ranks (rank %d reads %s)",
                 plan.saved_world,
-                plan.checkpoint.step,
-                world,
+                plan.step,
+                self.world.size,
                 self.rank,
-                plan.checkpoint.path.name,
+                checkpoint.path.name,
             )
-        self._apply(plan.checkpoint)
-        return plan.checkpoint.step
+        self._apply(checkpoint)
+        return plan.step
 
     def steps(self) -> list[int]:
         """The steps of this rank's checkpoints on disk (after pending writes), oldest first."""
@@ -342,24 +380,6 @@ class InputCheckpointer:
 
     def _list(self) -> list[int]:
         return files.list_steps(self.directory).get(self.rank, [])
-
-    def _restore_newest(self, newest: files.Newest) -> int:
-        if newest.checkpoint is None:
-            if not newest.problems:
-                raise InputStateError(f"{self.directory}: no input checkpoint of rank {self.rank} to restore")
-            raise InputStateError(
-                f"{self.directory}: no valid input checkpoint of rank {self.rank}: " + "; ".join(newest.problems)
-            )
-        for problem in newest.problems:
-            warnings.warn(f"{problem}; falling back to an older input checkpoint", InputCheckpointWarning, stacklevel=3)
-        if newest.uncommitted:
-            log.info(
-                "rank %d: passing over steps %s, newer than the pointer (saves cut short before commit)",
-                self.rank,
-                newest.uncommitted,
-            )
-        self._apply(newest.checkpoint)
-        return newest.checkpoint.step
 
     def _apply(self, checkpoint: InputCheckpoint) -> None:
         """Load a checkpoint (of this or, for resharding, another rank) into the components."""
@@ -370,10 +390,12 @@ class InputCheckpointer:
                 f"{source}: holds the state of {sorted(checkpoint.states)}, but this checkpointer was given "
                 f"{sorted(expected)}. Pass the same components, under the same names, as when it was saved."
             )
+        if self.external_state_policy == "ignore":
+            self._quiet.install()  # the user said the uncaptured parts may be replayed: no notice about it
         for name in expected:
             obj = self._components[name]
             state = decode_tensors(checkpoint.states[name], source)
-            if isinstance(obj, (ResumableDataLoader, ResumableSampler)):
+            if _takes_source(obj):
                 obj.load_state_dict(state, source=source)  # names the file in its own errors
                 continue
             try:
@@ -382,9 +404,11 @@ class InputCheckpointer:
                 raise
             except Exception as error:
                 raise InputStateError(f"{source}: {name}.load_state_dict() failed: {error!r}") from error
-        self._last_save_time = _monotonic()
-        name, position = next(iter(describe_position(checkpoint.states).items()))
-        log.info(
+        self._last_save_time = self._clock()
+        name, position = next(iter(positions(checkpoint.states).items()))
+        # WARNING, the one level Python prints without any logging set-up: a resume changes what the job
+        # does, so it must be visible by default (one line per rank; silence it with the logger's level).
+        log.warning(
             "restored input pipeline from %s at step %d, epoch %s, position %s",
             checkpoint.path,
             checkpoint.step,
@@ -400,8 +424,19 @@ class InputCheckpointer:
         self._raise_pending()
 
     def close(self) -> None:
-        """Finish pending writes and stop the writer thread (also done at garbage collection and exit)."""
-        self._finalizer()
+        """Finish pending writes and stop the writer thread (also done at garbage collection and exit).
+
+        Raises:
+            Exception: the error of a failed background write. Without ``close()`` (garbage collection, or
+                the end of the script), such an error is logged at ERROR and passed to
+                ``sys.unraisablehook``, which prints it to stderr.
+        """
+        self._finalizer.detach()
+        try:
+            self._writer.close()
+        finally:
+            self._lock.release()
+            self._quiet.uninstall()
         self._raise_pending()
 
     def __enter__(self) -> InputCheckpointer:
@@ -422,20 +457,87 @@ class InputCheckpointer:
             raise error
 
 
-def _commit(directory: Path, rank: int, step: int, data: bytes, keep_last: int | None) -> None:
-    """On the writer thread: the file, then the pointer to it, then pruning, each durable before the next."""
+def _commit(directory: Path, rank: int, step: int, data: bytes, keep_last: int | None, pin: bool) -> None:
+    """On the writer thread: the file, its pin, then the pointer to it, then pruning, each durable before the
+    next (so that a pinned file is never pruned, even by a save interrupted halfway)."""
     try:
         files.write_atomic(directory / InputFile(rank, step).name, data)
+        if pin:
+            files.write_pin(directory, rank, step)
         files.write_pointer(directory, rank, step)
-        files.prune(directory, rank, step, keep_last)
     except BaseException as error:
-        if hasattr(error, "add_note"):  # Python >= 3.11
-            error.add_note(f"while writing the input checkpoint of step {step} (rank {rank}) to {directory}")
+        _note(error, f"while writing the input checkpoint of step {step} (rank {rank}) to {directory}")
         raise
+    # Step `step` is committed: a file that cannot be deleted is a warning, not a failed save.
+    for problem in files.prune(directory, rank, step, keep_last):
+        log.warning("input checkpoint of step %d committed, but an older one could not be deleted: %s", step, problem)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _note(error: BaseException, text: str) -> None:
+    if hasattr(error, "add_note"):  # Python >= 3.11
+        error.add_note(text)
+
+
+def _close_unattended(
+    writer: BackgroundWriter, lock: WriterLock, quiet: FastForwardNoticeFilter, directory: str, rank: int
+) -> None:
+    """The finalizer (garbage collection or interpreter exit): flush, unlock, and make a failed write loud."""
+    try:
+        writer.close()
+    finally:
+        lock.release()
+        quiet.uninstall()
+    error = writer.take_error()
+    if error is None:
+        return
+    log.error(
+        "an input checkpoint write of rank %d in %s failed and was never raised (the checkpointer was not "
+        "closed): %r (%s). The newest input checkpoint on disk is older than the last save.",
+        rank,
+        directory,
+        error,
+        "; ".join(getattr(error, "__notes__", ())),
+    )
+    _Unraisable(error)  # at once collected: sys.unraisablehook prints the error with its traceback
+
+
+class _Unraisable:
+    """Hands an error to ``sys.unraisablehook`` the standard way: raised from ``__del__``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __del__(self) -> None:
+        raise self.error
+
+
+def _takes_source(obj: Any) -> bool:
+    """Whether ``obj.load_state_dict`` takes a ``source=`` keyword (ours do: they name the file in errors)."""
+    try:
+        parameter = inspect.signature(obj.load_state_dict).parameters.get("source")
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return parameter is not None and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _resolve_world(rank: int | None, world: World | None, distributed: bool) -> tuple[World, bool]:
+    """This process's :class:`World`, and whether its size is known (not when only a rank is given by hand
+    outside torch.distributed)."""
+    check_int("rank", rank, minimum=0, optional=True)
+    if world is not None:
+        if not isinstance(world, World):
+            raise ValueError(f"world must be a torch_input_ckpt.World (got {world=})")
+        if rank is not None and rank != world.rank:
+            raise ValueError(f"rank={rank} contradicts world={world}")
+        return world, True
+    detected = World.detect()
+    if rank is None:
+        return detected, True
+    if distributed:
+        if rank >= detected.size:
+            raise ValueError(f"rank must be < the world size {detected.size} (got {rank=})")
+        return World(rank, detected.size), True
+    return World(rank, rank + 1), False
 
 
 def _components(stateful: Any) -> dict[str, Any]:

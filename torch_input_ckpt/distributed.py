@@ -1,21 +1,16 @@
-"""Input checkpoints across ranks: one save decision for all ranks, and restores on any world size."""
+"""The checkpointer's collectives: one save decision for all ranks, and one shared restore plan."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from . import files
 from .errors import InputStateError
-from .files import InputCheckpoint, InputFile
-from .inspection import describe_position
 
-__all__ = ["RestorePlan", "SaveAgreement", "cpu_group", "gather_steps", "plan_restore"]
+__all__ = ["SaveAgreement", "all_succeeded", "cpu_group", "share_from_first"]
 
 
 def cpu_group(process_group: Any = None) -> Any:
@@ -53,160 +48,40 @@ class SaveAgreement:
         return bool(self._flag[0])
 
 
-def gather_steps(step: int | None, group: Any, error: Exception | None = None) -> list[tuple[int | None, str | None]]:
-    """Every rank's chosen restore step, or the text of the error it met choosing one.
-
-    Gathering errors too means that a rank that fails does not leave the others waiting in a
-    collective. Also a barrier: no rank writes before all have looked.
-    """
-    out: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(out, (step, None if error is None else str(error)), group=group)
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class RestorePlan:
-    """Which file a rank restores from.
-
-    Attributes:
-        checkpoint: The file to load (this rank's own, or an old rank's when resharding).
-        saved_world: The number of ranks that wrote the step.
-        problems: Damaged or missing files passed over on the way, for warnings.
-    """
-
-    checkpoint: InputCheckpoint
-    saved_world: int
-    problems: list[str] = field(default_factory=list)
+def share_from_first(make: Callable[[], Any], group: Any) -> Any:
+    """Rank 0 of ``group`` runs ``make()`` and shares what it returns (plain values: ints, strings, lists,
+    dicts) with one broadcast; every rank returns it, or raises the same :class:`InputStateError` (so that
+    no rank is left waiting in a collective when rank 0 fails)."""
+    source = 0 if group is None else dist.get_global_rank(group, 0)
+    error: InputStateError | None = None
+    outcome: Any = None
+    if dist.get_rank() == source:
+        try:
+            outcome = ("ok", make())
+        except InputStateError as raised:
+            error, outcome = raised, ("error", str(raised))
+    box = [outcome]
+    dist.broadcast_object_list(box, src=source, group=group)
+    if error is not None:
+        raise error
+    kind, value = box[0]
+    if kind == "error":
+        raise InputStateError(value)
+    return value
 
 
-def plan_restore(directory: Path, rank: int, world: int, step: int | None = None) -> RestorePlan | None:
-    """Choose the step and the file this rank restores: the newest step (or exactly ``step``) at which
-    every rank of the world that saved it has a valid, committed file.
-
-    With the same world size, rank ``r`` loads its own file. With another world size, it loads an old
-    rank's file (its own number if that rank existed, else rank 0's): only global positions can be
-    resharded, and all old ranks must agree on them.
-
-    Returns:
-        The plan, or None when the directory holds no input checkpoint at all.
+def all_succeeded(error: Exception | None, group: Any) -> None:
+    """Every rank reports whether its step succeeded (one all-gather of a short text); if any failed,
+    every rank raises, naming the first rank that failed, so that none is left waiting in a collective.
 
     Raises:
-        InputStateError: when ``step`` is missing for some rank, no step is complete on all ranks, the
-            old ranks disagree, or the state cannot be resharded; naming the ranks and steps.
+        InputStateError: ``rank <r>: <its error>``, on every rank.
     """
-    listing = files.list_steps(directory)
-    if not listing:
-        if step is None:
-            return None
-        raise InputStateError(f"{directory}: no input checkpoint at step {step}; there are none on disk")
-    reader = _Reader(directory)
-    usable = {r: steps if step is not None else reader.committed(r, steps) for r, steps in listing.items()}
-    candidates = [step] if step is not None else sorted(set().union(*usable.values()), reverse=True)
-    for candidate in candidates:
-        writers = sorted(r for r, steps in usable.items() if candidate in steps)
-        first = next((c for r in writers if (c := reader.read(r, candidate)) is not None), None)
-        if first is None:
-            if step is not None:
-                raise InputStateError(
-                    f"{directory}: no valid input checkpoint at step {step}; steps on disk per rank: "
-                    f"{_steps_text(listing)}" + _problems_text(reader.problems)
-                )
-            continue
-        saved_world = first.world_size or (max(writers) + 1)
-        incomplete = [r for r in range(saved_world) if reader.read(r, candidate) is None]
-        if incomplete:
-            if step is not None:
-                raise InputStateError(
-                    f"{directory}: step {step} was saved by {saved_world} ranks, but ranks {incomplete} have no "
-                    f"valid file at that step; steps on disk per rank: {_steps_text(listing)}"
-                )
-            reader.problems.append(
-                f"step {candidate}: ranks {incomplete} of {saved_world} have no valid input checkpoint"
-            )
-            continue
-        checkpoints = [reader.read(r, candidate) for r in range(saved_world)]
-        mine = checkpoints[rank if rank < saved_world else 0]
-        assert mine is not None  # every old rank was read above
-        if saved_world != world:
-            _check_reshardable(checkpoints, saved_world, world)  # type: ignore[arg-type]
-        return RestorePlan(mine, saved_world, reader.problems)
-    raise InputStateError(
-        f"{directory}: no step at which every rank has a valid input checkpoint; steps on disk per rank: "
-        f"{_steps_text(listing)}" + _problems_text(reader.problems)
-    )
-
-
-class _Reader:
-    """Reads and verifies each file at most once, remembering what was wrong with the damaged ones."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.problems: list[str] = []
-        self._cache: dict[tuple[int, int], InputCheckpoint | None] = {}
-
-    def committed(self, rank: int, steps: list[int]) -> list[int]:
-        """Steps up to the rank's pointer: a newer file is a save killed before its commit."""
-        try:
-            pointed = files.read_pointer(self.directory, rank)
-        except InputStateError as error:
-            self.problems.append(str(error))
-            return steps
-        return steps if pointed is None else [s for s in steps if s <= pointed]
-
-    def read(self, rank: int, step: int) -> InputCheckpoint | None:
-        key = (rank, step)
-        if key not in self._cache:
-            path = self.directory / InputFile(rank, step).name
-            try:
-                self._cache[key] = files.read_checkpoint(path) if path.exists() else None
-            except InputStateError as error:
-                self.problems.append(str(error))
-                self._cache[key] = None
-        return self._cache[key]
-
-
-def _check_reshardable(checkpoints: list[InputCheckpoint], saved_world: int, world: int) -> None:
-    """Only states that hold a global position can move to another world size, and the old ranks must
-    agree on it (they do when they consumed in lockstep)."""
-    first = checkpoints[0]
-    for name, state in first.states.items():
-        reason = _not_reshardable(state)
-        if reason is not None:
-            raise InputStateError(
-                f"{first.path}: component {name!r} cannot be resumed on {world} ranks after being saved on "
-                f"{saved_world}: {reason}. Resume with {saved_world} ranks."
-            )
-        positions = {c.rank: describe_position(c.states).get(name) for c in checkpoints}
-        if len(set(positions.values())) != 1:
-            where = {r: None if p is None else (p.epoch, p.position) for r, p in positions.items()}
-            raise InputStateError(
-                f"{first.path.parent}: at step {first.step} the {saved_world} old ranks disagree on the position of "
-                f"{name!r} (rank: (epoch, cursor) = {where}); they must consume in lockstep to be resharded"
-            )
-
-
-def _not_reshardable(state: Any) -> str | None:
-    if not isinstance(state, Mapping):
-        return "its state is not a dict"
-    kind = state.get("kind")
-    if kind == "ResumableSampler":
-        return None
-    if kind == "ResumableDataLoader":
-        if state.get("sampler_kind") != "ResumableSampler":
-            return (
-                f"its position (sampler_kind={state.get('sampler_kind')!r}) is per rank or per worker; only a "
-                "ResumableSampler's global cursor can be split over another number of ranks"
-            )
-        ahead = state.get("ahead")
-        if isinstance(ahead, Mapping) and ahead.get("end"):
-            return "it holds batches delivered out of order (in_order=False) beyond its cursor"
-        return None
-    return f"its state (kind={kind!r}) has no global position that could be split over another number of ranks"
-
-
-def _steps_text(listing: Mapping[int, list[int]]) -> str:
-    return "; ".join(f"rank {r}: {steps}" for r, steps in sorted(listing.items()))
-
-
-def _problems_text(problems: list[str]) -> str:
-    return (" (" + "; ".join(problems) + ")") if problems else ""
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, None if error is None else str(error), group=group)
+    failed = [(r, text) for r, text in enumerate(out) if text is not None]
+    if failed:
+        if error is not None:
+            raise error
+        rank, text = failed[0]
+        raise InputStateError(f"rank {rank} could not read its input checkpoint: {text}")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from .errors import InputStateError
-from .state import check_plain
+from .schema import not_plain, to_plain
 
 __all__ = ["decode_tensors", "to_json"]
 
@@ -35,28 +34,20 @@ _DTYPES = {
 
 def to_json(obj: Any, path: str) -> Any:
     """``obj`` with tensors in their JSON form and tuples as lists; anything else non-JSON raises."""
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    if isinstance(obj, Mapping):
-        out = {}
-        for key, item in obj.items():
-            if not isinstance(key, str):
-                check_plain(obj, path)  # raises with the standard message naming the key
-            out[key] = to_json(item, f"{path}[{key!r}]")
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [to_json(item, f"{path}[{i}]") for i, item in enumerate(obj)]
-    if isinstance(obj, torch.Tensor):
-        dtype = str(obj.dtype).removeprefix("torch.")
-        if dtype not in _DTYPES or obj.layout != torch.strided:
-            raise TypeError(
-                f"{path} is a {obj.dtype} {obj.layout} tensor; only dense tensors of "
-                f"{sorted(_DTYPES)} can be saved in an input checkpoint"
-            )
-        data = _tensor_bytes(obj)
-        return {_TENSOR_KEY: {"dtype": dtype, "shape": list(obj.shape), "base64": base64.b64encode(data).decode()}}
-    check_plain(obj, path)  # raises TypeError naming the key and the type
-    return obj
+    return to_plain(obj, path, _tensor_to_json)
+
+
+def _tensor_to_json(obj: Any, path: str) -> Any:
+    if not isinstance(obj, torch.Tensor):
+        raise not_plain(obj, path)  # TypeError naming the key and the type
+    dtype = str(obj.dtype).removeprefix("torch.")
+    if dtype not in _DTYPES or obj.layout != torch.strided:
+        raise TypeError(
+            f"{path} is a {obj.dtype} {obj.layout} tensor; only dense tensors of "
+            f"{sorted(_DTYPES)} can be saved in an input checkpoint"
+        )
+    data = _tensor_bytes(obj)
+    return {_TENSOR_KEY: {"dtype": dtype, "shape": list(obj.shape), "base64": base64.b64encode(data).decode()}}
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:

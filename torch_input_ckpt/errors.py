@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["ExternalStateWarning", "InputCheckpointWarning", "InputStateError", "UnseededDrawWarning"]
+__all__ = [
+    "EpochMismatchWarning",
+    "ExternalStateWarning",
+    "InputCheckpointWarning",
+    "InputStateError",
+    "UnseededDrawWarning",
+]
 
 
 class InputStateError(ValueError):
@@ -19,6 +25,11 @@ class InputCheckpointWarning(UserWarning):
 
 class ExternalStateWarning(UserWarning):
     """Part of the pipeline has state this library cannot capture, so a resume may not be exact."""
+
+
+class EpochMismatchWarning(InputCheckpointWarning):
+    """``set_epoch(e)`` was called with an epoch behind a restored position (the usual off-by-one of a
+    loop whose epoch counter came from elsewhere than ``loader.epoch``)."""
 
 
 class UnseededDrawWarning(UserWarning):

@@ -10,8 +10,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import BatchSampler as StatefulBatchSampler
 from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRandomSampler
 
-from .loader import ResumableDataLoader
-from .state import is_stateful
+from .schema import LOADER_KIND, Key, is_stateful
 
 __all__ = ["external_parts"]
 
@@ -21,8 +20,10 @@ def external_parts(name: str, obj: Any, state: Any) -> list[str]:
     label = f"{name} ({type(obj).__name__})"
     if not is_stateful(obj):
         return [f"{label} has no state_dict()/load_state_dict()"]
-    if isinstance(obj, ResumableDataLoader) and isinstance(state, Mapping):
-        return [f"{label}: the state of {item}" for item in state.get("external") or []]
+    if isinstance(state, Mapping) and state.get(Key.KIND) == LOADER_KIND:
+        # Our loader lists what it cannot capture in its own state (read here, so the checkpointer's imports
+        # never reach the loader).
+        return [f"{label}: the state of {item}" for item in state.get(Key.EXTERNAL) or []]
     if isinstance(obj, StatefulDataLoader):
         if isinstance(obj.dataset, IterableDataset):
             if not is_stateful(obj.dataset):

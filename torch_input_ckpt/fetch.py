@@ -8,9 +8,27 @@ from typing import Any
 import torch
 
 from .reseeding import Reseeding, parse_reseed_rng
-from .rngs import prepare
+from .rngs import imported_rngs, prepare, rng
 
-__all__ = ["FetchDataset", "TaggedCollate", "TaggedKeys"]
+__all__ = ["FetchDataset", "TaggedCollate", "TaggedKeys", "capture_rngs", "reseed", "restore_rngs"]
+
+
+def reseed(seed: int) -> None:
+    """Seed torch's, NumPy's (if ``numpy.random`` is imported) and Python's global RNGs with one seed
+    (used per sample of a reseeded IterableDataset: ``reseeded.py``)."""
+    for name in imported_rngs():
+        rng(name).seed(seed)
+
+
+def capture_rngs() -> list[tuple[Any, Any]]:
+    """The imported global RNGs' states, for :func:`restore_rngs`."""
+    return [(r, r.capture()) for r in (rng(name) for name in imported_rngs())]
+
+
+def restore_rngs(saved: list[tuple[Any, Any]]) -> None:
+    """Put the global RNGs back as :func:`capture_rngs` found them."""
+    for r, state in saved:
+        r.restore(state)
 
 
 class TaggedKeys(list):
@@ -63,7 +81,11 @@ class FetchDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, keys: Sequence[Any]) -> list[Any]:
         if self.reseeding is not None:
-            samples = self.reseeding.fetch(self.dataset, keys, keys.seeds)  # type: ignore[attr-defined]
+            seeds = getattr(keys, "seeds", None)
+            if seeds is None:  # keys of (index, seed) pairs
+                samples = self.reseeding.fetch(self.dataset, [k[0] for k in keys], [k[1] for k in keys])
+            else:
+                samples = self.reseeding.fetch(self.dataset, keys, seeds)
         elif getattr(self.dataset, "__getitems__", None):
             samples = self.dataset.__getitems__(list(keys))
         else:

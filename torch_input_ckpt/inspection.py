@@ -6,8 +6,6 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,72 +13,10 @@ from typing import Any
 from . import files
 from .errors import InputStateError
 from .files import InputFile
+from .planner import PlanError, plan_restore
+from .schema import positions
 
-__all__ = ["Position", "describe_position", "inspect_directory", "main"]
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where one component's state stands, as far as its kind lets us tell.
-
-    Attributes:
-        kind: The state's ``"kind"`` entry, or a guess from its keys (e.g. ``"StatefulDataLoader"``).
-        epoch: The epoch, or None if the state does not record one.
-        position: How far into the epoch (or pass), in ``unit``; None if unknown.
-        unit: What ``position`` counts.
-    """
-
-    kind: str
-    epoch: int | None
-    position: int | None
-    unit: str
-
-    def text(self) -> str:
-        """E.g. ``"40 (samples into the epoch, all ranks)"``, or ``"?"``."""
-        return "?" if self.position is None else f"{self.position} ({self.unit})"
-
-
-def describe_position(states: Mapping[str, Any]) -> dict[str, Position]:
-    """The :class:`Position` of each saved component state, by name."""
-    return {name: _position(state) for name, state in states.items()}
-
-
-def _position(state: Any) -> Position:
-    if not isinstance(state, Mapping):
-        return Position(type(state).__name__, None, None, "")
-    kind = state.get("kind")
-    epoch = _int(state.get("epoch"))
-    if kind in ("ResumableDataLoader", "ResumableSampler"):
-        sampler = state.get("sampler") if kind == "ResumableDataLoader" else state
-        if isinstance(sampler, Mapping) and _int(sampler.get("cursor")) is not None:
-            return Position(kind, epoch, sampler["cursor"], "samples into the epoch, all ranks")
-        if _int(state.get("batches_delivered")) is not None:
-            return Position(kind, epoch, state["batches_delivered"], "batches into the epoch")
-        inner = state.get("inner")
-        if isinstance(inner, Mapping):
-            return Position(kind, epoch, _stateful_dataloader_batches(inner), "batches into the epoch")
-        return Position(kind, epoch, None, "")
-    batches = _stateful_dataloader_batches(state)
-    if batches is not None:
-        return Position("StatefulDataLoader", epoch, batches, "batches into the current pass")
-    for key in ("cursor", "position", "samples_yielded", "yielded", "step", "index"):
-        if _int(state.get(key)) is not None:
-            return Position(str(kind or "state"), epoch, state[key], key)
-    return Position(str(kind or "state"), epoch, None, "")
-
-
-def _stateful_dataloader_batches(state: Mapping[str, Any]) -> int | None:
-    """Batches torchdata's StatefulDataLoader delivered in its current pass (single- or multi-process)."""
-    if _int(state.get("_num_yielded")) is not None:
-        return state["_num_yielded"]  # type: ignore[no-any-return]
-    snapshot = state.get("_snapshot")
-    if isinstance(snapshot, Mapping) and _int(snapshot.get("_snapshot_step")) is not None:
-        return snapshot["_snapshot_step"] + (_int(state.get("_steps_since_snapshot")) or 0)  # type: ignore[no-any-return]
-    return None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+__all__ = ["inspect_directory", "main"]
 
 
 # -- the report --------------------------------------------------------------------------------------
@@ -109,6 +45,7 @@ def inspect_directory(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]:
     entries = []
+    pinned = set(files.pinned_steps(directory, rank))
     for step in steps:
         path = directory / InputFile(rank, step).name
         entry: dict[str, Any] = {
@@ -117,9 +54,12 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
             "bytes": _size(path),
             "valid": True,
             "problem": None,
+            "pinned": step in pinned,
         }
         try:
             files.read_checkpoint(path)
+        except files.FileVanishedError:
+            continue  # pruned by a saver since the listing: not damage
         except InputStateError as error:
             entry.update(valid=False, problem=_reason(error, path))
         entries.append(entry)
@@ -130,21 +70,20 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
             pointer["problem"] = "missing"
     except InputStateError as error:
         pointer["problem"] = _reason(error, directory / pointer["file"])
-    found = files.find_newest(directory, rank)
+    checkpoint, problems, uncommitted = _newest(directory, rank)
     newest = None
-    if found.checkpoint is not None:
-        checkpoint = found.checkpoint
+    if checkpoint is not None:
         newest = {
             "step": checkpoint.step,
             "file": checkpoint.path.name,
             "bytes": checkpoint.size,
-            "saved_at": datetime.fromtimestamp(checkpoint.wall_time, timezone.utc).isoformat(timespec="seconds"),
+            "saved_at": _saved_at(checkpoint.wall_time),
             "wall_time": checkpoint.wall_time,
             "world_size": checkpoint.world_size,
             "external": checkpoint.external,
             "components": {
                 name: {"kind": p.kind, "epoch": p.epoch, "position": p.position, "unit": p.unit}
-                for name, p in describe_position(checkpoint.states).items()
+                for name, p in positions(checkpoint.states).items()
             },
         }
     return {
@@ -153,14 +92,33 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
         "files": entries,
         "pointer": pointer,
         "newest": newest,
-        "uncommitted_steps": found.uncommitted,
-        "problems": found.problems,
+        "uncommitted_steps": uncommitted,
+        "problems": problems,
     }
+
+
+def _newest(directory: Path, rank: int) -> tuple[files.InputCheckpoint | None, list[str], list[int]]:
+    """What restore would pick for ``rank`` alone (the restore planner's answer), what it passed over, and
+    the steps newer than the pointer."""
+    try:
+        plan = plan_restore(directory, 1, rank=rank, alone=True)
+    except PlanError as error:
+        return None, list(error.problems), [s for _, s in error.uncommitted]
+    if plan is None:
+        return None, [], []
+    return plan.checkpoint, list(plan.problems), [s for _, s in plan.uncommitted]
+
+
+def _saved_at(wall_time: float) -> str:
+    try:
+        return datetime.fromtimestamp(wall_time, timezone.utc).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):  # read_checkpoint bounds it; never a traceback here
+        return "?"
 
 
 def _size(path: Path) -> int | None:
     try:
-        return path.stat().st_size
+        return path.lstat().st_size  # of a symlink itself: nothing about its target is shown
     except OSError:
         return None
 
@@ -176,44 +134,58 @@ def format_report(report: dict[str, Any]) -> str:
     if not report["ranks"]:
         lines.append("  none found (expected files named input_<rank>-<step>.json)")
     for rank in report["ranks"]:
-        steps = rank["steps"]
-        lines.append(f"rank {rank['rank']}: steps {', '.join(map(str, steps)) if steps else 'none'}")
-        for entry in rank["files"]:
-            status = "ok" if entry["valid"] else f"DAMAGED: {entry['problem']}"
-            lines.append(f"  {entry['file']}  {_bytes(entry['bytes'])}  {status}")
-        pointer = rank["pointer"]
-        if pointer["problem"] is None:
-            lines.append(f"  {pointer['file']} -> step {pointer['step']}")
-        else:
-            lines.append(f"  {pointer['file']}: {pointer['problem']}")
-        if rank["uncommitted_steps"]:
-            lines.append(f"  steps {rank['uncommitted_steps']} are newer than the pointer (not committed; passed over)")
-        newest = rank["newest"]
-        if newest is None:
-            lines.append("  newest: NONE VALID (restore would fail on this rank)")
-            continue
-        lines.append(
-            f"  newest: step {newest['step']} ({newest['file']}, {_bytes(newest['bytes'])}), "
-            f"saved {newest['saved_at']}, world size {newest['world_size'] if newest['world_size'] else '?'}"
-        )
-        for name, comp in newest["components"].items():
-            epoch = "?" if comp["epoch"] is None else comp["epoch"]
-            where = "?" if comp["position"] is None else f"{comp['position']} ({comp['unit']})"
-            lines.append(f"    {name} ({comp['kind']}): epoch {epoch}, position {where}")
-        for item in newest["external"]:
-            lines.append(f"    not captured: {item}")
+        lines += _rank_lines(rank)
     if report["ranks"]:
-        newest_steps = {r["rank"]: (r["newest"] or {}).get("step") for r in report["ranks"]}
-        if report["all_ranks_share_newest"]:
-            count = len(newest_steps)
-            step = next(iter(newest_steps.values()))
-            lines.append(f"newest step {step} on every rank ({count} rank{'s' if count > 1 else ''})")
-        else:
-            listed = ", ".join(f"rank {r} -> {'none' if s is None else s}" for r, s in newest_steps.items())
-            lines.append(f"ranks DISAGREE on the newest step: {listed}")
-            common = report["newest_common_step"]
-            lines.append(f"newest step valid on every rank: {'none' if common is None else common}")
+        lines += _agreement_lines(report)
     return "\n".join(lines)
+
+
+def _rank_lines(rank: dict[str, Any]) -> list[str]:
+    steps = rank["steps"]
+    lines = [f"rank {rank['rank']}: steps {', '.join(map(str, steps)) if steps else 'none'}"]
+    for entry in rank["files"]:
+        status = "ok" if entry["valid"] else f"DAMAGED: {entry['problem']}"
+        pin = "  (pinned: kept until unpinned)" if entry.get("pinned") else ""
+        lines.append(f"  {entry['file']}  {_bytes(entry['bytes'])}  {status}{pin}")
+    pointer = rank["pointer"]
+    if pointer["problem"] is None:
+        lines.append(f"  {pointer['file']} -> step {pointer['step']}")
+    else:
+        lines.append(f"  {pointer['file']}: {pointer['problem']}")
+    if rank["uncommitted_steps"]:
+        lines.append(f"  steps {rank['uncommitted_steps']} are newer than the pointer (not committed; passed over)")
+    newest = rank["newest"]
+    if newest is None:
+        lines.append("  newest: NONE VALID (restore would fail on this rank)")
+        return lines
+    return lines + _newest_lines(newest)
+
+
+def _newest_lines(newest: dict[str, Any]) -> list[str]:
+    lines = [
+        f"  newest: step {newest['step']} ({newest['file']}, {_bytes(newest['bytes'])}), "
+        f"saved {newest['saved_at']}, world size {newest['world_size'] if newest['world_size'] else '?'}"
+    ]
+    for name, comp in newest["components"].items():
+        epoch = "?" if comp["epoch"] is None else comp["epoch"]
+        where = "?" if comp["position"] is None else f"{comp['position']} ({comp['unit']})"
+        lines.append(f"    {name} ({comp['kind']}): epoch {epoch}, position {where}")
+    lines += [f"    not captured: {item}" for item in newest["external"]]
+    return lines
+
+
+def _agreement_lines(report: dict[str, Any]) -> list[str]:
+    newest_steps = {r["rank"]: (r["newest"] or {}).get("step") for r in report["ranks"]}
+    if report["all_ranks_share_newest"]:
+        count = len(newest_steps)
+        step = next(iter(newest_steps.values()))
+        return [f"newest step {step} on every rank ({count} rank{'s' if count > 1 else ''})"]
+    listed = ", ".join(f"rank {r} -> {'none' if s is None else s}" for r, s in newest_steps.items())
+    common = report["newest_common_step"]
+    return [
+        f"ranks DISAGREE on the newest step: {listed}",
+        f"newest step valid on every rank: {'none' if common is None else common}",
+    ]
 
 
 def _bytes(size: int | None) -> str:
@@ -225,7 +197,7 @@ def _bytes(size: int | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """The ``torch-input-ckpt`` command. Returns 0 if every rank has a valid checkpoint, 1 if not,
-    2 for a usage error or a missing directory."""
+    2 for a usage error or a missing or unreadable directory, 3 for an internal error (a bug to report)."""
     parser = argparse.ArgumentParser(
         prog="torch-input-ckpt",
         description="Inspect the input-pipeline checkpoints written by InputCheckpointer.",
@@ -238,10 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     inspect.add_argument("directory", help="the directory given to InputCheckpointer")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    index = commands.add_parser("index", help="count the samples of the shard files in DIR for ShardedStream")
+    index.add_argument("directory", help="the directory holding the shards")
+    index.add_argument("--tokens", default=None, help="also count tokens, from this field of each sample")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # argparse exits on --help (0) and on usage errors (2)
         return int(exit.code or 0)
+    if args.command == "index":
+        from .shards import index_command  # the command's logic lives with the shard index
+
+        return index_command(args.directory, args.tokens)
     directory = Path(args.directory)
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
@@ -252,5 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"torch-input-ckpt: error: cannot read {args.directory}: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug of ours, not a file's: still one line, never a traceback
+        print(f"torch-input-ckpt: internal error reading {args.directory}: {error!r}", file=sys.stderr)
+        return 3
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if report["valid"] else 1

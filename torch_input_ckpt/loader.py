@@ -2,29 +2,53 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from torch.utils.data import Dataset, IterableDataset, Sampler
 
-from .errors import InputCheckpointWarning, InputStateError
-from .fetch import FetchDataset, TaggedCollate
-from .iterable import IterableState
-from .passes import Ahead, DeliveredBatches, KeyBatches, Pass
+from ._compat import HookedDataLoader
+from .errors import InputCheckpointWarning
+from .iterable import IterableBackend
+from .passes import MapBackend, MapOptions
 from .permutation import worker_generator
+from .replay import ReplayBackend
 from .reseeding import RESEEDED_KEY, parse_reseed_rng, saved_reseeded
 from .sampler import ResumableSampler
-from .state import FORMAT_VERSION, check_header, check_same, field
+from .schema import Key, LoaderHeader, check_same, field
+from .seek import SeekBackend
 
 __all__ = ["ResumableDataLoader"]
 
-log = logging.getLogger("torch_input_ckpt")
+
+class Backend(Protocol):
+    """One strategy for keeping a loader's position (seek, replay, iterable)."""
+
+    kind: str
+
+    @property
+    def epoch(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def restart_epoch(self, epoch: int) -> None: ...
+
+    def batches_remaining(self) -> int: ...
+
+    def iterate(self, start_torch: Callable[[], Iterator[Any]]) -> Iterator[Any]: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def load(self, state: Any, header: LoaderHeader, source: str) -> None: ...
+
+    def index_batches(self) -> Any: ...
+
+    def worker_view(self) -> tuple[Any, Callable[[Any], Any]] | None: ...
 
 
-class ResumableDataLoader(DataLoader):
+class ResumableDataLoader(HookedDataLoader):
     """A drop-in for ``torch.utils.data.DataLoader`` with ``state_dict()`` / ``load_state_dict()``.
 
     The state describes the batches *delivered to the caller* (not those fetched ahead by workers),
@@ -44,15 +68,11 @@ class ResumableDataLoader(DataLoader):
     Args:
         seed: Chooses the shuffling order, and the workers' base seed, per epoch. Replaces
             ``generator``, whose state would change with every pass and so could not be resumed.
-        reseed_rng: Which of torch's, NumPy's and Python's global RNGs to seed from ``(seed, epoch,
-            position)`` before each sample of a map-style dataset, so that random augmentations in
-            ``__getitem__`` are reproduced exactly after a resume and do not depend on
-            ``num_workers`` (in the main process they are put back after the batch). ``True`` (the
-            default): those the first samples of each process draw from, and any found drawn from
-            later (warned at once with :class:`UnseededDrawWarning`, then seeded); an RNG no sample
-            draws from costs nothing per sample. A tuple such as ``("torch", "numpy")``: those from
-            the first sample, and others found as with ``True``. ``False``: none (the order still
-            resumes exactly). The state records the set seeded, and a resumed loader seeds it.
+        reseed_rng: Before each sample of a map-style dataset is fetched, seed torch's, NumPy's and
+            Python's global RNGs from ``(seed, epoch, position)`` (and, in the main process, put
+            them back after the batch), so random augmentations in ``__getitem__`` are reproduced
+            exactly after a resume and do not depend on ``num_workers``. Costs ~10 µs per sample
+            (plus ~160 µs per batch with ``num_workers=0``); turn off if you need none of it.
         sampler: ``None`` (a :class:`ResumableSampler` is built from ``shuffle`` and ``seed``; under
             ``torch.distributed`` it shards over the ranks), a :class:`ResumableSampler`, or any
             other sampler; another sampler is resumed by restoring its ``state_dict`` (if it has
@@ -87,25 +107,9 @@ class ResumableDataLoader(DataLoader):
         seed: int = 0,
         reseed_rng: bool | tuple[str, ...] = True,
     ) -> None:
-        if generator is not None:
-            raise ValueError(
-                "ResumableDataLoader takes seed= instead of generator=: a generator's state changes with "
-                "every pass and cannot be restored exactly (got a torch.Generator)"
-            )
-        if batch_sampler is not None:
-            raise ValueError(
-                "ResumableDataLoader does not take batch_sampler=: pass batch_size= and drop_last= "
-                f"(and sampler=) so that it knows which samples each batch holds (got {batch_sampler!r})"
-            )
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"seed must be an int (got {seed=})")
-        declared = parse_reseed_rng(reseed_rng)
+        _check_arguments(dataset, batch_size, batch_sampler, num_workers, generator, in_order, seed)
+        parse_reseed_rng(reseed_rng)  # ValueError naming a bad value
         iterable = isinstance(dataset, IterableDataset)
-        if batch_size is None and not in_order and num_workers > 0 and not iterable:
-            raise ValueError(
-                "in_order=False needs batch_size to be set, so that each delivered batch can be identified "
-                f"(got {batch_size=}, {in_order=})"
-            )
         if sampler is None and not iterable:
             sampler = ResumableSampler(dataset, shuffle=bool(shuffle), seed=seed)  # type: ignore[arg-type]
             shuffle = None
@@ -126,97 +130,75 @@ class ResumableDataLoader(DataLoader):
         super().__init__(dataset, shuffle=shuffle, sampler=sampler, **common)  # type: ignore[arg-type]
         self.seed = seed
         self.reseed_rng = reseed_rng
+        self._backend: Backend = self._make_backend(iterable, common)
+
+    def _make_backend(self, iterable: bool, common: dict[str, Any]) -> Backend:
         if iterable:
             # torchdata's StatefulDataLoader iterates it: see iterable.py for why.
-            self._iterable: IterableState | None = IterableState(dataset, seed, common)  # type: ignore[arg-type]
-            return
-        self._iterable = None
-        self._resumable = isinstance(self.sampler, ResumableSampler)
-        # Out-of-order delivery needs to know which batch each result is; in-order delivery of
-        # fixed-size batches does not, and then the hot path stays as torch's.
-        self._tagged = not in_order and num_workers > 0
-        self._keys = KeyBatches(self)
-        reseed = reseed_rng if declared is not None and self._resumable else False
-        self._fetch_dataset = (
-            FetchDataset(dataset, reseed=reseed, tagged=self._tagged) if reseed is not False or self._tagged else None
+            return IterableBackend(self.dataset, self.seed, common, reseed=self.reseed_rng)  # type: ignore[arg-type]
+        resumable = isinstance(self.sampler, ResumableSampler)
+        options = MapOptions(
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            # Out-of-order delivery needs to know which batch each result is; in-order delivery does
+            # not, and then the hot path stays as torch's.
+            tagged=not self.in_order and self.num_workers > 0,
+            reseed=(self.reseed_rng or True) if resumable and self.reseed_rng is not False else False,
         )
-        self._fetch_collate = TaggedCollate(self.collate_fn) if self._tagged else None
-        # Batches delivered out of order beyond the committed cursor, as batch numbers relative to
-        # it, and the sampler generation they belong to.
-        self._ahead: tuple[int, Ahead] = (0, Ahead())
-        # The position of a sampler that is not a ResumableSampler: epoch and batches delivered,
-        # and the sampler's own state at the start of that epoch's pass (if it has one).
-        self._custom_epoch = 0
-        self._custom_delivered = 0
-        self._custom_start_state: Any = None
-        self._custom_generation = 0
-        self._pass: Pass | None = None
+        if resumable:
+            return SeekBackend(self.dataset, self.collate_fn, options, self.sampler)  # type: ignore[arg-type]
+        return ReplayBackend(self.dataset, self.collate_fn, options, self.sampler, self.batch_sampler)
 
     # -- position ---------------------------------------------------------------------------------
 
     @property
     def epoch(self) -> int:
         """The epoch the next ``iter()`` produces or resumes."""
-        if self._iterable is not None:
-            return self._iterable.epoch
-        if self._resumable:
-            return self.sampler.epoch  # type: ignore[attr-defined]
-        return self._custom_epoch
+        return self._backend.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its beginning, unless it is the current epoch (then keep the position)."""
-        if self._iterable is not None:
-            self._iterable.set_epoch(epoch)
-        elif self._resumable:
-            self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
-        elif epoch != self._custom_epoch:
-            self._move_custom(epoch)
-            if hasattr(self.sampler, "set_epoch"):
-                self.sampler.set_epoch(epoch)
+        """Start ``epoch`` from its beginning, unless it is the current epoch (then keep the position).
+
+        After a restore, an epoch behind the restored one is most likely a loop counter that came from
+        elsewhere than :attr:`epoch`: one behind at an epoch boundary makes the next pass the (empty)
+        rest of that finished epoch; any other warns and starts it over (:class:`EpochMismatchWarning`;
+        the table is in the README). :meth:`restart_epoch` starts an epoch over without a warning.
+        """
+        self._backend.set_epoch(epoch)
+
+    def restart_epoch(self, epoch: int | None = None) -> None:
+        """Start ``epoch`` (default: the current one, :attr:`epoch`) from its beginning, whatever the position."""
+        self._backend.restart_epoch(self.epoch if epoch is None else epoch)
+
+    @property
+    def batches_remaining(self) -> int:
+        """Batches this rank still delivers in the current epoch: ``len(loader)`` less those already
+        delivered (after a mid-epoch resume, the rest of the epoch). ``len`` stays the whole epoch's
+        count, since learning-rate schedules are computed from it; show this one in a progress bar:
+        ``tqdm(loader, total=loader.batches_remaining)``.
+
+        Raises:
+            TypeError: for an ``IterableDataset`` without ``__len__``.
+        """
+        return self._backend.batches_remaining()
 
     # -- iteration --------------------------------------------------------------------------------
 
-    @property
-    def _index_sampler(self) -> Any:
-        # torch's iterators draw their indices from here (a private hook of DataLoader that exists so
-        # that `sampler`/`batch_sampler` keep their public meaning): ours yields keys the fetch side
-        # understands, from the loader's position, skipping batches already delivered.
-        if getattr(self, "_keys", None) is None:
-            return super()._index_sampler
-        return self._keys
+    def _index_batches(self) -> Any:
+        # torch's iterators draw their indices from here: keys the fetch side understands, from the
+        # loader's position, skipping batches already delivered.
+        backend = getattr(self, "_backend", None)  # None while DataLoader.__init__ runs
+        return None if backend is None else backend.index_batches()
+
+    def _worker_view(self) -> tuple[Any, Callable[[Any], Any]] | None:
+        backend = getattr(self, "_backend", None)
+        return None if backend is None else backend.worker_view()
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        if self._iterable is not None:
-            return self._iterable.iterate()
-        run = Pass(self)
+        backend = self._backend
         # A generator fixed by (seed, epoch) gives the workers reproducible base seeds.
-        self.generator = worker_generator(self.seed, run.epoch)
-        # torch's iterator asks KeyBatches for its keys while it is built (also when persistent
-        # workers are reset); the pass is handed over only for that moment, so that the loader is in no
-        # reference cycle: a cycle would leave persistent workers to the cycle collector, which closes
-        # their queues before the iterator can tell them to stop (each then waits out a 5 s join).
-        self._pass = run
-        try:
-            batches = super().__iter__()
-        finally:
-            self._pass = None
-        return DeliveredBatches(run, batches)
-
-    def _get_iterator(self) -> Any:
-        if self._iterable is not None or self._fetch_dataset is None:
-            return super()._get_iterator()
-        # torch's iterators read `dataset` and `collate_fn` from the loader when they start their
-        # workers; show them the key-aware versions for that moment only, so the public attributes
-        # stay the user's. DataLoader forbids assigning `dataset` after __init__, hence object.__setattr__.
-        user_dataset, user_collate = self.dataset, self.collate_fn
-        object.__setattr__(self, "dataset", self._fetch_dataset)
-        if self._fetch_collate is not None:
-            self.collate_fn = self._fetch_collate
-        try:
-            return super()._get_iterator()
-        finally:
-            object.__setattr__(self, "dataset", user_dataset)
-            self.collate_fn = user_collate
+        self.generator = worker_generator(self.seed, backend.epoch)
+        return backend.iterate(super().__iter__)
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -226,31 +208,18 @@ class ResumableDataLoader(DataLoader):
         Plain JSON types only: it can be written as JSON or with ``torch.save`` and read back with
         ``torch.load(..., weights_only=True)``.
         """
-        state: dict[str, Any] = {
-            "kind": "ResumableDataLoader",
-            "version": FORMAT_VERSION,
-            "epoch": self.epoch,
-            "batch_size": self.batch_size,
-            "drop_last": self.drop_last,
-            "num_workers": self.num_workers,
-            "seed": self.seed,
-            "reseed_rng": self.reseed_rng if isinstance(self.reseed_rng, bool) else sorted(self.reseed_rng),
-            "sampler_kind": self._sampler_kind(),
-        }
-        if self._iterable is not None:
-            state.update(self._iterable.state_dict())
-            return state
-        state["dataset_length"] = len(self.dataset)  # type: ignore[arg-type]
-        state[RESEEDED_KEY] = self._fetch_dataset.reseeded_rngs() if self._fetch_dataset is not None else []
-        owner, ahead = self._ahead
-        state["ahead"] = (ahead if owner == self._generation() else Ahead()).to_state()
-        if self._resumable:
-            # Normalised: a finished epoch is saved as the start of the next one, matching `epoch`.
-            state["sampler"] = self.sampler._state(normalize=True)  # type: ignore[attr-defined]
-        else:
-            state["batches_delivered"] = self._custom_delivered
-            state["sampler"] = self._custom_start_state
-            state["external"] = [] if hasattr(self.sampler, "state_dict") else [self._sampler_kind()]
+        header = LoaderHeader(
+            epoch=self.epoch,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            num_workers=self.num_workers,
+            seed=self.seed,
+            reseed_rng=self.reseed_rng is not False,
+            sampler_kind=self._backend.kind,
+        )
+        state = {**header.to_dict(), **self._backend.state()}
+        if isinstance(self._backend, MapBackend):
+            state[RESEEDED_KEY] = self._backend.reseeded_rngs()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any], *, source: str = "state_dict") -> None:
@@ -269,57 +238,24 @@ class ResumableDataLoader(DataLoader):
                 dataset length, kind of sampler, or (iterable datasets) ``num_workers`` or world,
                 naming the saved and the current value.
         """
-        state = check_header(state_dict, "ResumableDataLoader", source)
+        header = LoaderHeader.from_dict(state_dict, source)
+        backend = self._backend
         check_same(
             "sampler_kind",
-            field(state, "sampler_kind", str, source),
-            self._sampler_kind(),
+            header.sampler_kind,
+            backend.kind,
             source,
             "Build the loader with the same kind of sampler (or dataset) it was saved with.",
         )
-        if self._iterable is not None:
-            self._iterable.load_state_dict(state, source)
-            return
-        length = len(self.dataset)  # type: ignore[arg-type]
-        check_same(
-            "dataset_length",
-            field(state, "dataset_length", int, source),
-            length,
-            source,
-            "Resume with the dataset the state was saved for.",
-        )
-        self._load_reseeded(state, source)
-        batch_size = field(state, "batch_size", (int, type(None)), source)
-        ahead = Ahead.from_state(field(state, "ahead", dict, source), source)
-        if self._resumable:
-            sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
-            saved_world = field(field(state, "sampler", dict, source), "num_replicas", int, source)
-            if ahead.end and (batch_size, saved_world) != (self.batch_size, sampler.num_replicas):
-                raise InputStateError(
-                    f"{source}: the state holds batches delivered out of order (in_order=False) beyond its "
-                    "cursor, which can only be skipped with the same batch size and world size; saved "
-                    f"batch_size={batch_size}, world size={saved_world}, now batch_size={self.batch_size}, "
-                    f"world size={sampler.num_replicas}. Resume with the saved values."
-                )
-            sampler.load_state_dict(state["sampler"], source=source)
-            sampler._resume_pending = False  # the loader normalises positions itself
-            if batch_size != self.batch_size:
-                log.info("%s: batch size %s -> %s; same sample position", source, batch_size, self.batch_size)
-        else:
-            check_same("batch_size", batch_size, self.batch_size, source, "Resume with the same batch_size.")
-            start_state = state.get("sampler")
-            epoch = field(state, "epoch", int, source)
-            self._move_custom(epoch, field(state, "batches_delivered", int, source), start_state)
-            if start_state is not None:
-                self.sampler.load_state_dict(start_state)  # type: ignore[attr-defined]
-            elif hasattr(self.sampler, "set_epoch"):
-                self.sampler.set_epoch(epoch)
-        self._ahead = (self._generation(), ahead)
+        if not isinstance(backend, IterableBackend):
+            self._check_dataset_length(field(state_dict, Key.DATASET_LENGTH, int, source), source)
+            self._load_reseeded(state_dict, header.reseed_rng, source)
+        backend.load(state_dict, header, source)
 
-    def _load_reseeded(self, state: dict[str, Any], source: str) -> None:
-        saved, current = field(state, "reseed_rng", (bool, list), source), self.reseed_rng
+    def _load_reseeded(self, state: dict[str, Any], saved: bool, source: str) -> None:
+        current = self.reseed_rng
         names = saved_reseeded(state, source)
-        if (saved is False) != (current is False):
+        if saved != (current is not False):
             warnings.warn(
                 f"{source}: saved with reseed_rng={saved}, resuming with reseed_rng={current}: "
                 "the order resumes exactly but random augmentation draws will differ",
@@ -338,32 +274,45 @@ class ResumableDataLoader(DataLoader):
                 InputCheckpointWarning,
                 stacklevel=3,
             )
-        if self._fetch_dataset is not None:
-            self._fetch_dataset.adopt_reseeded(names)
+        if isinstance(self._backend, MapBackend):
+            self._backend.adopt_reseeded(names)
 
-    def _generation(self) -> int:
-        """Bumped whenever the position is moved from outside (set_epoch, load_state_dict)."""
-        if self._resumable:
-            return self.sampler._generation  # type: ignore[attr-defined,no-any-return]
-        return self._custom_generation
-
-    def _move_custom(self, epoch: int, delivered: int = 0, start_state: Any = None) -> None:
-        self._custom_epoch, self._custom_delivered, self._custom_start_state = epoch, delivered, start_state
-        self._custom_generation += 1
-
-    def _prepare_custom_pass(self) -> None:
-        """Put a custom sampler where this epoch's pass began, so that replaying it reaches the position."""
-        sampler = self.sampler
-        if not hasattr(sampler, "state_dict"):
+    def _check_dataset_length(self, saved: int, source: str) -> None:
+        # A dataset with its own epoch order (a Mixture), or a sampler that accepts growth, has the
+        # length checked in the sampler's state.
+        own_order = callable(getattr(self.dataset, "load_order_state", None))
+        if own_order or getattr(self.sampler, "allow_growth", False):
             return
-        if self._custom_delivered == 0 or self._custom_start_state is None:
-            self._custom_start_state = sampler.state_dict()
-        else:
-            sampler.load_state_dict(self._custom_start_state)
+        length = len(self.dataset)  # type: ignore[arg-type]
+        fix = "Resume with the dataset the state was saved for."
+        if isinstance(self.sampler, ResumableSampler) and saved < length:
+            fix += " If data was appended, pass sampler=ResumableSampler(dataset, allow_growth=True)."
+        check_same("dataset_length", saved, length, source, fix)
 
-    def _sampler_kind(self) -> str:
-        if self._iterable is not None:
-            return "IterableDataset"
-        if self._resumable:
-            return "ResumableSampler"
-        return type(self.sampler).__qualname__
+
+def _check_arguments(
+    dataset: Any,
+    batch_size: int | None,
+    batch_sampler: Any,
+    num_workers: int,
+    generator: Any,
+    in_order: bool,
+    seed: Any,
+) -> None:
+    if generator is not None:
+        raise ValueError(
+            "ResumableDataLoader takes seed= instead of generator=: a generator's state changes with "
+            "every pass and cannot be restored exactly (got a torch.Generator)"
+        )
+    if batch_sampler is not None:
+        raise ValueError(
+            "ResumableDataLoader does not take batch_sampler=: pass batch_size= and drop_last= "
+            f"(and sampler=) so that it knows which samples each batch holds (got {batch_sampler!r})"
+        )
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an int (got {seed=})")
+    if batch_size is None and not in_order and num_workers > 0 and not isinstance(dataset, IterableDataset):
+        raise ValueError(
+            "in_order=False needs batch_size to be set, so that each delivered batch can be identified "
+            f"(got {batch_size=}, {in_order=})"
+        )

@@ -1,145 +1,193 @@
-"""One pass over (the rest of) an epoch: the keys workers fetch, and the batches that reached the caller."""
+"""Map-style loading, shared by the seek and replay backends: the keys workers fetch, and the batches
+that reached the caller.
+
+A pass is the rest of one epoch. torch's iterator draws batches of keys from :class:`KeyBatches`
+while it is built; each batch it delivers goes through :class:`DeliveredBatches`, which records it
+in the pass's :class:`~torch_input_ckpt.cursor.Ledger` and commits the prefix to the backend's
+position. The backends differ only in where the position lives and how keys are produced.
+"""
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import InputStateError
-from .fetch import TaggedKeys
-from .sampler import CHUNK, ResumableSampler
-from .state import field
+from .cursor import Ledger
+from .fetch import FetchDataset, TaggedCollate, TaggedKeys
+from .schema import Ahead, Key, field
 
-if TYPE_CHECKING:
-    from .loader import ResumableDataLoader
-
-__all__ = ["Ahead", "DeliveredBatches", "KeyBatches", "Pass"]
+__all__ = ["DeliveredBatches", "KeyBatches", "MapBackend", "MapOptions", "MapPass"]
 
 
 @dataclass(frozen=True, slots=True)
-class Ahead:
-    """Batches delivered out of order beyond the committed position, numbered from it: all of
-    ``[0, end)`` except ``missing``.
+class MapOptions:
+    """What a map-style backend needs to know of its loader (it keeps no reference to the loader itself).
 
-    Kept as its holes rather than as the batches delivered: a hole is a batch torch still has in
-    flight (at most ``num_workers * prefetch_factor`` of them), while the delivered ones grow for as
-    long as one slow batch holds the position back.
+    Attributes:
+        batch_size: The loader's batch size (None: every key is its own "batch").
+        drop_last: The loader's ``drop_last``.
+        tagged: Batches may arrive out of order (``in_order=False`` with workers): tag each with its number.
+        reseed: Reseed each sample's RNGs from its key's seed: False, True (the RNGs found in use) or the
+            names of the RNGs declared (see ``reseeding.py``).
     """
 
-    end: int = 0
-    missing: frozenset[int] = frozenset()
-
-    def __contains__(self, number: object) -> bool:
-        return isinstance(number, int) and number < self.end and number not in self.missing
-
-    def to_state(self) -> dict[str, Any]:
-        return {"end": self.end, "missing": sorted(self.missing)}
-
-    @classmethod
-    def from_state(cls, state: Any, source: str) -> Ahead:
-        end = field(state, "end", int, f"{source}: ahead")
-        missing = field(state, "missing", list, f"{source}: ahead")
-        numbers = all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < end for n in missing)
-        if end < 0 or not numbers:
-            raise InputStateError(
-                f"{source}: ahead={state!r} is invalid; expected end >= 0 and missing numbers in [0, end)"
-            )
-        if end and 0 not in missing:
-            raise InputStateError(
-                f"{source}: ahead={state!r} is invalid; the batch at the cursor (0) is never delivered ahead"
-            )
-        return cls(end, frozenset(missing))
-
-
-class Pass:
-    """One pass over (the rest of) an epoch: where it started and which batches reached the caller.
-
-    Batches are numbered from the pass's start. ``high`` is one past the highest batch delivered,
-    ``holes`` the batches below it not delivered yet (in flight: at most workers x prefetch of them);
-    the committed position is the first hole. A state loaded with batches ahead starts with them.
-    """
-
-    def __init__(self, loader: ResumableDataLoader) -> None:
-        self.loader = loader
-        self.batch_size = loader.batch_size or 1
-        self.ordered = not loader._tagged
-        self.generation = loader._generation()
-        owner, ahead = loader._ahead
-        self.skip = ahead if owner == self.generation else Ahead()
-        if loader._resumable:
-            sampler: ResumableSampler = loader.sampler  # type: ignore[assignment]
-            self.epoch, self.start = sampler._position()
-            self.count = sampler.rank_count(self.start)
-            full, rest = divmod(self.count, self.batch_size)
-            self.batches = full + (1 if rest and not (loader.drop_last and loader.batch_size) else 0)
-        else:
-            self.epoch, self.start = loader._custom_epoch, loader._custom_delivered
-            self.count = self.batches = -1  # unknown: the sampler decides when the epoch ends
-            loader._prepare_custom_pass()
-        self.high = self.skip.end
-        self.holes = set(self.skip.missing)
-        self.next_number = self.prefix
+    batch_size: int | None
+    drop_last: bool
+    tagged: bool
+    reseed: bool | tuple[str, ...]
 
     @property
-    def prefix(self) -> int:
-        """How many batches from the pass's start were delivered without a gap."""
-        return min(self.holes) if self.holes else self.high
+    def unit(self) -> int:
+        return self.batch_size or 1
 
-    def delivered_next(self) -> None:
-        """Record that the next batch in order reached the caller: the hot path of in-order loading."""
-        if self.skip.end or not self.loader._resumable:
-            self.delivered(None)  # batches to skip, or a custom sampler: the general path
-            return
-        self.high = self.next_number = self.high + 1
-        sampler: ResumableSampler = self.loader.sampler  # type: ignore[assignment]
-        taken = self.count if self.high >= self.batches else self.high * self.batch_size
-        sampler._commit(self.generation, self.epoch, self.start + taken * sampler.world.size)
 
-    def delivered(self, number: int | None) -> None:
+@dataclass(slots=True)
+class MapPass:
+    """One pass: its epoch, where it starts, how many batches it has (-1: the sampler decides), the
+    generation of the position it started from, and its ledger."""
+
+    epoch: int
+    start: int
+    count: int
+    batches: int
+    generation: int
+    ledger: Ledger
+
+
+class MapBackend(ABC):
+    """The part of the seek and replay backends that is the same: the worker view, the out-of-order
+    batches kept as ``ahead``, and the pass loop. Subclasses say where the position lives."""
+
+    kind = ""
+
+    def __init__(self, dataset: Any, collate_fn: Callable[[Any], Any], options: MapOptions) -> None:
+        self.dataset = dataset
+        self.options = options
+        self._keys = KeyBatches(self)
+        self._worker_dataset = (
+            FetchDataset(dataset, reseed=options.reseed, tagged=options.tagged)
+            if options.reseed or options.tagged
+            else None
+        )
+        self._worker_collate = TaggedCollate(collate_fn) if options.tagged else collate_fn
+        # Batches delivered out of order beyond the committed position, and the generation they belong to.
+        self._ahead: tuple[int, Ahead] = (0, Ahead())
+        # Handed over while torch's iterator is built (it then asks KeyBatches for keys), and only then,
+        # so that no reference cycle holds the backend: a cycle would leave persistent workers to the
+        # cycle collector, which closes their queues before the iterator can stop them (a 5 s join each).
+        self.building: MapPass | None = None
+
+    # -- what subclasses provide -----------------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def epoch(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def generation(self) -> int: ...
+
+    @abstractmethod
+    def set_epoch(self, epoch: int) -> None: ...
+
+    @abstractmethod
+    def restart_epoch(self, epoch: int) -> None: ...
+
+    @abstractmethod
+    def begin(self, ledger: Ledger) -> MapPass: ...
+
+    @abstractmethod
+    def keys(self, run: MapPass) -> Iterator[list[Any]]: ...
+
+    @abstractmethod
+    def commit(self, run: MapPass, prefix: int) -> None: ...
+
+    def finished(self, run: MapPass) -> None:  # noqa: B027 - optional hook: most backends need nothing
+        """The pass ran to its end (torch's iterator is exhausted)."""
+
+    @abstractmethod
+    def batch_count(self) -> int: ...
+
+    @abstractmethod
+    def batches_remaining(self) -> int: ...
+
+    # -- the pass ------------------------------------------------------------------------------------------
+
+    @property
+    def poll_workers(self) -> Callable[[], None] | None:
+        """Read the workers' RNG reports (once per delivered batch), when samples are reseeded."""
+        fetch = self._worker_dataset
+        return fetch.poll if fetch is not None and fetch.reseed else None
+
+    def reseeded_rngs(self) -> list[str]:
+        """The RNGs seeded before every sample so far (the main process's and its workers' findings)."""
+        return self._worker_dataset.reseeded_rngs() if self._worker_dataset is not None else []
+
+    def adopt_reseeded(self, names: list[str]) -> None:
+        """Seed ``names`` from the next pass's first sample (a resumed state's set)."""
+        if self._worker_dataset is not None:
+            self._worker_dataset.adopt_reseeded(names)
+
+    def index_batches(self) -> KeyBatches:
+        """What torch's iterators draw their keys from."""
+        return self._keys
+
+    def worker_view(self) -> tuple[Any, Callable[[Any], Any]] | None:
+        """The dataset and collate function the workers run, when they differ from the user's."""
+        if self._worker_dataset is None:
+            return None
+        return self._worker_dataset, self._worker_collate
+
+    def iterate(self, start_torch: Callable[[], Iterator[Any]]) -> DeliveredBatches:
+        """One pass: build torch's iterator with ``start_torch()`` and record what it delivers."""
+        owner, ahead = self._ahead
+        run = self.begin(Ledger(ahead if owner == self.generation else Ahead()))
+        self.building = run
+        try:
+            batches = start_torch()
+        finally:
+            self.building = None
+        return DeliveredBatches(self, run, batches)
+
+    def delivered(self, run: MapPass, number: int | None) -> None:
         """Record that batch ``number`` (None: the next in order) reached the caller."""
-        if number is None:
-            number = self.next_number
-            self.next_number += 1
-            while self.next_number in self.skip:
-                self.next_number += 1
-        if number >= self.high:
-            self.holes.update(range(self.high, number))
-            self.high = number + 1
-        else:
-            self.holes.discard(number)
-        loader = self.loader
-        if loader._generation() != self.generation:
-            return  # set_epoch / load_state_dict moved the loader since this pass began
-        prefix = self.prefix
-        if loader._resumable:
-            taken = self.count if prefix >= self.batches else prefix * self.batch_size
-            sampler: ResumableSampler = loader.sampler  # type: ignore[assignment]
-            sampler._commit(self.generation, self.epoch, self.start + taken * sampler.num_replicas)
-        else:
-            loader._custom_delivered = self.start + prefix
-        if self.holes or loader._ahead[1].end:
-            holes = frozenset(n - prefix for n in self.holes)
-            loader._ahead = (self.generation, Ahead(self.high - prefix, holes) if holes else Ahead())
+        ledger = run.ledger
+        prefix = ledger.delivered(ledger.next_in_order() if number is None else number)
+        if self.generation != run.generation:
+            return  # set_epoch / load_state_dict moved the position since this pass began
+        self.commit(run, prefix)
+        if ledger.holes or self._ahead[1].end:
+            self._ahead = (run.generation, ledger.ahead())
 
-    def finished(self) -> None:
-        """The torch iterator is exhausted: the epoch is over."""
-        loader = self.loader
-        if not loader._resumable and loader._generation() == self.generation:
-            loader._move_custom(self.epoch + 1)
+    # -- state -------------------------------------------------------------------------------------------
+
+    def ahead(self) -> Ahead:
+        owner, ahead = self._ahead
+        return ahead if owner == self.generation else Ahead()
+
+    def common_state(self) -> dict[str, Any]:
+        return {Key.DATASET_LENGTH: len(self.dataset), Key.AHEAD: self.ahead().to_dict()}
+
+    def load_ahead(self, state: Any, source: str) -> Ahead:
+        return Ahead.from_dict(field(state, Key.AHEAD, dict, source), source)
+
+    def set_ahead(self, ahead: Ahead) -> None:
+        self._ahead = (self.generation, ahead)
 
 
 class DeliveredBatches:
     """The iterator handed to the caller: torch's iterator, recording each batch as it is delivered."""
 
-    def __init__(self, run: Pass, batches: Iterator[Any]) -> None:
+    def __init__(self, backend: MapBackend, run: MapPass, batches: Iterator[Any]) -> None:
+        self._backend = backend
         self._run = run
         self._batches = batches
-        self._ordered = run.ordered
-        fetch = run.loader._fetch_dataset
+        self._tagged = backend.options.tagged
         # Workers report RNGs they found drawn from without a seed; the main process warns for them.
-        self._poll = fetch.poll if fetch is not None and fetch.reseed and run.loader.num_workers > 0 else None
+        self._poll = backend.poll_workers
 
     def __iter__(self) -> DeliveredBatches:
         return self
@@ -151,95 +199,61 @@ class DeliveredBatches:
         try:
             item = next(self._batches)
         except StopIteration:
-            self._run.finished()
+            self._backend.finished(self._run)
             raise
         if self._poll is not None:
             self._poll()
-        if self._ordered:
-            self._run.delivered_next()
+        if not self._tagged:
+            self._backend.delivered(self._run, None)
             return item
         number, batch = item
-        self._run.delivered(number)
+        self._backend.delivered(self._run, number)
         return batch
 
 
 class KeyBatches:
-    """The index sampler torch's iterators draw from: batches of keys for the current pass.
+    """The index sampler torch's iterators draw from: batches of keys for the pass being built.
 
-    For a :class:`ResumableSampler` the keys come straight from its chunked permutation (a seek, not
-    a replay); for any other sampler, from its own iterator, replaying the delivered batches
-    without fetching them. It refers to the loader weakly, and the keys it yields do not refer to it
-    at all, because torch's iterator (kept by the loader when workers are persistent) holds it.
+    It refers to the backend weakly, and the keys it yields do not refer to it at all, because torch's
+    iterator (kept by the loader when workers are persistent) holds it.
     """
 
-    def __init__(self, loader: ResumableDataLoader) -> None:
-        self._loader = weakref.ref(loader)
+    def __init__(self, backend: MapBackend) -> None:
+        self._backend = weakref.ref(backend)
+
+    def _owner(self) -> MapBackend:
+        backend = self._backend()
+        if backend is None:
+            raise RuntimeError("the ResumableDataLoader this iterator belonged to is gone")
+        return backend
 
     def __len__(self) -> int:
-        loader = self._loader()
-        assert loader is not None  # torch asks only while the loader is in use
-        sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
-        return len(sampler)  # type: ignore[arg-type]
+        return self._owner().batch_count()
 
     def __iter__(self) -> Iterator[Any]:
-        loader = self._loader()
-        # ResumableDataLoader.__iter__ hands the pass over while torch's iterator asks for indices.
-        assert loader is not None and loader._pass is not None
-        run = loader._pass
-        if loader._resumable:
-            sampler: ResumableSampler = loader.sampler  # type: ignore[assignment]
-            last = run.batches * run.batch_size if loader.drop_last and loader.batch_size else run.count
-            chunks = sampler.chunks(
-                run.epoch,
-                run.start,
-                run.prefix * run.batch_size,
-                last,
-                with_seeds=loader._fetch_dataset is not None and loader._fetch_dataset.reseed,
-                chunk=run.batch_size * max(1, CHUNK // run.batch_size),
-                unit=run.batch_size,
+        backend = self._owner()
+        run = backend.building
+        if run is None:
+            raise RuntimeError(
+                "torch's DataLoader iterator asked for indices outside ResumableDataLoader.__iter__ "
+                "(an unsupported torch version?)"
             )
-            keys = _resumable_keys(chunks, run.batch_size, run.prefix, run.skip, loader._tagged)
-        else:
-            if loader.batch_size is None:
-                batches: Iterator[list[Any]] = ([index] for index in loader.sampler)
-            else:
-                batches = iter(loader.batch_sampler)  # type: ignore[arg-type]
-            keys = _replayed_keys(batches, run.start, run.skip, loader._tagged)
-        if loader.batch_size is None:
-            # batch_size=None: every key is its own "batch" ((index, seed) when it carries a seed).
+        keys = backend.keys(run)
+        if backend.options.batch_size is None:
+            # Every key is its own "batch": (index, seed) when it carries a seed.
             return (key for key_batch in keys for key in _single_keys(key_batch))
         return keys
 
 
-def _resumable_keys(
-    chunks: Iterator[tuple[list[int], Any]], size: int, number: int, skip: Ahead, tagged: bool
-) -> Iterator[list[Any]]:
-    for indices, seeds in chunks:
-        for lo in range(0, len(indices), size):
-            if number not in skip:
-                # A batch that carries seeds is TaggedKeys with its SeedRange (the fetch side reads it).
-                keys = _tag(indices[lo : lo + size], number, tagged or seeds is not None)
-                if seeds is not None:
-                    keys.seeds = seeds[lo : lo + size]  # type: ignore[attr-defined]
-                yield keys
-            number += 1
-
-
-def _replayed_keys(batches: Iterator[list[Any]], start: int, skip: Ahead, tagged: bool) -> Iterator[list[Any]]:
-    for absolute, batch in enumerate(batches):
-        number = absolute - start
-        if number >= 0 and number not in skip:
-            yield _tag(batch, number, tagged)
-
-
-def _single_keys(keys: list[Any]) -> Iterable[Any]:
-    seeds = getattr(keys, "seeds", None)
-    return keys if seeds is None else zip(keys, seeds, strict=True)
-
-
-def _tag(keys: list[Any], number: int, tagged: bool) -> list[Any]:
+def tag(keys: list[Any], number: int, tagged: bool) -> list[Any]:
+    """Keys as torch hands them to a worker; tagged with their batch number when delivery may be out of order."""
     if not tagged:
         return keys
     result = TaggedKeys(keys)
     result.number = number
     return result
+
+
+def _single_keys(keys: list[Any]) -> Any:
+    seeds = getattr(keys, "seeds", None)
+    return keys if seeds is None else zip(keys, seeds, strict=True)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from torch.utils.data import Sampler
 
+from .cursor import Cursor, epoch_request
 from .errors import InputStateError
 from .permutation import (
     MAX_LENGTH,
@@ -16,7 +17,7 @@ from .permutation import (
     SeedRange,
     indices_at,
 )
-from .state import FORMAT_VERSION, check_header, check_same, field
+from .schema import Key, SamplerState, check_same
 from .world import World
 
 __all__ = ["ResumableSampler"]
@@ -53,6 +54,13 @@ class ResumableSampler(Sampler[int]):
         drop_last: Drop the tail that does not divide evenly over ranks instead of padding it.
         order: ``"feistel"`` (O(1) per index, any length up to 2**62) or ``"randperm"`` (the exact
             order of ``DistributedSampler``/``torch.randperm``; O(length) time and memory per epoch).
+        allow_growth: Accept a state saved for a shorter dataset (data appended since): the epoch in
+            progress finishes over the old length, exactly as it would have, and the next epochs use the
+            new length. Off by default: a changed length usually means the wrong dataset.
+
+    A dataset that provides its own epoch order (``epoch_order``, ``order_state``, ``load_order_state``,
+    as :class:`~torch_input_ckpt.Mixture` does) replaces the permutation, and its state is nested in
+    this sampler's; it then checks its length itself.
 
     Raises:
         ValueError: for a length outside ``[1, 2**62]``, a bad rank or world size, or an unknown order.
@@ -68,6 +76,7 @@ class ResumableSampler(Sampler[int]):
         rank: int | None = None,
         drop_last: bool = False,
         order: Order = "feistel",
+        allow_growth: bool = False,
     ) -> None:
         length = data_source_or_length if isinstance(data_source_or_length, int) else len(data_source_or_length)
         if isinstance(length, bool) or not 1 <= length <= MAX_LENGTH:
@@ -82,21 +91,29 @@ class ResumableSampler(Sampler[int]):
         self.seed = seed
         self.drop_last = drop_last
         self.order: Order = order
-        self._epoch = 0
-        self._cursor = 0
-        # Bumped by set_epoch/load_state_dict, so that an iterator started before the change
-        # stops writing its progress into the new position.
-        self._generation = 0
+        self.allow_growth = allow_growth
+        # (epoch, old length) after a growth on resume: that epoch finishes over the old length.
+        self._grown: tuple[int, int] | None = None
+        # A dataset with its own epoch order replaces the permutation (see the class docstring).
+        self._dataset_order = None if isinstance(data_source_or_length, int) else _order_protocol(data_source_or_length)
+        # The position; its generation is bumped by set_epoch/load_state_dict, so that an iterator
+        # started before the change stops writing its progress into the new position.
+        self._at = Cursor()
         # Set by load_state_dict: the next iter() continues the saved pass literally, even when it has
         # nothing left, as StatefulDataLoader expects (it re-creates the pass's iterator on load and
         # starts a new pass, i.e. calls iter() again, only after that one is exhausted).
         self._resume_pending = False
         # The chunk a live __iter__ is handing out: (generation, cursor at its start, its list iterator,
-        # its length), read by _position() to know how far the iteration got.
+        # its length), read by position() to know how far the iteration got.
         self._live: tuple[int, int, Iterator[int], int] | None = None
-        self._permutation_cache: tuple[int, Any] | None = None
+        self._permutation_cache: tuple[tuple[int, int], Any] | None = None
 
     # -- position ---------------------------------------------------------------------------------
+
+    @property
+    def dataset_order(self) -> Any:
+        """The dataset that provides this sampler's epoch order (e.g. a ``Mixture``), or None."""
+        return self._dataset_order
 
     @property
     def num_replicas(self) -> int:
@@ -111,55 +128,89 @@ class ResumableSampler(Sampler[int]):
     @property
     def epoch(self) -> int:
         """The epoch the next ``iter()`` produces or resumes (a finished epoch counts as the next one)."""
-        return self._position()[0]
+        return self.position()[0]
 
     @property
     def cursor(self) -> int:
         """Samples consumed by all ranks together in the current epoch (the global cursor)."""
-        return self._position()[1]
+        return self.position()[1]
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its beginning, unless it is already the current epoch (then keep the position)."""
-        if epoch != self.epoch:
-            self._move_to(epoch, 0)
+        """Start ``epoch`` from its beginning, unless it is already the current epoch (then keep the position).
+
+        After a restore, an epoch behind the restored one is most likely a loop counter that came from
+        elsewhere: see :func:`~torch_input_ckpt.cursor.epoch_request` for the rule (it warns with
+        :class:`~torch_input_ckpt.EpochMismatchWarning`). :meth:`restart_epoch` starts any epoch over.
+        """
+        current, cursor = self.position()
+        action = epoch_request(
+            epoch, current, restored=self._at.restored, at_start=cursor == 0, owner=type(self).__name__
+        )
+        if action == "restart":
+            self.move_to(epoch, 0)
+        elif action == "finish":
+            # The pass of `epoch` that comes next is its (empty) rest; then `current` starts.
+            self.move_to(epoch, self.length)
+            self._resume_pending = True
+
+    def restart_epoch(self, epoch: int | None = None) -> None:
+        """Start ``epoch`` (default: the current one) from its beginning, whatever the position."""
+        self.move_to(self.epoch if epoch is None else epoch, 0)
 
     def rank_count(self, cursor: int = 0) -> int:
         """How many samples this rank takes from ``cursor`` to the end of the epoch (padding included)."""
-        remaining = self.length - cursor
+        # Only an epoch in progress can be a grown one (see epoch_length): an epoch's start (cursor 0,
+        # also the next epoch's start when this one is over) covers the current length.
+        remaining = (self.epoch_length(self._at.epoch) if cursor else self.length) - cursor
         if remaining <= 0:
             return 0
         size = self.world.size
         return remaining // size if self.drop_last else -(-remaining // size)
 
+    def epoch_length(self, epoch: int) -> int:
+        """The dataset length ``epoch`` covers: the old length for the epoch in progress when the dataset
+        grew (``allow_growth``), else ``length``."""
+        grown = self._grown
+        return grown[1] if grown is not None and grown[0] == epoch else self.length
+
     def __len__(self) -> int:
         """Samples this rank takes in a whole epoch, as ``DistributedSampler.num_samples``."""
         return self.rank_count(0)
 
-    def _position(self, normalize: bool = True) -> tuple[int, int]:
-        live = self._live
-        if live is not None and live[0] == self._generation:
-            _, base, handed, size = live
-            self._cursor = base + (size - handed.__length_hint__()) * self.world.size
-        # A cursor with nothing left for any rank is the start of the next epoch: normalising when
-        # the position is read (rather than when the last index is handed out) keeps readers consistent.
-        # (An epoch with nothing in it at all, drop_last with fewer samples than ranks, stays put.)
-        if normalize and not self._resume_pending and self._cursor > 0 and self.rank_count(self._cursor) == 0:
-            return self._epoch + 1, 0
-        return self._epoch, self._cursor
+    @property
+    def generation(self) -> int:
+        """Bumped whenever the position is moved from outside (:meth:`set_epoch`, :meth:`load_state_dict`,
+        :meth:`move_to`): a consumer that started at an older generation must stop committing."""
+        return self._at.generation
 
-    def _move_to(self, epoch: int, cursor: int) -> None:
-        self._epoch, self._cursor = epoch, cursor
-        self._generation += 1
+    def position(self, normalize: bool = True) -> tuple[int, int]:
+        """``(epoch, cursor)`` now. With ``normalize``, a pass with nothing left for any rank reads as
+        the start of the next epoch (normalising when the position is read, rather than when the last
+        index is handed out, keeps readers consistent); an epoch with nothing in it at all (drop_last
+        with fewer samples than ranks) stays put."""
+        at, live = self._at, self._live
+        if live is not None and live[0] == at.generation:
+            _, base, handed, size = live
+            at.value = base + (size - handed.__length_hint__()) * self.world.size
+        if normalize and not self._resume_pending and at.value > 0 and self.rank_count(at.value) == 0:
+            return at.epoch + 1, 0
+        return at.epoch, at.value
+
+    def move_to(self, epoch: int, cursor: int = 0) -> None:
+        """Put the position at ``(epoch, cursor)`` (a move from outside: a new generation)."""
+        self._at.move_to(epoch, cursor)
+        self._grown = None  # a moved position no longer continues the epoch the dataset grew in
         self._resume_pending = False
         self._live = None
 
-    def _commit(self, generation: int, epoch: int, cursor: int) -> None:
-        """Record progress made by an iterator started at ``generation`` (ignored if moved since).
+    def commit(self, generation: int, epoch: int, cursor: int) -> None:
+        """Record progress made by a consumer started at ``generation`` (ignored if moved since).
 
         A committed position supersedes any chunk an earlier ``__iter__`` was handing out.
         """
-        if generation == self._generation:
-            self._epoch, self._cursor, self._live = epoch, cursor, None
+        if self._at.commit(generation, epoch, cursor):
+            self._live = None
+            self._resume_pending = False
 
     # -- iteration --------------------------------------------------------------------------------
 
@@ -170,29 +221,33 @@ class ResumableSampler(Sampler[int]):
         workers the state runs ahead of the batches the caller received; ``ResumableDataLoader`` and
         ``StatefulDataLoader`` account for that.
         """
-        epoch, start = self._position()
-        generation = self._generation
-        self._epoch, self._cursor, self._resume_pending = epoch, start, False
+        epoch, start = self.position()
+        generation = self.generation
+        self._at.commit(generation, epoch, start)
+        self._resume_pending = False
         step = self.world.size
         count = self.rank_count(start)
         base = start
         for indices, _ in self.chunks(epoch, start, 0, count, with_seeds=False):
             # No per-index bookkeeping: the chunk's list iterator knows how many it has handed out,
-            # and _position() asks it. `yield from` a list runs at C speed.
+            # and position() asks it. `yield from` a list runs at C speed.
             handed = iter(indices)
             self._live = (generation, base, handed, len(indices))
             yield from handed
             base += len(indices) * step
-            self._commit(generation, epoch, base)
+            self.commit(generation, epoch, base)
 
     def permutation(self, epoch: int) -> Any:
         """The permutation object for ``epoch`` (a callable on int64 position tensors)."""
+        if self._dataset_order is not None:
+            return self._dataset_order.epoch_order(self.seed, epoch, self.shuffle)
         cached = self._permutation_cache
-        if cached is not None and cached[0] == epoch:
+        length = self.epoch_length(epoch)
+        if cached is not None and cached[0] == (epoch, length):
             return cached[1]
         kind = _ORDERS[self.order] if self.shuffle else IdentityPermutation
-        perm = kind(self.length, self.seed, epoch)
-        self._permutation_cache = (epoch, perm)
+        perm = kind(length, self.seed, epoch)
+        self._permutation_cache = ((epoch, length), perm)
         return perm
 
     def chunks(
@@ -245,22 +300,22 @@ class ResumableSampler(Sampler[int]):
         the first ``iter()`` after loading it yields what is left of that pass (nothing) before the
         next ``iter()`` starts the next epoch. This is what ``StatefulDataLoader`` expects.
         """
-        return self._state(normalize=False)
+        return self.saved_state(normalize=False).to_dict()
 
-    def _state(self, normalize: bool) -> dict[str, Any]:
-        epoch, cursor = self._position(normalize)
-        return {
-            "kind": "ResumableSampler",
-            "version": FORMAT_VERSION,
-            "epoch": epoch,
-            "cursor": cursor,
-            "length": self.length,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "drop_last": self.drop_last,
-            "order": self.order,
-            "num_replicas": self.world.size,
-        }
+    def saved_state(self, normalize: bool) -> SamplerState:
+        """The typed state; with ``normalize``, a finished pass reads as the next epoch's start."""
+        epoch, cursor = self.position(normalize)
+        return SamplerState(
+            epoch=epoch,
+            cursor=cursor,
+            length=self.epoch_length(epoch),
+            seed=self.seed,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            order=self.order,
+            num_replicas=self.world.size,
+            dataset_order=None if self._dataset_order is None else self._dataset_order.order_state(),
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any], *, source: str = "state_dict") -> None:
         """Restore a position saved by :meth:`state_dict`, on this or another world size.
@@ -269,25 +324,71 @@ class ResumableSampler(Sampler[int]):
             InputStateError: (a ``ValueError``) when the state is malformed, of another format version,
                 or was saved for another dataset length, seed, shuffle, order or ``drop_last``.
         """
-        state = check_header(state_dict, "ResumableSampler", source)
-        for name, current in (
-            ("length", self.length),
-            ("seed", self.seed),
-            ("shuffle", self.shuffle),
-            ("drop_last", self.drop_last),
-            ("order", self.order),
+        self.load(SamplerState.from_dict(state_dict, source), source, literal=True)
+
+    def _saved_length(self, state: SamplerState, source: str) -> int:
+        """The length the saved epoch covers: the current one, or (``allow_growth``) a shorter one."""
+        saved = state.length
+        if saved == self.length or self._dataset_order is not None:
+            return self.length  # a dataset with its own order checks its length itself
+        if saved < self.length and self.allow_growth:
+            # At an epoch's start the grown dataset starts a fresh epoch at once.
+            return self.length if state.cursor == 0 else saved
+        fix = (
+            "If data was appended, build the sampler with allow_growth=True (the epoch in progress then "
+            "finishes over the old length); otherwise resume with the dataset the state was saved for."
+            if saved < self.length
+            else "A dataset may grow but not shrink: resume with the dataset the state was saved for."
+        )
+        raise InputStateError(
+            f"{source}: the state was saved with length={saved}, but this pipeline has length={self.length}. {fix}"
+        )
+
+    def load(self, state: SamplerState, source: str, *, literal: bool) -> None:
+        """Restore a parsed state after checking it fits this sampler's configuration.
+
+        Args:
+            state: The parsed state.
+            source: Where it came from, for messages.
+            literal: The next ``iter()`` continues the saved pass literally, even with nothing left in it,
+                as ``StatefulDataLoader`` expects (it re-creates the pass's iterator on load and starts a
+                new pass only after that one is exhausted). ``ResumableDataLoader`` normalises instead.
+
+        Raises:
+            InputStateError: for another dataset length, seed, shuffle, order or ``drop_last``.
+        """
+        length = self._saved_length(state, source)
+        for name, saved, current in (
+            ("seed", state.seed, self.seed),
+            ("shuffle", state.shuffle, self.shuffle),
+            ("drop_last", state.drop_last, self.drop_last),
+            ("order", state.order, self.order),
         ):
-            saved = field(state, name, type(current), source)
             check_same(name, saved, current, source, f"Construct the sampler with {name}={saved!r} to resume.")
-        epoch = field(state, "epoch", int, source)
-        cursor = field(state, "cursor", int, source)
-        saved_world = field(state, "num_replicas", int, source)
-        if epoch < 0 or not 0 <= cursor < self.length + saved_world:
-            raise InputStateError(
-                f"{source}: saved position epoch={epoch}, cursor={cursor} is invalid; expected "
-                f"epoch >= 0 and 0 <= cursor < length + num_replicas = {self.length + saved_world}"
+        if self._dataset_order is not None:
+            if state.dataset_order is None:
+                raise InputStateError(
+                    f"{source}: the state has no {Key.DATASET_ORDER!r} entry, but this sampler's dataset "
+                    f"({type(self._dataset_order).__name__}) provides its own order: resume with the dataset "
+                    "the state was saved for."
+                )
+            self._dataset_order.load_order_state(
+                state.dataset_order,
+                seed=self.seed,
+                shuffle=self.shuffle,
+                epoch=state.epoch,
+                cursor=state.cursor,
+                source=source,
             )
         # Any cursor at or past the end means "this pass is over"; store it as `length` so that a state
         # re-saved under another world size stays within that world's bound.
-        self._move_to(epoch, min(cursor, self.length))
-        self._resume_pending = True
+        self._at.move_to(state.epoch, min(state.cursor, length), restored=True)
+        self._grown = (state.epoch, length) if length != self.length else None
+        self._live = None
+        self._resume_pending = literal
+
+
+def _order_protocol(dataset: Any) -> Any:
+    """``dataset`` if it provides its own epoch order (``epoch_order``, ``order_state``, ``load_order_state``)."""
+    names = ("epoch_order", "order_state", "load_order_state")
+    return dataset if all(callable(getattr(dataset, name, None)) for name in names) else None
