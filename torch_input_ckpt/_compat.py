@@ -42,6 +42,7 @@ __all__ = [
     "numpy_mt19937_words",
     "numpy_state_bytes",
     "python_random_c_seed",
+    "python_random_instance",
     "python_random_words",
     "stateful_dataloader_batches",
     "stateful_dataloader_drop_pending",
@@ -404,6 +405,13 @@ def python_random_words(inst: Any) -> tuple[ctypes.c_int, ctypes.c_uint32] | Non
     finally:
         inst.setstate(saved)
     return index, first
+
+
+def python_random_instance() -> Any:
+    """The ``random.Random`` behind ``random.random()`` & co. (the module's private ``_inst``)."""
+    import random
+
+    return random._inst  # type: ignore[attr-defined]
 
 
 def python_random_c_seed() -> Callable[[Any, int], None]:

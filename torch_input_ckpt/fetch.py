@@ -2,33 +2,42 @@
 
 from __future__ import annotations
 
+import random
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from .reseeding import Reseeding, parse_reseed_rng
-from .rngs import imported_rngs, prepare, rng
+from .rngs import prepare
 
 __all__ = ["FetchDataset", "TaggedCollate", "TaggedKeys", "capture_rngs", "reseed", "restore_rngs"]
 
 
 def reseed(seed: int) -> None:
-    """Seed torch's, NumPy's (if ``numpy.random`` is imported) and Python's global RNGs with one seed
-    (used per sample of a reseeded IterableDataset: ``reseeded.py``)."""
-    for name in imported_rngs():
-        rng(name).seed(seed)
+    """Seed torch's, NumPy's (if imported) and Python's global RNGs with one seed (used per sample of a
+    reseeded IterableDataset: ``reseeded.py``)."""
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(seed)
 
 
-def capture_rngs() -> list[tuple[Any, Any]]:
-    """The imported global RNGs' states, for :func:`restore_rngs`."""
-    return [(r, r.capture()) for r in (rng(name) for name in imported_rngs())]
+def capture_rngs() -> tuple[Any, Any, Any]:
+    """The global RNGs' states (torch's, Python's, NumPy's if imported), for :func:`restore_rngs`."""
+    numpy = sys.modules.get("numpy")
+    return torch.get_rng_state(), random.getstate(), numpy.random.get_state() if numpy is not None else None
 
 
-def restore_rngs(saved: list[tuple[Any, Any]]) -> None:
+def restore_rngs(saved: tuple[Any, Any, Any]) -> None:
     """Put the global RNGs back as :func:`capture_rngs` found them."""
-    for r, state in saved:
-        r.restore(state)
+    torch_state, python_state, numpy_state = saved
+    torch.set_rng_state(torch_state)
+    random.setstate(python_state)
+    if numpy_state is not None:
+        sys.modules["numpy"].random.set_state(numpy_state)
 
 
 class TaggedKeys(list):

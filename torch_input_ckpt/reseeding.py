@@ -148,13 +148,7 @@ class Reseeding:
             plan = self._plan = _Plan(names, self.reseeded)
         before = plan.fingerprints()
         if plan.seeded:
-            saved = [r.capture() for r in plan.seeded] if info is None else None
-            try:
-                samples = _fetch(dataset, indices, seeds, plan.seeded)
-            finally:
-                if saved is not None:
-                    for r, state in zip(plan.seeded, saved, strict=True):
-                        r.restore(state)
+            samples = _fetch_seeded(dataset, indices, seeds, plan.seeded, restore=info is None)
         else:
             samples = [dataset[index] for index in indices]
         after = plan.fingerprints()
@@ -241,6 +235,19 @@ class _Plan:
             self.fingerprints: Callable[[], tuple[Any, ...]] = lambda: (a(), b(), c())
         else:
             self.fingerprints = lambda: tuple(probe() for probe in probes)
+
+
+def _fetch_seeded(
+    dataset: Any, indices: Sequence[int], seeds: Iterable[int], seeded: list[Rng], *, restore: bool
+) -> list[Any]:
+    """Fetch with ``seeded`` seeded per sample; in the main process (``restore``) put them back after."""
+    saved = [r.capture() for r in seeded] if restore else None
+    try:
+        return _fetch(dataset, indices, seeds, seeded)
+    finally:
+        if saved is not None:
+            for r, state in zip(seeded, saved, strict=True):
+                r.restore(state)
 
 
 def _fetch(dataset: Any, indices: Sequence[int], seeds: Iterable[int], seeded: list[Rng]) -> list[Any]:

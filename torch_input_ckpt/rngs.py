@@ -21,7 +21,6 @@ Python's through ctypes 40 ns each (``np.random.get_state()`` costs 28 µs, ``ra
 from __future__ import annotations
 
 import ctypes
-import random
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -70,7 +69,7 @@ def _torch_rng() -> Rng:
 
 
 def _python_rng() -> Rng:
-    inst = random._inst  # type: ignore[attr-defined]  # the instance behind random.random & co.
+    inst = _compat.python_random_instance()
     words = _compat.python_random_words(inst)
     c_seed = _compat.python_random_c_seed()
 
