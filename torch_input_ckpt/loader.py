@@ -68,11 +68,16 @@ class ResumableDataLoader(HookedDataLoader):
     Args:
         seed: Chooses the shuffling order, and the workers' base seed, per epoch. Replaces
             ``generator``, whose state would change with every pass and so could not be resumed.
-        reseed_rng: Before each sample of a map-style dataset is fetched, seed torch's, NumPy's and
-            Python's global RNGs from ``(seed, epoch, position)`` (and, in the main process, put
-            them back after the batch), so random augmentations in ``__getitem__`` are reproduced
-            exactly after a resume and do not depend on ``num_workers``. Costs ~10 µs per sample
-            (plus ~160 µs per batch with ``num_workers=0``); turn off if you need none of it.
+        reseed_rng: Which of torch's, NumPy's and Python's global RNGs to seed from ``(seed, epoch,
+            position)`` before each sample of a map-style dataset, so that random augmentations in
+            ``__getitem__`` are reproduced exactly after a resume and do not depend on
+            ``num_workers`` (in the main process they are put back after the batch). ``True`` (the
+            default): those the first 16 samples of each process draw from, and any found drawn from
+            later (warned at once with :class:`UnseededDrawWarning`, then seeded); an RNG no sample
+            draws from costs nothing per sample. A tuple such as ``("torch", "numpy")``: those from
+            the first sample, others found as with ``True`` (declare ``"torch"`` for a dataset that
+            only reads ``torch.initial_seed()``). ``False``: none (the order still resumes exactly).
+            The state records the set seeded (``"reseeded_rngs"``); a resumed loader seeds it.
         sampler: ``None`` (a :class:`ResumableSampler` is built from ``shuffle`` and ``seed``; under
             ``torch.distributed`` it shards over the ranks), a :class:`ResumableSampler`, or any
             other sampler; another sampler is resumed by restoring its ``state_dict`` (if it has
