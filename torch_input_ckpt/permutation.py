@@ -137,11 +137,11 @@ class FeistelPermutation:
 PYTHON_INDICES = 128
 
 
-def indices_at(permutation: Any, first: int, step: int, count: int) -> list[int]:
+def indices_at(permutation: Any, first: int, step: int, count: int, length: int | None = None) -> list[int]:
     """The permuted indices of global positions ``first, first + step, ...`` (``count`` of them), where a
     position past the end wraps to the start (padding). Few indices of a Feistel permutation are computed
     without torch, so that the first batch of a fresh process costs no torch op."""
-    length = permutation.length
+    length = permutation.length if length is None else length
     if count <= PYTHON_INDICES and isinstance(permutation, (FeistelPermutation, IdentityPermutation)):
         positions = (p % length for p in range(first, first + step * count, step))
         if isinstance(permutation, IdentityPermutation):

@@ -276,6 +276,7 @@ class ResumableSampler(Sampler[int]):
             ``(indices, seeds)``: a list, and a :class:`SeedRange` of as many (None unless ``with_seeds``).
         """
         perm = self.permutation(epoch)
+        length = self.epoch_length(epoch)
         step, offset = self.world.size, start + self.world.rank
         largest = max(unit, chunk - chunk % unit)
         # The first list is small, so that the first batch after a resume costs little; then the
@@ -284,7 +285,7 @@ class ResumableSampler(Sampler[int]):
         lo = first
         while lo < count:
             # Positions past the end wrap to the epoch's start: DistributedSampler's padding.
-            indices = indices_at(perm, lo * step + offset, step, min(count, lo + size) - lo)
+            indices = indices_at(perm, lo * step + offset, step, min(count, lo + size) - lo, length)
             # Seeds are computed by the fetch side, only for samples whose RNGs it seeds.
             seeds = SeedRange.of(self.seed, epoch, lo * step + offset, step, len(indices)) if with_seeds else None
             yield indices, seeds
