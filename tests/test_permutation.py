@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torch_input_ckpt.permutation import FeistelPermutation, RandpermPermutation, sample_seeds
+from torch_input_ckpt.permutation import FeistelPermutation, IdentityPermutation, RandpermPermutation, sample_seeds
 
 SPECIAL_LENGTHS = [
     1,
@@ -107,3 +108,19 @@ def test_sample_seeds_depend_on_seed_epoch_and_position():
     assert not torch.equal(a, sample_seeds(0, 1, positions))
     assert int(a.min()) >= 0 and int(a.max()) < 2**32
     assert torch.equal(a[500:], sample_seeds(0, 0, positions[500:]))
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 17, 100, 1023, 1024, 1025, 65537])
+@pytest.mark.parametrize("kind", [FeistelPermutation, RandpermPermutation, IdentityPermutation])
+def test_inverse_undoes_the_permutation(kind, length):
+    perm = kind(length, 11, 2)
+    positions = torch.arange(length, dtype=torch.int64)
+    indices = perm(positions)
+    assert perm.inverse(indices).tolist() == positions.tolist()
+    assert perm(perm.inverse(positions)).tolist() == positions.tolist()
+
+
+def test_feistel_inverse_at_a_billion():
+    perm = FeistelPermutation(10**9 + 7, 5, 3)
+    positions = torch.tensor([0, 1, 123456789, 10**9 + 6], dtype=torch.int64)
+    assert perm.inverse(perm(positions)).tolist() == positions.tolist()
