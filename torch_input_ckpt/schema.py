@@ -89,6 +89,19 @@ class Key:
     # ... each worker's dataset state inside `inner`, when its samples are reseeded (reseeded.py)
     DATASET = "dataset"
     YIELDED = "yielded"
+    # -- provenance and data surgery (provenance.py, surgery.py) ------------------------------------
+    # ResumableDataLoader (map-style): batches this rank delivered since the run began, plus the ones
+    # skipped on a restore (so that batches per step = difference / steps between two checkpoints)
+    BATCHES_TOTAL = "batches_total"
+    # ResumableSampler: dataset indices left out of every epoch from EXCLUDED_FROM on
+    EXCLUDED = "excluded"
+    EXCLUDED_FROM = "excluded_from"
+    # An input-checkpoint file's "provenance" record, written by InputCheckpointer
+    PROVENANCE = "provenance"
+    PREVIOUS_STEP = "previous_step"  # the step of the save (or restore) before this one in the same run
+    PREVIOUS_BATCHES = "previous_batches"  # component name -> its BATCHES_TOTAL then
+    SKIPPED = "skipped"  # [[first, last], ...]: steps skipped on a restore (never delivered)
+    # -- end of provenance -----------------------------------------------------------------------------
 
 
 def is_stateful(obj: Any) -> bool:
