@@ -23,6 +23,7 @@ from .encoding import decode_tensors
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .external import external_parts
 from .files import InputCheckpoint, InputFile
+from .lineage import Lineage
 from .lock import WriterLock
 from .planner import RestorePlan, plan_restore
 from .schema import is_stateful, positions
@@ -129,6 +130,7 @@ class InputCheckpointer:
         self._components: dict[str, Any] = _components(stateful)
         self._clock = clock if clock is not None else _default_clock
         self._external: list[str] | None = None  # checked at the first save
+        self._lineage = Lineage()  # what each file records about the run (for provenance)
         self._last_save_time = self._clock()
         self._start_writing()
         # Under torch.distributed with several ranks: collectives on a CPU-capable group, to agree on
@@ -223,7 +225,12 @@ class InputCheckpointer:
         if self._external is None:
             self._external = self._check_external(states)
         data = files.encode_checkpoint(
-            rank=self.rank, world_size=self.world_size, step=step, states=states, external=self._external
+            rank=self.rank,
+            world_size=self.world_size,
+            step=step,
+            states=states,
+            external=self._external,
+            provenance=self._lineage.record(step, states),
         )
         self._writer.submit(functools.partial(_commit, self.directory, self.rank, step, data, self.keep_last, pin))
         self._last_save_time = self._clock()
@@ -378,6 +385,7 @@ class InputCheckpointer:
                 checkpoint.path.name,
             )
         self._apply(checkpoint)
+        self._lineage.restored(plan.step, checkpoint.states, checkpoint.provenance)
         return plan.step
 
     def steps(self) -> list[int]:
