@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import files
+from . import files, samples_cli
 from .errors import InputStateError
 from .files import InputFile
 from .planner import PlanError, plan_restore
@@ -197,10 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     inspect.add_argument("directory", help="the directory given to InputCheckpointer")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    samples_cli.add_parser(commands)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # argparse exits on --help (0) and on usage errors (2)
         return int(exit.code or 0)
+    if args.command == "samples":
+        return samples_cli.run(args)
     directory = Path(args.directory)
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
