@@ -4,11 +4,10 @@ resharded run 2 -> 3, gradient accumulation, and the refusals that name what is 
 from __future__ import annotations
 
 import pytest
+from provenance_runs import run
 
 from torch_input_ckpt import InputStateError
 from torch_input_ckpt.samples import Provenance, samples_at
-
-from provenance_runs import run
 
 
 def check_all(directory, delivered):
@@ -85,3 +84,30 @@ def test_refuses_a_step_before_every_checkpoint(tmp_path):
     run(tmp_path, config, world=1, steps=range(1, 30), keep_last=2)
     with pytest.raises(InputStateError, match="no input checkpoint before step 3.*pruned"):
         samples_at(tmp_path, 3)
+
+
+@pytest.mark.parametrize(("length", "world", "batch_size", "shuffle", "drop_last", "sampler_drop_last"), CASES)
+def test_sample_k_inverts_it(tmp_path, length, world, batch_size, shuffle, drop_last, sampler_drop_last):
+    config = dict(
+        length=length,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        sampler_drop_last=sampler_drop_last,
+        every=5,
+    )
+    delivered = run(tmp_path, config, world=world, steps=range(1, 41), bps=2)
+    provenance = Provenance(tmp_path)
+    last = max(delivered)
+    epochs = range(0, provenance.step(last).epochs[-1] + 1)
+    for index in range(length):
+        expected = sorted(
+            (step, rank)
+            for step, by_rank in delivered.items()
+            for rank, keys in by_rank.items()
+            for key in keys
+            if key == index
+        )
+        found = [(o.step, o.rank) for o in provenance.sample(index, epochs) if o.step <= last]
+        assert found == expected, f"sample {index}"
+        assert all(not o.skipped for o in provenance.sample(index, epochs))

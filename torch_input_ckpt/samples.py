@@ -161,7 +161,8 @@ class Provenance:
         given = self.given_batches_per_step
         if measured and given is not None and measured[0][0] != given:
             raise InputStateError(
-                f"batches_per_step={given} contradicts the {measured[0][0]} batches per step recorded in {measured[0][1]}"
+                f"batches_per_step={given} contradicts the {measured[0][0]} batches per step recorded in "
+                f"{measured[0][1]}"
             )
         if measured:
             return measured[0][0], ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from .errors import InputStateError
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         steps = [args.step] if args.step is not None else list(_range(args.steps, "--steps"))
         answers = [provenance.step(step, args.rank) for step in steps]
     except (InputStateError, ValueError) as error:
-        print(f"torch-input-ckpt samples: {error}", file=__import__("sys").stderr)
+        print(f"torch-input-ckpt samples: {error}", file=sys.stderr)
         return 1 if isinstance(error, InputStateError) else 2
     if args.json:
         print(json.dumps([a.to_dict() for a in answers] if args.steps else answers[0].to_dict()))
@@ -93,9 +94,8 @@ def _occurrences(index: int, epochs: range, found: list[Occurrence], as_json: bo
         return json.dumps(
             [{"epoch": o.epoch, "step": o.step, "rank": o.rank, "batch": o.batch, "skipped": o.skipped} for o in found]
         )
-    lines = [
-        f"sample {index} in epochs {epochs.start}..{epochs.stop - 1}: {len(found)} deliver{'y' if len(found) == 1 else 'ies'}"
-    ]
+    plural = "y" if len(found) == 1 else "ies"
+    lines = [f"sample {index} in epochs {epochs.start}..{epochs.stop - 1}: {len(found)} deliver{plural}"]
     for o in found:
         skipped = " (skipped on a restore)" if o.skipped else ""
         lines.append(f"  epoch {o.epoch}: step {o.step}, rank {o.rank}, batch {o.batch} of the step{skipped}")
