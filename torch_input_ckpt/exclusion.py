@@ -5,45 +5,45 @@ them is delivered exactly once per epoch (padding aside) and every rule of the s
 cursor, padding, ``drop_last``, resharding) holds unchanged over the shorter length. The ``i``-th
 index not excluded is ``i + #{j : X[j] - j <= i}`` (X sorted): one ``searchsorted`` per chunk of keys,
 O(log |X|) per key. The epoch in progress when the list grows keeps its order (it was laid out over
-the old length); the list applies from the next epoch.
+the old length): additions apply from the next epoch, or at once at an epoch's start. Each entry of a state
+is a complete list with the epoch it starts at (one entry per change).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
 from .errors import InputStateError
-from .schema import MAX_EPOCH, Key, field
+from .schema import MAX_EPOCH
 
-__all__ = ["Exclusion"]
+__all__ = ["Excluded", "Exclusion", "Exclusions"]
 
 
 class Exclusion:
-    """Sorted distinct dataset indices excluded from epoch ``first_epoch`` on.
+    """Sorted distinct dataset indices left out of an epoch.
 
     Args:
         indices: The excluded dataset indices.
-        first_epoch: The first epoch they are left out of.
         length: The dataset length (every index must be below it, and at least one must stay).
 
     Raises:
         ValueError: for an index outside ``[0, length)`` or a list that excludes everything.
     """
 
-    __slots__ = ("indices", "first_epoch", "_sorted", "_shifted")
+    __slots__ = ("indices", "_sorted", "_shifted")
 
-    def __init__(self, indices: Iterable[int], first_epoch: int, length: int) -> None:
-        values = sorted(set(indices))
+    def __init__(self, indices: Iterable[int], length: int) -> None:
+        values = list(indices)
         bad = [i for i in values if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < length]
         if bad:
             raise ValueError(f"excluded indices must be ints in [0, {length}) (got {bad[:5]!r})")
+        values = sorted(set(values))
         if len(values) >= length:
             raise ValueError(f"cannot exclude all {length} samples of the dataset")
         self.indices: tuple[int, ...] = tuple(values)
-        self.first_epoch = first_epoch
         self._sorted = torch.tensor(values, dtype=torch.int64)
         self._shifted = self._sorted - torch.arange(len(values), dtype=torch.int64)
 
@@ -58,28 +58,81 @@ class Exclusion:
 
     def rank(self, index: int) -> int | None:
         """How many indices not excluded are below ``index`` (None: ``index`` is excluded)."""
-        below = int(torch.searchsorted(self._sorted, torch.tensor([index]), right=False)[0]) if self.indices else 0
+        if not self.indices:
+            return index
+        below = int(torch.searchsorted(self._sorted, torch.tensor([index]), right=False)[0])
         if below < len(self.indices) and self.indices[below] == index:
             return None
         return index - below
 
-    def to_state(self) -> dict[str, Any]:
-        """The entries a sampler state holds."""
-        return {Key.EXCLUDED: list(self.indices), Key.EXCLUDED_FROM: self.first_epoch}
+
+class Excluded:
+    """A permutation over the indices not excluded: ``select(perm(positions))``."""
+
+    __slots__ = ("perm", "exclusion", "length")
+
+    def __init__(self, perm: Any, exclusion: Exclusion) -> None:
+        self.perm, self.exclusion, self.length = perm, exclusion, perm.length
+
+    def __call__(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.exclusion.select(self.perm(positions))
+
+
+class Exclusions:
+    """The exclusion lists of a run: ``(first epoch, complete list)`` entries, oldest first."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: Sequence[tuple[int, Exclusion]] = ()) -> None:
+        self.entries: tuple[tuple[int, Exclusion], ...] = tuple(entries)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def at(self, epoch: int) -> Exclusion | None:
+        """The list epoch ``epoch`` leaves out (None: nothing)."""
+        found = None
+        for first, exclusion in self.entries:
+            if first <= epoch:
+                found = exclusion
+        return found if found is not None and len(found) else None
+
+    def count(self, epoch: int) -> int:
+        found = self.at(epoch)
+        return 0 if found is None else len(found)
+
+    def starts(self) -> list[int]:
+        """The epochs at which the list changes."""
+        return [first for first, _ in self.entries]
+
+    def added(self, indices: Iterable[int], first: int, length: int) -> Exclusions:
+        """These lists plus ``indices`` from epoch ``first`` on. Older entries are kept (one per call): the
+        epochs they cover stay computable from any later state (``samples``)."""
+        current = self.at(first)
+        union = Exclusion([*(current.indices if current else ()), *indices], length)
+        return Exclusions([*((f, e) for f, e in self.entries if f < first), (first, union)])
+
+    def to_state(self) -> list[list[Any]]:
+        return [[first, list(exclusion.indices)] for first, exclusion in self.entries]
 
     @classmethod
-    def from_sampler_state(cls, state: Mapping[str, Any], source: str) -> Exclusion | None:
-        """The exclusion a saved sampler state holds, or None.
+    def from_state(cls, state: Any, length: int, source: str) -> Exclusions:
+        """Parse a saved ``excluded`` entry.
 
         Raises:
-            InputStateError: naming the entry, for a malformed list.
+            InputStateError: naming the entry, for a malformed one.
         """
-        if Key.EXCLUDED not in state:
-            return None
-        indices = field(state, Key.EXCLUDED, list, source)
-        first = field(state, Key.EXCLUDED_FROM, int, source, low=0, high=MAX_EPOCH)
-        length = field(state, Key.LENGTH, int, source, low=1)
-        try:
-            return cls(indices, first, length)
-        except ValueError as error:
-            raise InputStateError(f"{source}: {Key.EXCLUDED}: {error}") from error
+        where = f"{source}: excluded"
+        if not isinstance(state, list) or not all(isinstance(item, list) and len(item) == 2 for item in state):
+            raise InputStateError(f"{where} should be a list of [first epoch, [indices]] pairs")
+        entries = []
+        for first, indices in state:
+            if type(first) is not int or not 0 <= first <= MAX_EPOCH or not isinstance(indices, list):
+                raise InputStateError(f"{where}: [{first!r}, ...] should be [an epoch, a list of indices]")
+            try:
+                entries.append((first, Exclusion(indices, length)))
+            except ValueError as error:
+                raise InputStateError(f"{where}: {error}") from error
+        if [f for f, _ in entries] != sorted({f for f, _ in entries}):
+            raise InputStateError(f"{where}: the first epochs should increase")
+        return cls(entries)
