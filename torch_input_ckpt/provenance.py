@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .errors import InputStateError
-from .exclusion import Exclusion
+from .exclusion import Exclusions
 from .mixture_plan import EpochOrder, Plan
 from .permutation import FeistelPermutation, IdentityPermutation, RandpermPermutation
 from .schema import SAMPLER_KIND, Ahead, Key, LoaderHeader, SamplerState, field
@@ -63,7 +63,7 @@ class Stream:
         batch_size: The loader's batch size (None: unbatched, each key a batch).
         drop_last: The loader's ``drop_last`` (a partial last batch per rank is dropped).
         plan: A mixture's plan (the sampler's ``dataset_order``), or None.
-        exclusion: Dataset indices left out of every epoch from ``exclusion.first_epoch`` on.
+        exclusions: Dataset indices left out of epochs (``exclusion.py``).
     """
 
     epoch: int
@@ -78,19 +78,17 @@ class Stream:
     batch_size: int | None
     drop_last: bool
     plan: Plan | None = None
-    exclusion: Exclusion | None = None
+    exclusions: Exclusions = Exclusions()
 
     @classmethod
-    def from_state(
-        cls, state: Any, source: str, *, world: int | None = None, batch_size: int | None | bool = False
-    ) -> Stream:
+    def from_state(cls, state: Any, source: str, *, later: Mapping[str, Any] | None = None) -> Stream:
         """The stream of a saved ``ResumableDataLoader`` state.
 
         Args:
             state: The loader's ``state_dict()``.
             source: Where it came from (a file), for messages.
-            world: The world size of the run after the position (default: the saved one).
-            batch_size: The batch size of the run after the position (default, ``False``: the saved one).
+            later: The state of the run that continued from this one, saved later (its next checkpoint):
+                its world size, batch size and exclusion lists are those of the steps in between.
 
         Raises:
             InputStateError: for a state this arithmetic cannot answer for, naming what is missing.
@@ -114,6 +112,11 @@ class Stream:
             plan = Plan.from_state(sampler.dataset_order, f"{source}: {Key.DATASET_ORDER}")
         length = sampler.length if plan is None else plan.total
         next_length = field(state, Key.DATASET_LENGTH, int, source, low=1) if plan is None else plan.total
+        world, batch_size, excluded = sampler.num_replicas, header.batch_size, sampler.excluded
+        if later is not None:
+            after = SamplerState.from_dict(field(later, Key.SAMPLER, dict, source), f"{source} (next checkpoint)")
+            world, excluded = after.num_replicas, after.excluded
+            batch_size = LoaderHeader.from_dict(later, f"{source} (next checkpoint)").batch_size
         return cls(
             epoch=sampler.epoch,
             cursor=min(sampler.cursor, length),
@@ -123,11 +126,11 @@ class Stream:
             shuffle=sampler.shuffle,
             order=sampler.order,
             sampler_drop_last=sampler.drop_last,
-            world=sampler.num_replicas if world is None else world,
-            batch_size=header.batch_size if batch_size is False else batch_size,  # type: ignore[arg-type]
+            world=world,
+            batch_size=batch_size,
             drop_last=header.drop_last,
             plan=plan,
-            exclusion=Exclusion.from_sampler_state(field(state, Key.SAMPLER, dict, source), source),
+            exclusions=Exclusions.from_state(excluded or [], next_length, f"{source}: {Key.SAMPLER}"),
         )
 
     # -- counts ----------------------------------------------------------------------------------------
@@ -139,9 +142,7 @@ class Stream:
     def epoch_length(self, epoch: int) -> int:
         """The samples epoch ``epoch`` permutes (the dataset's, less the excluded ones)."""
         base = self.length if epoch == self.epoch else self.next_length
-        if self.exclusion is not None and epoch >= self.exclusion.first_epoch:
-            return base - len(self.exclusion)
-        return base
+        return base - self.exclusions.count(epoch)
 
     def rank_count(self, start: int, length: int) -> int:
         """Samples each rank takes from global ``start`` to the end of an epoch of ``length``."""
@@ -166,7 +167,7 @@ class Stream:
         if offset < first:
             return Spot(self.epoch, self.cursor, offset, count)
         offset -= first
-        # Later epochs come in at most two runs of equal epochs (before and after the exclusion starts):
+        # Later epochs come in runs of equal epochs (a run ends where the exclusion list changes):
         # whole epochs are counted by division, never walked.
         for begin, epochs, count in self._runs():
             per_epoch = self.batches(count)
@@ -184,12 +185,12 @@ class Stream:
 
     def _runs(self) -> list[tuple[int, int | None, int]]:
         """The epochs after the saved one as runs of equal epochs: ``(first epoch, how many (None: all the
-        rest), samples per rank)``."""
+        rest), samples per rank)``; a run ends where the exclusion list changes."""
         after = self.epoch + 1
         runs: list[tuple[int, int | None, int]] = []
-        if self.exclusion is not None and self.exclusion.first_epoch > after:
-            runs.append((after, self.exclusion.first_epoch - after, self.rank_count(0, self.next_length)))
-            after = self.exclusion.first_epoch
+        for change in sorted(f for f in self.exclusions.starts() if f > after):
+            runs.append((after, change - after, self.rank_count(0, self.epoch_length(after))))
+            after = change
         runs.append((after, None, self.rank_count(0, self.epoch_length(after))))
         return runs
 
@@ -216,8 +217,9 @@ class Stream:
             names = self.plan.names
             return [(names[k], i) for k, i in zip(sources.tolist(), indices.tolist(), strict=True)]
         keys = self.permutation(epoch)(wrapped)
-        if self.exclusion is not None and epoch >= self.exclusion.first_epoch:
-            keys = self.exclusion.select(keys)
+        exclusion = self.exclusions.at(epoch)
+        if exclusion is not None:
+            keys = exclusion.select(keys)
         return keys.tolist()  # type: ignore[no-any-return]
 
     def permutation(self, epoch: int) -> Any:
@@ -244,8 +246,9 @@ class Stream:
         if epoch < self.epoch:
             raise InputStateError(f"epoch {epoch} is before the checkpoint's position (epoch {self.epoch})")
         length = self.epoch_length(epoch)
-        if self.exclusion is not None and epoch >= self.exclusion.first_epoch:
-            rank_index = self.exclusion.rank(index)
+        exclusion = self.exclusions.at(epoch)
+        if exclusion is not None:
+            rank_index = exclusion.rank(index)
             if rank_index is None:
                 return  # excluded from this epoch
             index = rank_index
@@ -291,5 +294,5 @@ class Stream:
             "sampler_drop_last": self.sampler_drop_last,
             "dataset_length": self.next_length,
             "mixture_sources": sources,
-            "excluded": 0 if self.exclusion is None else len(self.exclusion),
+            "excluded": self.exclusions.to_state(),
         }

@@ -127,14 +127,10 @@ class Provenance:
             and _record(after).get(Key.PREVIOUS_STEP) == base.step
             and [base.step + 1, after.step] not in _record(after).get(Key.SKIPPED, [])
         )
-        world, batch_size = (None, False)
-        if continued:
-            # The run after `base` is described by the next file's state: a restore on another world size or
-            # batch size shows there.
-            later = _state(after, self.component)  # type: ignore[arg-type]
-            world = later[Key.SAMPLER][Key.NUM_REPLICAS]
-            batch_size = later[Key.BATCH_SIZE]
-        stream = Stream.from_state(state, source, world=world, batch_size=batch_size)
+        # The run after `base` is described by the next file's state: a restore on another world size or batch
+        # size, or samples excluded since, show there.
+        later = _state(after, self.component) if continued else None  # type: ignore[arg-type]
+        stream = Stream.from_state(state, source, later=later)
         linked = after is not None and _record(after).get(Key.PREVIOUS_STEP) == base.step
         bps, why = self._batches_per_step(base, after if linked else None)
         return _Segment(base.step, None if after is None else after.step, stream, bps, why)
