@@ -14,7 +14,8 @@ class Rank:
     """One rank's loader, its endless batch stream and its checkpointer."""
 
     def __init__(self, directory: Path, rank: int, world: int, config: dict[str, Any], keep_last: int | None) -> None:
-        dataset = config.get("dataset") or list(range(config["length"]))
+        make = config.get("make_dataset")
+        dataset = make() if make is not None else list(range(config["length"]))
         self.sampler = ResumableSampler(
             dataset,
             shuffle=config["shuffle"],
