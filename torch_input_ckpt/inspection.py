@@ -14,6 +14,7 @@ from . import files, samples_cli
 from .errors import InputStateError
 from .files import InputFile
 from .planner import PlanError, plan_restore
+from .samples import describe_checkpoint
 from .schema import positions
 
 __all__ = ["inspect_directory", "main"]
@@ -85,6 +86,7 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
                 name: {"kind": p.kind, "epoch": p.epoch, "position": p.position, "unit": p.unit}
                 for name, p in positions(checkpoint.states).items()
             },
+            "provenance": describe_checkpoint(checkpoint),
         }
     return {
         "rank": rank,
@@ -159,6 +161,7 @@ def format_report(report: dict[str, Any]) -> str:
             epoch = "?" if comp["epoch"] is None else comp["epoch"]
             where = "?" if comp["position"] is None else f"{comp['position']} ({comp['unit']})"
             lines.append(f"    {name} ({comp['kind']}): epoch {epoch}, position {where}")
+            lines.extend(_configuration_lines(newest.get("provenance", {}).get(name)))
         for item in newest["external"]:
             lines.append(f"    not captured: {item}")
     if report["ranks"]:
@@ -173,6 +176,28 @@ def format_report(report: dict[str, Any]) -> str:
             common = report["newest_common_step"]
             lines.append(f"newest step valid on every rank: {'none' if common is None else common}")
     return "\n".join(lines)
+
+
+def _configuration_lines(described: dict[str, Any] | None) -> list[str]:
+    """The configuration ``samples`` computes from, in one or two lines (nothing for a non-loader)."""
+    if not described:
+        return []
+    if "unavailable" in described:
+        return [f"      samples: unavailable ({described['unavailable']})"]
+    d = described
+    sources = d["mixture_sources"]
+    data = f"mixture {sources}" if sources else f"dataset length {d['dataset_length']}"
+    bps = d["batches_per_step"] if d["batches_per_step"] is not None else "? (not recorded yet)"
+    lines = [
+        f"      configuration: seed {d['seed']}, shuffle {d['shuffle']} ({d['order']}), world size {d['world_size']}, "
+        f"batch size {d['batch_size']}, drop_last {d['drop_last']} (sampler {d['sampler_drop_last']}), {data}, "
+        f"batches per step {bps}"
+    ]
+    if d["excluded"]:
+        lines.append(f"      excluded samples (from epoch: indices): {d['excluded']}")
+    if d["skipped_steps"]:
+        lines.append(f"      skipped steps: {d['skipped_steps']}")
+    return lines
 
 
 def _bytes(size: int | None) -> str:

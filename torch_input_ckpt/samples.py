@@ -23,7 +23,7 @@ from .files import InputCheckpoint, InputFile
 from .provenance import Stream
 from .schema import LOADER_KIND, SAMPLER_KIND, Key
 
-__all__ = ["Occurrence", "Provenance", "StepSamples", "samples_at", "steps_of_sample"]
+__all__ = ["Occurrence", "Provenance", "StepSamples", "describe_checkpoint", "samples_at", "steps_of_sample"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +272,33 @@ def steps_of_sample(
 ) -> list[Occurrence]:
     """At which steps (and ranks) dataset index ``index`` is delivered in ``epochs`` (see :meth:`Provenance.sample`)."""
     return Provenance(directory, batches_per_step=batches_per_step).sample(index, epochs)
+
+
+def describe_checkpoint(checkpoint: InputCheckpoint) -> dict[str, Any]:
+    """What provenance computes from in one file, per loader component (``inspect`` shows it): the
+    configuration, the batches per step the file records, and the skipped steps; or why it cannot."""
+    record = _record(checkpoint)
+    found: dict[str, Any] = {}
+    for name, state in checkpoint.states.items():
+        if not isinstance(state, Mapping) or state.get(Key.KIND) != LOADER_KIND:
+            continue
+        try:
+            described = dict(Stream.from_state(state, f"{checkpoint.path}: component {name!r}").describe())
+        except InputStateError as error:
+            found[name] = {"unavailable": str(error)}
+            continue
+        before, totals, now = (
+            record.get(Key.PREVIOUS_STEP),
+            record.get(Key.PREVIOUS_BATCHES),
+            state.get(Key.BATCHES_TOTAL),
+        )
+        then = totals.get(name) if isinstance(totals, Mapping) else None
+        known = all(type(v) is int for v in (before, then, now)) and before < checkpoint.step
+        steps = checkpoint.step - before if known else 0
+        described["batches_per_step"] = (now - then) // steps if known and (now - then) % steps == 0 else None
+        described["skipped_steps"] = record.get(Key.SKIPPED, [])
+        found[name] = described
+    return found
 
 
 # -- reading ------------------------------------------------------------------------------------------
