@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import blocking, ddp_sync, mixture, restore_scale, resume, sampler_cost, state_cost, throughput
+from . import blocking, ddp_sync, mixture, provenance, restore_scale, resume, sampler_cost, state_cost, throughput
 from .harness import ROOT, Config, Figure
 from .report import load_now, plot_resume, render
 
@@ -24,9 +24,10 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "ddp_sync": ddp_sync.run,
     "mixture": mixture.run,
     "restore_scale": restore_scale.run,
+    "provenance": provenance.run,
 }
 _ORDER = ["throughput", "resume", "state_cost", "blocking", "sampler_memory", "reseed", "permutation", "ddp_sync"]
-_ORDER += ["mixture_resume", "mixture_throughput", "restore_scale"]
+_ORDER += ["mixture_resume", "mixture_throughput", "restore_scale", "provenance", "exclusion"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
 

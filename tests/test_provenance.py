@@ -82,7 +82,7 @@ def test_refuses_without_batches_per_step_and_names_it(tmp_path):
 def test_refuses_a_step_before_every_checkpoint(tmp_path):
     config = dict(length=20, batch_size=2, shuffle=True, every=5)
     run(tmp_path, config, world=1, steps=range(1, 30), keep_last=2)
-    with pytest.raises(InputStateError, match="no input checkpoint before step 3.*pruned"):
+    with pytest.raises(InputStateError, match="no valid input checkpoint before step 3.*pruned"):
         samples_at(tmp_path, 3)
 
 

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import files
 from .errors import InputStateError
 from .files import InputCheckpoint, InputFile
 from .provenance import Stream
 from .schema import LOADER_KIND, SAMPLER_KIND, Key
 
-__all__ = ["Occurrence", "Provenance", "StepSamples", "describe_checkpoint", "samples_at", "steps_of_sample"]
+__all__ = ["Occurrence", "Provenance", "Segment", "StepSamples", "describe_checkpoint", "samples_at", "steps_of_sample"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,7 @@ class Occurrence:
 
 
 @dataclass(frozen=True, slots=True)
-class _Segment:
+class Segment:
     """Steps ``(start, end]`` (end None: open), as continued from the checkpoint of ``start``."""
 
     start: int
@@ -88,7 +90,8 @@ class _Segment:
 
 
 class Provenance:
-    """A checkpoint directory's history, read once: answers many steps with no further reads.
+    """A checkpoint directory's history: one listing, and each file read at most once, when an answer needs
+    it (a step reads the checkpoint before it, the one after, and the newest: three files at most).
 
     Args:
         directory: The directory given to ``InputCheckpointer``.
@@ -107,17 +110,42 @@ class Provenance:
             raise ValueError(f"batches_per_step must be an int >= 1 (got {batches_per_step=})")
         self.directory = Path(directory)
         self.given_batches_per_step = batches_per_step
-        self.checkpoints = _valid_checkpoints(self.directory)
-        if not self.checkpoints:
+        self.steps = files.list_steps(self.directory).get(0, [])
+        self._files: dict[int, InputCheckpoint | None] = {}
+        self._segments: dict[int, Segment] = {}
+        self.newest = next((c for s in reversed(self.steps) if (c := self.read(s)) is not None), None)
+        if self.newest is None:
             raise InputStateError(f"{self.directory}: no valid input checkpoint of rank 0 (files input_0-<step>.json)")
-        self.component = _loader_component(self.checkpoints[-1], component)
-        self.segments = [self._segment(i) for i in range(len(self.checkpoints))]
+        self.component = _loader_component(self.newest, component)
 
     # -- the history --------------------------------------------------------------------------------
 
-    def _segment(self, i: int) -> _Segment:
-        base = self.checkpoints[i]
-        after = self.checkpoints[i + 1] if i + 1 < len(self.checkpoints) else None
+    def read(self, step: int) -> InputCheckpoint | None:
+        """Rank 0's checkpoint of ``step``, read and verified once (None: damaged or gone)."""
+        if step not in self._files:
+            try:
+                self._files[step] = files.read_checkpoint(self.directory / InputFile(0, step).name)
+            except InputStateError:  # damaged, or pruned since the listing: an older one answers
+                self._files[step] = None
+        return self._files[step]
+
+    @property
+    def checkpoints(self) -> list[InputCheckpoint]:
+        """Every valid checkpoint of rank 0, oldest first (reads them all)."""
+        return [c for s in self.steps if (c := self.read(s)) is not None]
+
+    @property
+    def segments(self) -> list[Segment]:
+        """One segment per valid checkpoint, oldest first (reads them all)."""
+        return [self.segment(c.step) for c in self.checkpoints]
+
+    def segment(self, step: int) -> Segment:
+        """The steps after the checkpoint of ``step`` up to the next one, and how to compute them."""
+        if step in self._segments:
+            return self._segments[step]
+        base = self.read(step)
+        assert base is not None
+        after = next((c for s in self.steps if s > step and (c := self.read(s)) is not None), None)
         source = f"{base.path}: component {self.component!r}"
         state = _state(base, self.component)
         # The next file continues from this one (the same run, or a restore of it) unless it is the save a
@@ -133,7 +161,9 @@ class Provenance:
         stream = Stream.from_state(state, source, later=later)
         linked = after is not None and _record(after).get(Key.PREVIOUS_STEP) == base.step
         bps, why = self._batches_per_step(base, after if linked else None)
-        return _Segment(base.step, None if after is None else after.step, stream, bps, why)
+        segment = Segment(base.step, None if after is None else after.step, stream, bps, why)
+        self._segments[step] = segment
+        return segment
 
     def _batches_per_step(self, base: InputCheckpoint, after: InputCheckpoint | None) -> tuple[int | None, str]:
         measured: list[tuple[int, str]] = []
@@ -170,29 +200,25 @@ class Provenance:
             "pass batches_per_step= (--batches-per-step) if you know it, e.g. 1 without gradient accumulation"
         )
 
-    def _segment_for(self, step: int) -> _Segment:
+    def _segment_for(self, step: int) -> Segment:
         """The segment that covers ``step``: continued from the newest checkpoint before it."""
         if step < 1:
             raise ValueError(f"step must be >= 1: the checkpoint of step S holds the state after it (got {step=})")
-        chosen = None
-        for segment in self.segments:
-            if segment.start < step:
-                chosen = segment
-        if chosen is None:
+        start = next((s for s in reversed(self.steps) if s < step and self.read(s) is not None), None)
+        if start is None:
             raise InputStateError(
-                f"{self.directory}: no input checkpoint before step {step} (steps on disk for rank 0: "
-                f"{[c.step for c in self.checkpoints]}); older ones were pruned (keep_last)"
+                f"{self.directory}: no valid input checkpoint before step {step} (steps on disk for rank 0: "
+                f"{self.steps}); older ones were pruned (keep_last)"
             )
+        chosen = self.segment(start)
         if chosen.batches_per_step is None:
             raise InputStateError(chosen.why_unknown)
         return chosen
 
     def skipped(self, step: int) -> bool:
         """Whether ``step`` was skipped on a restore, by the newest record on disk."""
-        for first, last in _record(self.checkpoints[-1]).get(Key.SKIPPED, []):
-            if first <= step <= last:
-                return True
-        return False
+        assert self.newest is not None
+        return any(first <= step <= last for first, last in _record(self.newest).get(Key.SKIPPED, []))
 
     # -- the questions --------------------------------------------------------------------------------
 
@@ -211,7 +237,15 @@ class Provenance:
             raise ValueError(f"rank {rank} is not in the world of {stream.world} ranks that ran step {step}")
         first = (step - segment.start - 1) * bps
         spots = [stream.locate(first + b) for b in range(bps)]
-        keys = {r: [k for spot in spots for k in stream.keys(spot.epoch, stream.positions(spot, r))] for r in ranks}
+        keys: dict[int, list[Any]] = {r: [] for r in ranks}
+        for spot in spots:
+            # Every rank's positions in one tensor: one permutation call per batch, not one per rank.
+            parts = [stream.positions(spot, r) for r in ranks]
+            computed = stream.keys(spot.epoch, torch.cat(parts))
+            lo = 0
+            for r, part in zip(ranks, parts, strict=True):
+                keys[r].extend(computed[lo : lo + len(part)])
+                lo += len(part)
         return StepSamples(
             step, segment.start, stream.world, bps, self.skipped(step), tuple(s.epoch for s in spots), keys
         )
@@ -240,13 +274,14 @@ class Provenance:
 
     def configuration(self) -> dict[str, Any]:
         """What the newest checkpoint's answers are computed from (``inspect`` shows it)."""
-        segment = self.segments[-1]
+        assert self.newest is not None
+        segment = self.segment(self.newest.step)
         return {
             "checkpoint": segment.start,
             "component": self.component,
             **segment.stream.describe(),
             "batches_per_step": segment.batches_per_step,
-            "skipped_steps": _record(self.checkpoints[-1]).get(Key.SKIPPED, []),
+            "skipped_steps": _record(self.newest).get(Key.SKIPPED, []),
         }
 
 
@@ -302,16 +337,6 @@ def describe_checkpoint(checkpoint: InputCheckpoint) -> dict[str, Any]:
 
 
 # -- reading ------------------------------------------------------------------------------------------
-
-
-def _valid_checkpoints(directory: Path) -> list[InputCheckpoint]:
-    found = []
-    for step in files.list_steps(directory).get(0, []):
-        try:
-            found.append(files.read_checkpoint(directory / InputFile(0, step).name))
-        except InputStateError:
-            continue  # damaged or pruned since the listing: an older one answers
-    return found
 
 
 def _loader_component(checkpoint: InputCheckpoint, wanted: str | None) -> str:

@@ -32,11 +32,11 @@ def skipped_states(
         InputStateError: for a component that cannot be skipped, or batches per step not recorded.
     """
     provenance = Provenance(directory, batches_per_step=batches_per_step)
-    segment = next((s for s in provenance.segments if s.start == checkpoint.step), None)
-    if segment is None:
+    if provenance.read(checkpoint.step) is None:
         raise InputStateError(
             f"{directory}: rank 0 has no valid input checkpoint of step {checkpoint.step} to compute the skip from"
         )
+    segment = provenance.segment(checkpoint.step)
     if segment.batches_per_step is None:
         raise InputStateError(f"skip_steps={steps}: {segment.why_unknown}")
     batches = steps * segment.batches_per_step
