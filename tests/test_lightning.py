@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import types
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import torch_input_ckpt.checkpointer as checkpointer_module
 import torch_input_ckpt.lightning as tic_lightning
 from torch_input_ckpt import (
     EpochMismatchWarning,
     ExternalStateWarning,
     InputCheckpointer,
+    InputCheckpointWarning,
     InputStateError,
     ResumableDataLoader,
     ResumableSampler,
@@ -404,13 +406,12 @@ class Tick(pl.Callback):
         self.clock[0] += self.seconds
 
 
-def test_train_time_interval_saves_when_the_interval_has_passed_and_resumes(tmp_path, monkeypatch):
+def test_train_time_interval_saves_when_the_interval_has_passed_and_resumes(tmp_path):
     clock = [0.0]
-    monkeypatch.setattr(checkpointer_module, "_monotonic", lambda: clock[0])
     interval = timedelta(seconds=3)
 
     def callbacks() -> list[Any]:
-        inputs = InputCheckpointCallback(train_time_interval=interval, keep_last=10)
+        inputs = InputCheckpointCallback(train_time_interval=interval, keep_last=10, clock=lambda: clock[0])
         return with_models_dir(tmp_path, inputs, Tick(clock), every(6))
 
     full = fit(tmp_path / "full", max_steps=16)
@@ -444,13 +445,67 @@ def test_without_ckpt_path_the_stream_continues_from_the_newest_input_checkpoint
     assert batches(third) == batches(full)[12:14]
 
 
-def test_a_missing_input_checkpoint_is_an_error_naming_the_step_and_the_available_ones(tmp_path):
+def _rolled_back(tmp_path: Path) -> tuple[Recorder, Recorder, Callable[[], list[Any]]]:
+    """Input checkpoints every step with keep_last=2, model checkpoints every 5 steps, stopped after 12."""
+
     def callbacks() -> list[Any]:
         return with_models_dir(tmp_path, InputCheckpointCallback(every_n_train_steps=1, keep_last=2), every(5))
 
-    preempted(tmp_path, 12, callbacks(), max_steps=16)
-    with pytest.raises(InputStateError, match=r"(?s)step=5\.ckpt at global step 5: .*\b11\b.*\b12\b"):
-        fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 5), max_steps=16)
+    full = fit(tmp_path / "full", max_steps=16)
+    first = preempted(tmp_path, 12, callbacks(), max_steps=16)
+    return full, first, callbacks
+
+
+def test_rolling_back_to_a_model_checkpoint_older_than_keep_last_input_checkpoints(tmp_path):
+    """The input checkpoints of the model checkpoints' steps are pinned: keep_last=2 kept 11 and 12 and
+    pruned the rest, but not 5 and 10, so resuming from the older model checkpoint (a loss spike, a damaged
+    newest file) is exact."""
+    full, first, callbacks = _rolled_back(tmp_path)
+    assert saved_steps(tmp_path / "input_checkpoints") == [5, 10, 11, 12]
+    resumed = fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 5), max_steps=16)
+    check_resumed(full, first, resumed, 5)
+
+
+def test_a_missing_input_checkpoint_falls_back_on_the_loader_state_lightning_stored(tmp_path):
+    full, first, callbacks = _rolled_back(tmp_path)
+    for name in ("input_0-00000005.json", "input_0-00000005.pin"):
+        (tmp_path / "input_checkpoints" / name).unlink()
+    with pytest.warns(InputCheckpointWarning, match=r"no usable input checkpoint of global step 5 .*-step=5\.ckpt"):
+        resumed = fit(tmp_path, callbacks(), ckpt_path=model_ckpt(tmp_path, 5), max_steps=16)
+    check_resumed(full, first, resumed, 5)
+
+
+def test_a_missing_input_checkpoint_without_our_state_in_the_model_checkpoint_is_an_error_naming_both(tmp_path):
+    _, _, callbacks = _rolled_back(tmp_path)
+    (tmp_path / "input_checkpoints" / "input_0-00000005.json").unlink()
+    path = model_ckpt(tmp_path, 5)
+    checkpoint = torch.load(path, weights_only=False)  # the test's own file
+    del checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    torch.save(checkpoint, path)
+    pattern = r"(?s)step=5\.ckpt at global step 5: .*\b11\b.*\b12\b.*no ResumableDataLoader state.*input_checkpoints"
+    with pytest.raises(InputStateError, match=pattern):
+        fit(tmp_path, callbacks(), ckpt_path=path, max_steps=16)
+
+
+def test_an_input_checkpoint_is_unpinned_when_lightning_deletes_its_model_checkpoint(tmp_path):
+    """save_top_k=2 by step: each rotation deletes the oldest model checkpoint, and its input checkpoint
+    is unpinned and pruned with it, so the pinned steps are those of the model checkpoints kept."""
+    inputs = InputCheckpointCallback(every_n_train_steps=1, keep_last=2)
+    models = ModelCheckpoint(
+        dirpath=str(tmp_path / "models"), every_n_train_steps=4, save_top_k=2, monitor="step", mode="max"
+    )
+    fit(tmp_path, [inputs, models], max_steps=14)
+    kept = sorted(int(p.stem.split("step=")[1].split("-")[0]) for p in (tmp_path / "models").glob("*.ckpt"))
+    assert kept == [8, 12]
+    with reader(tmp_path / "input_checkpoints", make_loader()) as checkpointer:
+        assert checkpointer.pinned() == [8, 12]
+        assert checkpointer.steps() == [8, 12, 13, 14]
+
+
+def test_the_callbacks_files_record_the_real_world_size(tmp_path):
+    fit(tmp_path, [InputCheckpointCallback(every_n_train_steps=2)], max_steps=4)
+    for path in (tmp_path / "input_checkpoints").glob("input_0-*.json"):
+        assert json.loads(path.read_text())["world_size"] == 1
 
 
 # -- several train loaders ---------------------------------------------------------------------------
@@ -625,7 +680,8 @@ def test_ddp_two_ranks_resume_exactly_and_each_sample_is_seen_once_per_epoch(tmp
         indices = Counter(sample[0] for seen, _ in full for e, _, batch in seen if e == epoch for sample in batch)
         assert set(indices) == set(range(N)) and sum(indices.values()) == 2 * per_rank_epoch, f"epoch {epoch}"
     for rank in range(2):
-        assert saved_steps(tmp_path / "input_checkpoints", rank) == [14, 15, 16]
+        # keep_last=3 newest (13, 14, 16) besides the steps pinned by the model checkpoints kept (5, 10, 15).
+        assert saved_steps(tmp_path / "input_checkpoints", rank) == [5, 10, 13, 14, 15, 16]
 
 
 @pytest.mark.slow
@@ -653,7 +709,6 @@ def _ddp_time(rank: int, world: int, root: str) -> list[int]:
     decision is shared every 10 steps (InputCheckpointer's sync_every_n_steps)."""
     os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0")
     clock = [0.0]
-    checkpointer_module._monotonic = lambda: clock[0]  # this forked process's own copy of the module
 
     trainer = pl.Trainer(
         default_root_dir=root,
@@ -666,7 +721,7 @@ def _ddp_time(rank: int, world: int, root: str) -> list[int]:
         logger=False,
         enable_checkpointing=False,
         callbacks=[
-            InputCheckpointCallback(train_time_interval=timedelta(seconds=3), keep_last=None),
+            InputCheckpointCallback(train_time_interval=timedelta(seconds=3), keep_last=None, clock=lambda: clock[0]),
             Tick(clock, 1.0 if rank == 0 else 10.0),
         ],
     )

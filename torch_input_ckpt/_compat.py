@@ -25,6 +25,7 @@ __all__ = [
     "UnsupportedVersionError",
     "lightning_install",
     "lightning_stored_loader_states",
+    "lightning_track_files",
     "lightning_train_loaders",
     "lightning_uninstall",
     "stateful_dataloader_batches",
@@ -143,6 +144,9 @@ def stateful_dataloader_drop_pending(loader: Any) -> None:
 # of its data connector are shadowed by instance attributes (the classes are untouched).
 
 _LIGHTNING_HOOKS = (("fit_loop", "_load_combined_loader_states"), ("_data_connector", "_resolve_sampler"))
+# Public methods, shadowed the same way for the duration of `fit` to learn which model checkpoint file
+# goes with which step (ModelCheckpoint saves through the first and deletes through the second).
+_LIGHTNING_FILE_HOOKS = ((None, "save_checkpoint"), ("strategy", "remove_checkpoint"))
 
 
 def lightning_install(trainer: Any, pl: Any, restore: Callable[[], None], resolve: Callable[..., Any]) -> None:
@@ -168,10 +172,29 @@ def lightning_install(trainer: Any, pl: Any, restore: Callable[[], None], resolv
     connector._resolve_sampler = lambda dataloader, shuffle, mode=None: resolve(original, dataloader, shuffle, mode)
 
 
+def lightning_track_files(trainer: Any, saving: Callable[[str], None], removed: Callable[[str], None]) -> None:
+    """Call ``saving(path)`` before the trainer writes a model checkpoint file and ``removed(path)`` after
+    its strategy deletes one."""
+    save, strategy = trainer.save_checkpoint, trainer.strategy
+    remove = strategy.remove_checkpoint
+
+    def save_checkpoint(filepath: Any, *args: Any, **kwargs: Any) -> Any:
+        saving(str(filepath))
+        return save(filepath, *args, **kwargs)
+
+    def remove_checkpoint(filepath: Any) -> Any:
+        result = remove(filepath)
+        removed(str(filepath))
+        return result
+
+    trainer.save_checkpoint = save_checkpoint
+    strategy.remove_checkpoint = remove_checkpoint
+
+
 def lightning_uninstall(trainer: Any) -> None:
     """Give the trainer its own methods back (a no-op where nothing is shadowed)."""
-    for owner_name, name in _LIGHTNING_HOOKS:
-        owner = getattr(trainer, owner_name, None)
+    for owner_name, name in _LIGHTNING_HOOKS + _LIGHTNING_FILE_HOOKS:
+        owner = trainer if owner_name is None else getattr(trainer, owner_name, None)
         if owner is not None and name in vars(owner):
             delattr(owner, name)
 

@@ -40,13 +40,6 @@ ExternalStatePolicy = Literal["fail", "warn", "ignore"]
 _POLICIES = ("fail", "warn", "ignore")
 # The name under which a single (non-dict) stateful object is saved.
 SINGLE = "input"
-# The default clock. Pass ``clock=`` to substitute one; this module global is read at each call only so that
-# callers that still patch it (the Lightning tests) keep working until they pass a clock.
-_monotonic = time.monotonic
-
-
-def _default_clock() -> float:
-    return _monotonic()
 
 
 class InputCheckpointer:
@@ -130,7 +123,7 @@ class InputCheckpointer:
         self.world, self._world_known = _resolve_world(rank, world, distributed)
         self.directory = _usable_directory(directory)
         self._components: dict[str, Any] = _components(stateful)
-        self._clock = clock if clock is not None else _default_clock
+        self._clock = clock if clock is not None else time.monotonic
         self._external: list[str] | None = None  # checked at the first save
         self._lineage = Lineage()  # what each file records about the run (for provenance)
         self._last_save_time = self._clock()

@@ -136,45 +136,9 @@ def format_report(report: dict[str, Any]) -> str:
     if not report["ranks"]:
         lines.append("  none found (expected files named input_<rank>-<step>.json)")
     for rank in report["ranks"]:
-        steps = rank["steps"]
-        lines.append(f"rank {rank['rank']}: steps {', '.join(map(str, steps)) if steps else 'none'}")
-        for entry in rank["files"]:
-            status = "ok" if entry["valid"] else f"DAMAGED: {entry['problem']}"
-            pin = "  (pinned: kept until unpinned)" if entry.get("pinned") else ""
-            lines.append(f"  {entry['file']}  {_bytes(entry['bytes'])}  {status}{pin}")
-        pointer = rank["pointer"]
-        if pointer["problem"] is None:
-            lines.append(f"  {pointer['file']} -> step {pointer['step']}")
-        else:
-            lines.append(f"  {pointer['file']}: {pointer['problem']}")
-        if rank["uncommitted_steps"]:
-            lines.append(f"  steps {rank['uncommitted_steps']} are newer than the pointer (not committed; passed over)")
-        newest = rank["newest"]
-        if newest is None:
-            lines.append("  newest: NONE VALID (restore would fail on this rank)")
-            continue
-        lines.append(
-            f"  newest: step {newest['step']} ({newest['file']}, {_bytes(newest['bytes'])}), "
-            f"saved {newest['saved_at']}, world size {newest['world_size'] if newest['world_size'] else '?'}"
-        )
-        for name, comp in newest["components"].items():
-            epoch = "?" if comp["epoch"] is None else comp["epoch"]
-            where = "?" if comp["position"] is None else f"{comp['position']} ({comp['unit']})"
-            lines.append(f"    {name} ({comp['kind']}): epoch {epoch}, position {where}")
-            lines.extend(_configuration_lines(newest.get("provenance", {}).get(name)))
-        for item in newest["external"]:
-            lines.append(f"    not captured: {item}")
+        lines += _rank_lines(rank)
     if report["ranks"]:
-        newest_steps = {r["rank"]: (r["newest"] or {}).get("step") for r in report["ranks"]}
-        if report["all_ranks_share_newest"]:
-            count = len(newest_steps)
-            step = next(iter(newest_steps.values()))
-            lines.append(f"newest step {step} on every rank ({count} rank{'s' if count > 1 else ''})")
-        else:
-            listed = ", ".join(f"rank {r} -> {'none' if s is None else s}" for r, s in newest_steps.items())
-            lines.append(f"ranks DISAGREE on the newest step: {listed}")
-            common = report["newest_common_step"]
-            lines.append(f"newest step valid on every rank: {'none' if common is None else common}")
+        lines += _agreement_lines(report)
     return "\n".join(lines)
 
 
@@ -198,6 +162,55 @@ def _configuration_lines(described: dict[str, Any] | None) -> list[str]:
     if d["skipped_steps"]:
         lines.append(f"      skipped steps: {d['skipped_steps']}")
     return lines
+
+
+def _rank_lines(rank: dict[str, Any]) -> list[str]:
+    steps = rank["steps"]
+    lines = [f"rank {rank['rank']}: steps {', '.join(map(str, steps)) if steps else 'none'}"]
+    for entry in rank["files"]:
+        status = "ok" if entry["valid"] else f"DAMAGED: {entry['problem']}"
+        pin = "  (pinned: kept until unpinned)" if entry.get("pinned") else ""
+        lines.append(f"  {entry['file']}  {_bytes(entry['bytes'])}  {status}{pin}")
+    pointer = rank["pointer"]
+    if pointer["problem"] is None:
+        lines.append(f"  {pointer['file']} -> step {pointer['step']}")
+    else:
+        lines.append(f"  {pointer['file']}: {pointer['problem']}")
+    if rank["uncommitted_steps"]:
+        lines.append(f"  steps {rank['uncommitted_steps']} are newer than the pointer (not committed; passed over)")
+    newest = rank["newest"]
+    if newest is None:
+        lines.append("  newest: NONE VALID (restore would fail on this rank)")
+        return lines
+    return lines + _newest_lines(newest)
+
+
+def _newest_lines(newest: dict[str, Any]) -> list[str]:
+    lines = [
+        f"  newest: step {newest['step']} ({newest['file']}, {_bytes(newest['bytes'])}), "
+        f"saved {newest['saved_at']}, world size {newest['world_size'] if newest['world_size'] else '?'}"
+    ]
+    for name, comp in newest["components"].items():
+        epoch = "?" if comp["epoch"] is None else comp["epoch"]
+        where = "?" if comp["position"] is None else f"{comp['position']} ({comp['unit']})"
+        lines.append(f"    {name} ({comp['kind']}): epoch {epoch}, position {where}")
+        lines.extend(_configuration_lines(newest.get("provenance", {}).get(name)))
+    lines += [f"    not captured: {item}" for item in newest["external"]]
+    return lines
+
+
+def _agreement_lines(report: dict[str, Any]) -> list[str]:
+    newest_steps = {r["rank"]: (r["newest"] or {}).get("step") for r in report["ranks"]}
+    if report["all_ranks_share_newest"]:
+        count = len(newest_steps)
+        step = next(iter(newest_steps.values()))
+        return [f"newest step {step} on every rank ({count} rank{'s' if count > 1 else ''})"]
+    listed = ", ".join(f"rank {r} -> {'none' if s is None else s}" for r, s in newest_steps.items())
+    common = report["newest_common_step"]
+    return [
+        f"ranks DISAGREE on the newest step: {listed}",
+        f"newest step valid on every rank: {'none' if common is None else common}",
+    ]
 
 
 def _bytes(size: int | None) -> str:

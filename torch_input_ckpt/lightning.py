@@ -7,6 +7,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -16,9 +17,10 @@ from typing import Any
 
 from . import _compat
 from .checkpointer import InputCheckpointer
-from .errors import ExternalStateWarning, InputStateError
+from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .sampler import ResumableSampler
-from .schema import is_stateful
+from .schema import LOADER_KIND, Key, is_stateful
+from .world import World
 
 __all__ = ["InputCheckpointCallback"]
 
@@ -51,9 +53,8 @@ pl = _select_lightning(sys.modules, importlib.import_module)
 _RunningStage = importlib.import_module(pl.__name__ + ".trainer.states").RunningStage
 
 
-# With no schedule the callback saves only alongside model checkpoints, and never calls after_step; but
-# InputCheckpointer insists on an interval: a step count no run reaches.
-_NEVER = sys.maxsize
+# ModelCheckpoint's default file names ("epoch=1-step=250.ckpt") carry the global step.
+_STEP_IN_NAME = re.compile(r"(?:^|[^a-z])step=(\d+)")
 
 
 class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
@@ -66,14 +67,17 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
     * every ``every_n_train_steps`` steps and/or every ``train_time_interval``, at the end of the batch
       that completed the step (the last micro-batch with ``accumulate_grad_batches > 1``);
     * whenever Lightning saves a model checkpoint at a step boundary (``ModelCheckpoint``,
-      ``trainer.save_checkpoint``), so that such a model checkpoint has its input checkpoint;
+      ``trainer.save_checkpoint``), so that such a model checkpoint has its input checkpoint. That one is
+      *pinned*: ``keep_last`` never prunes it, and it is unpinned when Lightning deletes the model
+      checkpoint (``save_top_k`` rotation; a file of an earlier run by the ``step=N`` in its name);
     * at the start of a fresh run (step 0) when the directory holds none.
 
     On ``trainer.fit(ckpt_path=...)`` the train loaders are restored from the input checkpoint whose step
-    equals the restored model's global step (an error naming the steps on disk if it is missing); without
-    ``ckpt_path``, from the newest input checkpoint, if any. This is the only restore of the stream: the
-    copy of the loader state that Lightning keeps inside the model checkpoint is not loaded while this
-    callback is installed. The restore happens after Lightning builds the train loaders and before it
+    equals the restored model's global step; without ``ckpt_path``, from the newest input checkpoint, if
+    any. The copy of the loader state that Lightning keeps inside the model checkpoint is loaded only when
+    the input checkpoint of that step is missing or damaged and the copy is a ``ResumableDataLoader``'s
+    (with an :class:`~torch_input_ckpt.InputCheckpointWarning`); otherwise the error names both places.
+    The restore happens after Lightning builds the train loaders and before it
     iterates them.
 
     Under DDP with ``use_distributed_sampler=True``, Lightning would wrap a :class:`ResumableSampler` in its
@@ -92,6 +96,8 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
             Keep enough to cover the model checkpoints you may resume from.
         external_state_policy: ``"fail"``, ``"warn"`` or ``"ignore"``: what to do when part of a train loader
             has state that cannot be saved (see :class:`~torch_input_ckpt.InputCheckpointer`).
+        clock: The clock of ``train_time_interval``, a callable returning seconds (default
+            ``time.monotonic``); for tests and simulations.
 
     Raises:
         ValueError: for an ``every_n_train_steps`` below 1, a ``train_time_interval`` that is not a positive
@@ -105,6 +111,7 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         train_time_interval: timedelta | None = None,
         keep_last: int | None = 3,
         external_state_policy: str = "fail",
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if every_n_train_steps is not None and (
             not isinstance(every_n_train_steps, int) or isinstance(every_n_train_steps, bool) or every_n_train_steps < 1
@@ -126,7 +133,7 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         self.train_time_interval = train_time_interval
         self.keep_last = keep_last
         self.external_state_policy = external_state_policy
-        self._unscheduled = every_n_train_steps is None and train_time_interval is None
+        self.clock = clock
         self.directory: str | None = None
         self._trainer: Any = None
         self._checkpointer: InputCheckpointer | None = None
@@ -136,6 +143,13 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         self._step = 0
         self._ahead = False
         self._saved_step: int | None = None
+        # Model checkpoint files of this fit and the steps their input checkpoints are pinned at, and the
+        # file being written right now (its step is known in on_save_checkpoint).
+        self._model_files: dict[str, int] = {}
+        self._writing: str | None = None
+        # The loader states Lightning read from the model checkpoint: the fallback when the input
+        # checkpoint of the model's step is missing.
+        self._stored_states: list[Any] = []
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -177,6 +191,7 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         _compat.lightning_install(
             trainer, pl, self._restore_train_loaders, functools.partial(_resolve_sampler, trainer)
         )
+        _compat.lightning_track_files(trainer, self._saving_model_file, self._removed_model_file)
 
     @staticmethod
     def _uninstall(trainer: Any) -> None:
@@ -187,7 +202,7 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         trainer = self._trainer
         # The copy of the loader state that Lightning read from the model checkpoint: never loaded while
         # this callback is installed (the input checkpoint is the one source of the position), only released.
-        _compat.lightning_stored_loader_states(trainer, release=True)
+        self._stored_states = _compat.lightning_stored_loader_states(trainer, release=True)
         built = _compat.lightning_train_loaders(trainer)
         if built is None:
             return
@@ -200,11 +215,12 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         self._checkpointer = InputCheckpointer(
             self.directory,  # type: ignore[arg-type]
             components,
-            every_n_steps=_NEVER if self._unscheduled else self.every_n_train_steps,
+            every_n_steps=self.every_n_train_steps,
             every_n_seconds=interval,
             keep_last=self.keep_last,
-            rank=trainer.global_rank,
+            world=World(trainer.global_rank, trainer.world_size),
             external_state_policy=self.external_state_policy,  # type: ignore[arg-type]
+            clock=self.clock,
         )
         if self._restored:
             return  # a reloaded loader starts at its epoch, which Lightning sets, as without this callback
@@ -225,9 +241,7 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         try:
             self._checkpointer.restore(step)
         except InputStateError as error:
-            raise InputStateError(
-                f"resuming from the model checkpoint {trainer.ckpt_path} at global step {step}: {error}"
-            ) from error
+            self._restore_from_lightnings_copy(trainer, loaders, step, error)
         fit_loop = trainer.fit_loop
         if fit_loop.epoch_loop.batch_progress.is_last_batch:
             # The model checkpoint was taken after the last batch of an epoch (Lightning's epoch, which
@@ -239,6 +253,46 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         else:
             _warn_if_lightning_ends_the_epoch_early(trainer, loaders)
 
+    def _restore_from_lightnings_copy(self, trainer: Any, loaders: list[Any], step: int, error: Exception) -> None:
+        """The input checkpoint of the model's step is missing or unusable: fall back on the loader states
+        Lightning stored inside the model checkpoint, if they are ours (the same position, saved then)."""
+        stored = self._stored_states
+        ours = len(stored) == len(loaders) and all(
+            isinstance(s, Mapping) and s.get(Key.KIND) == LOADER_KIND for s in stored
+        )
+        if not ours:
+            raise InputStateError(
+                f"resuming from the model checkpoint {trainer.ckpt_path} at global step {step}: {error}; and the "
+                f"model checkpoint holds no ResumableDataLoader state to fall back on (input checkpoints in "
+                f"{self.directory})"
+            ) from error
+        warnings.warn(
+            f"no usable input checkpoint of global step {step} in {self.directory} ({error}); resuming the train "
+            f"loaders from the state Lightning stored in {trainer.ckpt_path} instead",
+            InputCheckpointWarning,
+            stacklevel=2,
+        )
+        for loader, state in zip(loaders, stored, strict=True):
+            loader.load_state_dict(state, source=f"{trainer.ckpt_path} (the loader state Lightning stored)")
+        assert self._checkpointer is not None
+        self._checkpointer.save(step, pin=True)  # the model checkpoint has its input checkpoint again
+
+    # -- model checkpoint files ---------------------------------------------------------------------
+
+    def _saving_model_file(self, path: str) -> None:
+        self._writing = path
+
+    def _removed_model_file(self, path: str) -> None:
+        """Lightning deleted a model checkpoint file: unpin its step when no other kept file has that step."""
+        step = self._model_files.pop(path, None)
+        if step is None:
+            # A file of an earlier run: ModelCheckpoint's default names carry the step.
+            found = _STEP_IN_NAME.search(os.path.basename(path))
+            step = int(found[1]) if found else None
+        if step is None or self._checkpointer is None or step in self._model_files.values():
+            return
+        self._checkpointer.unpin(step)
+
     # -- saving -----------------------------------------------------------------------------------
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
@@ -249,17 +303,23 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         if step == self._step or self._checkpointer is None:
             return  # accumulating: no optimizer step yet, the loaders are ahead of the model
         self._step, self._ahead = step, False
-        if not self._unscheduled and self._checkpointer.after_step(step):
+        if self._checkpointer.after_step(step):
             self._saved_step = step
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        """Lightning is writing a model checkpoint: make sure an input checkpoint exists at its step."""
+        """Lightning is writing a model checkpoint: make sure an input checkpoint exists at its step, pinned
+        (kept whatever ``keep_last``) until Lightning deletes that model checkpoint."""
         step = trainer.global_step
+        path, self._writing = self._writing, None
         if self._checkpointer is None or self._ahead or step != self._step:
             return  # not fitting, or mid-step (no position matches a step)
         if step != self._saved_step:
-            self._checkpointer.save(step)
+            self._checkpointer.save(step, pin=True)
             self._saved_step = step
+        else:
+            self._checkpointer.pin(step)
+        if path is not None:
+            self._model_files[path] = step
         # Lightning writes the model checkpoint after this hook: make the input checkpoint of its step
         # durable first, so that a job killed in between still finds it.
         self._checkpointer.flush()

@@ -170,16 +170,19 @@ def _check_sources(sources: Mapping[str, Any], weights: Mapping[str, float]) -> 
         extra = sorted(set(weights or {}) - set(sources))
         raise ValueError(f"weights must name exactly the sources (missing {missing}, unknown {extra})")
     for name, dataset in sources.items():
-        if not isinstance(name, str):
-            raise ValueError(f"source names must be str (got {name!r})")
-        try:
-            length = len(dataset)
-        except TypeError:
-            raise ValueError(f"source {name!r} must be a map-style dataset with len() (got {dataset!r})") from None
-        if length < 1:
-            raise ValueError(f"source {name!r} is empty (got length={length}); a source needs at least one item")
-        weight = weights[name]
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"weight of {name!r} must be a finite number >= 0 (got {weight!r})")
+        _check_source(name, dataset, weights[name])
     if not any(weights.values()):
         raise ValueError(f"at least one weight must be > 0 (got {dict(weights)})")
+
+
+def _check_source(name: Any, dataset: Any, weight: Any) -> None:
+    if not isinstance(name, str):
+        raise ValueError(f"source names must be str (got {name!r})")
+    try:
+        length = len(dataset)
+    except TypeError:
+        raise ValueError(f"source {name!r} must be a map-style dataset with len() (got {dataset!r})") from None
+    if length < 1:
+        raise ValueError(f"source {name!r} is empty (got length={length}); a source needs at least one item")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"weight of {name!r} must be a finite number >= 0 (got {weight!r})")

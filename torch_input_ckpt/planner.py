@@ -218,26 +218,11 @@ class _Planner:
 
     def _try(self, step: int, *, exact: bool) -> RestorePlan | None:
         """The plan for ``step``, or None (a problem noted) when some old rank has no valid file there."""
-        writers = sorted(r for r, steps in (self.listing if exact else self.committed).items() if step in steps)
-        if exact and not writers:
-            raise self._error(self._missing(step))
-        first = next((c for r in writers if (c := self.reader.read(r, step)) is not None), None)
-        if first is None:
-            if exact:
-                raise self._error(self._missing(step, damaged=True))
+        saved_world = self._saved_world(step, exact)
+        if saved_world is None:
             return None
-        saved_world = 1 if self.alone else (first.world_size or (max(writers) + 1))
         ranks = [self.rank] if self.alone else range(saved_world)
-        incomplete = [r for r in ranks if self.reader.read(r, step) is None]
-        if incomplete:
-            text = (
-                f"step {step} was saved by {saved_world} ranks, but ranks {incomplete} have no valid file at that step"
-            )
-            if exact:
-                raise self._error(f"{self.directory}: {text}; steps on disk per rank: {_steps_text(self.listing)}")
-            self.reader.problems.append(
-                f"step {step}: ranks {incomplete} of {saved_world} have no valid input checkpoint"
-            )
+        if not self._complete(step, saved_world, ranks, exact):
             return None
         checkpoints = [self.reader.read(r, step) for r in ranks]
         if not self.alone and saved_world != self.world:
@@ -246,6 +231,29 @@ class _Planner:
         return RestorePlan(
             step, saved_world, tuple(self.reader.problems), tuple(self.uncommitted), self.reader.reads, mine
         )
+
+    def _saved_world(self, step: int, exact: bool) -> int | None:
+        """How many ranks wrote ``step``, from the first valid file of it (None, noted, when there is none)."""
+        writers = sorted(r for r, steps in (self.listing if exact else self.committed).items() if step in steps)
+        if exact and not writers:
+            raise self._error(self._missing(step))
+        first = next((c for r in writers if (c := self.reader.read(r, step)) is not None), None)
+        if first is None:
+            if exact:
+                raise self._error(self._missing(step, damaged=True))
+            return None
+        return 1 if self.alone else (first.world_size or (max(writers) + 1))
+
+    def _complete(self, step: int, saved_world: int, ranks: Any, exact: bool) -> bool:
+        """Whether every old rank has a valid file at ``step`` (raises for an exact step, else notes why not)."""
+        incomplete = [r for r in ranks if self.reader.read(r, step) is None]
+        if not incomplete:
+            return True
+        text = f"step {step} was saved by {saved_world} ranks, but ranks {incomplete} have no valid file at that step"
+        if exact:
+            raise self._error(f"{self.directory}: {text}; steps on disk per rank: {_steps_text(self.listing)}")
+        self.reader.problems.append(f"step {step}: ranks {incomplete} of {saved_world} have no valid input checkpoint")
+        return False
 
     def _error(self, message: str) -> PlanError:
         return PlanError(message, tuple(self.reader.problems), tuple(self.uncommitted))
