@@ -23,6 +23,7 @@ class Rank:
             num_replicas=world,
             rank=rank,
             drop_last=config.get("sampler_drop_last", False),
+            order=config.get("order", "feistel"),
         )
         self.loader = ResumableDataLoader(
             dataset,

@@ -54,6 +54,14 @@ def test_samples_equal_the_recorded_run(tmp_path, length, world, batch_size, shu
     assert list(one.keys) == [world - 1] and one.keys[world - 1] == delivered[17][world - 1]
 
 
+def test_randperm_order(tmp_path):
+    config = dict(length=23, batch_size=2, shuffle=True, every=5, order="randperm")
+    delivered = run(tmp_path, config, world=3, steps=range(1, 25))
+    provenance = check_all(tmp_path, delivered)
+    found = [(o.step, o.rank) for o in provenance.sample(5, range(0, 10)) if o.step <= 24]
+    assert found == sorted((s, r) for s, by_rank in delivered.items() for r, keys in by_rank.items() if 5 in keys)
+
+
 def test_gradient_accumulation_is_measured_between_saves(tmp_path):
     config = dict(length=50, batch_size=2, shuffle=True, every=4)
     delivered = run(tmp_path, config, world=2, steps=range(1, 30), bps=3)

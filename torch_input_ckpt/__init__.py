@@ -9,6 +9,7 @@ from .errors import EpochMismatchWarning, ExternalStateWarning, InputCheckpointW
 from .loader import ResumableDataLoader
 from .mixture import Mixture, Origin
 from .sampler import ResumableSampler
+from .samples import samples_at, steps_of_sample
 from .world import World
 
 __all__ = [
@@ -23,4 +24,6 @@ __all__ = [
     "ResumableSampler",
     "Stateful",
     "World",
+    "samples_at",
+    "steps_of_sample",
 ]
