@@ -119,3 +119,24 @@ def test_sample_k_inverts_it(tmp_path, length, world, batch_size, shuffle, drop_
         found = [(o.step, o.rank) for o in provenance.sample(index, epochs) if o.step <= last]
         assert found == expected, f"sample {index}"
         assert all(not o.skipped for o in provenance.sample(index, epochs))
+
+
+def test_refuses_a_custom_sampler_and_names_it(tmp_path):
+    from torch.utils.data import SequentialSampler
+
+    from torch_input_ckpt import InputCheckpointer, ResumableDataLoader
+
+    data = list(range(10))
+    loader = ResumableDataLoader(data, batch_size=2, sampler=SequentialSampler(data))
+    with InputCheckpointer(tmp_path, loader, external_state_policy="ignore") as ckpt:
+        ckpt.save(0)
+    with pytest.raises(InputStateError, match="sampler_kind is 'SequentialSampler'.*only for a ResumableSampler"):
+        samples_at(tmp_path, 1, batches_per_step=1)
+
+
+def test_given_batches_per_step_is_checked_against_the_record(tmp_path):
+    config = dict(length=20, batch_size=2, shuffle=True, every=2)
+    run(tmp_path, config, world=1, steps=range(1, 6), bps=2)
+    with pytest.raises(InputStateError, match="batches_per_step=3 contradicts the 2 batches per step recorded"):
+        samples_at(tmp_path, 5, batches_per_step=3)
+    assert samples_at(tmp_path, 5, batches_per_step=2).batches_per_step == 2

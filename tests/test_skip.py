@@ -67,3 +67,28 @@ def test_skip_refuses_without_batches_per_step(tmp_path):
     run(tmp_path, config, world=1, steps=range(1, 5))  # only the initial save: batches per step unknown
     with pytest.raises(InputStateError, match="skip_steps=2: .*batches per optimizer step are not recorded"):
         run(tmp_path, config, world=1, steps=range(1, 9), restore=True, skip_steps=2)
+
+
+def test_skip_refuses_a_component_it_cannot_move(tmp_path):
+    from torch_input_ckpt import InputCheckpointer, ResumableDataLoader
+
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def state_dict(self):
+            return {"n": self.n}
+
+        def load_state_dict(self, state):
+            self.n = state["n"]
+
+    loader = ResumableDataLoader(list(range(10)), batch_size=2)
+    with InputCheckpointer(tmp_path, {"loader": loader, "counter": Counter()}, every_n_steps=1) as ckpt:
+        ckpt.save(0)
+        batches = iter(loader)
+        for step in (1, 2):
+            next(batches)
+            ckpt.after_step(step)
+        del batches
+        with pytest.raises(InputStateError, match="component 'counter'.*cannot be moved on by skip_steps"):
+            ckpt.restore(2, skip_steps=1)
