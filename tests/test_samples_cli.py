@@ -82,3 +82,22 @@ def test_inspect_shows_the_configuration(recorded, capsys):
     report = json.loads(capsys.readouterr().out)
     described = report["ranks"][0]["newest"]["provenance"]["input"]
     assert (described["seed"], described["world_size"], described["batches_per_step"]) == (7, 2, 2)
+
+
+def test_a_malformed_provenance_record_is_refused_by_samples_and_shown_by_inspect(tmp_path, capsys):
+    from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, files
+
+    loader = ResumableDataLoader(list(range(10)), batch_size=2)
+    with InputCheckpointer(tmp_path, loader) as ckpt:
+        ckpt.save(3)
+    good = files.read_checkpoint(tmp_path / "input_0-00000003.json")
+    data = files.encode_checkpoint(
+        rank=0, world_size=1, step=3, states=good.states, external=[], provenance={"skipped": 5}
+    )
+    (tmp_path / "input_0-00000003.json").write_bytes(data)  # signed: only the record is wrong
+    assert main(["samples", str(tmp_path), "--step", "4", "--batches-per-step", "1"]) == 1
+    assert "the provenance record is malformed" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path)]) == 0
+    assert "samples: unavailable" in capsys.readouterr().out
+    with InputCheckpointer(tmp_path, ResumableDataLoader(list(range(10)), batch_size=2)) as ckpt:
+        assert ckpt.restore() == 3  # the state itself is fine

@@ -9,12 +9,45 @@ new values and whose previous step is the restored one), and the steps skipped o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .schema import Key
+from .errors import InputStateError
+from .schema import MAX_LENGTH, Key
 
-__all__ = ["Lineage", "batch_totals"]
+__all__ = ["Lineage", "batch_totals", "check_record"]
+
+log = logging.getLogger("torch_input_ckpt")
+
+
+def check_record(record: Any, source: str) -> dict[str, Any]:
+    """A file's ``provenance`` record after checking its types ({} for a file without one).
+
+    Raises:
+        InputStateError: naming the file and the entry that is malformed.
+    """
+    if record is None:
+        return {}
+    previous = record.get(Key.PREVIOUS_STEP)
+    totals = record.get(Key.PREVIOUS_BATCHES, {})
+    skipped = record.get(Key.SKIPPED, [])
+    ok = (
+        (previous is None or (type(previous) is int and 0 <= previous <= MAX_LENGTH))
+        and isinstance(totals, Mapping)
+        and all(type(v) is int and v >= 0 for v in totals.values())
+        and isinstance(skipped, list)
+        and all(
+            isinstance(item, list) and len(item) == 2 and all(type(v) is int for v in item) and item[0] <= item[1]
+            for item in skipped
+        )
+    )
+    if not ok:
+        raise InputStateError(
+            f"{source}: the provenance record is malformed: expected previous_step (an int or null), "
+            "previous_batches (name -> int) and skipped ([[first, last], ...])"
+        )
+    return dict(record)
 
 
 def batch_totals(states: Mapping[str, Any]) -> dict[str, int]:
@@ -48,8 +81,12 @@ class Lineage:
     def restored(self, step: int, states: Mapping[str, Any], record: Mapping[str, Any] | None) -> None:
         """The run continues from the checkpoint of ``step`` (its skips carry over)."""
         self.previous = (step, batch_totals(states))
-        skipped = (record or {}).get(Key.SKIPPED, [])
-        self.skipped = [list(item) for item in skipped] if isinstance(skipped, list) else []
+        try:
+            checked = check_record(record, f"the checkpoint of step {step}")
+        except InputStateError as error:  # the states restored fine: only the history of skips is lost
+            log.warning("%s; the steps skipped before it are not carried over", error)
+            checked = {}
+        self.skipped = [list(item) for item in checked.get(Key.SKIPPED, [])]
 
     def skip(self, first: int, last: int) -> None:
         """Steps ``first..last`` were skipped (never delivered in this run)."""

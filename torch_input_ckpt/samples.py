@@ -22,6 +22,7 @@ import torch
 from . import files
 from .errors import InputStateError
 from .files import InputCheckpoint, InputFile
+from .lineage import check_record
 from .provenance import Stream
 from .schema import LOADER_KIND, SAMPLER_KIND, Key
 
@@ -312,8 +313,11 @@ def steps_of_sample(
 def describe_checkpoint(checkpoint: InputCheckpoint) -> dict[str, Any]:
     """What provenance computes from in one file, per loader component (``inspect`` shows it): the
     configuration, the batches per step the file records, and the skipped steps; or why it cannot."""
-    record = _record(checkpoint)
     found: dict[str, Any] = {}
+    try:
+        record = _record(checkpoint)
+    except InputStateError as error:
+        return {name: {"unavailable": str(error)} for name in checkpoint.states}
     for name, state in checkpoint.states.items():
         if not isinstance(state, Mapping) or state.get(Key.KIND) != LOADER_KIND:
             continue
@@ -373,4 +377,4 @@ def _state(checkpoint: InputCheckpoint, component: str) -> Mapping[str, Any]:
 
 
 def _record(checkpoint: InputCheckpoint) -> Mapping[str, Any]:
-    return checkpoint.provenance or {}
+    return check_record(checkpoint.provenance, str(checkpoint.path))
