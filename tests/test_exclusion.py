@@ -76,3 +76,18 @@ def test_select_and_rank_are_the_complement(bad):
     assert exclusion.select(torch.arange(len(kept))).tolist() == kept
     assert [exclusion.rank(i) for i in kept] == list(range(len(kept)))
     assert all(exclusion.rank(i) is None for i in bad)
+
+
+@pytest.mark.parametrize("layout", ["random", "clustered", "tail"])
+def test_select_matches_the_reference_on_larger_lists(layout):
+    import random
+
+    n = 20_000
+    bad = {
+        "random": random.Random(1).sample(range(n), 700),
+        "clustered": list(range(5_000, 5_600)) + [7, 19_999],  # many equal shifted values: searchsorted
+        "tail": list(range(n - 300, n)),
+    }[layout]
+    exclusion = Exclusion(bad, n)
+    kept = sorted(set(range(n)) - set(bad))
+    assert exclusion.select(torch.arange(len(kept))).tolist() == kept
