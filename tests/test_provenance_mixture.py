@@ -45,3 +45,11 @@ def test_mixture_resharded_2_to_3(tmp_path):
     first = run(tmp_path, CONFIG, world=2, steps=range(1, 13))  # saved at 5, 10
     second = run(tmp_path, CONFIG, world=3, steps=range(1, 31), restore=True)
     check(tmp_path, {**{s: k for s, k in first.items() if s <= 10}, **second})
+
+
+def test_mixture_skip_equals_the_uninterrupted_run_without_those_steps(tmp_path):
+    uninterrupted = run(tmp_path / "u", CONFIG, world=2, steps=range(1, 40))
+    run(tmp_path / "a", CONFIG, world=2, steps=range(1, 13))  # saved at 5, 10
+    resumed = run(tmp_path / "a", CONFIG, world=2, steps=range(1, 40), restore=True, skip_steps=9)  # over an epoch end
+    assert min(resumed) == 20
+    assert resumed == {step: keys for step, keys in uninterrupted.items() if step >= 20}

@@ -37,10 +37,7 @@ def check_record(record: Any, source: str) -> dict[str, Any]:
         and isinstance(totals, Mapping)
         and all(type(v) is int and v >= 0 for v in totals.values())
         and isinstance(skipped, list)
-        and all(
-            isinstance(item, list) and len(item) == 2 and all(type(v) is int for v in item) and item[0] <= item[1]
-            for item in skipped
-        )
+        and all(_is_range(item) for item in skipped)
     )
     if not ok:
         raise InputStateError(
@@ -48,6 +45,10 @@ def check_record(record: Any, source: str) -> dict[str, Any]:
             "previous_batches (name -> int) and skipped ([[first, last], ...])"
         )
     return dict(record)
+
+
+def _is_range(item: Any) -> bool:
+    return isinstance(item, list) and len(item) == 2 and all(type(v) is int for v in item) and item[0] <= item[1]
 
 
 def batch_totals(states: Mapping[str, Any]) -> dict[str, int]:
