@@ -174,7 +174,10 @@ def _exclusion_figure(cfg: Config) -> Figure:
     fig = Figure(
         key="exclusion",
         title=f"12. Sampler cost of an exclusion list (N = {length:,}, {keys:,} keys drawn from `iter(sampler)`)",
-        about="Per key, median over repetitions; one `searchsorted` over the sorted list per chunk of keys.",
+        about=(
+            "Per key, median over repetitions; the excluded list is random. Each key of an excluding epoch costs "
+            "a bucket-table lookup and a few compares (exclusion.py)."
+        ),
         columns=["excluded samples", "per key", "vs none"],
     )
     for variant, result in zip(variants, results, strict=True):
