@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # Pinned: torch 2.13.0's CPU build is what this project's machines install without a multi-GB CUDA
 # download; an unpinned or open-ended torch would pull one.
 PINS := torch==2.13.0 torchdata==0.11.0 pytorch_lightning==2.6.6 pytest==9.0.3 hypothesis==6.155.2 ruff==0.17.6 radon==6.0.1
+# The Hugging Face integration's tested versions (they install against torch==2.13.0 without another torch).
+PINS += transformers==5.23.0 accelerate==1.15.0
 
 .PHONY: setup test test-lightning-floor demo demo-ddp bench bench-quick lint
 
@@ -27,7 +29,7 @@ test-lightning-floor: $(FLOOR_VENV)/.installed
 
 $(FLOOR_VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(FLOOR_VENV)
-	$(FLOOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(filter-out pytorch_lightning==%,$(PINS)) $(LIGHTNING_FLOOR)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(filter torch==% torchdata==% pytest==% hypothesis==%,$(PINS)) $(LIGHTNING_FLOOR)
 	$(FLOOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 

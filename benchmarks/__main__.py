@@ -9,7 +9,19 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import blocking, ddp_sync, mixture, provenance, restore_scale, resume, sampler_cost, state_cost, throughput
+from . import (
+    blocking,
+    ddp_sync,
+    hf_resume,
+    mixture,
+    provenance,
+    restore_scale,
+    resume,
+    sampler_cost,
+    state_cost,
+    stream,
+    throughput,
+)
 from .harness import ROOT, Config, Figure
 from .report import load_now, plot_resume, render
 
@@ -25,9 +37,12 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "mixture": mixture.run,
     "restore_scale": restore_scale.run,
     "provenance": provenance.run,
+    "hf_resume": hf_resume.run,
+    "stream": stream.run,
 }
 _ORDER = ["throughput", "resume", "state_cost", "blocking", "sampler_memory", "reseed", "permutation", "ddp_sync"]
-_ORDER += ["mixture_resume", "mixture_throughput", "restore_scale", "provenance", "exclusion"]
+_ORDER += ["mixture_resume", "mixture_throughput", "restore_scale", "hf_resume"]
+_ORDER += ["stream", "stream_throughput", "provenance", "exclusion"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
 

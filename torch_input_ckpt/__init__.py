@@ -10,6 +10,8 @@ from .loader import ResumableDataLoader
 from .mixture import Mixture, Origin
 from .sampler import ResumableSampler
 from .samples import samples_at, steps_of_sample
+from .shards import Shard
+from .stream import ShardedStream
 from .world import World
 
 __all__ = [
@@ -22,6 +24,8 @@ __all__ = [
     "Origin",
     "ResumableDataLoader",
     "ResumableSampler",
+    "Shard",
+    "ShardedStream",
     "Stateful",
     "World",
     "samples_at",

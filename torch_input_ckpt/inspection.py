@@ -236,12 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("directory", help="the directory given to InputCheckpointer")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     samples_cli.add_parser(commands)
+    index = commands.add_parser("index", help="count the samples of the shard files in DIR for ShardedStream")
+    index.add_argument("directory", help="the directory holding the shards")
+    index.add_argument("--tokens", default=None, help="also count tokens, from this field of each sample")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # argparse exits on --help (0) and on usage errors (2)
         return int(exit.code or 0)
     if args.command == "samples":
         return samples_cli.run(args)
+    if args.command == "index":
+        from .shards import index_command  # the command's logic lives with the shard index
+
+        return index_command(args.directory, args.tokens)
     directory = Path(args.directory)
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"

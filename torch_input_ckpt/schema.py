@@ -18,12 +18,14 @@ from .errors import InputStateError
 
 __all__ = [
     "FORMAT_VERSION",
+    "INDEX_KIND",
     "ITERABLE_KIND",
     "LOADER_KIND",
     "MAX_EPOCH",
     "MAX_LENGTH",
     "MAX_WORLD_SIZE",
     "SAMPLER_KIND",
+    "STREAM_KIND",
     "Ahead",
     "Key",
     "LoaderHeader",
@@ -48,6 +50,9 @@ LOADER_KIND = "ResumableDataLoader"
 SAMPLER_KIND = "ResumableSampler"
 # The loader's "sampler_kind" for an IterableDataset (there is no sampler).
 ITERABLE_KIND = "IterableDataset"
+# The `kind` of a ShardedStream's nested order state and of a shard index file (stream.py, shards.py).
+STREAM_KIND = "ShardedStream"
+INDEX_KIND = "ShardIndex"
 # Bounds that no real job reaches; past them a number is damage, not a position.
 MAX_LENGTH = 2**62
 MAX_EPOCH = 2**62
@@ -101,6 +106,22 @@ class Key:
     PREVIOUS_BATCHES = "previous_batches"  # component name -> its BATCHES_TOTAL then
     SKIPPED = "skipped"  # [[first, last], ...]: steps skipped on a restore (never delivered)
     # -- end of provenance -----------------------------------------------------------------------------
+    # -- ShardedStream (stream.py) and its shard index file (shards.py) ---------------------------
+    # The stream's nested `dataset_order` state: its configuration, checked on load.
+    STREAM_LANES = "lanes"
+    STREAM_WINDOW = "window"
+    STREAM_PACK_TO = "pack_to"
+    STREAM_SHARDS = "shards"
+    STREAM_SAMPLES = "samples"
+    STREAM_FINGERPRINT = "fingerprint"
+    # The index file `python -m torch_input_ckpt index DIR` writes: one entry per shard.
+    INDEX_SHARDS = "shards"
+    INDEX_NAME = "name"
+    INDEX_COUNT = "count"
+    INDEX_TOKENS = "tokens"
+    INDEX_TOKENS_FIELD = "tokens_field"
+    INDEX_SIZE = "size"
+    INDEX_MTIME_NS = "mtime_ns"
 
 
 def is_stateful(obj: Any) -> bool:

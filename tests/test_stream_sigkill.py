@@ -1,0 +1,62 @@
+"""SIGKILL a 2-worker training process reading a packed ShardedStream at random moments (a few times),
+restart it each time: the packed sequences trained on, step by step, equal an uninterrupted run's."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from stream_data import write_shards
+from test_sigkill import finish, kill_group, records, trained_stream, wait_for_records
+
+from torch_input_ckpt.shards import write_index
+
+REPO = Path(__file__).resolve().parent.parent
+CHILD = Path(__file__).resolve().parent / "stream_child.py"
+TOTAL = 24  # steps: 2 packed sequences a step, ~9 steps an epoch
+
+
+def start(shards: Path, directory: Path, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), str(shards), str(directory), str(log), str(TOTAL)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_stream_with_workers_resumes_exactly(tmp_path):
+    shards = write_shards(tmp_path / "shards", "npy")
+    write_index(shards)
+    reference_log = tmp_path / "reference.jsonl"
+    finish(start(shards, tmp_path / "reference", reference_log))
+    expected, _ = trained_stream(reference_log)
+    assert len(expected) == TOTAL
+
+    rng = random.Random(14)
+    directory, log = tmp_path / "ckpt", tmp_path / "log.jsonl"
+    log.touch()
+    kills = 3
+    for _ in range(kills):
+        before = len(records(log))
+        proc = start(shards, directory, log)
+        try:
+            wait_for_records(proc, log, before + 1 + rng.randint(1, 5))
+            time.sleep(rng.uniform(0, 0.004))
+        finally:
+            kill_group(proc)
+        proc.stderr.close()
+        assert proc.returncode == -signal.SIGKILL, "the child finished before it was killed: raise TOTAL"
+    finish(start(shards, directory, log))
+    trained, restores = trained_stream(log)
+    assert len(restores) == kills + 1 and restores[-1] > 0
+    assert trained == expected

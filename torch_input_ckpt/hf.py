@@ -1,0 +1,18 @@
+"""Hugging Face integration: ``ResumableTrainer`` (transformers) and ``prepare_resumable`` (accelerate).
+
+Importing this module imports transformers and accelerate; ``import torch_input_ckpt`` never does.
+"""
+
+from __future__ import annotations
+
+from .hf_accelerate import AcceleratedLoader, prepare_resumable
+from .hf_trainer import INPUT_CHECKPOINT_DIRNAME, ResumableTrainer, ResumableTrainerMixin, restore_input_checkpoint
+
+__all__ = [
+    "INPUT_CHECKPOINT_DIRNAME",
+    "AcceleratedLoader",
+    "ResumableTrainer",
+    "ResumableTrainerMixin",
+    "prepare_resumable",
+    "restore_input_checkpoint",
+]
