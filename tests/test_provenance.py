@@ -140,3 +140,19 @@ def test_given_batches_per_step_is_checked_against_the_record(tmp_path):
     with pytest.raises(InputStateError, match="batches_per_step=3 contradicts the 2 batches per step recorded"):
         samples_at(tmp_path, 5, batches_per_step=3)
     assert samples_at(tmp_path, 5, batches_per_step=2).batches_per_step == 2
+
+
+def test_refuses_a_sharded_stream_and_names_what_is_missing(tmp_path):
+    from stream_data import write_shards
+
+    from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, ShardedStream
+    from torch_input_ckpt.shards import write_index
+
+    shards = write_shards(tmp_path / "shards", "jsonl")
+    write_index(shards)
+    stream = ShardedStream(shards, lanes=2, seed=3)
+    loader = ResumableDataLoader(stream, batch_size=2, collate_fn=list)
+    with InputCheckpointer(tmp_path / "ckpt", loader) as ckpt:
+        ckpt.save(0)
+    with pytest.raises(InputStateError, match="'ShardedStream' dataset.*each shard's sample count.*not record"):
+        samples_at(tmp_path / "ckpt", 1, batches_per_step=1)

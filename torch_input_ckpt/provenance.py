@@ -20,6 +20,7 @@ import torch
 
 from .errors import InputStateError
 from .exclusion import Exclusions
+from .mixture_plan import KIND as MIXTURE_KIND
 from .mixture_plan import EpochOrder, Plan
 from .permutation import FeistelPermutation, IdentityPermutation, RandpermPermutation
 from .schema import SAMPLER_KIND, Ahead, Key, LoaderHeader, SamplerState, field
@@ -109,6 +110,13 @@ class Stream:
         sampler = SamplerState.from_dict(field(state, Key.SAMPLER, dict, source), f"{source}: {Key.SAMPLER}")
         plan = None
         if sampler.dataset_order is not None:
+            order_kind = sampler.dataset_order.get(Key.KIND)
+            if order_kind != MIXTURE_KIND:
+                raise InputStateError(
+                    f"{source}: the sampler's order comes from a {order_kind!r} dataset; its order depends on each "
+                    "shard's sample count, which the checkpoint does not record (only the number of shards and "
+                    "a fingerprint), so which samples a step held is not computable from the checkpoint alone"
+                )
             plan = Plan.from_state(sampler.dataset_order, f"{source}: {Key.DATASET_ORDER}")
         length = sampler.length if plan is None else plan.total
         next_length = field(state, Key.DATASET_LENGTH, int, source, low=1) if plan is None else plan.total
