@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, ResumableSampler, World
+from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, ResumableSampler, World, files
 
 
 class Rank:
@@ -67,7 +67,11 @@ def run(
     delivered: dict[int, dict[int, list[Any]]] = {}
     try:
         if restore:
-            restored = {r.ckpt.restore(skip_steps=skip_steps) if skip_steps else r.ckpt.restore() for r in ranks}
+            # The newest step every rank saved, fixed before any rank restores: a skip saves at once, and a rank
+            # restoring after it (one process here, not a collective) must not see that save as the newest.
+            saved = files.list_steps(directory)
+            base = max(set.intersection(*(set(steps) for steps in saved.values())))
+            restored = {r.ckpt.restore(base, skip_steps=skip_steps) for r in ranks}
             assert len(restored) == 1
             steps = range(restored.pop() + 1, steps.stop)
         elif steps.start == 1:

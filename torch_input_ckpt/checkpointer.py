@@ -318,7 +318,9 @@ class InputCheckpointer:
             skip_steps: Resume as if the ``skip_steps`` steps after the restored one had been consumed (e.g.
                 the steps of a loss spike), by the configuration of the run that consumed them, in O(1), on
                 any world size. The checkpoint of ``step + skip_steps`` is then saved at once, recording the
-                skip, and that step is returned: continue training from it.
+                skip, and that step is returned: continue training from it. Outside torch.distributed with
+                several ranks, give ``step``: a rank restoring later would otherwise take that new save as
+                the newest checkpoint (under torch.distributed the ranks plan together first).
             batches_per_step: Only when the checkpoints do not record it (a run with a single save).
 
         Returns:
