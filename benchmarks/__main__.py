@@ -15,6 +15,7 @@ from . import (
     ddp_sync,
     hf_resume,
     mixture,
+    provenance,
     realistic,
     restore_scale,
     resume,
@@ -39,6 +40,7 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "ddp_sync": ddp_sync.run,
     "mixture": mixture.run,
     "restore_scale": restore_scale.run,
+    "provenance": provenance.run,
     "hf_resume": hf_resume.run,
     "stream": stream.run,
 }
@@ -55,7 +57,7 @@ _ORDER = [
     "ddp_sync",
 ]
 _ORDER += ["mixture_resume", "mixture_throughput", "restore_scale", "hf_resume"]
-_ORDER += ["stream", "stream_throughput"]
+_ORDER += ["stream", "stream_throughput", "provenance", "exclusion"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
 

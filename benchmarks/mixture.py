@@ -82,6 +82,8 @@ def ours_state(sources: int, length: int) -> dict[str, Any]:
     state = loader.state_dict()
     del it
     state["sampler"]["cursor"] = _target_batches(sources * length) * BATCH_SIZE
+    if "batches_total" in state:  # the delivered-batch count provenance reads (see samples.py)
+        state["batches_total"] = _target_batches(sources * length)
     return state  # type: ignore[no-any-return]
 
 

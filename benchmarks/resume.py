@@ -88,6 +88,8 @@ def ours_state(n: int) -> dict[str, Any]:
     """Our loader's state after ``_target_batches(n)`` batches, built from the state after one."""
     state = _one_batch_state(_ours(n))
     state["sampler"]["cursor"] = _target_batches(n) * BATCH_SIZE
+    if "batches_total" in state:  # the delivered-batch count provenance reads (see samples.py)
+        state["batches_total"] = _target_batches(n)
     return state
 
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torch_input_ckpt.permutation import FeistelPermutation, RandpermPermutation, sample_seeds
+from torch_input_ckpt.permutation import FeistelPermutation, IdentityPermutation, RandpermPermutation, sample_seeds
 
 SPECIAL_LENGTHS = [
     1,
@@ -123,3 +123,19 @@ def test_python_ints_path_equals_the_tensor_path(length):
     assert perm.values(range(min(length, 300))) == perm(torch.arange(min(length, 300))).tolist()
     identity = IdentityPermutation(length)
     assert indices_at(identity, first, 3, count) == [(first + 3 * k) % length for k in range(count)]
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 17, 100, 1023, 1024, 1025, 65537])
+@pytest.mark.parametrize("kind", [FeistelPermutation, RandpermPermutation, IdentityPermutation])
+def test_inverse_undoes_the_permutation(kind, length):
+    perm = kind(length, 11, 2)
+    positions = torch.arange(length, dtype=torch.int64)
+    indices = perm(positions)
+    assert perm.inverse(indices).tolist() == positions.tolist()
+    assert perm(perm.inverse(positions)).tolist() == positions.tolist()
+
+
+def test_feistel_inverse_at_a_billion():
+    perm = FeistelPermutation(10**9 + 7, 5, 3)
+    positions = torch.tensor([0, 1, 123456789, 10**9 + 6], dtype=torch.int64)
+    assert perm.inverse(perm(positions)).tolist() == positions.tolist()

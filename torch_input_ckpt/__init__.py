@@ -15,6 +15,7 @@ from .errors import (
 from .loader import ResumableDataLoader
 from .mixture import Mixture, Origin
 from .sampler import ResumableSampler
+from .samples import samples_at, steps_of_sample
 from .shards import Shard
 from .stream import ShardedStream
 from .world import World
@@ -34,4 +35,6 @@ __all__ = [
     "Stateful",
     "UnseededDrawWarning",
     "World",
+    "samples_at",
+    "steps_of_sample",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -23,9 +24,11 @@ from .encoding import decode_tensors
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .external import external_parts
 from .files import InputCheckpoint, InputFile
+from .lineage import Lineage
 from .lock import WriterLock
 from .planner import RestorePlan, plan_restore
 from .schema import is_stateful, positions
+from .surgery import skipped_states
 from .world import World
 from .writer import BackgroundWriter
 
@@ -122,6 +125,7 @@ class InputCheckpointer:
         self._components: dict[str, Any] = _components(stateful)
         self._clock = clock if clock is not None else time.monotonic
         self._external: list[str] | None = None  # checked at the first save
+        self._lineage = Lineage()  # what each file records about the run (for provenance)
         self._last_save_time = self._clock()
         self._start_writing()
         # Under torch.distributed with several ranks: collectives on a CPU-capable group, to agree on
@@ -216,7 +220,12 @@ class InputCheckpointer:
         if self._external is None:
             self._external = self._check_external(states)
         data = files.encode_checkpoint(
-            rank=self.rank, world_size=self.world_size, step=step, states=states, external=self._external
+            rank=self.rank,
+            world_size=self.world_size,
+            step=step,
+            states=states,
+            external=self._external,
+            provenance=self._lineage.record(step, states),
         )
         self._writer.submit(functools.partial(_commit, self.directory, self.rank, step, data, self.keep_last, pin))
         self._last_save_time = self._clock()
@@ -295,7 +304,7 @@ class InputCheckpointer:
             return None
         return self._apply_plan(plan)
 
-    def restore(self, step: int | None = None) -> int:
+    def restore(self, step: int | None = None, *, skip_steps: int = 0, batches_per_step: int | None = None) -> int:
         """Restore the newest valid checkpoint, or exactly the one of ``step`` (e.g. your model checkpoint's).
 
         Damaged files (and a pointer naming a missing file) are skipped with an
@@ -304,18 +313,30 @@ class InputCheckpointer:
         what is left of the epoch (see :func:`torch_input_ckpt.planner.plan_restore`). Under
         torch.distributed every rank must call it together.
 
+        Args:
+            step: Exactly this step (None: the newest valid one).
+            skip_steps: Resume as if the ``skip_steps`` steps after the restored one had been consumed (e.g.
+                the steps of a loss spike), by the configuration of the run that consumed them, in O(1), on
+                any world size. The checkpoint of ``step + skip_steps`` is then saved at once, recording the
+                skip, and that step is returned: continue training from it. Outside torch.distributed with
+                several ranks, give ``step``: a rank restoring later would otherwise take that new save as
+                the newest checkpoint (under torch.distributed the ranks plan together first).
+            batches_per_step: Only when the checkpoints do not record it (a run with a single save).
+
         Returns:
-            The restored step.
+            The restored step (plus ``skip_steps``).
 
         Raises:
             InputStateError: if there is no (valid) checkpoint, ``step`` is not on disk (the message
-                lists the steps that are), or the state does not fit the pipeline.
+                lists the steps that are), the state does not fit the pipeline, or (``skip_steps``) a
+                component cannot be skipped or the batches per step are not recorded.
         """
+        check_int("skip_steps", skip_steps, minimum=0)
         self.flush()
         plan = self._agree(step)
         if plan is None:
             raise InputStateError(f"{self.directory}: no input checkpoint of rank {self.rank} to restore")
-        return self._apply_plan(plan)
+        return self._apply_plan(plan, skip_steps, batches_per_step)
 
     def _plan(self, step: int | None) -> RestorePlan | None:
         """Plan alone on this rank (this rank's own files only when its world size is unknown)."""
@@ -338,7 +359,7 @@ class InputCheckpointer:
             return planned[0]
         return None if shared is None else RestorePlan.from_dict(shared)
 
-    def _apply_plan(self, plan: RestorePlan) -> int:
+    def _apply_plan(self, plan: RestorePlan, skip_steps: int = 0, batches_per_step: int | None = None) -> int:
         """Apply: warn about what was passed over, read this rank's file (unless the planner did), load it."""
         for problem in plan.problems:
             warnings.warn(f"{problem}; falling back to an older input checkpoint", InputCheckpointWarning, stacklevel=3)
@@ -370,8 +391,21 @@ class InputCheckpointer:
                 self.rank,
                 checkpoint.path.name,
             )
-        self._apply(checkpoint)
-        return plan.step
+        if not skip_steps:
+            self._apply(checkpoint)
+            self._lineage.restored(plan.step, checkpoint.states, checkpoint.provenance)
+            return plan.step
+        return self._skip(checkpoint, skip_steps, batches_per_step)
+
+    def _skip(self, checkpoint: InputCheckpoint, steps: int, batches_per_step: int | None) -> int:
+        """Load ``checkpoint`` moved ``steps`` steps on, and save the result at once (recording the skip)."""
+        states, batches = skipped_states(self.directory, checkpoint, steps, batches_per_step)
+        self._apply(dataclasses.replace(checkpoint, states=states))
+        self._lineage.restored(checkpoint.step, checkpoint.states, checkpoint.provenance)
+        self._lineage.skip(checkpoint.step + 1, checkpoint.step + steps)
+        log.warning("skipped steps %d..%d (%d batches per rank)", checkpoint.step + 1, checkpoint.step + steps, batches)
+        self.save(checkpoint.step + steps)
+        return checkpoint.step + steps
 
     def steps(self) -> list[int]:
         """The steps of this rank's checkpoints on disk (after pending writes), oldest first."""

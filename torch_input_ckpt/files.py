@@ -146,6 +146,8 @@ class InputCheckpoint:
             :func:`~torch_input_ckpt.encoding.decode_tensors`).
         external: Descriptions of pipeline parts whose state could not be captured.
         size: The file's size in bytes.
+        provenance: What the checkpointer recorded about the run (the previous save's step and batch
+            counts, the steps skipped on a restore: see ``lineage.py``), or None in an older file.
     """
 
     path: Path
@@ -156,13 +158,20 @@ class InputCheckpoint:
     states: dict[str, Any]
     external: list[str]
     size: int
+    provenance: dict[str, Any] | None = None
 
 
 # -- encoding --------------------------------------------------------------------------------------
 
 
 def encode_checkpoint(
-    *, rank: int, world_size: int | None, step: int, states: Mapping[str, Any], external: list[str]
+    *,
+    rank: int,
+    world_size: int | None,
+    step: int,
+    states: Mapping[str, Any],
+    external: list[str],
+    provenance: Mapping[str, Any] | None = None,
 ) -> bytes:
     """The bytes of one input-checkpoint file: canonical JSON carrying a sha256 of everything else.
 
@@ -178,6 +187,7 @@ def encode_checkpoint(
         "wall_time": time.time(),
         "external": list(external),
         "states": {name: to_json(state, f"{name}.state_dict()") for name, state in states.items()},
+        **({} if provenance is None else {"provenance": dict(provenance)}),
     }
     canonical = _canonical(body)
     digest = hashlib.sha256(canonical).hexdigest()
@@ -505,6 +515,7 @@ def _checkpoint(path: Path, doc: Mapping[str, Any], size: int) -> InputCheckpoin
     if not all(isinstance(item, str) for item in external):
         raise TypeError(f"external={_short(external)} should be a list of strings")
     states = _typed(doc, "states", dict)
+    provenance = _typed(doc, "provenance", dict) if "provenance" in doc else None
     return InputCheckpoint(
         path=path,
         rank=rank,
@@ -514,6 +525,7 @@ def _checkpoint(path: Path, doc: Mapping[str, Any], size: int) -> InputCheckpoin
         states=states,
         external=external,
         size=size,
+        provenance=provenance,
     )
 
 

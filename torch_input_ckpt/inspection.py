@@ -10,10 +10,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import files
+from . import files, samples_cli
 from .errors import InputStateError
 from .files import InputFile
 from .planner import PlanError, plan_restore
+from .samples import describe_checkpoint
 from .schema import positions
 
 __all__ = ["inspect_directory", "main"]
@@ -85,6 +86,7 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
                 name: {"kind": p.kind, "epoch": p.epoch, "position": p.position, "unit": p.unit}
                 for name, p in positions(checkpoint.states).items()
             },
+            "provenance": describe_checkpoint(checkpoint),
         }
     return {
         "rank": rank,
@@ -140,6 +142,28 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _configuration_lines(described: dict[str, Any] | None) -> list[str]:
+    """The configuration ``samples`` computes from, in one or two lines (nothing for a non-loader)."""
+    if not described:
+        return []
+    if "unavailable" in described:
+        return [f"      samples: unavailable ({described['unavailable']})"]
+    d = described
+    sources = d["mixture_sources"]
+    data = f"mixture {sources}" if sources else f"dataset length {d['dataset_length']}"
+    bps = d["batches_per_step"] if d["batches_per_step"] is not None else "? (not recorded yet)"
+    lines = [
+        f"      configuration: seed {d['seed']}, shuffle {d['shuffle']} ({d['order']}), world size {d['world_size']}, "
+        f"batch size {d['batch_size']}, drop_last {d['drop_last']} (sampler {d['sampler_drop_last']}), {data}, "
+        f"batches per step {bps}"
+    ]
+    if d["excluded"]:
+        lines.append(f"      excluded samples (from epoch: indices): {d['excluded']}")
+    if d["skipped_steps"]:
+        lines.append(f"      skipped steps: {d['skipped_steps']}")
+    return lines
+
+
 def _rank_lines(rank: dict[str, Any]) -> list[str]:
     steps = rank["steps"]
     lines = [f"rank {rank['rank']}: steps {', '.join(map(str, steps)) if steps else 'none'}"]
@@ -170,6 +194,7 @@ def _newest_lines(newest: dict[str, Any]) -> list[str]:
         epoch = "?" if comp["epoch"] is None else comp["epoch"]
         where = "?" if comp["position"] is None else f"{comp['position']} ({comp['unit']})"
         lines.append(f"    {name} ({comp['kind']}): epoch {epoch}, position {where}")
+        lines.extend(_configuration_lines(newest.get("provenance", {}).get(name)))
     lines += [f"    not captured: {item}" for item in newest["external"]]
     return lines
 
@@ -210,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     inspect.add_argument("directory", help="the directory given to InputCheckpointer")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    samples_cli.add_parser(commands)
     index = commands.add_parser("index", help="count the samples of the shard files in DIR for ShardedStream")
     index.add_argument("directory", help="the directory holding the shards")
     index.add_argument("--tokens", default=None, help="also count tokens, from this field of each sample")
@@ -217,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # argparse exits on --help (0) and on usage errors (2)
         return int(exit.code or 0)
+    if args.command == "samples":
+        return samples_cli.run(args)
     if args.command == "index":
         from .shards import index_command  # the command's logic lives with the shard index
 

@@ -175,6 +175,19 @@ class ResumableDataLoader(HookedDataLoader):
         """Start ``epoch`` (default: the current one, :attr:`epoch`) from its beginning, whatever the position."""
         self._backend.restart_epoch(self.epoch if epoch is None else epoch)
 
+    def exclude(self, indices: Any) -> None:
+        """Leave these dataset indices out of every later epoch, persistently (saved in the state): see
+        :meth:`ResumableSampler.exclude`. Under torch.distributed, call it on every rank.
+
+        Raises:
+            ValueError: without a :class:`ResumableSampler`, or for indices the sampler refuses.
+        """
+        if not isinstance(self.sampler, ResumableSampler):
+            raise ValueError(
+                f"exclude() needs a ResumableSampler (this loader's sampler is {type(self.sampler).__name__})"
+            )
+        self.sampler.exclude(indices)
+
     @property
     def batches_remaining(self) -> int:
         """Batches this rank still delivers in the current epoch: ``len(loader)`` less those already

@@ -79,6 +79,8 @@ class MapBackend(ABC):
         # so that no reference cycle holds the backend: a cycle would leave persistent workers to the
         # cycle collector, which closes their queues before the iterator can stop them (a 5 s join each).
         self.building: MapPass | None = None
+        # Batches delivered since the run began (None: resumed from a state that did not count them).
+        self.batches_total: int | None = 0
 
     # -- what subclasses provide -----------------------------------------------------------------------
 
@@ -155,6 +157,8 @@ class MapBackend(ABC):
     def delivered(self, run: MapPass, number: int | None) -> None:
         """Record that batch ``number`` (None: the next in order) reached the caller."""
         ledger = run.ledger
+        if self.batches_total is not None:
+            self.batches_total += 1
         prefix = ledger.delivered(ledger.next_in_order() if number is None else number)
         if self.generation != run.generation:
             return  # set_epoch / load_state_dict moved the position since this pass began
@@ -169,10 +173,15 @@ class MapBackend(ABC):
         return ahead if owner == self.generation else Ahead()
 
     def common_state(self) -> dict[str, Any]:
-        return {Key.DATASET_LENGTH: len(self.dataset), Key.AHEAD: self.ahead().to_dict()}
+        total = {} if self.batches_total is None else {Key.BATCHES_TOTAL: self.batches_total}
+        return {Key.DATASET_LENGTH: len(self.dataset), Key.AHEAD: self.ahead().to_dict(), **total}
 
     def load_ahead(self, state: Any, source: str) -> Ahead:
-        return Ahead.from_dict(field(state, Key.AHEAD, dict, source), source)
+        """The saved ``ahead`` (and, on the way, the saved batch count, which provenance reads)."""
+        ahead = Ahead.from_dict(field(state, Key.AHEAD, dict, source), source)
+        total = state.get(Key.BATCHES_TOTAL)
+        self.batches_total = None if total is None else field(state, Key.BATCHES_TOTAL, int, source, low=0)
+        return ahead
 
     def set_ahead(self, ahead: Ahead) -> None:
         self._ahead = (self.generation, ahead)

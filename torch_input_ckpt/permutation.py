@@ -120,6 +120,28 @@ class FeistelPermutation:
             out.append(x)
         return out
 
+    def _inverse_network(self, y: torch.Tensor) -> torch.Tensor:
+        a, b = self._a, self._b
+        left, right = torch.div(y, b, rounding_mode="floor"), torch.remainder(y, b)
+        for i in reversed(range(len(self._keys))):
+            key = self._keys[i]
+            if i % 2:
+                right = torch.remainder(right - _round(left, key), b)
+            else:
+                left = torch.remainder(left - _round(right, key), a)
+        return left * b + right
+
+    def inverse(self, indices: torch.Tensor) -> torch.Tensor:
+        """The positions at which the given indices (an int64 tensor in ``[0, length)``) appear: the
+        network undone round by round, cycle-walking backwards (O(1) per index, as the forward map)."""
+        out = self._inverse_network(indices)
+        index = torch.nonzero(out >= self.length).squeeze(1)
+        while index.numel():
+            values = self._inverse_network(out.index_select(0, index))
+            out.index_copy_(0, index, values)
+            index = index[values >= self.length]
+        return out
+
     def __call__(self, positions: torch.Tensor) -> torch.Tensor:
         """Map an int64 tensor of positions in ``[0, length)`` to the permuted indices."""
         out = self._network(positions)
@@ -170,6 +192,12 @@ class RandpermPermutation:
     def __call__(self, positions: torch.Tensor) -> torch.Tensor:
         return self._table[positions]
 
+    def inverse(self, indices: torch.Tensor) -> torch.Tensor:
+        """The positions of the given indices (O(length): the table is inverted once per call)."""
+        where = torch.empty_like(self._table)
+        where[self._table] = torch.arange(self.length, dtype=self._table.dtype)
+        return where[indices]
+
 
 class IdentityPermutation:
     """Positions in order (``shuffle=False``)."""
@@ -181,6 +209,10 @@ class IdentityPermutation:
 
     def __call__(self, positions: torch.Tensor) -> torch.Tensor:
         return positions
+
+    def inverse(self, indices: torch.Tensor) -> torch.Tensor:
+        """The positions of the given indices: themselves."""
+        return indices
 
 
 def worker_generator(seed: int, epoch: int) -> torch.Generator:

@@ -9,6 +9,7 @@ from torch.utils.data import Sampler
 
 from .cursor import Cursor, epoch_request
 from .errors import InputStateError
+from .exclusion import Excluded, Exclusions
 from .permutation import (
     MAX_LENGTH,
     FeistelPermutation,
@@ -107,6 +108,8 @@ class ResumableSampler(Sampler[int]):
         # its length), read by position() to know how far the iteration got.
         self._live: tuple[int, int, Iterator[int], int] | None = None
         self._permutation_cache: tuple[tuple[int, int], Any] | None = None
+        # Samples left out of later epochs (exclude()); see exclusion.py.
+        self._exclusions = Exclusions()
 
     # -- position ---------------------------------------------------------------------------------
 
@@ -161,17 +164,38 @@ class ResumableSampler(Sampler[int]):
         """How many samples this rank takes from ``cursor`` to the end of the epoch (padding included)."""
         # Only an epoch in progress can be a grown one (see epoch_length): an epoch's start (cursor 0,
         # also the next epoch's start when this one is over) covers the current length.
-        remaining = (self.epoch_length(self._at.epoch) if cursor else self.length) - cursor
+        # At cursor 0 the epoch is the one the position reads as (the next one when this one is over).
+        epoch = self._at.epoch if cursor else self.position()[0]
+        base = self._base_length(epoch) if cursor else self.length
+        remaining = base - self._exclusions.count(epoch) - cursor
         if remaining <= 0:
             return 0
         size = self.world.size
         return remaining // size if self.drop_last else -(-remaining // size)
 
     def epoch_length(self, epoch: int) -> int:
-        """The dataset length ``epoch`` covers: the old length for the epoch in progress when the dataset
-        grew (``allow_growth``), else ``length``."""
+        """The samples ``epoch`` covers: the dataset length (the old one for the epoch in progress when the
+        dataset grew, ``allow_growth``), less the samples excluded from that epoch (:meth:`exclude`)."""
+        return self._base_length(epoch) - self._exclusions.count(epoch)
+
+    def _base_length(self, epoch: int) -> int:
         grown = self._grown
         return grown[1] if grown is not None and grown[0] == epoch else self.length
+
+    def exclude(self, indices: Any) -> None:
+        """Leave these dataset indices out of every later epoch (a bad-sample list), persistently: the list
+        is saved in the state. The epoch in progress keeps its order; from the next one (or at once, at
+        an epoch's start) each epoch is a permutation of the samples not excluded, each exactly once.
+
+        Raises:
+            ValueError: for an index outside the dataset, a list that leaves nothing, or a dataset with its
+                own order (a ``Mixture``).
+        """
+        if self._dataset_order is not None:
+            raise ValueError("exclude() is not supported for a dataset with its own epoch order (a Mixture)")
+        epoch, cursor = self.position()
+        first = epoch if cursor == 0 else epoch + 1
+        self._exclusions = self._exclusions.added(list(indices), first, self.length)
 
     def __len__(self) -> int:
         """Samples this rank takes in a whole epoch, as ``DistributedSampler.num_samples``."""
@@ -247,6 +271,9 @@ class ResumableSampler(Sampler[int]):
             return cached[1]
         kind = _ORDERS[self.order] if self.shuffle else IdentityPermutation
         perm = kind(length, self.seed, epoch)
+        exclusion = self._exclusions.at(epoch)
+        if exclusion is not None:
+            perm = Excluded(perm, exclusion)
         self._permutation_cache = ((epoch, length), perm)
         return perm
 
@@ -309,13 +336,14 @@ class ResumableSampler(Sampler[int]):
         return SamplerState(
             epoch=epoch,
             cursor=cursor,
-            length=self.epoch_length(epoch),
+            length=self._base_length(epoch),
             seed=self.seed,
             shuffle=self.shuffle,
             drop_last=self.drop_last,
             order=self.order,
             num_replicas=self.world.size,
             dataset_order=None if self._dataset_order is None else self._dataset_order.order_state(),
+            excluded=self._exclusions.to_state() or None,
         )
 
     def load_state_dict(self, state_dict: dict[str, Any], *, source: str = "state_dict") -> None:
@@ -385,6 +413,7 @@ class ResumableSampler(Sampler[int]):
         # re-saved under another world size stays within that world's bound.
         self._at.move_to(state.epoch, min(state.cursor, length), restored=True)
         self._grown = (state.epoch, length) if length != self.length else None
+        self._exclusions = Exclusions.from_state(state.excluded or [], self.length, source)
         self._live = None
         self._resume_pending = literal
 

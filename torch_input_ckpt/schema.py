@@ -94,6 +94,18 @@ class Key:
     # ... each worker's dataset state inside `inner`, when its samples are reseeded (reseeded.py)
     DATASET = "dataset"
     YIELDED = "yielded"
+    # -- provenance and data surgery (provenance.py, surgery.py) ------------------------------------
+    # ResumableDataLoader (map-style): batches this rank delivered since the run began, plus the ones
+    # skipped on a restore (so that batches per step = difference / steps between two checkpoints)
+    BATCHES_TOTAL = "batches_total"
+    # ResumableSampler: [[first epoch, [dataset indices]], ...], left out of every epoch from that one on
+    EXCLUDED = "excluded"
+    # An input-checkpoint file's "provenance" record, written by InputCheckpointer
+    PROVENANCE = "provenance"
+    PREVIOUS_STEP = "previous_step"  # the step of the save (or restore) before this one in the same run
+    PREVIOUS_BATCHES = "previous_batches"  # component name -> its BATCHES_TOTAL then
+    SKIPPED = "skipped"  # [[first, last], ...]: steps skipped on a restore (never delivered)
+    # -- end of provenance -----------------------------------------------------------------------------
     # -- ShardedStream (stream.py) and its shard index file (shards.py) ---------------------------
     # The stream's nested `dataset_order` state: its configuration, checked on load.
     STREAM_LANES = "lanes"
@@ -257,6 +269,7 @@ class SamplerState:
         order: ``"feistel"`` or ``"randperm"``.
         num_replicas: The world size the state was taken in.
         dataset_order: The state of a dataset that provides its own epoch order (a ``Mixture``), or None.
+        excluded: ``[[first epoch, [indices]], ...]``: samples left out (``exclusion.py``), or None.
     """
 
     epoch: int
@@ -268,6 +281,7 @@ class SamplerState:
     order: str
     num_replicas: int
     dataset_order: Mapping[str, Any] | None = None
+    excluded: list[Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -282,6 +296,7 @@ class SamplerState:
             Key.ORDER: self.order,
             Key.NUM_REPLICAS: self.num_replicas,
             **({} if self.dataset_order is None else {Key.DATASET_ORDER: self.dataset_order}),
+            **({} if not self.excluded else {Key.EXCLUDED: self.excluded}),
         }
 
     @classmethod
@@ -304,6 +319,7 @@ class SamplerState:
             order=field(state, Key.ORDER, str, source),
             num_replicas=world,
             dataset_order=field(state, Key.DATASET_ORDER, dict, source) if Key.DATASET_ORDER in state else None,
+            excluded=field(state, Key.EXCLUDED, list, source) if Key.EXCLUDED in state else None,
         )
 
 
