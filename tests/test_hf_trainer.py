@@ -147,8 +147,8 @@ def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     resumes = {2: _start(base / "out2", base / "log2", [*DDP, "--resume"], ranks=2)}
     # On 3 ranks, by epochs: the Trainer's own count (2 epochs x 11 steps) would stop 2 steps early.
     resumes[3] = _start(base / "out3", base / "log3", [*DDP, "--resume", "--workers", "0", *EPOCHS_3], ranks=3)
-    for n, proc in resumes.items():
-        code, output = _wait(proc)
+    finished = {n: _wait(proc) for n, proc in resumes.items()}  # both reaped before any assertion
+    for n, (code, output) in finished.items():
         assert code == 0, f"resume on {n} ranks:\n{output[-3000:]}"
     return {
         "dir": base,
