@@ -118,11 +118,6 @@ def run(argv: list[str] | None = None) -> None:
     cls = Trainer if a.stock else ResumableTrainer
     trainer = cls(model=model, args=args, train_dataset=Samples(a.length), callbacks=[Log(a.log, a.kill_at)])
     trainer.train(resume_from_checkpoint=True if a.resume else None)
-    if torch.distributed.is_initialized():
-        # A clean shutdown: a process group left to interpreter exit can abort a rank in gloo's threads
-        # ("terminate called without an active exception", seen once under torchrun).
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -55,7 +55,12 @@ def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
         output, _ = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # a rank in a session of its own (torchrun's) still holds the pipe
+            proc.stdout.close()  # type: ignore[union-attr]
+            proc.wait()
+            output = b""
         raise AssertionError(f"{proc.args} did not finish in {TIMEOUT} s:\n{output.decode()[-3000:]}") from None
     try:  # workers orphaned by a SIGKILL
         os.killpg(proc.pid, signal.SIGKILL)
