@@ -36,9 +36,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("length", "world", "batch_size", "shuffle", "drop_last", "sampler_drop_last"), CASES)
-def test_samples_equal_the_recorded_run(tmp_path, length, world, batch_size, shuffle, drop_last, sampler_drop_last):
-    config = dict(
+def _case_config(length, batch_size, shuffle, drop_last, sampler_drop_last):
+    """One of CASES as the recorded run's configuration (checkpoints every 5 steps)."""
+    return dict(
         length=length,
         batch_size=batch_size,
         shuffle=shuffle,
@@ -46,6 +46,11 @@ def test_samples_equal_the_recorded_run(tmp_path, length, world, batch_size, shu
         sampler_drop_last=sampler_drop_last,
         every=5,
     )
+
+
+@pytest.mark.parametrize(("length", "world", "batch_size", "shuffle", "drop_last", "sampler_drop_last"), CASES)
+def test_samples_equal_the_recorded_run(tmp_path, length, world, batch_size, shuffle, drop_last, sampler_drop_last):
+    config = _case_config(length, batch_size, shuffle, drop_last, sampler_drop_last)
     # 40 steps: several epochs (4 or fewer batches per epoch per rank), checkpoints mid-epoch and at ends.
     delivered = run(tmp_path, config, world=world, steps=range(1, 41))
     provenance = check_all(tmp_path, delivered)
@@ -96,14 +101,7 @@ def test_refuses_a_step_before_every_checkpoint(tmp_path):
 
 @pytest.mark.parametrize(("length", "world", "batch_size", "shuffle", "drop_last", "sampler_drop_last"), CASES)
 def test_sample_k_inverts_it(tmp_path, length, world, batch_size, shuffle, drop_last, sampler_drop_last):
-    config = dict(
-        length=length,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=drop_last,
-        sampler_drop_last=sampler_drop_last,
-        every=5,
-    )
+    config = _case_config(length, batch_size, shuffle, drop_last, sampler_drop_last)
     delivered = run(tmp_path, config, world=world, steps=range(1, 41), bps=2)
     provenance = Provenance(tmp_path)
     last = max(delivered)
