@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from . import _compat
+from .arguments import check_int
 from .checkpointer import InputCheckpointer
 from .errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
 from .sampler import ResumableSampler
@@ -113,18 +114,14 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
         external_state_policy: str = "fail",
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if every_n_train_steps is not None and (
-            not isinstance(every_n_train_steps, int) or isinstance(every_n_train_steps, bool) or every_n_train_steps < 1
-        ):
-            raise ValueError(f"every_n_train_steps must be an int >= 1 or None (got {every_n_train_steps=})")
+        check_int("every_n_train_steps", every_n_train_steps, minimum=1, none="save not by step count")
         if train_time_interval is not None and (
             not isinstance(train_time_interval, timedelta) or train_time_interval.total_seconds() <= 0
         ):
             raise ValueError(
                 f"train_time_interval must be a positive datetime.timedelta or None (got {train_time_interval=})"
             )
-        if keep_last is not None and (not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1):
-            raise ValueError(f"keep_last must be an int >= 1, or None to keep all (got {keep_last=})")
+        check_int("keep_last", keep_last, minimum=1, none="keep all")
         if external_state_policy not in ("fail", "warn", "ignore"):
             raise ValueError(f"external_state_policy must be 'fail', 'warn' or 'ignore' (got {external_state_policy=})")
         super().__init__()

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from ._compat import HookedDataLoader
+from .arguments import check_int
 from .errors import InputCheckpointWarning
 from .iterable import IterableBackend
 from .passes import MapBackend, MapOptions
@@ -327,8 +328,7 @@ def _check_arguments(
             "ResumableDataLoader does not take batch_sampler=: pass batch_size= and drop_last= "
             f"(and sampler=) so that it knows which samples each batch holds (got {batch_sampler!r})"
         )
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an int (got {seed=})")
+    check_int("seed", seed)
     if batch_size is None and not in_order and num_workers > 0 and not isinstance(dataset, IterableDataset):
         raise ValueError(
             "in_order=False needs batch_size to be set, so that each delivered batch can be identified "

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from .arguments import check_int
 from .mixture_plan import EpochOrder, Plan
 from .mixture_resume import Configuration, Position, resume_plan
 
@@ -77,8 +78,7 @@ class Mixture(Dataset):
         self.weights = tuple(weights[name] for name in names)
         self.lengths = tuple(len(sources[name]) for name in names)
         total = sum(self.lengths) if samples_per_epoch is None else samples_per_epoch
-        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
-            raise ValueError(f"samples_per_epoch must be an int >= 1 (got {samples_per_epoch=})")
+        check_int("samples_per_epoch", total, minimum=1)
         self.samples_per_epoch = total
         self.allow_growth = allow_growth
         self._getters = [self.sources[name].__getitem__ for name in names]

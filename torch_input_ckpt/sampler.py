@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from torch.utils.data import Sampler
 
+from .arguments import check_int
 from .cursor import Cursor, epoch_request
 from .errors import InputStateError
 from .exclusion import Excluded, Exclusions
@@ -84,8 +85,7 @@ class ResumableSampler(Sampler[int]):
             raise ValueError(f"dataset length must be in [1, 2**62] (got {length=})")
         if order not in _ORDERS:
             raise ValueError(f"order must be one of {sorted(_ORDERS)} (got {order=})")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"seed must be an int (got {seed=})")
+        check_int("seed", seed)
         self.world = World.resolve(rank, num_replicas)
         self.length = length
         self.shuffle = shuffle

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from .arguments import check_int
 from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
 from .packing import PackedReader, assemble
 from .readers import ShardReaders, npy_memmap, open_samples
@@ -344,10 +345,8 @@ def _prefix(values: Sequence[int]) -> list[int]:
 def _check_arguments(open_shard: Any, lanes: Any, seed: Any, window: Any, pack_to: Any) -> None:
     if open_shard is not None and not callable(open_shard):
         raise ValueError(f"open_shard must be callable(shard, start) (got {open_shard!r})")
-    if lanes is not None and (isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1):
-        raise ValueError(f"lanes must be an int >= 1 (got {lanes=})")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int (got {seed=})")
+    check_int("lanes", lanes, minimum=1, optional=True)
+    check_int("seed", seed)
     check_window(window)
     if pack_to is not None and (isinstance(pack_to, bool) or not isinstance(pack_to, int) or pack_to < 1):
         raise ValueError(f"pack_to must be None or an int >= 1 (got {pack_to=})")
