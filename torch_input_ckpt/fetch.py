@@ -45,7 +45,7 @@ class TaggedKeys(list):
     samples' seeds (a :class:`~torch_input_ckpt.permutation.SeedRange`); both survive pickling to workers."""
 
     number: int
-    seeds: Any
+    seeds: Any = None
 
 
 class _TaggedSamples(list):
@@ -85,16 +85,21 @@ class FetchDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: Any) -> Any:
         if self.reseeding is None:
             return self.dataset[key]
+        if type(key) is not tuple:  # an index alone: in process, with no RNG to seed (wants_seeds)
+            return self.reseeding.fetch(self.dataset, [key], None)[0]
         index, seed = key
         return self.reseeding.fetch(self.dataset, [index], [seed])[0]
 
     def __getitems__(self, keys: Sequence[Any]) -> list[Any]:
-        if self.reseeding is not None:
-            seeds = getattr(keys, "seeds", None)
-            if seeds is None:  # keys of (index, seed) pairs
-                samples = self.reseeding.fetch(self.dataset, [k[0] for k in keys], [k[1] for k in keys])
-            else:
-                samples = self.reseeding.fetch(self.dataset, keys, seeds)
+        reseeding = self.reseeding
+        if reseeding is not None:
+            # Type checks, not getattr: a missing attribute costs an exception, and this runs per batch.
+            if type(keys) is TaggedKeys:
+                samples = reseeding.fetch(self.dataset, keys, keys.seeds)
+            elif keys and type(keys[0]) is tuple:  # keys of (index, seed) pairs
+                samples = reseeding.fetch(self.dataset, [k[0] for k in keys], [k[1] for k in keys])
+            else:  # without seeds: in process, with no RNG to seed (wants_seeds)
+                samples = reseeding.fetch(self.dataset, keys, None)
         elif getattr(self.dataset, "__getitems__", None):
             samples = self.dataset.__getitems__(list(keys))
         else:
@@ -104,6 +109,10 @@ class FetchDataset(torch.utils.data.Dataset):
         tagged = _TaggedSamples(samples)
         tagged.number = keys.number  # type: ignore[attr-defined]
         return tagged
+
+    def wants_seeds(self) -> bool:
+        """In process (``num_workers=0``): whether the next batch must carry its samples' seeds."""
+        return self.reseeding is not None and self.reseeding.wants_seeds()
 
     def reseeded_rngs(self) -> list[str]:
         """The RNGs seeded before every sample so far, here or in the workers (sorted; [] without reseed)."""

@@ -93,7 +93,7 @@ class IterableBackend:
         """Start ``epoch`` from its beginning, whatever the position."""
         self._move(epoch, {})
 
-    def iterate(self, start_torch: Any = None) -> Iterator[Any]:
+    def iterate(self, start_torch: Any = None, *, in_process: bool = False) -> Iterator[Any]:
         """One pass: the rest of the current epoch (torchdata's loader builds its own iterator)."""
         if self._empty_pass:
             self._empty_pass = False

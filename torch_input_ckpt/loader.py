@@ -38,7 +38,7 @@ class Backend(Protocol):
 
     def batches_remaining(self) -> int: ...
 
-    def iterate(self, start_torch: Callable[[], Iterator[Any]]) -> Iterator[Any]: ...
+    def iterate(self, start_torch: Callable[[], Iterator[Any]], *, in_process: bool) -> Iterator[Any]: ...
 
     def state(self) -> dict[str, Any]: ...
 
@@ -217,7 +217,7 @@ class ResumableDataLoader(HookedDataLoader):
         backend = self._backend
         # A generator fixed by (seed, epoch) gives the workers reproducible base seeds.
         self.generator = worker_generator(self.seed, backend.epoch)
-        return backend.iterate(super().__iter__)
+        return backend.iterate(super().__iter__, in_process=self.num_workers == 0)
 
     # -- state ------------------------------------------------------------------------------------
 

@@ -55,6 +55,9 @@ class MapPass:
     batches: int
     generation: int
     ledger: Ledger
+    # In-process fetching only (num_workers=0): asked right before each batch of keys is handed over,
+    # whether that batch needs its seeds (see FetchDataset.wants_seeds). None: always attach them.
+    wants_seeds: Callable[[], bool] | None = None
 
 
 class MapBackend(ABC):
@@ -143,16 +146,24 @@ class MapBackend(ABC):
             return None
         return self._worker_dataset, self._worker_collate
 
-    def iterate(self, start_torch: Callable[[], Iterator[Any]]) -> DeliveredBatches:
-        """One pass: build torch's iterator with ``start_torch()`` and record what it delivers."""
+    def iterate(self, start_torch: Callable[[], Iterator[Any]], *, in_process: bool) -> DeliveredBatches:
+        """One pass: build torch's iterator with ``start_torch()`` and record what it delivers.
+
+        ``in_process``: torch fetches in this process (``num_workers=0``), each batch of keys right
+        after it is drawn, so a batch that needs no seeds can go without them.
+        """
         owner, ahead = self._ahead
         run = self.begin(Ledger(ahead if owner == self.generation else Ahead()))
+        fetch = self._worker_dataset
+        if in_process and fetch is not None and fetch.reseeding is not None:
+            run.wants_seeds = fetch.reseeding.wants_seeds
         self.building = run
         try:
             batches = start_torch()
         finally:
             self.building = None
-        return DeliveredBatches(self, run, batches)
+        # No workers, nothing to poll: the fetch in this process warns itself.
+        return DeliveredBatches(self, run, batches, None if in_process else self.poll_workers)
 
     def delivered(self, run: MapPass, number: int | None) -> None:
         """Record that batch ``number`` (None: the next in order) reached the caller."""
@@ -190,13 +201,15 @@ class MapBackend(ABC):
 class DeliveredBatches:
     """The iterator handed to the caller: torch's iterator, recording each batch as it is delivered."""
 
-    def __init__(self, backend: MapBackend, run: MapPass, batches: Iterator[Any]) -> None:
+    def __init__(
+        self, backend: MapBackend, run: MapPass, batches: Iterator[Any], poll: Callable[[], None] | None
+    ) -> None:
         self._backend = backend
         self._run = run
         self._batches = batches
         self._tagged = backend.options.tagged
         # Workers report RNGs they found drawn from without a seed; the main process warns for them.
-        self._poll = backend.poll_workers
+        self._poll = poll
 
     def __iter__(self) -> DeliveredBatches:
         return self

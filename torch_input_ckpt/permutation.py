@@ -262,6 +262,11 @@ class SeedRange:
     def __len__(self) -> int:
         return self.count
 
+    def part(self, start: int, count: int) -> SeedRange:
+        """The ``count`` seeds from the ``start``-th on (``self[start:start + count]`` within range, faster:
+        it runs once per batch)."""
+        return SeedRange(self.base, self.first + start * self.step, self.step, min(count, self.count - start))
+
     def __getitem__(self, part: slice) -> SeedRange:
         start, stop, stride = part.indices(self.count)
         if stride != 1:

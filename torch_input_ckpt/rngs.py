@@ -13,9 +13,9 @@ state word equals the old one (probability 2**-32) is not seen either.
 Measured on this project's 2-core machine (``timeit``, best of 5 x 20,000; the README has the table):
 ``torch.default_generator.manual_seed`` 1.0 µs (``torch.manual_seed`` visits every accelerator: 100
 µs); ``numpy.random.seed`` 1.4 µs; ``random.seed`` 4.1 µs (the C method ``_random.Random.seed`` 3.9
-µs: its 624-word ``init_by_array`` is the floor). Fingerprints: torch's ``get_state()`` 0.5 µs plus
-0.6 µs to bytes (``torch.equal`` on two states costs 2.6 µs, so bytes are compared); NumPy's and
-Python's through ctypes 40 ns each (``np.random.get_state()`` costs 28 µs, ``random.getstate()`` 6 µs).
+µs: its 624-word ``init_by_array`` is the floor). Fingerprints: torch's engine words through ctypes 0.1 µs
+(``get_state()`` costs 0.5 µs plus 0.6 µs to bytes: the fallback if the layout is not the one
+expected); NumPy's and Python's through ctypes 40 ns each (``np.random.get_state()`` costs 28 µs, ``random.getstate()`` 6 µs).
 """
 
 from __future__ import annotations
@@ -58,14 +58,15 @@ class Rng:
 
 def _torch_rng() -> Rng:
     generator = torch.default_generator
+    words = _compat.torch_generator_words(generator)
+    if words is None:
+        get_state, string_at = generator.get_state, ctypes.string_at
 
-    get_state, string_at = generator.get_state, ctypes.string_at
+        def fingerprint() -> bytes:
+            state = get_state()  # a uint8 tensor: its bytes, copied by ctypes (cheaper than .numpy().tobytes())
+            return string_at(state.data_ptr(), state.numel())
 
-    def fingerprint() -> bytes:
-        state = get_state()  # a uint8 tensor: its bytes, copied by ctypes (cheaper than .numpy().tobytes())
-        return string_at(state.data_ptr(), state.numel())
-
-    return Rng("torch", generator.manual_seed, fingerprint, generator.get_state, generator.set_state)
+    return Rng("torch", generator.manual_seed, words or fingerprint, generator.get_state, generator.set_state)
 
 
 def _python_rng() -> Rng:

@@ -76,14 +76,15 @@ class SeekBackend(MapBackend):
             chunk=unit * max(1, CHUNK // unit),
             unit=unit,
         )
-        number, skip = run.ledger.prefix, run.ledger.skip
+        number, skip, wants = run.ledger.prefix, run.ledger.skip, run.wants_seeds
         for indices, seeds in chunks:
             for lo in range(0, len(indices), unit):
                 if number not in skip:
                     # A batch that carries seeds is TaggedKeys with its SeedRange (the fetch side reads it).
-                    keys = tag(indices[lo : lo + unit], number, options.tagged or seeds is not None)
-                    if seeds is not None:
-                        keys.seeds = seeds[lo : lo + unit]  # type: ignore[attr-defined]
+                    seeded = seeds is not None and (wants is None or wants())
+                    keys = tag(indices[lo : lo + unit], number, options.tagged or seeded)
+                    if seeded:
+                        keys.seeds = seeds.part(lo, unit)  # type: ignore[attr-defined, union-attr]
                     yield keys
                 number += 1
 
