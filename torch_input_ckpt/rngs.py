@@ -15,7 +15,8 @@ Measured on this project's 2-core machine (``timeit``, best of 5 x 20,000; the R
 µs); ``numpy.random.seed`` 1.4 µs; ``random.seed`` 4.1 µs (the C method ``_random.Random.seed`` 3.9
 µs: its 624-word ``init_by_array`` is the floor). Fingerprints: torch's engine words through ctypes 0.1 µs
 (``get_state()`` costs 0.5 µs plus 0.6 µs to bytes: the fallback if the layout is not the one
-expected); NumPy's and Python's through ctypes 40 ns each (``np.random.get_state()`` costs 28 µs, ``random.getstate()`` 6 µs).
+expected); NumPy's and Python's through ctypes 40 ns each (``np.random.get_state()`` costs 28 µs,
+``random.getstate()`` 6 µs).
 """
 
 from __future__ import annotations
