@@ -192,3 +192,64 @@ def test_bad_reseeded_rngs_in_a_state_is_an_input_state_error(names):
     state = _loader(Drawing(())).state_dict() | {"reseeded_rngs": names}
     with pytest.raises(InputStateError, match="reseeded_rngs"):
         _loader(Drawing(())).load_state_dict(state)
+
+
+TORCH_DRAWS = {
+    "rand": lambda: torch.rand(1),
+    "randn (makes a cached normal)": lambda: torch.randn(1, dtype=torch.float64),
+    "randn again (takes the cached normal only)": lambda: torch.randn(1, dtype=torch.float64),
+    "randint": lambda: torch.randint(0, 5, (1,)),
+    "randperm": lambda: torch.randperm(3),
+    "624 words (the engine's whole state)": lambda: torch.randint(0, 2**31, (624,), dtype=torch.int64),
+    "bernoulli_": lambda: torch.empty(3).bernoulli_(0.5),
+    "normal_ of 1000": lambda: torch.empty(1000).normal_(),
+    "multinomial": lambda: torch.multinomial(torch.ones(4), 2),
+    "exponential_": lambda: torch.empty(5).exponential_(),
+}
+
+
+def test_torch_fingerprint_reads_the_engine_and_sees_every_kind_of_draw():
+    """The ctypes view of torch's engine is in use on the tested torch, leaves the state alone, stays
+    put without a draw and moves with each draw (a cached normal taken alone included)."""
+    from torch_input_ckpt import _compat
+    from torch_input_ckpt.rngs import rng
+
+    assert _compat.torch_generator_words(torch.default_generator) is not None
+    fingerprint = rng("torch").fingerprint
+    torch.manual_seed(5)
+    for name, draw in TORCH_DRAWS.items():
+        state = torch.get_rng_state()
+        before = fingerprint()
+        assert fingerprint() == before and torch.equal(torch.get_rng_state(), state), name
+        draw()
+        assert fingerprint() != before, name
+    # A state set back is the fingerprint set back.
+    torch.manual_seed(5)
+    seeded = fingerprint()
+    torch.rand(10)
+    torch.manual_seed(5)
+    assert fingerprint() == seeded
+
+
+def test_in_process_batches_carry_seeds_only_while_an_rng_is_seeded():
+    """num_workers=0: a dataset that draws nothing gets no seeds after probation; one that draws gets
+    them for every batch (the keys are what the fetch sees)."""
+    from torch_input_ckpt.fetch import FetchDataset
+
+    seen: list[bool] = []
+    original = FetchDataset.__getitems__
+
+    def spy(self, keys):
+        seen.append(getattr(keys, "seeds", None) is not None)
+        return original(self, keys)
+
+    for rngs, expected_after_probation in (((), False), (("numpy",), True)):
+        seen.clear()
+        FetchDataset.__getitems__ = spy
+        try:
+            list(epochs_of(_loader(Drawing(rngs, length=200), batch_size=4), 1))
+        finally:
+            FetchDataset.__getitems__ = original
+        probation_batches = PROBATION // 4
+        assert all(seen[:probation_batches]) and len(seen) == 50
+        assert set(seen[probation_batches:]) == {expected_after_probation}

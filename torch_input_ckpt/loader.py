@@ -14,7 +14,7 @@ from .arguments import check_int
 from .errors import InputCheckpointWarning
 from .iterable import IterableBackend
 from .passes import MapBackend, MapOptions
-from .permutation import worker_generator
+from .permutation import warm_base_seed_draw, worker_generator
 from .replay import ReplayBackend
 from .reseeding import RESEEDED_KEY, parse_reseed_rng, saved_reseeded
 from .sampler import ResumableSampler
@@ -137,6 +137,7 @@ class ResumableDataLoader(HookedDataLoader):
         self.seed = seed
         self.reseed_rng = reseed_rng
         self._backend: Backend = self._make_backend(iterable, common)
+        warm_base_seed_draw()
 
     def _make_backend(self, iterable: bool, common: dict[str, Any]) -> Backend:
         if iterable:

@@ -21,7 +21,8 @@ How, per process (the main one with ``num_workers=0``, each worker otherwise):
 * Workers report what they found through a small shared array; the main process reads it once per
   delivered batch (:meth:`Reseeding.poll`), warns for the workers, records the set in the loader's
   state and hands it to the next workers it starts. A loader resumed from a state seeds the saved set
-  from its first sample.
+  from its first sample (and probes the others on its first samples, as any new process does: the
+  saved run may have been saved before its own probation ended).
 """
 
 from __future__ import annotations
