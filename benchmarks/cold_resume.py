@@ -3,7 +3,12 @@ first batch (imports and building the loader excluded), beside torch's fresh epo
 fresh process; and the same with ``num_workers=2`` (worker start-up included) at N = 1e7.
 
 The state is the loader's state after one batch with its cursor moved to 90% of the epoch (as in
-figure 2, whose crafting is checked there), written by a separate process to a JSON file.
+figure 2, whose crafting is checked there), written by a separate process to a JSON file. Beside the
+``num_workers=2`` row, torchdata's ``StatefulDataLoader`` resumes from its own state at 90%, saved with
+``torch.save`` (it holds a generator state tensor) and read with ``torch.load(weights_only=True)``:
+crafted from a small loader's state after one batch the way figure 2 does, with the snapshot's step,
+last worker and sampler counters set to k batches, and checked before anything is timed against the
+state a loader of that small length reaches by iterating (``_check_stateful_crafting``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from typing import Any
 
 from .harness import (
+    BenchmarkError,
     Config,
     Figure,
     IndexDataset,
@@ -28,12 +34,68 @@ from .harness import (
 )
 
 BATCH_SIZE = 64
+SEED = 0
+LABELS = {
+    "ours": "ResumableDataLoader, resumed at 90%",
+    "torch": "torch DataLoader, fresh epoch",
+    "stateful": "torchdata StatefulDataLoader, resumed at 90%",
+}
+TEMPLATE_N = 10 * BATCH_SIZE  # the small loader whose one-batch state is edited for StatefulDataLoader
 TIME_TARGET = 0.002
 MEMORY_TARGET = 1e6
 
 
-def _state_path(n: int) -> str:
-    return os.path.join(tempfile.gettempdir(), f"torch_input_ckpt_bench_cold_{n}.json")
+def _state_path(n: int, impl: str = "ours") -> str:
+    suffix = "json" if impl == "ours" else "stateful.pt"
+    return os.path.join(tempfile.gettempdir(), f"torch_input_ckpt_bench_cold_{n}.{suffix}")
+
+
+def _stateful(n: int, workers: int) -> Any:
+    import torch
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    torch.manual_seed(SEED)  # RandomSampler's generator and the workers' base seed come from it, whatever n
+    return StatefulDataLoader(IndexDataset(n), batch_size=BATCH_SIZE, shuffle=True, num_workers=workers)  # type: ignore[arg-type]
+
+
+def stateful_state(n: int, workers: int) -> dict[str, Any]:
+    """StatefulDataLoader's state after 90% of an epoch of length ``n`` (see the module docstring)."""
+    k = int(n * 0.9) // BATCH_SIZE
+    loader = _stateful(TEMPLATE_N, workers)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    del it
+    snapshot = state["_snapshot"]
+    snapshot["_snapshot_step"] = k
+    snapshot["_last_yielded_worker_id"] = (k - 1) % workers
+    main = snapshot["_main_snapshot"]
+    main["_sampler_iter_yielded"] = k
+    main["_sampler_iter_state"]["samples_yielded"] = k * BATCH_SIZE
+    main["_sampler_iter_state"]["sampler_iter_state"]["yielded"] = k * BATCH_SIZE
+    return state  # type: ignore[no-any-return]
+
+
+def _check_stateful_crafting(workers: int) -> None:
+    """At n = TEMPLATE_N: the crafted state is the iterated one, and resumes at the same next batch."""
+    import torch
+
+    from .resume import same_state
+
+    n = TEMPLATE_N
+    k = int(n * 0.9) // BATCH_SIZE
+    loader = _stateful(n, workers)
+    it = iter(loader)
+    for _ in range(k):
+        next(it)
+    iterated = loader.state_dict()
+    expected = next(it)
+    del it
+    crafted = stateful_state(n, workers)
+    fresh = _stateful(n, workers)
+    fresh.load_state_dict(crafted)
+    if not same_state(crafted, iterated) or not torch.equal(next(iter(fresh)), expected):
+        raise BenchmarkError(f"crafted StatefulDataLoader state (num_workers={workers}) differs from an iterated one")
 
 
 def _loader(impl: str, n: int, workers: int) -> Any:
@@ -62,6 +124,12 @@ def _import_lazy_modules() -> None:
 def measure(params: dict[str, Any]) -> dict[str, Any]:
     """Child side: ``make`` writes the state file; ``ours`` resumes from it; ``torch`` starts an epoch."""
     impl, n, workers = params["impl"], params["n"], params["workers"]
+    if impl == "make_stateful":
+        import torch
+
+        _check_stateful_crafting(workers)
+        torch.save(stateful_state(n, workers), _state_path(n, "stateful"))
+        return {}
     if impl == "make":
         loader = _loader("ours", n, 0)
         it = iter(loader)
@@ -74,13 +142,17 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
         return {}
     _import_lazy_modules()
     built = time.perf_counter()
-    loader = _loader(impl, n, workers)
+    loader = _stateful(n, workers) if impl == "stateful" else _loader(impl, n, workers)
     built = time.perf_counter() - built
     with PeakMemory() as mem:
         start = time.perf_counter()
         if impl == "ours":
             with open(_state_path(n)) as f:
                 loader.load_state_dict(json.load(f))
+        elif impl == "stateful":
+            import torch
+
+            loader.load_state_dict(torch.load(_state_path(n, "stateful"), weights_only=True))
         loaded = time.perf_counter()
         it = iter(loader)
         started = time.perf_counter()
@@ -101,14 +173,16 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
 def run(cfg: Config) -> list[Figure]:
     """Figure 10."""
     cases = [(10**8, 0)] + ([] if cfg.quick else [(10**7, 2)])
-    for n, _ in cases:
+    for n, w in cases:
         run_child("cold_resume", {"impl": "make", "n": n, "workers": 0}, cfg)
+        if w:
+            run_child("cold_resume", {"impl": "make_stateful", "n": n, "workers": w}, cfg)
     # torch's fresh epoch at 1e8 is a randperm of 1e8 (47 s, 4.8 GB measured): only beside the 1e7 row.
     variants = [
         {"impl": impl, "n": n, "workers": w}
         for n, w in cases
-        for impl in ("ours", "torch")
-        if impl == "ours" or n < 10**8
+        for impl in ("ours", "torch", "stateful")
+        if impl == "ours" or (n < 10**8 and (impl == "torch" or w > 0))
     ]
     results = collect(
         "cold_resume", variants, cfg, label=lambda v: f"{v['impl']} N={v['n']:.0e} workers={v['workers']}"
@@ -143,7 +217,7 @@ def run(cfg: Config) -> list[Figure]:
             [
                 f"{variant['n']:.0e}",
                 str(variant["workers"]),
-                "ResumableDataLoader, resumed at 90%" if variant["impl"] == "ours" else "torch DataLoader, fresh epoch",
+                LABELS[variant["impl"]],
                 fmt_time(median_of(res, "seconds")),
                 fmt_time(median_of(res, "read_load")),
                 fmt_time(median_of(res, "iter")),

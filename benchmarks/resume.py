@@ -105,13 +105,13 @@ def stateful_state(n: int) -> dict[str, Any]:
     return state
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_state(a: Any, b: Any) -> bool:
     import torch
 
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+        return a.keys() == b.keys() and all(same_state(a[key], b[key]) for key in a)
     return type(a) is type(b) and a == b
 
 
@@ -132,7 +132,7 @@ def _validate(n: int) -> dict[str, bool]:
         crafted = craft(n)
         fresh = make(n)
         fresh.load_state_dict(crafted)
-        checks[f"{name}: crafted state == state after {k} batches"] = _same(crafted, iterated)
+        checks[f"{name}: crafted state == state after {k} batches"] = same_state(crafted, iterated)
         checks[f"{name}: first batch after loading it == batch {k + 1}"] = torch.equal(next(iter(fresh)), expected)
     return checks
 
