@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from torch_input_ckpt import InputStateError, ResumableDataLoader
+from torch_input_ckpt import InputStateError, ResumableDataLoader, UnseededDrawWarning
 
 from resume import (
     assert_freed_without_cycle_collector,
@@ -162,8 +162,11 @@ def test_state_is_plain_json_with_each_workers_position():
     # Three batches delivered: two from worker 0, one from worker 1 (not the batches prefetched beyond).
     # Each worker's dataset state is the dataset's own, with the count of samples it yielded (their RNG
     # seeds follow from it: see test_rng_draws_of_a_stateful_iterable_survive_a_resume).
-    assert workers["worker_0"]["dataset_state"] == {"dataset": {"epoch": 0, "position": 6}, "yielded": 6, "epoch": 0}
-    assert workers["worker_1"]["dataset_state"] == {"dataset": {"epoch": 0, "position": 3}, "yielded": 3, "epoch": 0}
+    # Its set of RNGs seeded per sample (the stream draws nothing: none).
+    position = {"worker_0": 6, "worker_1": 3}
+    for worker, count in position.items():
+        expected = {"dataset": {"epoch": 0, "position": count}, "yielded": count, "epoch": 0, "reseeded_rngs": []}
+        assert workers[worker]["dataset_state"] == expected
 
 
 def test_fresh_state_and_state_after_load_start_no_workers():
@@ -355,3 +358,63 @@ def test_rng_draws_in_the_main_process_leave_the_models_rng_alone():
     for _ in loader:
         pass
     assert torch.rand(3).tolist() == before
+
+
+class LateDrawingStream(ShardedStream):
+    """The sharded stream whose copies draw from torch's RNG only after ``after`` samples of their own
+    (counted over epochs, as a persistent worker would), and nothing before."""
+
+    def __init__(self, after: int, seed: int = 1) -> None:
+        super().__init__(seed=seed)
+        self.after = after
+        self.fetched = 0
+
+    def _items(self, worker: int, shard: list[int]):
+        for sample in super()._items(worker, shard):
+            self.fetched += 1
+            yield {**sample, "torch": torch.rand(()).item() if self.fetched > self.after else -1.0}
+
+
+def test_a_stateful_iterable_that_draws_nothing_seeds_nothing():
+    """The per-RNG policy of map-style datasets: nothing drawn on the first samples, nothing seeded (the
+    worker state records the empty set) and the RNGs are left where they were."""
+    loader = _loader(ShardedStream(seed=1), num_workers=0)
+    torch.manual_seed(3)
+    expected = torch.rand(2).tolist()
+    torch.manual_seed(3)
+    batches = list(epochs_of(loader, 1))
+    it = iter(loader)
+    batches.append(next(it))
+    assert len(batches) == PER_EPOCH + 1
+    assert torch.rand(2).tolist() == expected
+    state = roundtrip(loader.state_dict())
+    del it
+    assert state["inner"]["dataset_state"]["reseeded_rngs"] == []
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_stateful_iterable_that_starts_drawing_late_is_warned_and_exact_from_then_on(num_workers):
+    """Each copy starts drawing after 18 samples (past the 16 of probation): the main process warns,
+    naming torch's RNG; from a state taken after that, a fresh loader continues exactly."""
+    after = 18
+    epochs = 4 if num_workers else 2  # each of 2 workers sees 11 samples an epoch
+    persistent = {"persistent_workers": True} if num_workers else {}
+
+    def make(after_samples: int) -> ResumableDataLoader:
+        return _loader(LateDrawingStream(after_samples), num_workers=num_workers, **persistent)
+
+    loader = make(after)
+    stream, state = [], None
+    with pytest.warns(UnseededDrawWarning, match=r"torch's global RNG \('torch'\)"):
+        for item in epochs_of(loader, epochs):
+            stream.append(item)
+            if len(stream) == epochs * PER_EPOCH - 4:
+                state = roundtrip(loader.state_dict())
+    assert state is not None
+    drawn = [d for _, batch in stream for d in batch["torch"] if d != -1.0]
+    assert drawn, "the stream drew after its first samples"
+    # From the state on (taken after the warning), the draws are the uninterrupted run's.
+    resumed = make(0)  # its copies draw from their first sample: only seeded draws can match
+    resumed.load_state_dict(state)
+    rest = list(epochs_of(resumed, epochs))
+    assert rest == stream[len(stream) - len(rest) :] and len(rest) == 4

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,32 +10,7 @@ import torch
 from .reseeding import Reseeding, parse_reseed_rng
 from .rngs import prepare
 
-__all__ = ["FetchDataset", "TaggedCollate", "TaggedKeys", "capture_rngs", "reseed", "restore_rngs"]
-
-
-def reseed(seed: int) -> None:
-    """Seed torch's, NumPy's (if imported) and Python's global RNGs with one seed (used per sample of a
-    reseeded IterableDataset: ``reseeded.py``)."""
-    torch.default_generator.manual_seed(seed)
-    random.seed(seed)
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed(seed)
-
-
-def capture_rngs() -> tuple[Any, Any, Any]:
-    """The global RNGs' states (torch's, Python's, NumPy's if imported), for :func:`restore_rngs`."""
-    numpy = sys.modules.get("numpy")
-    return torch.get_rng_state(), random.getstate(), numpy.random.get_state() if numpy is not None else None
-
-
-def restore_rngs(saved: tuple[Any, Any, Any]) -> None:
-    """Put the global RNGs back as :func:`capture_rngs` found them."""
-    torch_state, python_state, numpy_state = saved
-    torch.set_rng_state(torch_state)
-    random.setstate(python_state)
-    if numpy_state is not None:
-        sys.modules["numpy"].random.set_state(numpy_state)
+__all__ = ["FetchDataset", "TaggedCollate", "TaggedKeys"]
 
 
 class TaggedKeys(list):
@@ -85,7 +58,7 @@ class FetchDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: Any) -> Any:
         if self.reseeding is None:
             return self.dataset[key]
-        if type(key) is not tuple:  # an index alone: in process, with no RNG to seed (wants_seeds)
+        if type(key) is not tuple:  # an index alone: in process, with no RNG to seed (Reseeding.wants_seeds)
             return self.reseeding.fetch(self.dataset, [key], None)[0]
         index, seed = key
         return self.reseeding.fetch(self.dataset, [index], [seed])[0]
@@ -98,7 +71,7 @@ class FetchDataset(torch.utils.data.Dataset):
                 samples = reseeding.fetch(self.dataset, keys, keys.seeds)
             elif keys and type(keys[0]) is tuple:  # keys of (index, seed) pairs
                 samples = reseeding.fetch(self.dataset, [k[0] for k in keys], [k[1] for k in keys])
-            else:  # without seeds: in process, with no RNG to seed (wants_seeds)
+            else:  # without seeds: in process, with no RNG to seed (Reseeding.wants_seeds)
                 samples = reseeding.fetch(self.dataset, keys, None)
         elif getattr(self.dataset, "__getitems__", None):
             samples = self.dataset.__getitems__(list(keys))
@@ -109,10 +82,6 @@ class FetchDataset(torch.utils.data.Dataset):
         tagged = _TaggedSamples(samples)
         tagged.number = keys.number  # type: ignore[attr-defined]
         return tagged
-
-    def wants_seeds(self) -> bool:
-        """In process (``num_workers=0``): whether the next batch must carry its samples' seeds."""
-        return self.reseeding is not None and self.reseeding.wants_seeds()
 
     def reseeded_rngs(self) -> list[str]:
         """The RNGs seeded before every sample so far, here or in the workers (sorted; [] without reseed)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import IterableDataset
@@ -16,6 +16,7 @@ from .cursor import Cursor, epoch_request
 from .errors import InputStateError
 from .permutation import worker_generator
 from .reseeded import ReseededIterable
+from .reseeding import parse_reseed_rng
 from .schema import ITERABLE_KIND, Key, LoaderHeader, check_plain, field, is_stateful
 from .world import World
 
@@ -39,7 +40,9 @@ class IterableBackend:
         options: The ``DataLoader`` arguments (``batch_size``, ``num_workers``, ...).
     """
 
-    def __init__(self, dataset: IterableDataset, seed: int, options: dict[str, Any], *, reseed: bool) -> None:
+    def __init__(
+        self, dataset: IterableDataset, seed: int, options: dict[str, Any], *, reseed: bool | tuple[str, ...]
+    ) -> None:
         if not options.get("in_order", True) and options.get("num_workers", 0) > 0:
             # torchdata gives no resume guarantee for out-of-order iterable batches (it only logs so), and
             # which worker's batch comes first is a race. Delivering in order is one of the orders
@@ -50,7 +53,14 @@ class IterableBackend:
         # A stateful dataset resumes mid-epoch in a fresh worker, whose RNGs would not be where the
         # uninterrupted worker's were: its samples are reseeded one by one (a stateless one is replayed
         # from the epoch's start, draws included).
-        served = ReseededIterable(dataset, seed, World.detect().rank) if reseed and is_stateful(dataset) else dataset
+        declared = parse_reseed_rng(reseed)
+        served: IterableDataset = dataset
+        # Workers report RNGs they found drawn from without a seed; the main process warns for them.
+        self._poll: Callable[[], None] | None = None
+        if declared is not None and is_stateful(dataset):
+            served = ReseededIterable(dataset, seed, World.detect().rank, declared)
+            if options.get("num_workers", 0) > 0:
+                self._poll = served.reseeding.poll
         with warnings.catch_warnings():
             # torchdata 0.11 calls torch.set_vital, deprecated in torch 2.13: not the user's concern.
             warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
@@ -70,6 +80,11 @@ class IterableBackend:
         self._open = False
 
     kind = ITERABLE_KIND
+
+    @property
+    def poll_workers(self) -> Callable[[], None] | None:
+        """Read the workers' RNG reports (once per delivered batch), when samples are reseeded in workers."""
+        return self._poll
 
     @property
     def num_workers(self) -> int:
@@ -226,6 +241,7 @@ class _IterablePass:
         self._owner = owner
         self._generation = owner.generation
         self._batches = batches
+        self._poll = owner.poll_workers
 
     def __iter__(self) -> _IterablePass:
         return self
@@ -235,7 +251,10 @@ class _IterablePass:
 
     def __next__(self) -> Any:
         try:
-            return next(self._batches)
+            batch = next(self._batches)
         except StopIteration:
             self._owner.finished(self._generation)
             raise
+        if self._poll is not None:
+            self._poll()
+        return batch

@@ -56,7 +56,7 @@ class MapPass:
     generation: int
     ledger: Ledger
     # In-process fetching only (num_workers=0): asked right before each batch of keys is handed over,
-    # whether that batch needs its seeds (see FetchDataset.wants_seeds). None: always attach them.
+    # whether that batch needs its seeds (Reseeding.wants_seeds). None: always attach them.
     wants_seeds: Callable[[], bool] | None = None
 
 
