@@ -45,6 +45,8 @@ class FetchDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset: Any, *, reseed: bool | Sequence[str], tagged: bool) -> None:
         self.dataset = dataset
+        # The dataset's batched read (ShardedStream, Mixture, ...): used whenever no sample is seeded.
+        self._getitems = getattr(dataset, "__getitems__", None)
         declared = parse_reseed_rng(reseed)
         self.reseed = declared is not None
         self.reseeding = Reseeding(declared) if declared is not None else None
@@ -67,14 +69,16 @@ class FetchDataset(torch.utils.data.Dataset):
         reseeding = self.reseeding
         if reseeding is not None:
             # Type checks, not getattr: a missing attribute costs an exception, and this runs per batch.
+            getitems = self._getitems
             if type(keys) is TaggedKeys:
-                samples = reseeding.fetch(self.dataset, keys, keys.seeds)
+                samples = reseeding.fetch(self.dataset, keys, keys.seeds, getitems)
             elif keys and type(keys[0]) is tuple:  # keys of (index, seed) pairs
-                samples = reseeding.fetch(self.dataset, [k[0] for k in keys], [k[1] for k in keys])
+                pairs = [k[1] for k in keys]
+                samples = reseeding.fetch(self.dataset, [k[0] for k in keys], pairs, getitems)
             else:  # without seeds: in process, with no RNG to seed (Reseeding.wants_seeds)
-                samples = reseeding.fetch(self.dataset, keys, None)
-        elif getattr(self.dataset, "__getitems__", None):
-            samples = self.dataset.__getitems__(list(keys))
+                samples = reseeding.fetch(self.dataset, keys, None, getitems)
+        elif self._getitems is not None:
+            samples = self._getitems(list(keys))
         else:
             samples = [self.dataset[index] for index in keys]
         if not self.tagged:

@@ -145,10 +145,17 @@ class Reseeding:
         this is False is handed over without seeds."""
         return self.probation > 0 or bool(self.reseeded)
 
-    def fetch(self, dataset: Any, indices: Sequence[int], seeds: Iterable[int] | None) -> list[Any]:
+    def fetch(
+        self,
+        dataset: Any,
+        indices: Sequence[int],
+        seeds: Iterable[int] | None,
+        fetch_all: Callable[[list[int]], list[Any]] | None = None,
+    ) -> list[Any]:
         """``dataset[index]`` for each index, seeding the RNGs in use from its seed (``seeds`` is only read
         when an RNG is seeded: a :class:`~torch_input_ckpt.permutation.SeedRange` computes them then; it
-        is None only when :meth:`wants_seeds` said so just before)."""
+        is None only when :meth:`wants_seeds` said so just before). ``fetch_all``: the dataset's
+        ``__getitems__``, used for a batch that seeds nothing (seeding goes sample by sample)."""
         info = get_worker_info()
         if info is not None and self._report is not None and self._report_changed():
             self._take_reported()
@@ -165,6 +172,8 @@ class Reseeding:
         before = plan.fingerprints()
         if plan.seeded:
             samples = _fetch_seeded(dataset, indices, seeds, plan.seeded, restore=info is None)
+        elif fetch_all is not None:
+            samples = fetch_all(list(indices))
         else:
             samples = [dataset[index] for index in indices]
         after = plan.fingerprints()
