@@ -418,3 +418,16 @@ def test_a_stateful_iterable_that_starts_drawing_late_is_warned_and_exact_from_t
     resumed.load_state_dict(state)
     rest = list(epochs_of(resumed, epochs))
     assert rest == stream[len(stream) - len(rest) :] and len(rest) == 4
+
+
+def test_a_bad_set_in_an_iterable_worker_state_is_an_input_state_error():
+    loader = _loader(num_workers=0)
+    it = iter(loader)
+    next(it)
+    state = roundtrip(loader.state_dict())
+    del it
+    state["inner"]["dataset_state"]["reseeded_rngs"] = ["cuda"]
+    resumed = _loader(num_workers=0)
+    resumed.load_state_dict(state)
+    with pytest.raises(InputStateError, match=r"reseeded_rngs=\['cuda'\]"):
+        next(iter(resumed))

@@ -32,7 +32,7 @@ __all__ = ["ReseededIterable"]
 
 
 class ReseededIterable(IterableDataset):
-    """Wraps a stateful ``IterableDataset``: reseeds the global RNGs per sample, and counts the samples.
+    """Wraps a stateful ``IterableDataset``: reseeds the global RNGs in use per sample, and counts the samples.
 
     Args:
         dataset: The user's dataset (with ``state_dict``/``load_state_dict``).
@@ -100,7 +100,7 @@ class ReseededIterable(IterableDataset):
             self.dataset.load_state_dict(state[Key.DATASET])  # type: ignore[attr-defined]
             self.count, self.epoch = int(state[Key.YIELDED]), int(state[Key.EPOCH])
             names = state.get(RESEEDED_KEY, RNG_NAMES)  # saved before the key existed: all three seeded
-            if not isinstance(names, list | tuple) or not set(names) <= set(RNG_NAMES):
+            if not isinstance(names, list | tuple) or not all(isinstance(n, str) and n in RNG_NAMES for n in names):
                 raise InputStateError(
                     f"an IterableDataset worker state has {RESEEDED_KEY}={names!r}; expected a list of names "
                     f"from {RNG_NAMES}"

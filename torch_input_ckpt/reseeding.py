@@ -159,10 +159,7 @@ class Reseeding:
         info = get_worker_info()
         if info is not None and self._report is not None and self._report_changed():
             self._take_reported()
-        if seeds is None:
-            if self.wants_seeds():
-                raise RuntimeError("internal error: a batch without seeds reached a fetch that seeds them")
-            seeds = ()
+        seeds = self._seeds_or_none_needed(seeds)
         names = imported_rngs()
         if self.probation > 0:
             return self._fetch_probing(dataset, indices, seeds, names, info)
@@ -172,15 +169,20 @@ class Reseeding:
         before = plan.fingerprints()
         if plan.seeded:
             samples = _fetch_seeded(dataset, indices, seeds, plan.seeded, restore=info is None)
-        elif fetch_all is not None:
-            samples = fetch_all(list(indices))
         else:
-            samples = [dataset[index] for index in indices]
+            samples = fetch_all(list(indices)) if fetch_all is not None else [dataset[index] for index in indices]
         after = plan.fingerprints()
         if after != before:
             drawn = [r for r, a, b in zip(plan.watched, after, before, strict=True) if a != b]
             self._found_late(drawn, list(indices), info)
         return samples
+
+    def _seeds_or_none_needed(self, seeds: Iterable[int] | None) -> Iterable[int]:
+        if seeds is None:
+            if self.wants_seeds():
+                raise RuntimeError("internal error: a batch without seeds reached a fetch that seeds them")
+            return ()
+        return seeds
 
     def _fetch_probing(
         self, dataset: Any, indices: Sequence[int], seeds: Iterable[int], names: tuple[str, ...], info: Any
