@@ -5,10 +5,11 @@ The guarantee this module serves (see :class:`~torch_input_ckpt.fetch.FetchDatas
 draws from torch's, NumPy's or Python's global RNG either had that RNG seeded from its own position
 first, or is named in an :class:`~torch_input_ckpt.errors.UnseededDrawWarning`. A draw is seen by
 comparing a fingerprint of the RNG's state before and after a batch; the fingerprint changes with
-every draw (it includes the Mersenne Twister's position and first state word; torch's is its whole
-state). Its limits: a NumPy draw that only consumes a Gaussian cached by a draw made before the batch
-moves no state word and is not seen, and a draw of exactly a multiple of 624 words whose first new
-state word equals the old one (probability 2**-32) is not seen either.
+every draw (it includes the Mersenne Twister's position and first state word; torch's also its two
+cached-normal flags, so a draw that only takes a cached normal is seen). Its limits: a NumPy draw that
+only consumes a Gaussian cached by a draw made before the batch moves no state word and is not seen,
+and a draw of exactly a multiple of 624 words whose first new state word equals the old one
+(probability 2**-32) is not seen either.
 
 Measured on this project's 2-core machine (``timeit``, best of 5 x 20,000; the README has the table):
 ``torch.default_generator.manual_seed`` 1.0 µs (``torch.manual_seed`` visits every accelerator: 100
