@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 
 import torch
 from torch import nn
@@ -120,5 +121,20 @@ def run(argv: list[str] | None = None) -> None:
     trainer.train(resume_from_checkpoint=True if a.resume else None)
 
 
+def _exit_without_teardown() -> None:
+    """Leave as soon as every rank is done. At interpreter exit, gloo's threads sometimes abort a rank
+    ("terminate called without an active exception", exit -6) after its work is done and written, and
+    torchrun reports the job as failed; destroying the process group first made the 3-rank resume hang.
+    The barrier makes sure no rank is still in a collective when the others leave."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     run()
+    _exit_without_teardown()
