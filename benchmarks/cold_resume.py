@@ -32,15 +32,13 @@ from .harness import (
     median_of,
     run_child,
 )
+from .resume import BATCH_SIZE, TEMPLATE_N, crafted_matches, one_batch_state, stateful_loader, target_batches
 
-BATCH_SIZE = 64
-SEED = 0
 LABELS = {
     "ours": "ResumableDataLoader, resumed at 90%",
     "torch": "torch DataLoader, fresh epoch",
     "stateful": "torchdata StatefulDataLoader, resumed at 90%",
 }
-TEMPLATE_N = 10 * BATCH_SIZE  # the small loader whose one-batch state is edited for StatefulDataLoader
 TIME_TARGET = 0.002
 MEMORY_TARGET = 1e6
 
@@ -50,22 +48,10 @@ def _state_path(n: int, impl: str = "ours") -> str:
     return os.path.join(tempfile.gettempdir(), f"torch_input_ckpt_bench_cold_{n}.{suffix}")
 
 
-def _stateful(n: int, workers: int) -> Any:
-    import torch
-    from torchdata.stateful_dataloader import StatefulDataLoader
-
-    torch.manual_seed(SEED)  # RandomSampler's generator and the workers' base seed come from it, whatever n
-    return StatefulDataLoader(IndexDataset(n), batch_size=BATCH_SIZE, shuffle=True, num_workers=workers)  # type: ignore[arg-type]
-
-
 def stateful_state(n: int, workers: int) -> dict[str, Any]:
     """StatefulDataLoader's state after 90% of an epoch of length ``n`` (see the module docstring)."""
-    k = int(n * 0.9) // BATCH_SIZE
-    loader = _stateful(TEMPLATE_N, workers)
-    it = iter(loader)
-    next(it)
-    state = loader.state_dict()
-    del it
+    k = target_batches(n)
+    state = one_batch_state(stateful_loader(TEMPLATE_N, workers))
     snapshot = state["_snapshot"]
     snapshot["_snapshot_step"] = k
     snapshot["_last_yielded_worker_id"] = (k - 1) % workers
@@ -78,23 +64,11 @@ def stateful_state(n: int, workers: int) -> dict[str, Any]:
 
 def _check_stateful_crafting(workers: int) -> None:
     """At n = TEMPLATE_N: the crafted state is the iterated one, and resumes at the same next batch."""
-    import torch
-
-    from .resume import same_state
-
     n = TEMPLATE_N
-    k = int(n * 0.9) // BATCH_SIZE
-    loader = _stateful(n, workers)
-    it = iter(loader)
-    for _ in range(k):
-        next(it)
-    iterated = loader.state_dict()
-    expected = next(it)
-    del it
-    crafted = stateful_state(n, workers)
-    fresh = _stateful(n, workers)
-    fresh.load_state_dict(crafted)
-    if not same_state(crafted, iterated) or not torch.equal(next(iter(fresh)), expected):
+    same, first = crafted_matches(
+        lambda: stateful_loader(n, workers), lambda: stateful_state(n, workers), target_batches(n)
+    )
+    if not (same and first):
         raise BenchmarkError(f"crafted StatefulDataLoader state (num_workers={workers}) differs from an iterated one")
 
 
@@ -136,13 +110,13 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
         next(it)
         state = loader.state_dict()
         del it
-        state["sampler"]["cursor"] = int(n * 0.9) // BATCH_SIZE * BATCH_SIZE
+        state["sampler"]["cursor"] = target_batches(n) * BATCH_SIZE
         with open(_state_path(n), "w") as f:
             json.dump(state, f)
         return {}
     _import_lazy_modules()
     built = time.perf_counter()
-    loader = _stateful(n, workers) if impl == "stateful" else _loader(impl, n, workers)
+    loader = stateful_loader(n, workers) if impl == "stateful" else _loader(impl, n, workers)
     built = time.perf_counter() - built
     with PeakMemory() as mem:
         start = time.perf_counter()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .harness import (
@@ -58,7 +59,7 @@ def feistel_domain(n: int) -> int:
     return a * -(-n // a)
 
 
-def _target_batches(n: int) -> int:
+def target_batches(n: int) -> int:
     return int(n * FRACTION) // BATCH_SIZE
 
 
@@ -68,15 +69,16 @@ def _ours(n: int) -> Any:
     return ResumableDataLoader(IndexDataset(n), batch_size=BATCH_SIZE, shuffle=True, num_workers=0, seed=SEED)  # type: ignore[arg-type]
 
 
-def _stateful(n: int) -> Any:
+def stateful_loader(n: int, workers: int = 0) -> Any:
     import torch
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    torch.manual_seed(SEED)  # RandomSampler seeds its generator from torch's global RNG
-    return StatefulDataLoader(IndexDataset(n), batch_size=BATCH_SIZE, shuffle=True, num_workers=0)  # type: ignore[arg-type]
+    # RandomSampler seeds its generator, and the iterator the workers' base seed, from torch's global RNG.
+    torch.manual_seed(SEED)
+    return StatefulDataLoader(IndexDataset(n), batch_size=BATCH_SIZE, shuffle=True, num_workers=workers)  # type: ignore[arg-type]
 
 
-def _one_batch_state(loader: Any) -> dict[str, Any]:
+def one_batch_state(loader: Any) -> dict[str, Any]:
     it = iter(loader)
     next(it)
     state = loader.state_dict()
@@ -85,18 +87,18 @@ def _one_batch_state(loader: Any) -> dict[str, Any]:
 
 
 def ours_state(n: int) -> dict[str, Any]:
-    """Our loader's state after ``_target_batches(n)`` batches, built from the state after one."""
-    state = _one_batch_state(_ours(n))
-    state["sampler"]["cursor"] = _target_batches(n) * BATCH_SIZE
+    """Our loader's state after ``target_batches(n)`` batches, built from the state after one."""
+    state = one_batch_state(_ours(n))
+    state["sampler"]["cursor"] = target_batches(n) * BATCH_SIZE
     if "batches_total" in state:  # the delivered-batch count provenance reads (see samples.py)
-        state["batches_total"] = _target_batches(n)
+        state["batches_total"] = target_batches(n)
     return state
 
 
 def stateful_state(n: int) -> dict[str, Any]:
-    """StatefulDataLoader's state after ``_target_batches(n)`` batches (see the module docstring)."""
-    k = _target_batches(n)
-    state = _one_batch_state(_stateful(TEMPLATE_N))
+    """StatefulDataLoader's state after ``target_batches(n)`` batches (see the module docstring)."""
+    k = target_batches(n)
+    state = one_batch_state(stateful_loader(TEMPLATE_N))
     state["_num_yielded"] = k
     state["_sampler_iter_yielded"] = k
     batches = state["_sampler_iter_state"]
@@ -115,25 +117,34 @@ def same_state(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _validate(n: int) -> dict[str, bool]:
-    """At a small N: crafted state == iterated state, and both resume at the same next batch."""
+def crafted_matches(
+    make: Callable[[], Any], craft: Callable[[], Any], k: int, same: Callable[[Any, Any], bool] = same_state
+) -> tuple[bool, bool]:
+    """Whether the crafted state ``craft()`` is the state ``make()``'s loader has after ``k`` batches
+    (by ``same``), and whether a fresh loader given it delivers that loader's batch ``k + 1``."""
     import torch
 
-    k = _target_batches(n)
+    loader = make()
+    it = iter(loader)
+    for _ in range(k):
+        next(it)
+    iterated = loader.state_dict()
+    expected = next(it)
+    del it
+    crafted = craft()
+    fresh = make()
+    fresh.load_state_dict(crafted)
+    return same(crafted, iterated), torch.equal(next(iter(fresh)), expected)
+
+
+def _validate(n: int) -> dict[str, bool]:
+    """At a small N: crafted state == iterated state, and both resume at the same next batch."""
+    k = target_batches(n)
     checks: dict[str, bool] = {}
-    for name, make, craft in (("ours", _ours, ours_state), ("stateful", _stateful, stateful_state)):
-        loader = make(n)
-        it = iter(loader)
-        for _ in range(k):
-            next(it)
-        iterated = loader.state_dict()
-        expected = next(it)
-        del it
-        crafted = craft(n)
-        fresh = make(n)
-        fresh.load_state_dict(crafted)
-        checks[f"{name}: crafted state == state after {k} batches"] = same_state(crafted, iterated)
-        checks[f"{name}: first batch after loading it == batch {k + 1}"] = torch.equal(next(iter(fresh)), expected)
+    for name, make, craft in (("ours", _ours, ours_state), ("stateful", stateful_loader, stateful_state)):
+        same, first = crafted_matches(lambda make=make: make(n), lambda craft=craft: craft(n), k)
+        checks[f"{name}: crafted state == state after {k} batches"] = same
+        checks[f"{name}: first batch after loading it == batch {k + 1}"] = first
     return checks
 
 
@@ -142,7 +153,7 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
     impl, n = params["impl"], params["n"]
     if impl == "validate":
         return {"checks": _validate(n)}
-    state, fresh = (ours_state(n), _ours(n)) if impl == "ours" else (stateful_state(n), _stateful(n))
+    state, fresh = (ours_state(n), _ours(n)) if impl == "ours" else (stateful_state(n), stateful_loader(n))
     with PeakMemory() as mem:
         start = time.perf_counter()
         fresh.load_state_dict(state)
