@@ -346,24 +346,16 @@ def _resume_figure(cfg: Config, base: str) -> Figure:
 def _same_data_rows(cfg: Config, base: str, fig: Figure) -> None:
     middle = 20 if cfg.quick else 200
     mid = make_shards(os.path.join(base, f"resume_{middle}"), middle, sparse=False)
-    same = collect("stream", [{"what": "resume", "impl": "ours", "root": mid}], cfg, label=lambda v: "ours 200")[0]
-    fig.rows.append(
-        [
-            f"ShardedStream ({middle} shards x 1,000 rows, packing)",
-            fmt_time(median_of(same, "seconds")),
-            fmt_bytes(max(r["extra"] for r in same)),
-            fmt_time(median_of(same, "build")),
-        ]
-    )
-    rows = collect("stream", [{"what": "resume", "impl": "ours_rows", "root": mid}], cfg, label=lambda v: "rows")[0]
-    fig.rows.append(
-        [
-            f"ShardedStream ({middle} shards x 1,000 rows, no packing)",
-            fmt_time(median_of(rows, "seconds")),
-            fmt_bytes(max(r["extra"] for r in rows)),
-            fmt_time(median_of(rows, "build")),
-        ]
-    )
+    for impl, label, kind in (("ours", "ours 200", "packing"), ("ours_rows", "rows", "no packing")):
+        res = collect("stream", [{"what": "resume", "impl": impl, "root": mid}], cfg, label=lambda v, n=label: n)[0]
+        fig.rows.append(
+            [
+                f"ShardedStream ({middle} shards x 1,000 rows, {kind})",
+                fmt_time(median_of(res, "seconds")),
+                fmt_bytes(max(r["extra"] for r in res)),
+                fmt_time(median_of(res, "build")),
+            ]
+        )
     fig.rows.extend(_others(cfg, base, mid))
     fig.notes.append(
         f"Mosaic Streaming and LitData resume the same {middle * ROWS:,} rows (converted to MDS / LitData chunks once, "
