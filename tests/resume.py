@@ -178,3 +178,21 @@ def assert_freed_without_cycle_collector(make: Callable[[], Any]) -> None:
         assert ref() is None, "the loader is in a reference cycle"
     finally:
         gc.enable()
+
+
+def start_child(script: Any, *args: object) -> Any:
+    """Start ``python script args...`` with the repository on its path, stdout discarded and stderr piped,
+    in its own session and process group, so that killing the group also kills its DataLoader workers."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    return subprocess.Popen(
+        [sys.executable, str(script), *map(str, args)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )

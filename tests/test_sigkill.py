@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,22 +15,16 @@ import pytest
 
 from torch_input_ckpt import files
 
-REPO = Path(__file__).resolve().parent.parent
+from resume import start_child
+
 CHILD = Path(__file__).resolve().parent / "preempted_child.py"
 TOTAL = 60  # steps: 10 batches per epoch, 6 epochs
 TIMEOUT = 30  # seconds, for any one wait
 
 
 def start(directory: Path, log: Path, workers: int) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     # Its own session and process group, so that killing the group also kills the DataLoader workers.
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), str(directory), str(log), str(TOTAL), str(workers)],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return start_child(CHILD, directory, log, TOTAL, workers)
 
 
 def records(log: Path) -> list[dict]:

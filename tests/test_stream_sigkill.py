@@ -3,11 +3,9 @@ restart it each time: the packed sequences trained on, step by step, equal an un
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,20 +15,14 @@ from test_sigkill import finish, kill_group, records, trained_stream, wait_for_r
 
 from torch_input_ckpt.shards import write_index
 
-REPO = Path(__file__).resolve().parent.parent
+from resume import start_child
+
 CHILD = Path(__file__).resolve().parent / "stream_child.py"
 TOTAL = 24  # steps: 2 packed sequences a step, ~9 steps an epoch
 
 
 def start(shards: Path, directory: Path, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), str(shards), str(directory), str(log), str(TOTAL)],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return start_child(CHILD, shards, directory, log, TOTAL)
 
 
 @pytest.mark.slow
