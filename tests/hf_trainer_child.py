@@ -2,10 +2,14 @@
 
 Each optimizer step appends one JSON line per rank to LOG: the step, the Trainer's epoch, and the
 sample ids and augmentation draws the model saw in it (all micro-batches). With --kill-at S, every
-rank SIGKILLs itself right after step S has been logged.
+rank SIGKILLs itself right after step S has been logged. With HF_CHILD_KILL=PHASE:S in the
+environment, it SIGKILLs itself at that phase of the save of checkpoint-S (see KILL_PHASES).
+--resume resumes with resume_from_checkpoint=True; --resume-last with the README's
+get_last_checkpoint(OUTPUT_DIR).
 
-Usage: python hf_trainer_child.py OUTPUT_DIR LOG [--resume] [--kill-at S] [--max-steps N | --epochs E]
-       [--accumulation G] [--workers W] [--save-steps K] [--limit L] [--length N] [--stock]
+Usage: python hf_trainer_child.py OUTPUT_DIR LOG [--resume | --resume-last] [--kill-at S]
+       [--max-steps N | --epochs E] [--accumulation G] [--workers W] [--save-steps K] [--limit L]
+       [--length N] [--stock]
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 from transformers import PretrainedConfig, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import get_last_checkpoint
 
 from torch_input_ckpt.hf import ResumableTrainer
 
@@ -81,12 +87,64 @@ class Log(TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+# -- SIGKILL at one phase of a save (HF_CHILD_KILL=PHASE:STEP) -----------------------------------------
+
+KILL_PHASES = ("before-input", "after-input", "mid-model", "before-state", "after-save")
+"""In the order of a save: at the mixin's _save_checkpoint (nothing written); at Trainer.save_model
+(the input checkpoint written, nothing of the Trainer's); after save_model with model.safetensors cut
+to half its bytes (a kill while it was written); at TrainerState.save_to_json (model, optimizer,
+scheduler and RNG states written, not trainer_state.json); after the whole _save_checkpoint."""
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _install_kill(phase: str, step: int) -> None:
+    """Patch the Trainer classes of this process so that it SIGKILLs itself at ``phase`` of saving ``step``."""
+    if phase not in KILL_PHASES:
+        raise SystemExit(f"HF_CHILD_KILL: unknown phase {phase!r} (expected one of {KILL_PHASES})")
+    save_checkpoint, save_model, save_state = (
+        ResumableTrainer._save_checkpoint,
+        Trainer.save_model,
+        TrainerState.save_to_json,
+    )
+
+    def _save_checkpoint(self, model, trial):  # noqa: ANN001, ANN202 - the Trainer's signature
+        at = self.state.global_step == step
+        if at and phase == "before-input":
+            _die()
+        save_checkpoint(self, model, trial)
+        if at and phase == "after-save":
+            _die()
+
+    def _save_model(self, output_dir=None, _internal_call=False):  # noqa: ANN001, ANN202, FBT002
+        at = self.state.global_step == step
+        if at and phase == "after-input":
+            _die()
+        save_model(self, output_dir, _internal_call)
+        if at and phase == "mid-model":
+            weights = os.path.join(output_dir, "model.safetensors")
+            os.truncate(weights, os.path.getsize(weights) // 2)
+            _die()
+
+    def _save_to_json(self, json_path):  # noqa: ANN001, ANN202
+        if phase == "before-state" and os.path.basename(os.path.dirname(json_path)) == f"checkpoint-{step}":
+            _die()
+        save_state(self, json_path)
+
+    ResumableTrainer._save_checkpoint = _save_checkpoint
+    Trainer.save_model = _save_model
+    TrainerState.save_to_json = _save_to_json
+
+
 def run(argv: list[str] | None = None) -> None:
     """Parse the command line (or ``argv``) and train."""
     parser = argparse.ArgumentParser()
     parser.add_argument("output_dir")
     parser.add_argument("log")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume-last", action="store_true")
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--epochs", type=float, default=1.0)
@@ -118,7 +176,10 @@ def run(argv: list[str] | None = None) -> None:
     model = TinyModel(TinyConfig())
     cls = Trainer if a.stock else ResumableTrainer
     trainer = cls(model=model, args=args, train_dataset=Samples(a.length), callbacks=[Log(a.log, a.kill_at)])
-    trainer.train(resume_from_checkpoint=True if a.resume else None)
+    resume = True if a.resume else None
+    if a.resume_last:  # the README's recipe
+        resume = get_last_checkpoint(a.output_dir) if os.path.isdir(a.output_dir) else None
+    trainer.train(resume_from_checkpoint=resume)
 
 
 def _exit_without_teardown() -> None:
@@ -136,5 +197,8 @@ def _exit_without_teardown() -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("HF_CHILD_KILL"):
+        kill_phase, _, kill_step = os.environ["HF_CHILD_KILL"].partition(":")
+        _install_kill(kill_phase, int(kill_step))
     run()
     _exit_without_teardown()

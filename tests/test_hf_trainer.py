@@ -34,8 +34,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _start(out: Path, log: Path, flags: list[str], ranks: int = 0) -> subprocess.Popen[bytes]:
-    """One child run; ``ranks`` > 0 starts it under torchrun with that many processes."""
+def _start(
+    out: Path, log: Path, flags: list[str], ranks: int = 0, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """One child run; ``ranks`` > 0 starts it under torchrun with that many processes; ``env`` is added to its
+    environment."""
     command = [sys.executable, str(CHILD)]
     if ranks:
         port = str(free_port())
@@ -43,7 +46,7 @@ def _start(out: Path, log: Path, flags: list[str], ranks: int = 0) -> subprocess
         command.append(str(CHILD))
     return subprocess.Popen(
         [*command, str(out), str(log), *flags],
-        env=_env(),
+        env={**_env(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # a killed run's workers and ranks are one group: nothing is left behind

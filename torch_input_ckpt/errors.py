@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "EpochMismatchWarning",
     "ExternalStateWarning",
+    "IncompleteCheckpointWarning",
     "InputCheckpointWarning",
     "InputStateError",
     "UnseededDrawWarning",
@@ -30,6 +31,11 @@ class ExternalStateWarning(UserWarning):
 class EpochMismatchWarning(InputCheckpointWarning):
     """``set_epoch(e)`` was called with an epoch behind a restored position (the usual off-by-one of a
     loop whose epoch counter came from elsewhere than ``loader.epoch``)."""
+
+
+class IncompleteCheckpointWarning(InputCheckpointWarning):
+    """A Trainer ``checkpoint-<step>`` folder was left incomplete by an interrupted save, so the resume
+    goes on from the newest complete checkpoint before it (or from the start, if there is none)."""
 
 
 class UnseededDrawWarning(UserWarning):

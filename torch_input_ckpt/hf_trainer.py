@@ -12,7 +12,11 @@ input checkpoint of ``checkpoint-<step>`` is written inside it, as ``checkpoint-
 (one file per rank, before the model is written), so ``save_total_limit`` prunes both together.
 On resume the Trainer is told where the stream really is (epoch, batches of it done) instead of
 computing it from ``global_step``, and its own ``skip_first_batches`` replay becomes a no-op for
-this loader. See the README ("Hugging Face") for why this is a Trainer mixin and not a callback.
+this loader. The Trainer writes ``checkpoint-<step>`` file by file (transformers reverted its staged,
+renamed save), so a kill mid-save leaves a folder that ``get_last_checkpoint`` picks; ``train()``
+skips such a folder (no valid ``trainer_state.json``, the file written last) with an
+``IncompleteCheckpointWarning`` and resumes from the newest complete checkpoint before it. See the
+README ("Hugging Face") for why this is a Trainer mixin and not a callback.
 
 Refused with a ``ValueError``: an ``IterableDataset`` or a dataset without a length,
 ``train_sampling_strategy`` other than ``"random"``/``"sequential"`` (``group_by_length``,
@@ -22,8 +26,11 @@ accelerate settings :func:`~torch_input_ckpt.hf_accelerate.prepare_resumable` re
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +38,8 @@ import transformers
 import transformers.trainer
 from torch.utils.data import IterableDataset
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ._compat import (
     hf_check_trainer,
@@ -41,7 +49,7 @@ from ._compat import (
     hf_replaced_skip,
 )
 from .checkpointer import InputCheckpointer
-from .errors import InputStateError
+from .errors import IncompleteCheckpointWarning, InputStateError
 from .hf_accelerate import AcceleratedLoader, prepare_resumable
 from .loader import ResumableDataLoader
 
@@ -53,6 +61,7 @@ INPUT_CHECKPOINT_DIRNAME = "input"
 """The sub-directory of ``checkpoint-<step>`` that holds that step's input checkpoint."""
 
 _SUPPORTED_STRATEGIES = {"random": True, "sequential": False}
+_CHECKPOINT_NAME = re.compile(re.escape(PREFIX_CHECKPOINT_DIR) + r"-(\d+)")  # get_last_checkpoint's pattern
 
 
 class ResumableTrainerMixin:
@@ -95,11 +104,52 @@ class ResumableTrainerMixin:
 
     # -- resuming -------------------------------------------------------------------------------------
 
-    def train(self, *args: Any, **kwargs: Any) -> Any:
-        """``Trainer.train``, with the Trainer's replay of the resumed epoch turned into a no-op for our loader."""
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``, resumed from the newest *complete* checkpoint, without replaying the epoch.
+
+        ``resume_from_checkpoint`` is the Trainer's: ``True`` for the newest ``checkpoint-<step>`` of
+        ``output_dir``, or a folder (such as ``get_last_checkpoint(output_dir)``). A ``checkpoint-<step>``
+        folder that an interrupted save left incomplete (no valid ``trainer_state.json``, the file the
+        Trainer writes last) is skipped with an :class:`IncompleteCheckpointWarning`, for the newest
+        complete one before it, or for a start from scratch if there is none.
+        """
         hf_check_trainer(transformers.trainer, Trainer, transformers.__version__)
+        resume_from_checkpoint = self._complete_checkpoint(resume_from_checkpoint)
         with hf_replaced_skip(transformers.trainer, self._skip_for):
-            return super().train(*args, **kwargs)  # type: ignore[misc]
+            return super().train(resume_from_checkpoint, *args, **kwargs)  # type: ignore[misc]
+
+    def _complete_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | bool | None:
+        """The checkpoint to resume from: the one asked for, or the newest complete one before it."""
+        if resume_from_checkpoint is True:
+            trainer: Any = self
+            output_dir = trainer.args.output_dir
+            newest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+            if newest is None:
+                return True  # the Trainer's own error: "No valid checkpoint found in output directory"
+            resume_from_checkpoint = newest
+        if not isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            return resume_from_checkpoint
+        path = os.fspath(resume_from_checkpoint)
+        step = _checkpoint_step(path)
+        if step is None:
+            return resume_from_checkpoint  # not a folder the Trainer names: resumed as asked
+        problem = _incomplete(path, step)
+        if problem is None:
+            return resume_from_checkpoint
+        older = sorted((s, p) for s, p in _checkpoints(os.path.dirname(path) or ".") if s < step)
+        fallback = next((p for s, p in reversed(older) if _incomplete(p, s) is None), None)
+        then = (
+            f"resuming from {fallback}, the newest complete checkpoint before it"
+            if fallback
+            else "no complete checkpoint is older: training starts from step 0"
+        )
+        warnings.warn(
+            f"{path} is incomplete: {problem} (the Trainer writes it last: a save was interrupted); {then}. "
+            f"Delete {path} to resume from the checkpoint before it without this warning",
+            IncompleteCheckpointWarning,
+            stacklevel=3,
+        )
+        return fallback
 
     def _skip_for(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def skip_first_batches(dataloader: Any, num_batches: int = 0) -> Any:
@@ -174,6 +224,43 @@ class ResumableTrainerMixin:
             # of this step is durable on every rank before any model file is written.
             trainer.accelerator.wait_for_everyone()
         super()._save_checkpoint(model, trial)  # type: ignore[misc]
+
+
+def _checkpoint_step(path: str) -> int | None:
+    """The step of a ``checkpoint-<step>`` folder's name, or None for another name."""
+    match = _CHECKPOINT_NAME.fullmatch(os.path.basename(os.path.normpath(path)))
+    return int(match.group(1)) if match else None
+
+
+def _checkpoints(run_dir: str) -> list[tuple[int, str]]:
+    """``(step, path)`` of every ``checkpoint-<step>`` folder in ``run_dir`` (as ``get_last_checkpoint`` sees them)."""
+    found = []
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        step = _checkpoint_step(path)
+        if step is not None and os.path.isdir(path):
+            found.append((step, path))
+    return found
+
+
+def _incomplete(checkpoint: str, step: int) -> str | None:
+    """What shows that the save of ``checkpoint`` (of ``step``) did not finish, or None if it did.
+
+    ``trainer_state.json`` is the last file the Trainer writes into the folder, after the model,
+    optimizer, scheduler and RNG states, and the mixin writes every rank's input checkpoint before
+    any of these: a valid ``trainer_state.json`` of ``step`` means the rest is there.
+    """
+    state = os.path.join(checkpoint, TRAINER_STATE_NAME)
+    try:
+        with open(state, "rb") as file:
+            found = json.loads(file.read()).get("global_step")
+    except FileNotFoundError:
+        return f"it has no {TRAINER_STATE_NAME}"
+    except (OSError, ValueError, AttributeError) as error:
+        return f"its {TRAINER_STATE_NAME} cannot be read ({type(error).__name__}: {error})"
+    if type(found) is not int or found != step:
+        return f"its {TRAINER_STATE_NAME} has global_step {found!r}, not {step}"
+    return None
 
 
 class ResumableTrainer(ResumableTrainerMixin, Trainer):
