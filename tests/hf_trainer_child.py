@@ -18,7 +18,10 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -180,6 +183,79 @@ def run(argv: list[str] | None = None) -> None:
     if a.resume_last:  # the README's recipe
         resume = get_last_checkpoint(a.output_dir) if os.path.isdir(a.output_dir) else None
     trainer.train(resume_from_checkpoint=resume)
+
+
+# -- for the tests: start a run of this script, wait for it, read what it wrote -----------------------
+
+CHILD = Path(__file__).with_name("hf_trainer_child.py")
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+TIMEOUT = 180
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a run: this checkout and tests/ on the path, one thread, nothing downloaded."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(CHILD.parent.parent), str(CHILD.parent)]))
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    return env
+
+
+def start(
+    out: Path, log: Path, flags: list[str], ranks: int = 0, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """One child run; ``ranks`` > 0 starts it under torchrun with that many processes; ``env`` is added to its
+    environment."""
+    command = [sys.executable, str(CHILD)]
+    if ranks:
+        from distributed import free_port  # noqa: PLC0415 - only the tests start runs
+
+        port = str(free_port())
+        command = [str(TORCHRUN), f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1", f"--master_port={port}"]
+        command.append(str(CHILD))
+    return subprocess.Popen(
+        [*command, str(out), str(log), *flags],
+        env={**child_env(), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a killed run's workers and ranks are one group: nothing is left behind
+    )
+
+
+def wait(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+    """The exit code and output of a run, failing the test past TIMEOUT; kills what the run left behind."""
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # a rank in a session of its own (torchrun's) still holds the pipe
+            proc.stdout.close()  # type: ignore[union-attr]
+            proc.wait()
+            output = b""
+        raise AssertionError(f"{proc.args} did not finish in {TIMEOUT} s:\n{output.decode()[-3000:]}") from None
+    try:  # workers orphaned by a SIGKILL
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return proc.returncode, output.decode()
+
+
+def read_log(log: Path) -> list[dict[str, Any]]:
+    """The lines of a LOG, parsed."""
+    return [json.loads(line) for line in log.read_text().splitlines() if line]
+
+
+def paired_checkpoints(out: Path) -> dict[int, list[str]]:
+    """Each ``checkpoint-<step>``'s step -> the input files inside it; asserts they are of that step."""
+    found = {}
+    for directory in sorted(out.glob("checkpoint-*")):
+        step = int(directory.name.split("-")[1])
+        state = json.loads((directory / "trainer_state.json").read_text())
+        assert state["global_step"] == step
+        files = sorted(p.name for p in (directory / "input").glob("input_*.json"))
+        assert files and all(name.endswith(f"-{step:08d}.json") for name in files), (directory, files)
+        found[step] = files
+    return found
 
 
 def _exit_without_teardown() -> None:

@@ -6,8 +6,6 @@ The runs are tests/hf_trainer_child.py in subprocesses (alone, and under torchru
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,76 +19,11 @@ import pytest
 from torch_input_ckpt import InputStateError
 
 import hf_trainer_child
-from distributed import free_port
-
-CHILD = Path(__file__).with_name("hf_trainer_child.py")
-TORCHRUN = Path(sys.executable).with_name("torchrun")
-TIMEOUT = 180
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(CHILD.parent.parent), str(CHILD.parent)]))
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    return env
-
-
-def _start(
-    out: Path, log: Path, flags: list[str], ranks: int = 0, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """One child run; ``ranks`` > 0 starts it under torchrun with that many processes; ``env`` is added to its
-    environment."""
-    command = [sys.executable, str(CHILD)]
-    if ranks:
-        port = str(free_port())
-        command = [str(TORCHRUN), f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1", f"--master_port={port}"]
-        command.append(str(CHILD))
-    return subprocess.Popen(
-        [*command, str(out), str(log), *flags],
-        env={**_env(), **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # a killed run's workers and ranks are one group: nothing is left behind
-    )
-
-
-def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        try:
-            output, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:  # a rank in a session of its own (torchrun's) still holds the pipe
-            proc.stdout.close()  # type: ignore[union-attr]
-            proc.wait()
-            output = b""
-        raise AssertionError(f"{proc.args} did not finish in {TIMEOUT} s:\n{output.decode()[-3000:]}") from None
-    try:  # workers orphaned by a SIGKILL
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return proc.returncode, output.decode()
-
-
-def _lines(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line]
+from hf_trainer_child import child_env, paired_checkpoints, read_log, start, wait
 
 
 def _ids(line: dict[str, Any]) -> list[int]:
     return [sample for sample, _ in line["seen"]]
-
-
-def _paired_checkpoints(out: Path) -> dict[int, list[str]]:
-    """Each ``checkpoint-<step>``'s step -> the input files inside it; asserts they are of that step."""
-    found = {}
-    for directory in sorted(out.glob("checkpoint-*")):
-        step = int(directory.name.split("-")[1])
-        state = json.loads((directory / "trainer_state.json").read_text())
-        assert state["global_step"] == step
-        files = sorted(p.name for p in (directory / "input").glob("input_*.json"))
-        assert files and all(name.endswith(f"-{step:08d}.json") for name in files), (directory, files)
-        found[step] = files
-    return found
 
 
 # -- one process, two workers, gradient accumulation, two epochs, save_total_limit ------------------
@@ -102,21 +35,21 @@ SINGLE += ["--length", "30"]  # 15 batches of 2 per epoch: 8 optimizer steps, th
 @pytest.mark.slow
 def test_sigkilled_trainer_resumes_every_step_exactly(tmp_path: Path) -> None:
     out, log = tmp_path / "out", tmp_path / "log"
-    killed = _start(out, log, [*SINGLE, "--kill-at", "11"])
+    killed = start(out, log, [*SINGLE, "--kill-at", "11"])
     hf_trainer_child.run([str(tmp_path / "ref"), str(tmp_path / "ref.log"), *SINGLE])  # uninterrupted, here
-    reference = {line["step"]: line for line in _lines(tmp_path / "ref.log")}
+    reference = {line["step"]: line for line in read_log(tmp_path / "ref.log")}
     assert sorted(reference) == list(range(1, 17))
 
-    code, output = _wait(killed)
+    code, output = wait(killed)
     assert code == -signal.SIGKILL, output[-3000:]
-    before = _lines(log)
+    before = read_log(log)
     assert [line["step"] for line in before] == list(range(1, 12))
     # save_total_limit=2 kept two model checkpoints, and the input checkpoint of each inside it.
-    assert _paired_checkpoints(out) == {6: ["input_0-00000006.json"], 9: ["input_0-00000009.json"]}
+    assert paired_checkpoints(out) == {6: ["input_0-00000006.json"], 9: ["input_0-00000009.json"]}
 
-    code, output = _wait(_start(out, log, [*SINGLE, "--resume"]))
+    code, output = wait(start(out, log, [*SINGLE, "--resume"]))
     assert code == 0, output[-3000:]
-    resumed = _lines(log)[len(before) :]
+    resumed = read_log(log)[len(before) :]
     assert [line["step"] for line in resumed] == list(range(10, 17)), "resumed after checkpoint-9"
     for line in resumed:  # same samples, same order, same augmentation draws, same Trainer epoch
         assert line["seen"] == reference[line["step"]]["seen"], line["step"]
@@ -127,7 +60,7 @@ def test_sigkilled_trainer_resumes_every_step_exactly(tmp_path: Path) -> None:
         ids = [i for line in stream if line["step"] in steps for i in _ids(line)]
         assert sorted(ids) == list(range(30)), f"epoch {epoch}: missing or duplicated samples"
     # Saved at 12, 15 and at the end (16); the limit pruned 6, 9 and 12 with their input checkpoints.
-    assert _paired_checkpoints(out) == {15: ["input_0-00000015.json"], 16: ["input_0-00000016.json"]}
+    assert paired_checkpoints(out) == {15: ["input_0-00000015.json"], 16: ["input_0-00000016.json"]}
 
 
 # -- torchrun: 2 ranks killed mid-epoch, resumed on 2 and on 3 --------------------------------------
@@ -140,30 +73,30 @@ EPOCHS_3 = ["--max-steps", "-1", "--epochs", "2"]
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("hf_ddp")
-    runs = {"killed": _start(base / "out2", base / "log2", [*DDP, "--kill-at", "7"], ranks=2)}
+    runs = {"killed": start(base / "out2", base / "log2", [*DDP, "--kill-at", "7"], ranks=2)}
     # Without workers: the order does not depend on them (and the reference costs less).
-    runs["reference"] = _start(base / "ref", base / "ref.log", [*DDP, "--workers", "0"], ranks=2)
-    finished = {name: _wait(proc) for name, proc in runs.items()}
+    runs["reference"] = start(base / "ref", base / "ref.log", [*DDP, "--workers", "0"], ranks=2)
+    finished = {name: wait(proc) for name, proc in runs.items()}
     assert finished["killed"][0] != 0, finished["killed"][1][-3000:]
     assert finished["reference"][0] == 0, finished["reference"][1][-3000:]
-    killed_lines = _lines(base / "log2")
-    assert _paired_checkpoints(base / "out2") == {
+    killed_lines = read_log(base / "log2")
+    assert paired_checkpoints(base / "out2") == {
         step: [f"input_0-{step:08d}.json", f"input_1-{step:08d}.json"] for step in (3, 6)
     }
     shutil.copytree(base / "out2", base / "out3")
     shutil.copy(base / "log2", base / "log3")
-    resumes = {2: _start(base / "out2", base / "log2", [*DDP, "--resume"], ranks=2)}
+    resumes = {2: start(base / "out2", base / "log2", [*DDP, "--resume"], ranks=2)}
     # On 3 ranks, by epochs: the Trainer's own count (2 epochs x 11 steps) would stop 2 steps early.
-    resumes[3] = _start(base / "out3", base / "log3", [*DDP, "--resume", "--workers", "0", *EPOCHS_3], ranks=3)
-    finished = {n: _wait(proc) for n, proc in resumes.items()}  # both reaped before any assertion
+    resumes[3] = start(base / "out3", base / "log3", [*DDP, "--resume", "--workers", "0", *EPOCHS_3], ranks=3)
+    finished = {n: wait(proc) for n, proc in resumes.items()}  # both reaped before any assertion
     for n, (code, output) in finished.items():
         assert code == 0, f"resume on {n} ranks:\n{output[-3000:]}"
     return {
         "dir": base,
         "before": [line for line in killed_lines if line["step"] <= 6],
-        "reference": _lines(base / "ref.log"),
-        2: _lines(base / "log2")[len(killed_lines) :],
-        3: _lines(base / "log3")[len(killed_lines) :],
+        "reference": read_log(base / "ref.log"),
+        2: read_log(base / "log2")[len(killed_lines) :],
+        3: read_log(base / "log3")[len(killed_lines) :],
     }
 
 
@@ -216,7 +149,7 @@ def test_torchrun_checkpoint_resumed_in_one_process(ddp_runs: dict[str, Any], tm
     with pytest.raises(InputStateError, match="12 batches into epoch 0 .* gradient accumulations of 5"):
         hf_trainer_child.run([str(tmp_path / "out"), str(tmp_path / "bad.log"), *flags, "--accumulation", "5"])
     hf_trainer_child.run([str(tmp_path / "out"), str(tmp_path / "log"), *flags])
-    after = _lines(tmp_path / "log")
+    after = read_log(tmp_path / "log")
     # 38 samples left on 1 rank: 19 batches, steps 7..25.
     assert [line["step"] for line in after] == list(range(7, 26))
     before = [line for line in ddp_runs["reference"] if line["step"] <= 6]
@@ -274,6 +207,6 @@ def test_a_checkpoint_without_input_checkpoint_is_an_error(tmp_path: Path) -> No
 
 def test_the_core_never_imports_hugging_face() -> None:
     code = "import sys, torch_input_ckpt; print(sorted({'transformers', 'accelerate'} & set(sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
