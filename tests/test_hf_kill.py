@@ -78,14 +78,13 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     fresh = start(base / "after-input", base / "after-input.log", [*FLAGS, RESUME["after-input"]])
     hf_trainer_child.run([str(base / "ref"), str(base / "ref.log"), *FLAGS])  # uninterrupted, here
     finished.update((phase, wait(proc)) for phase, proc in runs.items())
-    fresh_code, fresh_output = wait(fresh)  # all reaped before any assertion
+    fresh_run = wait(fresh)  # all reaped before any assertion
     for phase, (code, output) in finished.items():
         assert code == -signal.SIGKILL, f"{phase}:\n{output[-3000:]}"
         left.setdefault(phase, _left(base / phase))
-    assert fresh_code == 0, fresh_output[-3000:]
     reference = {line["step"]: line for line in read_log(base / "ref.log")}
     assert sorted(reference) == list(range(1, 10))
-    return {"dir": base, "reference": reference, "left": left, "fresh_output": fresh_output}
+    return {"dir": base, "reference": reference, "left": left, "fresh_run": fresh_run}
 
 
 def _resume(base: Path, name: str, flag: str) -> None:
@@ -123,7 +122,8 @@ def test_killed_at_every_phase_of_a_save_runs_again_exactly(killed: dict[str, An
         whole = (base / "ref" / f"checkpoint-{KILLED_AT}" / "model.safetensors").stat().st_size
         assert left["weights"] == whole // 2
     if phase == "after-input":  # resumed in the fixture, in a fresh process
-        output = killed["fresh_output"]
+        code, output = killed["fresh_run"]
+        assert code == 0, output[-3000:]
         assert f"IncompleteCheckpointWarning: {folder} is incomplete: it has no trainer_state.json" in output
         assert f"resuming from {base / phase / 'checkpoint-3'}, the newest complete checkpoint before it" in output
     elif resumed_from == KILLED_AT or files is None:  # nothing incomplete to skip: no warning

@@ -160,7 +160,9 @@ def test_torchrun_checkpoint_resumed_in_one_process(ddp_runs: dict[str, Any], tm
 # -- what is refused -----------------------------------------------------------------------------
 
 
-def _trainer(tmp_path: Path, dataset: Any = None, cls: type | None = None, **kwargs: Any) -> Any:
+def _trainer(
+    tmp_path: Path, dataset: Any = None, cls: type | None = None, callbacks: list[Any] | None = None, **kwargs: Any
+) -> Any:
     from transformers import TrainingArguments  # noqa: PLC0415 - heavy; only these tests need it
 
     from torch_input_ckpt.hf import ResumableTrainer  # noqa: PLC0415
@@ -168,7 +170,7 @@ def _trainer(tmp_path: Path, dataset: Any = None, cls: type | None = None, **kwa
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **kwargs)
     model = hf_trainer_child.TinyModel(hf_trainer_child.TinyConfig())
     train = hf_trainer_child.Samples(8) if dataset is None else dataset
-    return (cls or ResumableTrainer)(model=model, args=args, train_dataset=train)
+    return (cls or ResumableTrainer)(model=model, args=args, train_dataset=train, callbacks=callbacks)
 
 
 def test_refuses_what_it_cannot_seek(tmp_path: Path) -> None:
@@ -210,3 +212,27 @@ def test_the_core_never_imports_hugging_face() -> None:
     result = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_damaged_trainer_state_is_skipped_for_the_checkpoint_before_it(tmp_path: Path) -> None:
+    from torch_input_ckpt.hf import IncompleteCheckpointWarning  # noqa: PLC0415
+
+    out = tmp_path / "out"
+    _trainer(out, max_steps=6, save_steps=2).train()
+    state = out / "checkpoint-6" / "trainer_state.json"
+    state.write_text('{"global_step": 6, "log_hi')  # cut short while written
+    (out / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 3}')  # another step's
+    with pytest.raises(ValueError, match="Can't find a valid checkpoint at .*checkpoint-8"):  # the Trainer's own
+        _trainer(out, max_steps=6, save_steps=2).train(resume_from_checkpoint=str(out / "checkpoint-8"))
+    log = tmp_path / "log"
+    trainer = _trainer(out, max_steps=6, save_steps=2, callbacks=[hf_trainer_child.Log(str(log), None)])
+    with pytest.warns(IncompleteCheckpointWarning) as caught:
+        trainer.train(resume_from_checkpoint=True)
+    assert [str(w.message) for w in caught] == [
+        f"{out / 'checkpoint-6'} is incomplete: its trainer_state.json cannot be read (JSONDecodeError: "
+        "Unterminated string starting at: line 1 column 20 (char 19)) (the Trainer writes it last: a save was "
+        f"interrupted); so is {out / 'checkpoint-4'}: its trainer_state.json has global_step 3, not 4; resuming "
+        f"from {out / 'checkpoint-2'}, the newest complete checkpoint before it. Delete the incomplete folders to "
+        "resume without this warning"
+    ]
+    assert [line["step"] for line in read_log(log)] == [3, 4, 5, 6]

@@ -131,21 +131,21 @@ class ResumableTrainerMixin:
             return resume_from_checkpoint
         path = os.fspath(resume_from_checkpoint)
         step = _checkpoint_step(path)
-        if step is None:
-            return resume_from_checkpoint  # not a folder the Trainer names: resumed as asked
+        if step is None or not os.path.isdir(path):
+            return resume_from_checkpoint  # not a folder the Trainer wrote: resumed (or refused by it) as asked
         problem = _incomplete(path, step)
         if problem is None:
             return resume_from_checkpoint
-        older = sorted((s, p) for s, p in _checkpoints(os.path.dirname(path) or ".") if s < step)
-        fallback = next((p for s, p in reversed(older) if _incomplete(p, s) is None), None)
+        fallback, skipped = _newest_complete_before(os.path.dirname(path) or ".", step)
         then = (
             f"resuming from {fallback}, the newest complete checkpoint before it"
             if fallback
             else "no complete checkpoint is older: training starts from step 0"
         )
+        also = "".join(f"; so is {older}: {older_problem}" for older, older_problem in skipped)
         warnings.warn(
-            f"{path} is incomplete: {problem} (the Trainer writes it last: a save was interrupted); {then}. "
-            f"Delete {path} to resume from the checkpoint before it without this warning",
+            f"{path} is incomplete: {problem} (the Trainer writes it last: a save was interrupted){also}; {then}. "
+            "Delete the incomplete folders to resume without this warning",
             IncompleteCheckpointWarning,
             stacklevel=3,
         )
@@ -241,6 +241,20 @@ def _checkpoints(run_dir: str) -> list[tuple[int, str]]:
         if step is not None and os.path.isdir(path):
             found.append((step, path))
     return found
+
+
+def _newest_complete_before(run_dir: str, step: int) -> tuple[str | None, list[tuple[str, str]]]:
+    """The newest complete ``checkpoint-<s>`` of ``run_dir`` with ``s < step`` (None if there is none), and
+    ``(folder, what is wrong)`` for each incomplete one newer than it."""
+    skipped = []
+    for older_step, older in sorted(_checkpoints(run_dir), reverse=True):
+        if older_step >= step:
+            continue
+        problem = _incomplete(older, older_step)
+        if problem is None:
+            return older, skipped
+        skipped.append((older, problem))
+    return None, skipped
 
 
 def _incomplete(checkpoint: str, step: int) -> str | None:
