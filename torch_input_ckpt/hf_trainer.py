@@ -12,7 +12,7 @@ input checkpoint of ``checkpoint-<step>`` is written inside it, as ``checkpoint-
 (one file per rank, before the model is written), so ``save_total_limit`` prunes both together.
 On resume the Trainer is told where the stream really is (epoch, batches of it done) instead of
 computing it from ``global_step``, and its own ``skip_first_batches`` replay becomes a no-op for
-this loader. The Trainer writes ``checkpoint-<step>`` file by file (transformers reverted its staged,
+this loader. The Trainer writes ``checkpoint-<step>`` file by file (transformers dropped its staged,
 renamed save), so a kill mid-save leaves a folder that ``get_last_checkpoint`` picks; ``train()``
 skips such a folder (no valid ``trainer_state.json``, the file written last) with an
 ``IncompleteCheckpointWarning`` and resumes from the newest complete checkpoint before it. See the
