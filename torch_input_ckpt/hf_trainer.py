@@ -123,7 +123,7 @@ class ResumableTrainerMixin:
         if resume_from_checkpoint is True:
             trainer: Any = self
             output_dir = trainer.args.output_dir
-            newest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+            newest = get_last_checkpoint(output_dir) if output_dir and os.path.isdir(output_dir) else None
             if newest is None:
                 return True  # the Trainer's own error: "No valid checkpoint found in output directory"
             resume_from_checkpoint = newest
