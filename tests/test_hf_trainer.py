@@ -236,3 +236,24 @@ def test_a_damaged_trainer_state_is_skipped_for_the_checkpoint_before_it(tmp_pat
         "resume without this warning"
     ]
     assert [line["step"] for line in read_log(log)] == [3, 4, 5, 6]
+
+
+def test_a_trainer_writing_its_state_before_the_model_is_an_unsupported_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import transformers.trainer  # noqa: PLC0415
+    from transformers import Trainer  # noqa: PLC0415
+
+    from torch_input_ckpt import _compat  # noqa: PLC0415
+
+    class StateFirst(Trainer):  # what the incomplete-folder check must not be fooled by
+        def _save_checkpoint(self, model, trial):  # noqa: ANN001, ANN202
+            self.state.save_to_json("trainer_state.json")
+            self.save_model("out", _internal_call=True)
+            self._save_optimizer_and_scheduler("out")
+            self._save_rng_state("out")
+
+    monkeypatch.setattr(_compat, "_hf_checked", set())  # checked once per process: check again
+    with pytest.raises(_compat.UnsupportedVersionError, match="writing trainer_state.json after the model"):
+        _compat.hf_check_trainer(transformers.trainer, StateFirst, "9.9.9")
+    _compat.hf_check_trainer(transformers.trainer, Trainer, "5.23.0")

@@ -266,7 +266,9 @@ class FastForwardNoticeFilter(logging.Filter):
 #   replay the resumed epoch; while the mixin's `train()` runs, that name is replaced by a function that
 #   returns our loader unchanged (it is already at the position) and calls the original for any other.
 # - `_save_checkpoint(model, trial)` writes `<_get_output_dir(trial)>/checkpoint-<global_step>`; the
-#   mixin overrides it to write the input checkpoint there first.
+#   mixin overrides it to write the input checkpoint there first. It writes the model, optimizer,
+#   scheduler and RNG states before `trainer_state.json` (`self.state.save_to_json`), in place: the
+#   mixin takes a folder without a valid `trainer_state.json` for one a killed save left incomplete.
 # - `_get_collator_with_removed_columns` / `_remove_unused_columns` apply `remove_unused_columns`.
 # - `_get_train_sampler`: a subclass overriding it is refused (our loader samples by itself).
 # `AcceleratedLoader` (hf_accelerate.py) registers itself with accelerate's `GradientState` while it
@@ -309,6 +311,13 @@ def hf_check_trainer(trainer_module: ModuleType, trainer_cls: type, transformers
             == ["max_steps", "num_update_steps_per_epoch", "num_train_epochs", "resume_from_checkpoint", "trial"],
         ),
         ("Trainer._save_checkpoint(model, trial)", params("_save_checkpoint") == ["model", "trial"]),
+        (
+            "Trainer._save_checkpoint writing trainer_state.json after the model, optimizer and RNG states",
+            _writes_in_order(
+                getattr(trainer_cls, "_save_checkpoint", None),
+                ["save_model(", "_save_optimizer_and_scheduler(", "_save_rng_state(", "save_to_json("],
+            ),
+        ),
         ("Trainer._get_output_dir(trial)", params("_get_output_dir") == ["trial"]),
         ("Trainer._get_collator_with_removed_columns", bool(params("_get_collator_with_removed_columns"))),
         ("Trainer._remove_unused_columns", bool(params("_remove_unused_columns"))),
@@ -322,6 +331,16 @@ def hf_check_trainer(trainer_module: ModuleType, trainer_cls: type, transformers
     if missing:
         raise _unsupported("transformers", transformers_version, ", ".join(missing), TRANSFORMERS_TESTED)
     _hf_checked.add("trainer")
+
+
+def _writes_in_order(method: Any, calls: list[str]) -> bool:
+    """Whether ``method``'s source makes ``calls`` (each found once at least), first ones first."""
+    try:
+        source = inspect.getsource(method)
+    except (OSError, TypeError):
+        return False
+    found = [source.find(call) for call in calls]
+    return -1 not in found and found == sorted(found)
 
 
 @contextmanager
