@@ -1,4 +1,5 @@
-"""A tiny Hugging Face Trainer run that test_hf_trainer.py kills and resumes (alone or under torchrun).
+"""A tiny Hugging Face Trainer run that test_hf_trainer.py and test_hf_kill.py kill and resume (alone or
+under torchrun), and the helpers those tests start, wait for and read its runs with.
 
 Each optimizer step appends one JSON line per rank to LOG: the step, the Trainer's epoch, and the
 sample ids and augmentation draws the model saw in it (all micro-batches). With --kill-at S, every
