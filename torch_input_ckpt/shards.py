@@ -298,7 +298,8 @@ def resolve_shards(shards: Any, needs_tokens: bool, tokens: Tokens = None) -> Re
         if total > MAX_UNITS:
             raise ValueError(f"{len(resolved)} shards hold {total} {what}, more than the bound of {MAX_UNITS}")
     if not any(shard.count for shard in resolved):
-        raise ValueError(f"all {len(resolved)} shards are empty: a stream needs at least one sample")
+        where = f"{os.fspath(shards)}: " if isinstance(shards, (str, os.PathLike)) else ""
+        raise ValueError(f"{where}all {len(resolved)} shards are empty: a stream needs at least one sample")
     return ResolvedShards(resolved, fingerprint(items))
 
 
