@@ -3,6 +3,7 @@ bounds, atomic writes, symbolic links, and the `index` command's one-line errors
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from stream_data import ids_collate, write_shards
 
@@ -316,3 +318,43 @@ def test_the_installed_command_imports_a_tokenizer_from_the_working_directory(ro
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "tokens (from tokenizer 'tok_cli:encode')" in done.stdout
+
+
+def _bad_tar(path: Path) -> None:
+    path.write_bytes(b"not a tar archive" * 40)
+
+
+def _truncated_gzip(path: Path) -> None:
+    path.write_bytes(gzip.compress(b'{"tokens": [1, 2]}\n' * 200)[:60])
+
+
+def _corrupt_gzip(path: Path) -> None:
+    data = bytearray(gzip.compress(b'{"tokens": [1, 2]}\n' * 200))
+    data[20:30] = b"\xff" * 10
+    path.write_bytes(bytes(data))
+
+
+def _scalar_npy(path: Path) -> None:
+    np.save(path, np.int64(7))
+
+
+def _bad_line(path: Path) -> None:
+    path.write_text('{"tokens": [1]}\n' * 499 + "{'not json'}\n")
+
+
+DAMAGED = [
+    ("bad.tar", _bad_tar),
+    ("cut.jsonl.gz", _truncated_gzip),
+    ("garbled.jsonl.gz", _corrupt_gzip),
+    ("scalar.npy", _scalar_npy),
+    ("line500.jsonl", _bad_line),
+]
+
+
+@pytest.mark.parametrize("name,damage", DAMAGED, ids=[n for n, _ in DAMAGED])
+def test_index_command_names_a_damaged_shard_in_one_line(tmp_path, capsys, name, damage):
+    data = write_shards(tmp_path / "data", "jsonl", (2, 3))
+    damage(data / name)
+    assert main(["index", str(data), "--tokens", "tokens"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"torch-input-ckpt: error: {data / name}: "), err

@@ -19,6 +19,8 @@ import hashlib
 import os
 import stat
 import sys
+import tarfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,16 +152,33 @@ def _npy_tokens(path: Path) -> int:
     return int(npy_memmap(path).size)
 
 
+# What reading a damaged shard raises (a bad tar, a cut or garbled gzip, a 0-d .npy, a malformed or too deep line).
+_DAMAGE = (ValueError, TypeError, OSError, EOFError, RecursionError, MemoryError, zlib.error, tarfile.TarError)
+
+
+def _reading(path: Path, count: Callable[[], int]) -> int:
+    """``count()``, with any error a damaged shard can raise while it is read made one ``ValueError`` that
+    names the file (the `index` command prints it as one line)."""
+    try:
+        return count()
+    except InputStateError:
+        raise
+    except _DAMAGE as error:
+        text = str(error) if os.fspath(path) in str(error) else f"{path}: unreadable ({type(error).__name__}: {error})"
+        raise ValueError(text) from None
+
+
 def _index_entry(path: Path, before: os.stat_result, tokens: Tokens) -> dict[str, Any]:
     entry: dict[str, Any] = {
         Key.INDEX_NAME: path.name,
-        Key.INDEX_COUNT: count_samples(os.fspath(path)),
+        Key.INDEX_COUNT: _reading(path, lambda: count_samples(os.fspath(path))),
         Key.INDEX_SIZE: before.st_size,
         Key.INDEX_MTIME_NS: before.st_mtime_ns,
         Key.INDEX_DIGEST: _digest(path, before.st_size),
     }
     if tokens is not None or format_of(path.name) == ".npy":
-        entry[Key.INDEX_TOKENS] = _npy_tokens(path) if tokens is None else _token_total(path, tokens)
+        count = (lambda: _npy_tokens(path)) if tokens is None else (lambda: _token_total(path, tokens))
+        entry[Key.INDEX_TOKENS] = _reading(path, count)
     for key in (Key.INDEX_COUNT, Key.INDEX_TOKENS):
         if entry.get(key, 0) > MAX_UNITS:
             raise ValueError(f"{path}: {entry[key]} {key}, more than the bound of {MAX_UNITS} per shard")
