@@ -68,8 +68,10 @@ class ShardedStream(Dataset):
         shuffle: ``False`` reads every lane's shards in the given order, without a window shuffle.
         window: Shuffle each consecutive window of this many positions of a lane (0 or 1: none).
         pack_to: Pack each lane's documents into sequences of exactly this many tokens (None: no packing).
-        tokens: With ``pack_to``, how to get a document's tokens from a sample: a field name, a callable,
-            or None (the sample is its tokens, as a ``.npy`` row is).
+        tokens: With ``pack_to``, how to get a document's tokens from a sample: a field name, a callable
+            (your tokenizer: sample -> token ids), or None (the sample is its tokens, as a ``.npy`` row is).
+            An index's token counts must have been made the same way (``index --tokens FIELD`` or
+            ``--tokenizer module:callable``, recorded in the index).
         pad_id: The token that pads a lane's last packed sequence.
         transform: Applied to each sample (or packed sequence) as it is fetched. Its random draws from
             torch's, NumPy's and Python's global RNGs are reseeded per sample from ``(loader seed, epoch,
