@@ -3,6 +3,7 @@ and content (issue 21 case 4), and token counts made the way the stream takes to
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from stream_data import ids_collate, write_shards
 from torch_input_ckpt import InputCheckpointer, InputStateError, ResumableDataLoader, Shard, ShardedStream
 from torch_input_ckpt.shards import write_index
 
-from resume import to_py
+from resume import start_child, to_py
 
 PACK = 8
 
@@ -227,3 +228,32 @@ def test_resume_over_a_moved_tokenized_directory(tmp_path):
 
     first, rest = save_and_restore(tmp_path / "ckpt", make(root), 2, move_then_make)
     assert first + rest == expected
+
+
+# -- in a fresh process ------------------------------------------------------------------------------------
+
+
+def _child(shards: Path, ckpt: Path, log: Path, total: int):
+    child = start_child(Path(__file__).with_name("stream_child.py"), shards, ckpt, log, total)
+    _, err = child.communicate(timeout=180)
+    return child.returncode, err.decode(errors="replace")
+
+
+def test_a_fresh_process_resumes_a_moved_directory_and_refuses_a_reindexed_change(tmp_path):
+    first = write_shards(tmp_path / "first", "npy", (5, 3, 6, 4))
+    write_index(first)
+    ckpt, log = tmp_path / "ckpt", tmp_path / "log.jsonl"
+    assert _child(first, ckpt, log, 3)[0] == 0
+    moved = tmp_path / "moved"
+    os.rename(first, moved)  # the same files at another path
+    assert _child(moved, ckpt, log, 6)[0] == 0
+    records = [json.loads(line) for line in log.read_text().splitlines() if line]
+    assert [r["restored"] for r in records if "restored" in r] == [0, 3]
+    stream = ShardedStream(moved, lanes=3, seed=2, window=3, pack_to=5)  # stream_child.py's configuration
+    reference = ResumableDataLoader(stream, batch_size=2, seed=4)
+    expected = [{k: v.tolist() for k, v in batch.items()} for batch in itertools.islice(reference, 6)]
+    assert [r["batch"] for r in records if "step" in r] == expected
+    np.save(moved / "shard-002.npy", np.load(moved / "shard-002.npy")[::-1].copy())  # same shape, other rows
+    write_index(moved)
+    code, err = _child(moved, ckpt, log, 9)
+    assert code != 0 and "InputStateError" in err and "fingerprint" in err, err[-3000:]
