@@ -257,3 +257,15 @@ def test_a_fresh_process_resumes_a_moved_directory_and_refuses_a_reindexed_chang
     write_index(moved)
     code, err = _child(moved, ckpt, log, 9)
     assert code != 0 and "InputStateError" in err and "fingerprint" in err, err[-3000:]
+
+
+def test_packing_refuses_tokens_that_are_not_integer_ids(tmp_path):
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    np.save(rows / "part-0.npy", np.full((4, 3), 2.7, dtype=np.float32))  # int64 would make every token 2
+    with pytest.raises(InputStateError, match=r"part-0.npy: document 0: its tokens are float32 values, not integer"):
+        list(_loader(ShardedStream([rows / "part-0.npy"], pack_to=PACK)))
+    root = _texts(tmp_path / "d")
+    text = ShardedStream([Shard(root / "part-0.jsonl", 3, 33)], pack_to=PACK, tokens="text")
+    with pytest.raises(InputStateError, match=r"part-0.jsonl: document 0: its tokens are text \(10 characters\)"):
+        list(_loader(text))

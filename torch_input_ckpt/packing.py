@@ -70,8 +70,19 @@ class PackedReader:
         self._starts: OrderedDict[int, list[int]] = OrderedDict()
 
     def _document(self, shard: int, description: Any, k: int) -> torch.Tensor:
-        sample = self._readers.read(shard, description, k)
-        return torch.as_tensor(tokens_of(sample, self._tokens)).reshape(-1).to(torch.int64)
+        tokens = tokens_of(self._readers.read(shard, description, k), self._tokens)
+        if isinstance(tokens, (str, bytes)):
+            raise self._not_ids(shard, k, f"text ({len(tokens)} characters)")
+        ids = torch.as_tensor(tokens).reshape(-1)
+        if ids.numel() and (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool):
+            raise self._not_ids(shard, k, f"{ids.dtype} values")  # .to(int64) would truncate them silently
+        return ids.to(torch.int64)
+
+    def _not_ids(self, shard: int, k: int, found: str) -> InputStateError:
+        return InputStateError(
+            f"{self._shards[shard].name}: document {k}: its tokens are {found}, not integer token ids. Give "
+            "ShardedStream(tokens=) a field holding token ids or your tokenizer (a callable: sample -> token ids)."
+        )
 
     def pieces(self, shard: int, description: Any, lo: int, hi: int) -> list[tuple[int, int, torch.Tensor]]:
         """The pieces of tokens ``[lo, hi)`` of a shard: ``(document number, offset in it, tokens)``."""
@@ -148,6 +159,8 @@ class PackedReader:
         first, last = lo // row, -(-hi // row)
         array = self._readers.array(shard, description)
         info = self._shards[shard]
+        if array.dtype.kind not in "iu":
+            raise self._not_ids(shard, first, f"{array.dtype} values")  # int64 would truncate them silently
         if array.size != info.tokens:
             rows = f"{len(array)} rows of {row}"
             raise InputStateError(
