@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import IterableDataset
@@ -23,10 +24,16 @@ def make_shards(root: str, shards: int, sparse: bool) -> str:
     """``shards`` .npy files of ROWS x ROW int32 tokens (sparse files: contents never written) + the index."""
     import numpy as np
 
-    from torch_input_ckpt.shards import INDEX_FILE, write_index
+    from torch_input_ckpt import InputStateError
+    from torch_input_ckpt.index_file import INDEX_FILE, read_index
+    from torch_input_ckpt.shards import write_index
 
     os.makedirs(root, exist_ok=True)
     if os.path.exists(os.path.join(root, INDEX_FILE)):
+        try:
+            read_index(Path(root))
+        except InputStateError:  # written by an older version (no checksum): the shards are there, re-count
+            write_index(root)
         return root
     rng = np.random.default_rng(0)
     for s in range(shards):

@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     samples_cli.add_parser(commands)
     index = commands.add_parser("index", help="count the samples of the shard files in DIR for ShardedStream")
     index.add_argument("directory", help="the directory holding the shards")
-    index.add_argument("--tokens", default=None, help="also count tokens, from this field of each sample")
+    index.add_argument("--tokens", default=None, help="also count tokens: this field holds token ids")
+    index.add_argument("--tokenizer", default=None, help="also count tokens with module:callable(sample) -> token ids")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # argparse exits on --help (0) and on usage errors (2)
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "index":
         from .shards import index_command  # the command's logic lives with the shard index
 
-        return index_command(args.directory, args.tokens)
+        return index_command(args.directory, args.tokens, args.tokenizer)
     directory = Path(args.directory)
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"

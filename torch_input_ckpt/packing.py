@@ -9,6 +9,12 @@ needs only each shard's token count (a prefix sum per epoch: O(shards)); inside 
 are found by arithmetic and other formats by reading the shard's documents from its start (bounded by
 one shard, continued sequentially from the last read).
 
+The token counts are checked as the documents are read: the document that reaches a shard's recorded
+token count must be its last (any after it empty), and no document may run past it, so a count from
+another tokenizer or a stale one raises an :class:`~torch_input_ckpt.InputStateError` naming the shard,
+the document, the count recorded and the count found, instead of cutting sequences at the wrong tokens
+(for ``.npy`` rows: the array's size against the recorded count, before any row is used).
+
 Each packed sample is ``{"input_ids", "position_ids", "document_ids"}``, int64 tensors of length ``L``:
 ``position_ids`` restart at 0 at every document's first token (tokens of a document cut by the previous
 sequence continue its count), and ``document_ids`` name each token's document by its sample id
@@ -19,11 +25,12 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from .errors import InputStateError
 from .readers import ShardReaders, tokens_of
 
 __all__ = ["PackedReader"]
@@ -37,6 +44,8 @@ class PackedReader:
         tokens: How to get a document's tokens from a sample (a field name, a callable, or None).
         row_length: ``row_length(shard)`` -> the fixed document length of a shard whose documents all
             have one (``.npy`` rows), else None.
+        shards: Each shard's recorded ``count`` (documents) and ``tokens``, and its ``name`` for messages
+            (:class:`~torch_input_ckpt.Shard` values).
         limit: For how many shards the document offsets read are remembered.
     """
 
@@ -45,11 +54,14 @@ class PackedReader:
         readers: ShardReaders,
         tokens: str | Callable[[Any], Any] | None,
         row_length: Callable[[int], int | None],
+        shards: Sequence[Any],
         limit: int = 64,
     ) -> None:
         self._readers = readers
         self._tokens = tokens
         self._row_length = row_length
+        self._shards = shards
+        self._ended: set[int] = set()  # shards whose documents after the recorded end were checked empty
         self._limit = max(1, limit)
         # shard -> (document number, its tokens): the document a sequence's end cut, for the next sequence
         self._at: dict[int, tuple[int, torch.Tensor]] = {}
@@ -58,8 +70,19 @@ class PackedReader:
         self._starts: OrderedDict[int, list[int]] = OrderedDict()
 
     def _document(self, shard: int, description: Any, k: int) -> torch.Tensor:
-        sample = self._readers.read(shard, description, k)
-        return torch.as_tensor(tokens_of(sample, self._tokens)).reshape(-1).to(torch.int64)
+        tokens = tokens_of(self._readers.read(shard, description, k), self._tokens)
+        if isinstance(tokens, (str, bytes)):
+            raise self._not_ids(shard, k, f"text ({len(tokens)} characters)")
+        ids = torch.as_tensor(tokens).reshape(-1)
+        if ids.numel() and (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool):
+            raise self._not_ids(shard, k, f"{ids.dtype} values")  # .to(int64) would truncate them silently
+        return ids.to(torch.int64)
+
+    def _not_ids(self, shard: int, k: int, found: str) -> InputStateError:
+        return InputStateError(
+            f"{self._shards[shard].name}: document {k}: its tokens are {found}, not integer token ids. Give "
+            "ShardedStream(tokens=) a field holding token ids or your tokenizer (a callable: sample -> token ids)."
+        )
 
     def pieces(self, shard: int, description: Any, lo: int, hi: int) -> list[tuple[int, int, torch.Tensor]]:
         """The pieces of tokens ``[lo, hi)`` of a shard: ``(document number, offset in it, tokens)``."""
@@ -74,8 +97,11 @@ class PackedReader:
         pieces = []
         while start < hi:
             if document is None:
+                if k >= self._shards[shard].count:  # the documents end before the recorded count
+                    raise self._mismatch(shard, k, start)
                 document = self._document(shard, description, k)
             end = start + len(document)
+            self._check_count(shard, description, k, end)
             if len(starts) == k + 1:
                 starts.append(end)
             if end > lo:
@@ -86,6 +112,35 @@ class PackedReader:
                 break
             k, start, document = k + 1, end, None
         return pieces
+
+    def _check_count(self, shard: int, description: Any, k: int, end: int) -> None:
+        """Document ``k`` of a shard ends at token ``end``: refuse counts that the documents contradict."""
+        info = self._shards[shard]
+        recorded, last = info.tokens, info.count - 1
+        if end > recorded or (k == last and end != recorded):
+            raise self._mismatch(shard, k, end)
+        if end == recorded and k < last and shard not in self._ended:
+            # The recorded count is reached before the last document: the rest must hold no token.
+            for j in range(k + 1, info.count):
+                extra = len(self._document(shard, description, j))
+                if extra:
+                    raise self._mismatch(shard, j, end + extra)
+            self._ended.add(shard)
+
+    def _mismatch(self, shard: int, k: int, end: int) -> InputStateError:
+        info = self._shards[shard]
+        if k >= info.count:
+            found = f"the shard has only {info.count} documents, holding {end} tokens"
+        elif k == info.count - 1 and end <= info.tokens:
+            found = f"its last document, number {k}, ends at token {end}: the shard holds {end} tokens"
+        else:
+            found = f"its documents 0..{k} already hold {end} tokens (document {k} is past the count)"
+        return InputStateError(
+            f"{info.name}: {info.tokens} tokens recorded for its {info.count} documents, but {found}. The token "
+            "counts were not made with this stream's tokens= (another tokenizer or field), or the shard changed: "
+            "re-index it with the stream's tokenizer (`python -m torch_input_ckpt index DIR --tokenizer "
+            "module:callable` or --tokens FIELD), between runs."
+        )
 
     def _known(self, shard: int) -> list[int]:
         starts = self._starts.get(shard)
@@ -103,6 +158,15 @@ class PackedReader:
 
         first, last = lo // row, -(-hi // row)
         array = self._readers.array(shard, description)
+        info = self._shards[shard]
+        if array.dtype.kind not in "iu":
+            raise self._not_ids(shard, first, f"{array.dtype} values")  # int64 would truncate them silently
+        if array.size != info.tokens:
+            rows = f"{len(array)} rows of {row}"
+            raise InputStateError(
+                f"{info.name}: {info.tokens} tokens recorded, but the array holds {array.size} ({rows}): the "
+                f"shard changed since it was counted; re-index it (between runs)."
+            )
         block = torch.from_numpy(np.array(array[first:last], dtype=np.int64).reshape(-1))  # a copy: writable
         pieces = []
         for k in range(first, last):

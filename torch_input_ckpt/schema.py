@@ -122,6 +122,8 @@ class Key:
     INDEX_TOKENS_FIELD = "tokens_field"
     INDEX_SIZE = "size"
     INDEX_MTIME_NS = "mtime_ns"
+    INDEX_TOKENIZER = "tokenizer"  # "module:qualname" of the callable that counted the tokens, or None
+    INDEX_DIGEST = "digest"  # sha256 of the shard's first and last 64 KiB (its content identity)
 
 
 def is_stateful(obj: Any) -> bool:

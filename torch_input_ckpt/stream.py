@@ -37,7 +37,7 @@ from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, on
 from .packing import PackedReader, assemble
 from .readers import ShardReaders, npy_memmap, open_samples
 from .schema import FORMAT_VERSION, STREAM_KIND, Key, check_header, check_same, field
-from .shards import Shard, fingerprint, resolve_shards
+from .shards import Shard, resolve_shards
 
 __all__ = ["ShardedStream", "StreamOrder"]
 
@@ -68,8 +68,10 @@ class ShardedStream(Dataset):
         shuffle: ``False`` reads every lane's shards in the given order, without a window shuffle.
         window: Shuffle each consecutive window of this many positions of a lane (0 or 1: none).
         pack_to: Pack each lane's documents into sequences of exactly this many tokens (None: no packing).
-        tokens: With ``pack_to``, how to get a document's tokens from a sample: a field name, a callable,
-            or None (the sample is its tokens, as a ``.npy`` row is).
+        tokens: With ``pack_to``, how to get a document's tokens from a sample: a field name, a callable
+            (your tokenizer: sample -> token ids), or None (the sample is its tokens, as a ``.npy`` row is).
+            An index's token counts must have been made the same way (``index --tokens FIELD`` or
+            ``--tokenizer module:callable``, recorded in the index).
         pad_id: The token that pads a lane's last packed sequence.
         transform: Applied to each sample (or packed sequence) as it is fetched. Its random draws from
             torch's, NumPy's and Python's global RNGs are reseeded per sample from ``(loader seed, epoch,
@@ -78,7 +80,9 @@ class ShardedStream(Dataset):
 
     Raises:
         ValueError: for bad arguments, a shard whose count is unknown, or (packing) no token counts.
-        InputStateError: for an indexed shard that is missing or changed since it was indexed.
+        InputStateError: for an indexed shard that is missing or changed since it was indexed, a damaged
+            index, or (packing) an index whose token counts came from another field or tokenizer than
+            ``tokens``; when reading, for a shard whose documents do not hold the tokens recorded for it.
     """
 
     def __init__(
@@ -99,7 +103,8 @@ class ShardedStream(Dataset):
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be callable(sample) (got {transform!r})")
         self.transform = transform
-        self.shards: list[Shard] = resolve_shards(shards, needs_tokens=pack_to is not None)
+        resolved = resolve_shards(shards, needs_tokens=pack_to is not None, tokens=tokens)
+        self.shards: list[Shard] = resolved.shards
         self.lanes = min(64, len(self.shards)) if lanes is None else lanes
         self.seed, self.shuffle, self.window = seed, bool(shuffle), window
         self.pack_to, self.tokens, self.pad_id = pack_to, tokens, pad_id
@@ -115,7 +120,7 @@ class ShardedStream(Dataset):
         self.lane_base = _prefix(self.lane_lengths)  # first position (in lane-major order) of each lane
         self.length = sum(self.lane_lengths)
         self.interleave = Interleave(self.lane_lengths)
-        self.fingerprint = fingerprint(self.shards)
+        self.fingerprint = resolved.fingerprint  # relative paths, order, counts, content identity
         self.open_shards = _open_budget(weights, self.lanes, window, pack_to)
         self._caches: dict[str, Any] = {}
 
@@ -231,11 +236,12 @@ class ShardedStream(Dataset):
             )
         shards = field(state, Key.STREAM_SHARDS, int, where)
         check_same(
-            "ShardedStream fingerprint (shard names and counts)",
+            "ShardedStream (number of shards, fingerprint of their relative paths, order, counts and contents)",
             (shards, field(state, Key.STREAM_FINGERPRINT, str, where)),
             (len(self.shards), self.fingerprint),
             where,
-            "Resume over the same shards, in the same order, with the same contents.",
+            "Resume over the same shard files, in the same order, unchanged (the same data mounted at another "
+            "path is fine; a shard rewritten, re-indexed after a change, or passed in another order is not).",
         )
 
     # -- packing ---------------------------------------------------------------------------------------
@@ -274,7 +280,7 @@ class ShardedStream(Dataset):
         reader = self._caches.get("packed")
         if reader is None:
             reader = self._caches["packed"] = PackedReader(
-                self._readers(), self.tokens, self._row_length, limit=self.open_shards
+                self._readers(), self.tokens, self._row_length, self.shards, limit=self.open_shards
             )
         return reader
 
