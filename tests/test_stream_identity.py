@@ -112,6 +112,26 @@ def test_the_same_files_mounted_elsewhere_resume_exactly(tmp_path):
     assert first + rest == expected
 
 
+def test_an_indexed_directory_copied_without_its_times_and_reindexed_resumes_exactly(tmp_path):
+    """A download or a plain `cp` gives the shards new mtimes: the index is refused until re-run, and then the
+    stream is the same one (its identity is the shards' sizes and content digests, not their mtimes)."""
+    root = write_shards(tmp_path / "first", "jsonl", (3, 4, 2))
+    write_index(root, "tokens")
+    expected = [to_py(b) for b in _loader(ShardedStream(root, lanes=2, seed=3), ids_collate)]
+    copied = tmp_path / "copied"
+    shutil.copytree(root, copied, copy_function=shutil.copy)  # contents only: new mtimes
+    for path in copied.iterdir():
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    with pytest.raises(ValueError, match="index"):
+        ShardedStream(copied, lanes=2, seed=3)
+    write_index(copied, "tokens")
+    before = _loader(ShardedStream(root, lanes=2, seed=3), ids_collate)
+    first, rest = save_and_restore(
+        tmp_path / "ckpt", before, 2, lambda: _loader(ShardedStream(copied, lanes=2, seed=3), ids_collate)
+    )
+    assert first + rest == expected
+
+
 # -- case 3: token counts of the stream's own tokens= ----------------------------------------------------------
 
 

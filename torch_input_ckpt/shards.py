@@ -74,7 +74,7 @@ class Shard:
 @dataclass(frozen=True, slots=True)
 class ResolvedShards:
     """The shards a stream reads, and its identity: a hash of each shard's path relative to the data
-    directory, counts and content identity (size, mtime, digest), in order."""
+    directory, counts and content identity (size and digest), in order."""
 
     shards: list[Shard]
     fingerprint: str
@@ -278,7 +278,9 @@ def _read_directory(directory: Path, tokens: Any) -> list[tuple[Shard, str]]:
     for entry in index.entries:
         path = os.path.join(directory, entry.name)  # strings: a Path per shard costs more than its lstat
         _check_current(path, entry, index.path, roots)
-        identity = f"{entry.size}\0{entry.mtime_ns}\0{entry.digest}"
+        # Size and digest, not mtime: the same data copied without its times (`cp`, a download) and
+        # re-indexed is the same stream; `_check_current` above already ties the index to the mtimes.
+        identity = f"{entry.size}\0{entry.digest}"
         out.append((Shard(path, entry.count, entry.tokens), identity))
     return out
 
@@ -389,7 +391,8 @@ def _file_identity(source: Any) -> str:
 
 def fingerprint(items: Sequence[tuple[Shard, str]]) -> str:
     """A short hash of the shard list, in order: each shard's path relative to the shards' common directory
-    (the data directory), its counts and its content identity (size, mtime, digest where known).
+    (the data directory), its counts and its content identity (size and digest from the index; size and
+    mtime for a ``.npy`` path given alone).
 
     Relative paths, so that the same files mounted elsewhere after a restart still match; full relative
     paths, so that ``web/part-0.npy`` and ``code/part-0.npy`` are told apart.
