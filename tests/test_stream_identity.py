@@ -132,6 +132,64 @@ def test_an_indexed_directory_copied_without_its_times_and_reindexed_resumes_exa
     assert first + rest == expected
 
 
+def _find(tree, key):
+    """The dict of a saved state tree that holds ``key`` (the stream's order state)."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        for item in tree:
+            found = _find(item, key)
+            if found is not None:
+                return found
+    return None
+
+
+def test_a_state_saved_with_the_earlier_name_only_fingerprint_resumes_with_a_warning(tmp_path):
+    """A run saved before the fingerprint covered paths and contents resumes on what that version checked
+    (file names and counts, which it still must match), and says what it cannot see."""
+    import hashlib
+
+    from torch_input_ckpt import InputCheckpointWarning
+    from torch_input_ckpt.files import encode_checkpoint, read_checkpoint
+
+    paths = _two_corpora(tmp_path / "data")
+    expected = [to_py(b) for b in _loader(ShardedStream(paths, lanes=2, seed=5), _rows)]
+    before = _loader(ShardedStream(paths, lanes=2, seed=5), _rows)
+    it = iter(before)
+    first = [to_py(next(it)) for _ in range(3)]
+    with InputCheckpointer(tmp_path / "ckpt", before) as ckpt:
+        ckpt.save(3)
+    [file] = [p for p in (tmp_path / "ckpt").iterdir() if p.name.startswith("input_0-")]
+    saved = read_checkpoint(file)
+    order = _find(saved.states, "fingerprint")
+    old = hashlib.sha256()  # the formula of bdd48c3's shards.fingerprint, written out here on purpose
+    for path, shard in zip(paths, before.dataset.shards, strict=True):
+        old.update(f"{path.name}\0{shard.count}\0{shard.tokens}\n".encode())
+    order["fingerprint"] = old.hexdigest()[:16]
+    file.write_bytes(
+        encode_checkpoint(
+            rank=saved.rank,
+            world_size=saved.world_size,
+            step=saved.step,
+            states=saved.states,
+            external=saved.external,
+            provenance=saved.provenance,
+        )
+    )
+    after = _loader(ShardedStream(paths, lanes=2, seed=5), _rows)
+    with pytest.warns(InputCheckpointWarning, match="older torch_input_ckpt.*file names and counts"):
+        with InputCheckpointer(tmp_path / "ckpt", after) as ckpt:
+            assert ckpt.restore() == 3
+    rest = [to_py(b) for b in after]
+    assert first + rest == expected
+    fewer = _loader(ShardedStream(paths[:1], lanes=2, seed=5), _rows)  # what the old check refused, still refused
+    with InputCheckpointer(tmp_path / "ckpt", fewer) as ckpt, pytest.raises(InputStateError):
+        ckpt.restore()
+        next(iter(fewer))
+
+
 # -- case 3: token counts of the stream's own tokens= ----------------------------------------------------------
 
 

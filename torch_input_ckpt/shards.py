@@ -39,6 +39,7 @@ __all__ = [
     "build_index",
     "fingerprint",
     "index_command",
+    "legacy_fingerprint",
     "resolve_shards",
     "write_index",
 ]
@@ -409,6 +410,19 @@ def fingerprint(items: Sequence[tuple[Shard, str]]) -> str:
             name = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
             name = name.replace(os.sep, "/")
         digest.update(f"{name}\0{shard.count}\0{shard.tokens}\0{identity}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
+
+
+def legacy_fingerprint(shards: Sequence[Shard]) -> str:
+    """The fingerprint that earlier versions saved: file names and counts only, in order.
+
+    Checked only to let a run saved by such a version resume (with a warning): it cannot tell
+    ``web/part-0.npy`` from ``code/part-0.npy`` nor see a rewrite, which is why it was replaced.
+    """
+    digest = hashlib.sha256()
+    for shard in shards:
+        name = Path(shard.source).name if isinstance(shard.source, (str, os.PathLike)) else shard.name
+        digest.update(f"{name}\0{shard.count}\0{shard.tokens}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 

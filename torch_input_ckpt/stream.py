@@ -26,6 +26,7 @@ document cut between sequences may arrive in either order.
 from __future__ import annotations
 
 import bisect
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -33,11 +34,12 @@ import torch
 from torch.utils.data import Dataset
 
 from .arguments import check_int
+from .errors import InputCheckpointWarning
 from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
 from .packing import PackedReader, assemble
 from .readers import ShardReaders, npy_memmap, open_samples
 from .schema import FORMAT_VERSION, STREAM_KIND, Key, check_header, check_same, field
-from .shards import Shard, resolve_shards
+from .shards import Shard, legacy_fingerprint, resolve_shards
 
 __all__ = ["ShardedStream", "StreamOrder"]
 
@@ -235,9 +237,20 @@ class ShardedStream(Dataset):
                 f"Build the stream with {key}={state.get(key)!r}.",
             )
         shards = field(state, Key.STREAM_SHARDS, int, where)
+        saved = field(state, Key.STREAM_FINGERPRINT, str, where)
+        if shards == len(self.shards) and saved != self.fingerprint and saved == legacy_fingerprint(self.shards):
+            warnings.warn(
+                f"{where}: the state was saved by an older torch_input_ckpt, whose fingerprint covered only the "
+                f"shards' file names and counts ({saved!r}); they match, so the stream resumes, but a shard "
+                "rewritten or passed in another order with the same names cannot be seen. The next save records "
+                f"the full identity ({self.fingerprint!r}).",
+                InputCheckpointWarning,
+                stacklevel=2,
+            )
+            return
         check_same(
             "ShardedStream (number of shards, fingerprint of their relative paths, order, counts and contents)",
-            (shards, field(state, Key.STREAM_FINGERPRINT, str, where)),
+            (shards, saved),
             (len(self.shards), self.fingerprint),
             where,
             "Resume over the same shard files, in the same order, unchanged (the same data mounted at another "
