@@ -71,19 +71,23 @@ class Mixture(Dataset):
         samples_per_epoch: int | None = None,
         allow_growth: bool = False,
     ) -> None:
-        names = tuple(sources)
         _check_sources(sources, weights)
         self.sources = dict(sources)
-        self.names = names
-        self.weights = tuple(weights[name] for name in names)
-        self.lengths = tuple(len(sources[name]) for name in names)
+        self._weights = dict(weights)
+        self._in_order(tuple(sources))
         total = sum(self.lengths) if samples_per_epoch is None else samples_per_epoch
         check_int("samples_per_epoch", total, minimum=1)
         self.samples_per_epoch = total
         self.allow_growth = allow_growth
-        self._getters = [self.sources[name].__getitem__ for name in names]
-        self._plan = Plan.fresh(total, names, self.weights, self.lengths)
+        self._plan = Plan.fresh(total, self.names, self.weights, self.lengths)
         self._order: tuple[tuple[int, int, bool], EpochOrder] | None = None
+
+    def _in_order(self, names: tuple[str, ...]) -> None:
+        """Number the sources in this order (a key's source is its place in ``names``)."""
+        self.names = names
+        self.weights = tuple(self._weights[name] for name in names)
+        self.lengths = tuple(len(self.sources[name]) for name in names)
+        self._getters = [self.sources[name].__getitem__ for name in names]
 
     # -- dataset ------------------------------------------------------------------------------------
 
@@ -128,6 +132,8 @@ class Mixture(Dataset):
 
         Changes since the state was saved are applied at that position, by the rules of
         ``mixture_resume.py`` (new weights, sources added or removed, growth with ``allow_growth``).
+        Sources are matched by name: when the saved plan is kept, this mixture numbers its sources in the
+        plan's order, whatever the order of ``sources`` now.
 
         Raises:
             InputStateError: for a malformed state, a changed ``samples_per_epoch`` mid-epoch, a shrunk
@@ -136,6 +142,7 @@ class Mixture(Dataset):
         saved = Plan.from_state(state, f"{source}: dataset_order")
         now = Configuration(self.samples_per_epoch, self.names, self.weights, self.lengths, self.allow_growth)
         self._plan = resume_plan(saved, now, Position(seed, shuffle, epoch, cursor), source)
+        self._in_order(self._plan.names)
         self._order = None
 
     # -- provenance -------------------------------------------------------------------------------------

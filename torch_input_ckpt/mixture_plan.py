@@ -32,6 +32,9 @@ SAMPLES_PER_EPOCH = "samples_per_epoch"
 ANCHOR_EPOCH = "anchor_epoch"
 ANCHOR_POSITION = "anchor_position"
 SOURCES = "sources"
+# The present sources' names in the plan's order, as a list: checkpoint files are canonical JSON with
+# sorted keys, so the order of the `sources` dict does not survive a file.
+ORDER = "order"
 RETIRED = "retired"
 WEIGHT = "weight"
 BASE = "base"
@@ -55,6 +58,8 @@ class Plan:
         bases: Per present source, the number of its first sample at the anchor.
         cursors: Per present source, its :class:`SourceCursor`.
         retired: Sources removed earlier: name -> (the number of their next sample, their cursor).
+        order_recorded: Whether ``names`` is the recorded order (False for a state saved before the order
+            was recorded: ``names`` is then that of the ``sources`` dict, which a file sorts).
     """
 
     total: int
@@ -65,6 +70,7 @@ class Plan:
     bases: tuple[int, ...]
     cursors: tuple[SourceCursor, ...]
     retired: Mapping[str, tuple[int, SourceCursor]] = field(default_factory=dict)
+    order_recorded: bool = True
 
     def __post_init__(self) -> None:
         integers = integer_weights(self.weights)
@@ -127,6 +133,7 @@ class Plan:
             SAMPLES_PER_EPOCH: self.total,
             ANCHOR_EPOCH: self.anchor_epoch,
             ANCHOR_POSITION: self.anchor_position,
+            ORDER: list(self.names),
             SOURCES: sources,
             RETIRED: retired,
         }
@@ -146,13 +153,15 @@ class Plan:
             raise InputStateError(
                 f"{source}: {ANCHOR_POSITION}={anchor_position} is invalid; expected < {SAMPLES_PER_EPOCH}={total}"
             )
-        names, weights, bases, cursors = [], [], [], []
-        for name, entry in state_field(state, SOURCES, dict, source).items():
+        table = state_field(state, SOURCES, dict, source)
+        names = _order(state, table, source)
+        weights, bases, cursors = [], [], []
+        for name in names:
+            entry = table[name]
             where = f"{source}: {SOURCES}[{name!r}]"
             weight = state_field(entry, WEIGHT, (int, float), where)
             if not weight >= 0 or weight == float("inf"):
                 raise InputStateError(f"{where}: {WEIGHT}={weight!r} is invalid; expected a finite number >= 0")
-            names.append(name)
             weights.append(weight)
             bases.append(_natural(entry, BASE, where))
             cursors.append(_cursor(entry, where))
@@ -163,8 +172,29 @@ class Plan:
             for name, entry in state_field(state, RETIRED, dict, source).items()
         }
         return cls(
-            total, tuple(names), tuple(weights), anchor_epoch, anchor_position, tuple(bases), tuple(cursors), retired
+            total,
+            tuple(names),
+            tuple(weights),
+            anchor_epoch,
+            anchor_position,
+            tuple(bases),
+            tuple(cursors),
+            retired,
+            order_recorded=ORDER in state,
         )
+
+
+def _order(state: Mapping[str, Any], table: Mapping[str, Any], source: str) -> list[str]:
+    """The present sources in the plan's order: the recorded list, or (an older state) the dict's order."""
+    if ORDER not in state:
+        return list(table)
+    order = state_field(state, ORDER, list, source)
+    if not all(isinstance(name, str) for name in order) or len(set(order)) != len(order) or set(order) != set(table):
+        raise InputStateError(
+            f"{source}: {ORDER}={order!r:.200} is invalid; expected each of the {SOURCES} entries "
+            f"{sorted(map(str, table))} exactly once"
+        )
+    return order  # type: ignore[no-any-return]
 
 
 def _cursor_state(cursor: SourceCursor) -> dict[str, int]:

@@ -2,19 +2,24 @@
 
 Rules (checked in this order; the README's table says the same):
 
-- nothing changed: the saved plan is kept, so the run continues exactly as if never interrupted;
+- nothing changed (sources are matched by name: another order of the same sources is no change): the
+  saved plan is kept, so the run continues exactly as if never interrupted;
 - ``samples_per_epoch`` changed: only at an epoch boundary (cursor 0), else refused;
 - a source shrank: refused (its current source epoch could not be finished);
 - a source grew: refused unless ``allow_growth``; then its current source epoch finishes over the old
   length and the next ones use the new length;
-- new weights, a new source, a removed source, or another order of sources: a new plan anchored at the
-  resume point, each source continuing from its exact next sample; a new source starts at its sample 0,
-  a removed one is kept in the state (retired) with its next sample, and continues from it if added back.
+- new weights (their exact proportions: ``0.1 + 0.2`` is not ``0.3``), a new source, or a removed source:
+  a new plan anchored at the resume point, logged with the reason (a warning when the weights differ only
+  by float rounding), each source continuing from its exact next sample; a new source starts at its
+  sample 0, a removed one is kept in the state (retired) with its next sample, and continues from it if
+  added back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import math
+from dataclasses import dataclass, replace
 
 from .errors import InputStateError
 from .mixture_layout import integer_weights
@@ -22,6 +27,8 @@ from .mixture_plan import Plan
 from .mixture_sources import SourceCursor
 
 __all__ = ["Configuration", "resume_plan"]
+
+_log = logging.getLogger("torch_input_ckpt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +55,18 @@ class Position:
 def resume_plan(saved: Plan, now: Configuration, at: Position, source: str) -> Plan:
     """The plan to continue with, given the saved one and the mixture as built now.
 
+    Sources are matched by name, never by place: a mixture built with its sources in another order keeps
+    the saved plan (the mixture then takes the plan's order). A new plan is logged (one line on the
+    ``torch_input_ckpt`` logger) with the reason: what changed, by name.
+
     Raises:
         InputStateError: for a changed ``samples_per_epoch`` mid-epoch, a shrunk source, or a grown one
             without ``allow_growth``, naming both values and the fix.
     """
-    same_layout = (saved.total, saved.names, integer_weights(saved.weights)) == (
-        now.total,
-        now.names,
-        integer_weights(now.weights),
-    )
-    if same_layout and tuple(c.length for c in saved.cursors) == now.lengths:
+    saved = _recorded_order(saved, now)
+    same_layout = saved.total == now.total and _shares(saved.names, saved.weights) == _shares(now.names, now.weights)
+    lengths = {name: c.length for name, c in zip(saved.names, saved.cursors, strict=True)}
+    if same_layout and lengths == dict(zip(now.names, now.lengths, strict=True)):
         return saved
     if saved.total != now.total and at.cursor != 0:
         raise InputStateError(
@@ -71,24 +80,90 @@ def resume_plan(saved: Plan, now: Configuration, at: Position, source: str) -> P
     pool: dict[str, tuple[int, SourceCursor]] = dict(saved.retired)
     for name, g, c in zip(saved.names, nexts, saved.cursors, strict=True):
         pool[name] = (g, c.advance(g))
-    bases, cursors = [], []
+    moved: dict[str, tuple[int, SourceCursor]] = {}
     for name, length in zip(now.names, now.lengths, strict=True):
         g, c = pool.pop(name, (0, SourceCursor.fresh(length)))
-        bases.append(g)
-        cursors.append(_resized(name, g, c, length, now.allow_growth, source))
+        moved[name] = (g, _resized(name, g, c, length, now.allow_growth, source))
     if same_layout:
         # Only lengths changed: the layout and the anchor stay, the cursors move to the resume point.
-        return Plan(
-            saved.total,
-            saved.names,
-            saved.weights,
-            saved.anchor_epoch,
-            saved.anchor_position,
-            saved.bases,
-            tuple(cursors),
-            pool,
-        )
-    return Plan(now.total, now.names, now.weights, epoch, cursor, tuple(bases), tuple(cursors), pool)
+        return replace(saved, cursors=tuple(moved[name][1] for name in saved.names), retired=pool)
+    why, rounding = _why(saved, now)
+    # A difference of float rounding alone is most likely not meant: said louder than a deliberate change.
+    _log.log(
+        logging.WARNING if rounding else logging.INFO,
+        "%s: the mixture's plan is new from epoch %d, position %d: %s",
+        source,
+        epoch,
+        cursor,
+        why,
+    )
+    bases = tuple(moved[name][0] for name in now.names)
+    cursors = tuple(moved[name][1] for name in now.names)
+    return Plan(now.total, now.names, now.weights, epoch, cursor, bases, cursors, pool)
+
+
+def _recorded_order(saved: Plan, now: Configuration) -> Plan:
+    """A state saved before the order was recorded holds its sources in its dict's order, which a checkpoint
+    file sorts: with the same names as now, the order is taken to be the current one (the same code)."""
+    if saved.order_recorded or set(saved.names) != set(now.names) or saved.names == now.names:
+        return saved
+    place = {name: k for k, name in enumerate(saved.names)}
+    ks = [place[name] for name in now.names]
+    return replace(
+        saved,
+        names=now.names,
+        weights=tuple(saved.weights[k] for k in ks),
+        bases=tuple(saved.bases[k] for k in ks),
+        cursors=tuple(saved.cursors[k] for k in ks),
+        order_recorded=True,
+    )
+
+
+def _shares(names: tuple[str, ...], weights: tuple[float, ...]) -> dict[str, int]:
+    """Each source's weight as the smallest integers in the same proportions, by name."""
+    if not any(weights):
+        return dict.fromkeys(names, 0)
+    return dict(zip(names, integer_weights(weights), strict=True))
+
+
+def _why(saved: Plan, now: Configuration) -> tuple[str, bool]:
+    """What changed, by name: the reason a new plan starts (one line for the log), and whether the only
+    change is weights equal up to float rounding."""
+    reasons = []
+    if saved.total != now.total:
+        reasons.append(f"samples_per_epoch changed from {saved.total} to {now.total}")
+    added = [name for name in now.names if name not in saved.names]
+    removed = [name for name in saved.names if name not in now.names]
+    if added:
+        reasons.append(f"sources added: {added}")
+    if removed:
+        reasons.append(f"sources removed: {removed}")
+    before = dict(zip(saved.names, saved.weights, strict=True))
+    after = dict(zip(now.names, now.weights, strict=True))
+    common = [name for name in now.names if name in before]
+    if common and _shares(tuple(common), tuple(before[n] for n in common)) != _shares(
+        tuple(common), tuple(after[n] for n in common)
+    ):
+        old = {name: before[name] for name in common}
+        new = {name: after[name] for name in common}
+        reasons.append(f"weights changed from {old} to {new}")
+        rounding = len(reasons) == 1 and _close(list(old.values()), list(new.values()))
+        if rounding:
+            reasons.append(
+                "they are equal only up to float rounding: a float weight is taken as the binary fraction it is "
+                "(give integer weights, e.g. {'web': 7, 'code': 2}, for decimal shares)"
+            )
+            return "; ".join(reasons), True
+    return "; ".join(reasons) or "the sources' proportions changed", False
+
+
+def _close(old: list[float], new: list[float]) -> bool:
+    total_old, total_new = sum(old), sum(new)
+    if not total_old or not total_new:
+        return False
+    return all(
+        math.isclose(a / total_old, b / total_new, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(old, new, strict=True)
+    )
 
 
 def _resized(name: str, g: int, cursor: SourceCursor, length: int, allow_growth: bool, source: str) -> SourceCursor:
