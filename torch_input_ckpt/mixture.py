@@ -11,8 +11,9 @@ Guarantees (the README's "Mixtures" section has the full table):
 
 Limits: positions are shared by all ranks, so under several ranks the padding that
 ``DistributedSampler``'s rule adds at the end of a mixture epoch repeats a few samples, as for any
-map-style dataset. ``set_epoch`` back to an epoch before the last change on resume replays it with the
-current weights, not the ones it had.
+map-style dataset. ``restart_epoch`` (or ``set_epoch`` back) to a position before the last change on
+resume does not replay what was delivered there before the change (the state no longer holds that
+plan): every source continues from its next sample over a new plan anchored there.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .arguments import check_int
+from .errors import InputStateError
 from .mixture_plan import EpochOrder, Plan
 from .mixture_resume import Configuration, Position, resume_plan
 
@@ -140,9 +142,37 @@ class Mixture(Dataset):
                 source, or a grown one without ``allow_growth``.
         """
         saved = Plan.from_state(state, f"{source}: dataset_order")
+        at = (epoch + 1, 0) if cursor >= saved.total else (epoch, cursor)
+        if at < (saved.anchor_epoch, saved.anchor_position):
+            raise InputStateError(
+                f"{source}: dataset_order: the mixture's plan starts at epoch {saved.anchor_epoch}, position "
+                f"{saved.anchor_position}, after the state's position (epoch {epoch}, cursor {cursor}): the plan "
+                "does not describe that position (the state was edited or assembled from two runs). Resume from "
+                "a state the loader saved."
+            )
         now = Configuration(self.samples_per_epoch, self.names, self.weights, self.lengths, self.allow_growth)
         self._plan = resume_plan(saved, now, Position(seed, shuffle, epoch, cursor), source)
         self._in_order(self._plan.names)
+        self._order = None
+
+    def order_moved(self, at: tuple[int, int], to: tuple[int, int], *, seed: int, shuffle: bool) -> None:
+        """The sampler moves from ``at`` to ``to`` (``restart_epoch``, ``set_epoch``): a target before the
+        plan's anchor (an epoch started over after a change on resume) gets a new plan anchored there.
+
+        The samples that epoch delivered before the change were laid out by a plan the state no longer
+        holds; rather than map those positions onto the current plan (which would repeat samples), every
+        source continues from its next sample at ``at``: exactly once per source epoch.
+        """
+        plan = self._plan
+        target = (to[0] + 1, 0) if to[1] >= plan.total else to
+        if target >= (plan.anchor_epoch, plan.anchor_position):
+            return
+        now = (at[0] + 1, 0) if at[1] >= plan.total else at
+        nexts = plan.consumed(seed, shuffle, *now) if now >= (plan.anchor_epoch, plan.anchor_position) else plan.bases
+        cursors = tuple(c.advance(g) for g, c in zip(nexts, plan.cursors, strict=True))
+        self._plan = Plan(
+            plan.total, plan.names, plan.weights, target[0], target[1], tuple(nexts), cursors, plan.retired
+        )
         self._order = None
 
     # -- provenance -------------------------------------------------------------------------------------
