@@ -30,6 +30,30 @@ __all__ = ["Spot", "Stream"]
 _ORDERS: dict[str, type] = {"feistel": FeistelPermutation, "randperm": RandpermPermutation}
 
 
+def _continued_plan(plan: Plan, sampler: SamplerState, later: Mapping[str, Any] | None, source: str) -> Plan:
+    """The plan the steps after ``sampler``'s position were delivered with: the next checkpoint's, when that
+    run continued from this position (a resume with new weights or sources starts a plan anchored here),
+    else this one's."""
+    if later is None:
+        return plan
+    after = field(later, Key.SAMPLER, dict, f"{source} (next checkpoint)").get(Key.DATASET_ORDER)
+    if not isinstance(after, Mapping) or after.get(Key.KIND) != MIXTURE_KIND:
+        return plan
+    newer = Plan.from_state(after, f"{source} (next checkpoint): {Key.DATASET_ORDER}")
+    at = (sampler.epoch + 1, 0) if sampler.cursor >= plan.total else (sampler.epoch, sampler.cursor)
+    return newer if (newer.anchor_epoch, newer.anchor_position) <= at else plan
+
+
+def _plan_unknown(plan: Plan, state: Mapping[str, Any], source: str) -> str | None:
+    """Why a mixture's keys are not computable from its plan, or None."""
+    if not plan.order_recorded and len(plan.names) > 1:
+        return (
+            f"{source}: {Key.DATASET_ORDER}: the mixture's state does not record the order of its sources (saved "
+            "before that was recorded; a checkpoint file sorts them by name), so a key's source is not known"
+        )
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Spot:
     """Where batch ``j`` after a saved position is: the pass (rest of an epoch) and the batch in it.
@@ -65,6 +89,7 @@ class Stream:
         drop_last: The loader's ``drop_last`` (a partial last batch per rank is dropped).
         plan: A mixture's plan (the sampler's ``dataset_order``), or None.
         exclusions: Dataset indices left out of epochs (``exclusion.py``).
+        opaque: Why the keys are not computable from the state (positions still are: a skip works), or None.
     """
 
     epoch: int
@@ -80,6 +105,7 @@ class Stream:
     drop_last: bool
     plan: Plan | None = None
     exclusions: Exclusions = Exclusions()
+    opaque: str | None = None
 
     @classmethod
     def from_state(cls, state: Any, source: str, *, later: Mapping[str, Any] | None = None) -> Stream:
@@ -108,17 +134,21 @@ class Stream:
                 "cursor; the batches after it are not a pure function of the position"
             )
         sampler = SamplerState.from_dict(field(state, Key.SAMPLER, dict, source), f"{source}: {Key.SAMPLER}")
-        plan = None
+        plan, opaque, saved_total = None, None, 0
         if sampler.dataset_order is not None:
             order_kind = sampler.dataset_order.get(Key.KIND)
-            if order_kind != MIXTURE_KIND:
-                raise InputStateError(
+            if order_kind == MIXTURE_KIND:
+                saved = Plan.from_state(sampler.dataset_order, f"{source}: {Key.DATASET_ORDER}")
+                saved_total = saved.total
+                plan = _continued_plan(saved, sampler, later, source)
+            else:
+                # Positions are still arithmetic (a skip is cursor arithmetic); only the keys are not computable.
+                opaque = (
                     f"{source}: the sampler's order comes from a {order_kind!r} dataset; its order depends on each "
                     "shard's sample count, which the checkpoint does not record (only the number of shards and "
                     "a fingerprint), so which samples a step held is not computable from the checkpoint alone"
                 )
-            plan = Plan.from_state(sampler.dataset_order, f"{source}: {Key.DATASET_ORDER}")
-        length = sampler.length if plan is None else plan.total
+        length = sampler.length if plan is None else saved_total
         next_length = field(state, Key.DATASET_LENGTH, int, source, low=1) if plan is None else plan.total
         world, batch_size, excluded = sampler.num_replicas, header.batch_size, sampler.excluded
         if later is not None:
@@ -139,6 +169,7 @@ class Stream:
             drop_last=header.drop_last,
             plan=plan,
             exclusions=Exclusions.from_state(excluded or [], next_length, f"{source}: {Key.SAMPLER}"),
+            opaque=opaque or (None if plan is None else _plan_unknown(plan, sampler.dataset_order, source)),
         )
 
     # -- counts ----------------------------------------------------------------------------------------
@@ -217,7 +248,13 @@ class Stream:
         return torch.arange(lo, hi, dtype=torch.int64) * self.world + (spot.start + rank)
 
     def keys(self, epoch: int, positions: torch.Tensor) -> list[Any]:
-        """The keys at global ``positions`` of ``epoch``: dataset indices, or ``(source, index)`` of a mixture."""
+        """The keys at global ``positions`` of ``epoch``: dataset indices, or ``(source, index)`` of a mixture.
+
+        Raises:
+            InputStateError: when the state does not determine the keys (``opaque`` says why).
+        """
+        if self.opaque is not None:
+            raise InputStateError(self.opaque)
         length = self.epoch_length(epoch)
         wrapped = positions % length
         if self.plan is not None:
@@ -251,6 +288,8 @@ class Stream:
         """
         if self.plan is not None:
             raise InputStateError("finding a sample's steps is not supported for a Mixture (its keys are not inverted)")
+        if self.opaque is not None:
+            raise InputStateError(self.opaque)
         if epoch < self.epoch:
             raise InputStateError(f"epoch {epoch} is before the checkpoint's position (epoch {self.epoch})")
         length = self.epoch_length(epoch)
