@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,7 +29,8 @@ from torch.utils.data import Dataset
 from .arguments import check_int
 from .errors import InputStateError
 from .mixture_plan import EpochOrder, Plan
-from .mixture_resume import Configuration, Position, resume_plan
+from .mixture_resume import Configuration, Position, check_source_orders, has_own_order, resume_plan
+from .mixture_sources import SourceOrder
 
 __all__ = ["Mixture", "Origin"]
 
@@ -81,8 +82,16 @@ class Mixture(Dataset):
         check_int("samples_per_epoch", total, minimum=1)
         self.samples_per_epoch = total
         self.allow_growth = allow_growth
-        self._plan = Plan.fresh(total, self.names, self.weights, self.lengths)
+        # Sources with their own order (a ShardedStream) keep it: their source epoch e is their epoch e.
+        self._own = {name: dataset for name, dataset in self.sources.items() if has_own_order(dataset)}
+        self._plan = self._with_orders(Plan.fresh(total, self.names, self.weights, self.lengths), {})
         self._order: tuple[tuple[int, int, bool], EpochOrder] | None = None
+
+    def _with_orders(self, plan: Plan, saved: Mapping[str, Mapping[str, Any]]) -> Plan:
+        """``plan`` holding the present own-order sources' configurations, and the retired ones' saved."""
+        orders = {name: order for name, order in saved.items() if name in plan.retired}
+        orders.update((name, dataset.order_state()) for name, dataset in self._own.items())
+        return replace(plan, orders=orders)
 
     def _in_order(self, names: tuple[str, ...]) -> None:
         """Number the sources in this order (a key's source is its place in ``names``)."""
@@ -90,6 +99,8 @@ class Mixture(Dataset):
         self.weights = tuple(self._weights[name] for name in names)
         self.lengths = tuple(len(self.sources[name]) for name in names)
         self._getters = [self.sources[name].__getitem__ for name in names]
+        # A source that fetches a batch at once (a ShardedStream reads a .npy shard's rows in one index).
+        self._batch_getters = [getattr(self.sources[name], "__getitems__", None) for name in names]
 
     # -- dataset ------------------------------------------------------------------------------------
 
@@ -100,7 +111,8 @@ class Mixture(Dataset):
     def locate_key(self, key: int) -> tuple[str, int]:
         """The ``(source name, index)`` a key refers to (a key is ``index * #sources + source``)."""
         index, k = divmod(key, len(self.names))
-        if key < 0 or index >= self.lengths[k]:
+        # A source with its own order has its own keys (a packed stream's name their epoch too): it checks them.
+        if key < 0 or (index >= self.lengths[k] and self.names[k] not in self._own):
             raise IndexError(f"mixture key {key} is not that of an item (source {k}, index {index})")
         return self.names[k], index
 
@@ -110,9 +122,22 @@ class Mixture(Dataset):
         return self.sources[name][index]
 
     def __getitems__(self, keys: Sequence[int]) -> list[Any]:
-        """Fetch a batch (torch's fetcher calls this): one division routes a key to its source."""
+        """Fetch a batch (torch's fetcher calls this): one division routes a key to its source; the keys of a
+        source that fetches batches (``__getitems__``) go to it together, in delivery order."""
         getters, count = self._getters, len(self._getters)
-        return [getters[key % count](key // count) for key in keys]
+        if not any(self._batch_getters):
+            return [getters[key % count](key // count) for key in keys]
+        out: list[Any] = [None] * len(keys)
+        groups: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key % count, []).append(i)
+        for k, places in groups.items():
+            batch = self._batch_getters[k]
+            indices = [keys[i] // count for i in places]
+            items = batch(indices) if batch is not None else [getters[k](index) for index in indices]
+            for i, item in zip(places, items, strict=True):
+                out[i] = item
+        return out
 
     # -- the order protocol ResumableSampler uses -----------------------------------------------------
 
@@ -120,8 +145,15 @@ class Mixture(Dataset):
         """Epoch ``epoch``'s order: a callable on int64 position tensors, returning the mixture's keys."""
         key = (seed, epoch, shuffle)
         if self._order is None or self._order[0] != key or self._order[1].plan is not self._plan:
-            self._order = (key, EpochOrder(self._plan, seed, epoch, shuffle))
+            orders = [self._source_order(name, seed, shuffle) for name in self._plan.names]
+            self._order = (key, EpochOrder(self._plan, seed, epoch, shuffle, orders))
         return self._order[1]
+
+    def _source_order(self, name: str, seed: int, shuffle: bool) -> SourceOrder | None:
+        dataset = self._own.get(name)
+        if dataset is None:
+            return None
+        return lambda source_epoch: dataset.epoch_order(seed, source_epoch, shuffle)  # type: ignore[no-any-return]
 
     def order_state(self) -> dict[str, Any]:
         """The mixture's counters as plain JSON types (O(#sources)); the sampler nests them in its state."""
@@ -150,8 +182,12 @@ class Mixture(Dataset):
                 "does not describe that position (the state was edited or assembled from two runs). Resume from "
                 "a state the loader saved."
             )
-        now = Configuration(self.samples_per_epoch, self.names, self.weights, self.lengths, self.allow_growth)
-        self._plan = resume_plan(saved, now, Position(seed, shuffle, epoch, cursor), source)
+        position = Position(seed, shuffle, epoch, cursor)
+        check_source_orders(saved, self._own, self.sources, position, source)
+        now = Configuration(
+            self.samples_per_epoch, self.names, self.weights, self.lengths, self.allow_growth, frozenset(self._own)
+        )
+        self._plan = self._with_orders(resume_plan(saved, now, position, source), saved.orders)
         self._in_order(self._plan.names)
         self._order = None
 
@@ -171,7 +207,7 @@ class Mixture(Dataset):
         nexts = plan.consumed(seed, shuffle, *now) if now >= (plan.anchor_epoch, plan.anchor_position) else plan.bases
         cursors = tuple(c.advance(g) for g, c in zip(nexts, plan.cursors, strict=True))
         self._plan = Plan(
-            plan.total, plan.names, plan.weights, target[0], target[1], tuple(nexts), cursors, plan.retired
+            plan.total, plan.names, plan.weights, target[0], target[1], tuple(nexts), cursors, plan.retired, plan.orders
         )
         self._order = None
 

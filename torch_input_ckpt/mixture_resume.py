@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .errors import InputStateError
 from .mixture_layout import integer_weights
 from .mixture_plan import Plan
 from .mixture_sources import SourceCursor
 
-__all__ = ["Configuration", "resume_plan"]
+__all__ = ["Configuration", "check_source_orders", "has_own_order", "resume_plan"]
 
 _log = logging.getLogger("torch_input_ckpt")
 
@@ -40,6 +42,7 @@ class Configuration:
     weights: tuple[float, ...]
     lengths: tuple[int, ...]
     allow_growth: bool
+    own_order: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,7 @@ def resume_plan(saved: Plan, now: Configuration, at: Position, source: str) -> P
     moved: dict[str, tuple[int, SourceCursor]] = {}
     for name, length in zip(now.names, now.lengths, strict=True):
         g, c = pool.pop(name, (0, SourceCursor.fresh(length)))
-        moved[name] = (g, _resized(name, g, c, length, now.allow_growth, source))
+        moved[name] = (g, _resized(name, g, c, length, now, source))
     if same_layout:
         # Only lengths changed: the layout and the anchor stay, the cursors move to the resume point.
         return replace(saved, cursors=tuple(moved[name][1] for name in saved.names), retired=pool)
@@ -138,23 +141,31 @@ def _why(saved: Plan, now: Configuration) -> tuple[str, bool]:
         reasons.append(f"sources added: {added}")
     if removed:
         reasons.append(f"sources removed: {removed}")
+    weights, rounding = _weights_reason(saved, now)
+    if weights:
+        reasons.append(weights)
+        if rounding and len(reasons) == 1:
+            return weights, True
+    return "; ".join(reasons) or "the sources' proportions changed", False
+
+
+def _weights_reason(saved: Plan, now: Configuration) -> tuple[str, bool]:
+    """How the weights of the sources present before and now changed ("" if not), and whether they are
+    equal up to float rounding."""
     before = dict(zip(saved.names, saved.weights, strict=True))
     after = dict(zip(now.names, now.weights, strict=True))
-    common = [name for name in now.names if name in before]
-    if common and _shares(tuple(common), tuple(before[n] for n in common)) != _shares(
-        tuple(common), tuple(after[n] for n in common)
-    ):
-        old = {name: before[name] for name in common}
-        new = {name: after[name] for name in common}
-        reasons.append(f"weights changed from {old} to {new}")
-        rounding = len(reasons) == 1 and _close(list(old.values()), list(new.values()))
-        if rounding:
-            reasons.append(
-                "they are equal only up to float rounding: a float weight is taken as the binary fraction it is "
-                "(give integer weights, e.g. {'web': 7, 'code': 2}, for decimal shares)"
-            )
-            return "; ".join(reasons), True
-    return "; ".join(reasons) or "the sources' proportions changed", False
+    common = tuple(name for name in now.names if name in before)
+    old = {name: before[name] for name in common}
+    new = {name: after[name] for name in common}
+    if not common or _shares(common, tuple(old.values())) == _shares(common, tuple(new.values())):
+        return "", False
+    reason = f"weights changed from {old} to {new}"
+    if not _close(list(old.values()), list(new.values())):
+        return reason, False
+    return (
+        f"{reason}; they are equal only up to float rounding: a float weight is taken as the binary fraction it "
+        "is (give integer weights, e.g. {'web': 7, 'code': 2}, for decimal shares)"
+    ), True
 
 
 def _close(old: list[float], new: list[float]) -> bool:
@@ -166,7 +177,47 @@ def _close(old: list[float], new: list[float]) -> bool:
     )
 
 
-def _resized(name: str, g: int, cursor: SourceCursor, length: int, allow_growth: bool, source: str) -> SourceCursor:
+def has_own_order(dataset: Any) -> bool:
+    """Whether ``dataset`` provides its own epoch order (``epoch_order``, ``order_state``,
+    ``load_order_state``, as a ``ShardedStream`` does)."""
+    return all(callable(getattr(dataset, name, None)) for name in ("epoch_order", "order_state", "load_order_state"))
+
+
+def check_source_orders(
+    saved: Plan, own: Mapping[str, Any], sources: Mapping[str, Any], at: Position, source: str
+) -> None:
+    """Check each source with its own order against the configuration the state saved for it.
+
+    A source's samples are numbered by its own order when it has one (its source epoch ``e`` is its epoch
+    ``e``, read forward) and by the mixture's Feistel permutation otherwise, so a source that gained or lost
+    its own order since the save would deliver other samples: refused. A source with its own order checks
+    its saved configuration itself (a ``ShardedStream``: seed, lanes, window, ``pack_to``, shard list).
+
+    Raises:
+        InputStateError: naming the source, what the state recorded and what it is now.
+    """
+    known = set(saved.names) | set(saved.retired)
+    for name, dataset in sources.items():
+        if name not in known:
+            continue
+        recorded = saved.orders.get(name)
+        where = f"{source}: dataset_order: sources[{name!r}]"
+        if name in own and recorded is None:
+            raise InputStateError(
+                f"{where}: the source is a {type(dataset).__name__} with its own order now, but the state numbered "
+                "its samples by the mixture's permutation (it was saved over a dataset without one, or before a "
+                "source kept its own order inside a mixture): resume with the dataset and version it was saved with."
+            )
+        if name not in own and recorded is not None:
+            raise InputStateError(
+                f"{where}: the state was saved over a {recorded.get('kind')!r} with its own order, but the source is "
+                f"a {type(dataset).__name__} without one now: resume with the dataset the state was saved for."
+            )
+        if recorded is not None:
+            dataset.load_order_state(recorded, seed=at.seed, shuffle=at.shuffle, epoch=0, cursor=0, source=where)
+
+
+def _resized(name: str, g: int, cursor: SourceCursor, length: int, now: Configuration, source: str) -> SourceCursor:
     if length == cursor.length:
         return cursor
     if length < cursor.length:
@@ -176,7 +227,15 @@ def _resized(name: str, g: int, cursor: SourceCursor, length: int, allow_growth:
             f"finished. Resume with the source's {cursor.length} items, or remove the source (and add another "
             "under a new name)."
         )
-    if not allow_growth:
+    if name in now.own_order:
+        raise InputStateError(
+            f"{source}: source {name!r} was saved with length={cursor.length}, but has length={length} now, and it "
+            "has its own order (a ShardedStream: its lanes and packed sequences are laid out over its whole "
+            "length), so a growth would renumber the samples of its current source epoch: refused, as the "
+            "stream alone refuses it. Resume with the data it was saved with, and add new data as a new source "
+            "(under a new name)."
+        )
+    if not now.allow_growth:
         raise InputStateError(
             f"{source}: source {name!r} was saved with length={cursor.length}, but has length={length} now. "
             "If data was appended, build the Mixture with allow_growth=True (its current source epoch then "

@@ -30,6 +30,30 @@ __all__ = ["Spot", "Stream"]
 _ORDERS: dict[str, type] = {"feistel": FeistelPermutation, "randperm": RandpermPermutation}
 
 
+def _dataset_order(
+    sampler: SamplerState, later: Mapping[str, Any] | None, source: str
+) -> tuple[Plan | None, str | None, int]:
+    """A dataset order's mixture plan (None: no mixture), why its keys are not computable (None: they
+    are), and the saved plan's ``samples_per_epoch`` (0: no mixture)."""
+    if sampler.dataset_order is None:
+        return None, None, 0
+    order_kind = sampler.dataset_order.get(Key.KIND)
+    if order_kind != MIXTURE_KIND:
+        # Positions are still arithmetic (a skip is cursor arithmetic); only the keys are not computable.
+        return (
+            None,
+            (
+                f"{source}: the sampler's order comes from a {order_kind!r} dataset; its order depends on each "
+                "shard's sample count, which the checkpoint does not record (only the number of shards and "
+                "a fingerprint), so which samples a step held is not computable from the checkpoint alone"
+            ),
+            0,
+        )
+    saved = Plan.from_state(sampler.dataset_order, f"{source}: {Key.DATASET_ORDER}")
+    plan = _continued_plan(saved, sampler, later, source)
+    return plan, _plan_unknown(plan, source), saved.total
+
+
 def _continued_plan(plan: Plan, sampler: SamplerState, later: Mapping[str, Any] | None, source: str) -> Plan:
     """The plan the steps after ``sampler``'s position were delivered with: the next checkpoint's, when that
     run continued from this position (a resume with new weights or sources starts a plan anchored here),
@@ -44,12 +68,19 @@ def _continued_plan(plan: Plan, sampler: SamplerState, later: Mapping[str, Any] 
     return newer if (newer.anchor_epoch, newer.anchor_position) <= at else plan
 
 
-def _plan_unknown(plan: Plan, state: Mapping[str, Any], source: str) -> str | None:
+def _plan_unknown(plan: Plan, source: str) -> str | None:
     """Why a mixture's keys are not computable from its plan, or None."""
     if not plan.order_recorded and len(plan.names) > 1:
         return (
             f"{source}: {Key.DATASET_ORDER}: the mixture's state does not record the order of its sources (saved "
             "before that was recorded; a checkpoint file sorts them by name), so a key's source is not known"
+        )
+    own = sorted(name for name in plan.names if name in plan.orders)
+    if own:
+        return (
+            f"{source}: {Key.DATASET_ORDER}: the mixture's sources {own} have their own order (a ShardedStream's "
+            "depends on each shard's sample count, which the checkpoint does not record), so which samples a step "
+            "held is not computable from the checkpoint alone"
         )
     return None
 
@@ -134,20 +165,7 @@ class Stream:
                 "cursor; the batches after it are not a pure function of the position"
             )
         sampler = SamplerState.from_dict(field(state, Key.SAMPLER, dict, source), f"{source}: {Key.SAMPLER}")
-        plan, opaque, saved_total = None, None, 0
-        if sampler.dataset_order is not None:
-            order_kind = sampler.dataset_order.get(Key.KIND)
-            if order_kind == MIXTURE_KIND:
-                saved = Plan.from_state(sampler.dataset_order, f"{source}: {Key.DATASET_ORDER}")
-                saved_total = saved.total
-                plan = _continued_plan(saved, sampler, later, source)
-            else:
-                # Positions are still arithmetic (a skip is cursor arithmetic); only the keys are not computable.
-                opaque = (
-                    f"{source}: the sampler's order comes from a {order_kind!r} dataset; its order depends on each "
-                    "shard's sample count, which the checkpoint does not record (only the number of shards and "
-                    "a fingerprint), so which samples a step held is not computable from the checkpoint alone"
-                )
+        plan, opaque, saved_total = _dataset_order(sampler, later, source)
         length = sampler.length if plan is None else saved_total
         next_length = field(state, Key.DATASET_LENGTH, int, source, low=1) if plan is None else plan.total
         world, batch_size, excluded = sampler.num_replicas, header.batch_size, sampler.excluded
@@ -169,7 +187,7 @@ class Stream:
             drop_last=header.drop_last,
             plan=plan,
             exclusions=Exclusions.from_state(excluded or [], next_length, f"{source}: {Key.SAMPLER}"),
-            opaque=opaque or (None if plan is None else _plan_unknown(plan, sampler.dataset_order, source)),
+            opaque=opaque,
         )
 
     # -- counts ----------------------------------------------------------------------------------------
