@@ -54,7 +54,9 @@ class Mixture(Dataset):
 
     Args:
         sources: Name -> map-style dataset (anything with ``len`` and ``__getitem__``). The name, not
-            the place, identifies a source in the saved state.
+            the place, identifies a source in the saved state. A dataset with its own order (a
+            :class:`~torch_input_ckpt.ShardedStream`) keeps it: its source epoch ``e`` is its epoch ``e``,
+            read forward as alone; it may not grow, even with ``allow_growth``.
         weights: Name -> non-negative number, one per source (normalised; at least one > 0).
         samples_per_epoch: Samples per mixture epoch; default the sum of the sources' lengths.
         allow_growth: Accept, on resume, a source longer than when the state was saved (data appended):
