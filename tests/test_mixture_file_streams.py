@@ -126,3 +126,17 @@ def test_samples_refuse_a_mixture_of_streams_and_skip_still_works(tmp_path):
         assert step == 13
         batches = (batch for _ in range(10) for batch in loader)
         assert [next(batches) for _ in range(14, 31)] == [uninterrupted[s] for s in range(14, 31)]
+
+
+def test_a_plain_dataset_refuses_a_stream_state(tmp_path):
+    stream = streams(tmp_path)["web"]
+    loader = ResumableDataLoader(stream, batch_size=4, collate_fn=list)
+    with InputCheckpointer(tmp_path / "ckpt", loader, every_n_steps=1) as ckpt:
+        batches = iter(loader)
+        for step in (1, 2, 3):
+            next(batches)
+            ckpt.after_step(step)
+    plain = ResumableDataLoader([("web", i) for i in range(len(stream))], batch_size=4, collate_fn=list)
+    with InputCheckpointer(tmp_path / "ckpt", plain) as ckpt, pytest.raises(InputStateError) as error:
+        ckpt.restore(3)
+    assert "'ShardedStream'" in str(error.value) and "list" in str(error.value)
