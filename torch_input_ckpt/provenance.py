@@ -7,7 +7,11 @@ plan, world size, batch size, both ``drop_last`` rules, the exclusion list): bat
 position is located in O(1) (whole epochs are counted, not walked) and its keys are computed without
 the dataset. Limits: it knows batches, not optimizer steps (``samples.py`` maps steps to batches with
 the counts the checkpoints record), and it refuses states it cannot answer for (another sampler kind,
-batches delivered out of order beyond the position, an epoch with no batch at all), naming why.
+batches delivered out of order beyond the position, an epoch with no batch at all), naming why. Over a
+dataset whose order the state does not determine (a ``ShardedStream``, a ``Mixture`` with one as a
+source) the positions are still arithmetic, so a skip works; only the keys are refused. A mixture's keys
+after a checkpoint come from the plan of the run that continued from it (its next checkpoint's, when that
+run re-planned at this position on resume).
 """
 
 from __future__ import annotations

@@ -62,7 +62,10 @@ class ResumableSampler(Sampler[int]):
 
     A dataset that provides its own epoch order (``epoch_order``, ``order_state``, ``load_order_state``,
     as :class:`~torch_input_ckpt.Mixture` does) replaces the permutation, and its state is nested in
-    this sampler's; it then checks its length itself.
+    this sampler's; it then checks its length itself. If it also has ``order_moved(at, to, *, seed,
+    shuffle)``, it is told when the position is moved from ``at`` to ``to`` (``set_epoch``,
+    ``restart_epoch``: a mixture re-anchors a plan that starts after ``to``). A state that recorded such
+    an order is refused by a sampler whose dataset has none.
 
     Raises:
         ValueError: for a length outside ``[1, 2**62]``, a bad rank or world size, or an unknown order.
