@@ -140,3 +140,17 @@ def test_a_plain_dataset_refuses_a_stream_state(tmp_path):
     with InputCheckpointer(tmp_path / "ckpt", plain) as ckpt, pytest.raises(InputStateError) as error:
         ckpt.restore(3)
     assert "'ShardedStream'" in str(error.value) and "list" in str(error.value)
+
+
+def test_a_mixture_of_streams_resumes_with_spawned_workers(tmp_path):
+    """Spawned workers receive the mixture pickled (its order cache is left behind)."""
+    run(tmp_path / "r", tmp_path, 6)
+    expected = run(tmp_path / "u", tmp_path, 14)  # over the epoch's end (10 batches): workers start again
+    loader = mixed(tmp_path)
+    loader = ResumableDataLoader(
+        loader.dataset, batch_size=4, seed=2, collate_fn=list, num_workers=1, multiprocessing_context="spawn"
+    )
+    with InputCheckpointer(tmp_path / "r", loader, every_n_steps=1, keep_last=None) as ckpt:
+        ckpt.restore(6)
+        batches = (batch for _ in range(2) for batch in loader)
+        assert [next(batches) for _ in range(8)] == [expected[s] for s in range(7, 15)]

@@ -110,6 +110,13 @@ class Mixture(Dataset):
         """``samples_per_epoch``: the samples of one mixture epoch."""
         return self.samples_per_epoch
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        # The epoch order cache holds closures over the own-order sources (not picklable), and workers
+        # only fetch: the order is the sampler's, in the main process.
+        state["_order"] = None
+        return state
+
     def locate_key(self, key: int) -> tuple[str, int]:
         """The ``(source name, index)`` a key refers to (a key is ``index * #sources + source``)."""
         index, k = divmod(key, len(self.names))
