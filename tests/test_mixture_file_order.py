@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from torch_input_ckpt import InputCheckpointer, Mixture, ResumableDataLoader
+from torch_input_ckpt import InputCheckpointer, InputStateError, Mixture, ResumableDataLoader
 from torch_input_ckpt.files import InputFile
 
 ORDERED = ("web", "code", "math")  # the README's example: not alphabetical
@@ -187,3 +187,16 @@ def test_a_kept_plan_logs_nothing(tmp_path, caplog):
     with InputCheckpointer(tmp_path, loader, every_n_steps=1) as ckpt:
         ckpt.restore(10)
     assert _replans(caplog) == []
+
+
+def test_an_older_state_without_the_order_refuses_other_sources(tmp_path):
+    run(tmp_path, WEIGHTS)
+    path = tmp_path / InputFile(0, 10).name
+    document = json.loads(path.read_text())
+    for state in document["states"].values():
+        del state["sampler"]["dataset_order"]["order"]
+    _rewrite(path, document)
+    loader = make_loader({"web": 7, "code": 2}, ("web", "code"))
+    with InputCheckpointer(tmp_path, loader, every_n_steps=1) as ckpt, pytest.raises(InputStateError) as error:
+        ckpt.restore(10)
+    assert "does not record the order of its sources" in str(error.value)

@@ -66,7 +66,7 @@ def resume_plan(saved: Plan, now: Configuration, at: Position, source: str) -> P
         InputStateError: for a changed ``samples_per_epoch`` mid-epoch, a shrunk source, or a grown one
             without ``allow_growth``, naming both values and the fix.
     """
-    saved = _recorded_order(saved, now)
+    saved = _recorded_order(saved, now, source)
     same_layout = saved.total == now.total and _shares(saved.names, saved.weights) == _shares(now.names, now.weights)
     lengths = {name: c.length for name, c in zip(saved.names, saved.cursors, strict=True)}
     if same_layout and lengths == dict(zip(now.names, now.lengths, strict=True)):
@@ -105,11 +105,23 @@ def resume_plan(saved: Plan, now: Configuration, at: Position, source: str) -> P
     return Plan(now.total, now.names, now.weights, epoch, cursor, bases, cursors, pool)
 
 
-def _recorded_order(saved: Plan, now: Configuration) -> Plan:
+def _recorded_order(saved: Plan, now: Configuration, source: str) -> Plan:
     """A state saved before the order was recorded holds its sources in its dict's order, which a checkpoint
-    file sorts: with the same names as now, the order is taken to be the current one (the same code)."""
-    if saved.order_recorded or set(saved.names) != set(now.names) or saved.names == now.names:
+    file sorts: with the same names as now, the order is taken to be the current one (the same code); with
+    other names it is not known, and the layout the state continues depends on it: refused.
+
+    Raises:
+        InputStateError: for such a state whose sources differ from the mixture's now.
+    """
+    if saved.order_recorded or saved.names == now.names or len(saved.names) == 1:
         return saved
+    if set(saved.names) != set(now.names):
+        raise InputStateError(
+            f"{source}: dataset_order: the state does not record the order of its sources {sorted(saved.names)} "
+            "(it was saved before that was recorded, and a checkpoint file sorts them by name), and the mixture's "
+            f"sources are {list(now.names)} now, so where the state stands in each source is not known. Resume "
+            "once with the sources the state was saved with (their order is then recorded), then change them."
+        )
     place = {name: k for k, name in enumerate(saved.names)}
     ks = [place[name] for name in now.names]
     return replace(
