@@ -92,11 +92,12 @@ def test_another_order_of_the_same_sources_keeps_the_stream(tmp_path, order):
     assert resumed == {s: b for s, b in uninterrupted.items() if s > 10}
 
 
-def test_restored_epoch_counts_are_the_promised_ones(tmp_path):
-    run(tmp_path, WEIGHTS)
+def test_the_interrupted_epoch_has_the_promised_counts(tmp_path):
+    first = run(tmp_path, WEIGHTS)
     resumed = run(tmp_path, WEIGHTS, restore=10)
-    epoch_1 = [item for step in range(13, 25) for item in resumed[step]]  # 11 batches of 8 and one of 7
-    counts = {name: sum(item.startswith(name) for item in epoch_1[:95]) for name in ORDERED}
+    # Epoch 0 is 12 batches (11 of 8 and one of 7): steps 1..10 before the restore, 11..12 after it.
+    epoch_0 = [item for step in range(1, 13) for item in (first if step <= 10 else resumed)[step]]
+    counts = {name: sum(item.startswith(name) for item in epoch_0) for name in ORDERED}
     assert counts == {"web": 67, "code": 19, "math": 9}
 
 
