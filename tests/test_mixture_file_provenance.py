@@ -79,3 +79,20 @@ def test_skip_steps_on_a_sharded_stream_is_cursor_arithmetic(tmp_path):
     # Which samples a step held still needs the shard counts, which the checkpoint does not record.
     with pytest.raises(InputStateError, match="'ShardedStream' dataset.*each shard's sample count"):
         Provenance(tmp_path / "a").step(21)
+
+
+def test_the_samples_command_in_a_fresh_process_uses_the_new_plan(tmp_path):
+    import subprocess
+    import sys
+
+    run(tmp_path, mixture_config({"web": 5, "code": 3, "math": 2}), world=1, steps=range(1, 13))
+    second = run(tmp_path, mixture_config({"web": 1, "code": 1, "math": 6}), world=1, steps=range(1, 17), restore=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch_input_ckpt", "samples", str(tmp_path), "--step", "12", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    answer = json.loads(done.stdout)
+    assert [tuple(k) for k in answer["keys"]["0"]] == second[12][0]
