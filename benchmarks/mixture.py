@@ -19,7 +19,7 @@ Figure 10: one epoch of a 3-source mixture of trivial items (``IndexDataset``), 
 against a plain ``ResumableDataLoader`` over one dataset of the same total length, in separate
 interleaved children.
 
-Figure 11: a mixture of packed ``ShardedStream`` sources over gzipped JSON-lines shards, against the same
+Figure 10b: a mixture of packed ``ShardedStream`` sources over gzipped JSON-lines shards, against the same
 streams read alone: one mixture epoch with weights equal to the streams' lengths takes exactly one epoch of
 each stream, so both read the same sequences; the mixture's keeps each stream's own order (lanes and
 windows read forward), so a gzipped shard is never reopened to go back (issue 21: 40 batches took 6.7 s
@@ -260,7 +260,7 @@ _RESUME_LABELS = {
 
 
 def run(cfg: Config) -> list[Figure]:
-    """Figures 9, 10 and 11."""
+    """Figures 9, 10 and 10b."""
     checks = run_child("mixture", {"kind": "validate"}, cfg)["checks"]
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
@@ -373,7 +373,7 @@ def _streams_figure(cfg: Config) -> Figure:
     samples = alone[0]["samples"]
     fig = Figure(
         key="mixture_streams",
-        title=f"11. A mixture of streams vs the same streams alone ({samples:,} packed sequences of 256 tokens)",
+        title=f"10b. A mixture of streams vs the same streams alone ({samples:,} packed sequences of 256 tokens)",
         about=(
             f"Two packed ShardedStreams {STREAM_NAMES} over gzipped JSON-lines shards (lanes=2, window=8), batch "
             "size 16, num_workers=0: one epoch of each alone, against one epoch of their Mixture with weights "
