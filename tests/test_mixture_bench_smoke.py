@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/mixture.py (figures 9 and 10), in-process at the quick sizes: the structure of
+"""Smoke test of benchmarks/mixture.py (figures 9, 10 and 10b), in-process at the quick sizes: the structure of
 the output and the benchmark's own check of its crafted state, never timings."""
 
 from __future__ import annotations
