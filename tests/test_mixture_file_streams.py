@@ -154,3 +154,21 @@ def test_a_mixture_of_streams_resumes_with_spawned_workers(tmp_path):
         ckpt.restore(6)
         batches = (batch for _ in range(2) for batch in loader)
         assert [next(batches) for _ in range(8)] == [expected[s] for s in range(7, 15)]
+
+
+def test_new_weights_keep_each_stream_in_its_own_order(tmp_path):
+    """After a resume with new weights, each stream continues from its exact next sample: what it delivered
+    before and after the change is a prefix of the stream's own order (exactly once per source epoch)."""
+    first = run(tmp_path / "ckpt", tmp_path, 13)
+    sources: dict[str, Any] = dict(streams(tmp_path))
+    sources["math"] = [("math", i) for i in range(5)]
+    mix = Mixture(sources, {"web": 2, "code": 7, "math": 1}, samples_per_epoch=40)
+    loader = ResumableDataLoader(mix, batch_size=4, seed=2, collate_fn=list, num_workers=2)
+    with InputCheckpointer(tmp_path / "ckpt", loader, every_n_steps=1) as ckpt:
+        ckpt.restore(9)
+    after = [item for _ in range(4) for batch in loader for item in batch]
+    delivered = [item for step in range(1, 10) for item in first[step]] + after
+    for name, stream in streams(tmp_path).items():
+        mine = [item for item in delivered if item[0] == name]
+        expected = alone(stream, -(-len(mine) // len(stream)))
+        assert mine == expected[: len(mine)], f"{name}: not the stream's own order across the change"
