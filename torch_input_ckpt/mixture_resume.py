@@ -203,7 +203,9 @@ def check_source_orders(
     A source's samples are numbered by its own order when it has one (its source epoch ``e`` is its epoch
     ``e``, read forward) and by the mixture's Feistel permutation otherwise, so a source that gained or lost
     its own order since the save would deliver other samples: refused. A source with its own order checks
-    its saved configuration itself (a ``ShardedStream``: seed, lanes, window, ``pack_to``, shard list).
+    its saved configuration itself (a ``ShardedStream``: seed, lanes, window, ``pack_to``, shard list);
+    its ``load_order_state`` gets ``epoch=0, cursor=0``, since its position is the mixture's counters, not
+    its own (a ``ShardedStream`` reads no position from it).
 
     Raises:
         InputStateError: naming the source, what the state recorded and what it is now.
