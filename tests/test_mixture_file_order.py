@@ -188,6 +188,8 @@ def test_a_kept_plan_logs_nothing(tmp_path, caplog):
     with InputCheckpointer(tmp_path, loader, every_n_steps=1) as ckpt:
         ckpt.restore(10)
     assert _replans(caplog) == []
+    (kept,) = [r for r in caplog.records if r.name == "torch_input_ckpt" and "matched by name" in r.getMessage()]
+    assert "['math', 'code', 'web']" in kept.getMessage() and "['web', 'code', 'math']" in kept.getMessage()
 
 
 def test_an_older_state_without_the_order_refuses_other_sources(tmp_path):

@@ -70,7 +70,7 @@ def resume_plan(saved: Plan, now: Configuration, at: Position, source: str) -> P
     same_layout = saved.total == now.total and _shares(saved.names, saved.weights) == _shares(now.names, now.weights)
     lengths = {name: c.length for name, c in zip(saved.names, saved.cursors, strict=True)}
     if same_layout and lengths == dict(zip(now.names, now.lengths, strict=True)):
-        return saved
+        return _kept(saved, now, source)
     if saved.total != now.total and at.cursor != 0:
         raise InputStateError(
             f"{source}: the state was saved with samples_per_epoch={saved.total}, but this mixture has "
@@ -103,6 +103,19 @@ def resume_plan(saved: Plan, now: Configuration, at: Position, source: str) -> P
     bases = tuple(moved[name][0] for name in now.names)
     cursors = tuple(moved[name][1] for name in now.names)
     return Plan(now.total, now.names, now.weights, epoch, cursor, bases, cursors, pool)
+
+
+def _kept(saved: Plan, now: Configuration, source: str) -> Plan:
+    """The saved plan, kept; saying so when the sources are given in another order than saved."""
+    if saved.names != now.names:
+        _log.info(
+            "%s: the mixture's sources are given in another order (%s) than saved (%s): the saved plan is "
+            "kept, since sources are matched by name",
+            source,
+            list(now.names),
+            list(saved.names),
+        )
+    return saved
 
 
 def _recorded_order(saved: Plan, now: Configuration, source: str) -> Plan:
