@@ -10,7 +10,7 @@ import json
 from collections import Counter
 
 import pytest
-from test_mixture_file_order import LENGTHS, ORDERED, WEIGHTS, _rewrite, make_loader, run
+from mixture_files import LENGTHS, ORDERED, WEIGHTS, make_loader, rewrite, run
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, ResumableDataLoader
 from torch_input_ckpt.files import InputFile
@@ -71,7 +71,7 @@ def test_a_plan_anchored_past_the_cursor_is_refused(tmp_path):
     (state,) = document["states"].values()
     assert state["sampler"]["cursor"] == 80
     state["sampler"]["dataset_order"]["anchor_position"] = 90
-    _rewrite(path, document)
+    rewrite(path, document)
     loader = make_loader(WEIGHTS)
     with InputCheckpointer(tmp_path, loader, every_n_steps=1) as ckpt, pytest.raises(InputStateError) as error:
         ckpt.restore(10)

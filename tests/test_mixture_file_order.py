@@ -14,57 +14,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
+from mixture_files import ORDERED, WEIGHTS, make_loader, rewrite, run
 
-from torch_input_ckpt import InputCheckpointer, InputStateError, Mixture, ResumableDataLoader
+from torch_input_ckpt import InputCheckpointer, InputStateError
 from torch_input_ckpt.files import InputFile
-
-ORDERED = ("web", "code", "math")  # the README's example: not alphabetical
-STEPS = 24  # over two mixture epochs of 95 samples (batch 8)
-
-
-class Tagged:
-    """The README's source: item ``i`` of ``name`` is ``f"{name}{i}"``."""
-
-    def __init__(self, name: str, n: int) -> None:
-        self.name, self.n = name, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> str:
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return f"{self.name}{i}"
-
-
-LENGTHS = {"web": 70, "code": 20, "math": 5}
-
-
-def make_loader(weights: dict[str, Any], order: tuple[str, ...] = ORDERED) -> ResumableDataLoader:
-    sources = {name: Tagged(name, LENGTHS[name]) for name in order}
-    mix = Mixture(sources, {name: weights[name] for name in order}, samples_per_epoch=95)
-    return ResumableDataLoader(mix, batch_size=8, shuffle=True, seed=0, collate_fn=list)
-
-
-def run(
-    directory: Path, weights: dict[str, Any], *, restore: int | None = None, order: tuple[str, ...] = ORDERED
-) -> dict[int, list[str]]:
-    """Steps 1..STEPS (or restore+1..STEPS) of fresh objects, saving every step; the batch of each step."""
-    loader = make_loader(weights, order)
-    out: dict[int, list[str]] = {}
-    with InputCheckpointer(directory, loader, every_n_steps=1, keep_last=None) as ckpt:
-        first = 1 if restore is None else ckpt.restore(restore) + 1
-        batches = (batch for _ in range(4) for batch in loader)
-        for step in range(first, STEPS + 1):
-            out[step] = next(batches)
-            ckpt.after_step(step)
-    return out
-
-
-WEIGHTS = {"web": 7, "code": 2, "math": 1}
 
 
 def test_the_file_sorts_the_sources_and_records_their_order(tmp_path):
@@ -109,25 +64,9 @@ def test_an_older_state_without_the_order_takes_the_current_one(tmp_path):
     document = json.loads(path.read_text())
     for state in document["states"].values():
         del state["sampler"]["dataset_order"]["order"]
-    _rewrite(path, document)
+    rewrite(path, document)
     resumed = run(tmp_path / "r", WEIGHTS, restore=10)
     assert resumed == {s: b for s, b in uninterrupted.items() if s > 10}
-
-
-def _rewrite(path: Path, document: dict[str, Any]) -> None:
-    """Write a hand-changed checkpoint document back with a valid checksum, as the checkpointer would."""
-    from torch_input_ckpt import files
-
-    path.write_bytes(
-        files.encode_checkpoint(
-            rank=document["rank"],
-            world_size=document.get("world_size"),
-            step=document["step"],
-            states=document["states"],
-            external=document.get("external", []),
-            provenance=document.get("provenance"),
-        )
-    )
 
 
 def test_fresh_process_restores_the_readme_example(tmp_path):
@@ -136,7 +75,7 @@ def test_fresh_process_restores_the_readme_example(tmp_path):
     script = textwrap.dedent(
         f"""
         import json
-        from test_mixture_file_order import WEIGHTS, run
+        from mixture_files import WEIGHTS, run
         from pathlib import Path
         print(json.dumps(run(Path({str(tmp_path / "r")!r}), WEIGHTS, restore=10)))
         """
@@ -198,7 +137,7 @@ def test_an_older_state_without_the_order_refuses_other_sources(tmp_path):
     document = json.loads(path.read_text())
     for state in document["states"].values():
         del state["sampler"]["dataset_order"]["order"]
-    _rewrite(path, document)
+    rewrite(path, document)
     loader = make_loader({"web": 7, "code": 2}, ("web", "code"))
     with InputCheckpointer(tmp_path, loader, every_n_steps=1) as ckpt, pytest.raises(InputStateError) as error:
         ckpt.restore(10)

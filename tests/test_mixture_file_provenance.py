@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from mixture_files import rewrite
 from provenance_runs import run
 from stream_data import write_shards
 
@@ -49,14 +50,12 @@ def test_samples_after_a_resume_with_new_weights_use_the_new_plan(tmp_path):
 
 def test_samples_refuse_a_mixture_state_without_the_recorded_order(tmp_path):
     run(tmp_path, mixture_config({"web": 5, "code": 3, "math": 2}), world=1, steps=range(1, 13))
-    from test_mixture_file_order import _rewrite
-
     for step in (0, 5, 10):
         path = tmp_path / InputFile(0, step).name
         document = json.loads(path.read_text())
         for state in document["states"].values():
             del state["sampler"]["dataset_order"]["order"]
-        _rewrite(path, document)
+        rewrite(path, document)
     with pytest.raises(InputStateError, match="does not record the order of its sources"):
         Provenance(tmp_path).step(7)
 
