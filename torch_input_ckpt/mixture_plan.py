@@ -11,7 +11,7 @@ A weight or source change on resume starts a new plan anchored at the resume poi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 
 from .errors import InputStateError
 from .mixture_layout import SegmentLayout, integer_weights, largest_remainder
-from .mixture_sources import SourceCursor, SourceTable, source_seed
+from .mixture_sources import SourceCursor, SourceOrder, SourceTable, source_seed
 from .permutation import mix64
 from .schema import FORMAT_VERSION, check_header
 from .schema import field as state_field
@@ -32,7 +32,12 @@ SAMPLES_PER_EPOCH = "samples_per_epoch"
 ANCHOR_EPOCH = "anchor_epoch"
 ANCHOR_POSITION = "anchor_position"
 SOURCES = "sources"
+# The present sources' names in the plan's order, as a list: checkpoint files are canonical JSON with
+# sorted keys, so the order of the `sources` dict does not survive a file.
+ORDER = "order"
 RETIRED = "retired"
+# Per source with its own order (a ShardedStream): that order's configuration, checked on resume.
+NESTED_ORDER = "dataset_order"
 WEIGHT = "weight"
 BASE = "base"
 EPOCH_START = "epoch_start"
@@ -55,6 +60,9 @@ class Plan:
         bases: Per present source, the number of its first sample at the anchor.
         cursors: Per present source, its :class:`SourceCursor`.
         retired: Sources removed earlier: name -> (the number of their next sample, their cursor).
+        orders: Per source with its own order (present or retired), that order's saved configuration.
+        order_recorded: Whether ``names`` is the recorded order (False for a state saved before the order
+            was recorded: ``names`` is then that of the ``sources`` dict, which a file sorts).
     """
 
     total: int
@@ -65,6 +73,8 @@ class Plan:
     bases: tuple[int, ...]
     cursors: tuple[SourceCursor, ...]
     retired: Mapping[str, tuple[int, SourceCursor]] = field(default_factory=dict)
+    orders: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    order_recorded: bool = True
 
     def __post_init__(self) -> None:
         integers = integer_weights(self.weights)
@@ -117,19 +127,26 @@ class Plan:
     def to_state(self) -> dict[str, Any]:
         """The plan as plain JSON types: O(#sources) integers."""
         sources = {
-            name: {WEIGHT: w, BASE: b, **_cursor_state(c)}
+            name: {WEIGHT: w, BASE: b, **_cursor_state(c), **self._nested(name)}
             for name, w, b, c in zip(self.names, self.weights, self.bases, self.cursors, strict=True)
         }
-        retired = {name: {BASE: g, **_cursor_state(c)} for name, (g, c) in sorted(self.retired.items())}
+        retired = {
+            name: {BASE: g, **_cursor_state(c), **self._nested(name)} for name, (g, c) in sorted(self.retired.items())
+        }
         return {
             "kind": KIND,
             "version": FORMAT_VERSION,
             SAMPLES_PER_EPOCH: self.total,
             ANCHOR_EPOCH: self.anchor_epoch,
             ANCHOR_POSITION: self.anchor_position,
+            ORDER: list(self.names),
             SOURCES: sources,
             RETIRED: retired,
         }
+
+    def _nested(self, name: str) -> dict[str, Any]:
+        order = self.orders.get(name)
+        return {} if order is None else {NESTED_ORDER: dict(order)}
 
     @classmethod
     def from_state(cls, state: Any, source: str) -> Plan:
@@ -146,25 +163,56 @@ class Plan:
             raise InputStateError(
                 f"{source}: {ANCHOR_POSITION}={anchor_position} is invalid; expected < {SAMPLES_PER_EPOCH}={total}"
             )
-        names, weights, bases, cursors = [], [], [], []
-        for name, entry in state_field(state, SOURCES, dict, source).items():
+        table = state_field(state, SOURCES, dict, source)
+        names = _order(state, table, source)
+        weights, bases, cursors = [], [], []
+        for name in names:
+            entry = table[name]
             where = f"{source}: {SOURCES}[{name!r}]"
             weight = state_field(entry, WEIGHT, (int, float), where)
             if not weight >= 0 or weight == float("inf"):
                 raise InputStateError(f"{where}: {WEIGHT}={weight!r} is invalid; expected a finite number >= 0")
-            names.append(name)
             weights.append(weight)
             bases.append(_natural(entry, BASE, where))
             cursors.append(_cursor(entry, where))
         if not names or not any(weights):
             raise InputStateError(f"{source}: {SOURCES} must hold at least one source of weight > 0 (got {names})")
+        retired_table = state_field(state, RETIRED, dict, source)
         retired = {
             name: (_natural(entry, BASE, f"{source}: {RETIRED}[{name!r}]"), _cursor(entry, f"{source}: {RETIRED}"))
-            for name, entry in state_field(state, RETIRED, dict, source).items()
+            for name, entry in retired_table.items()
+        }
+        orders = {
+            name: state_field(entry, NESTED_ORDER, dict, f"{source}: {where}[{name!r}]")
+            for where, entries in ((SOURCES, table), (RETIRED, retired_table))
+            for name, entry in entries.items()
+            if NESTED_ORDER in entry
         }
         return cls(
-            total, tuple(names), tuple(weights), anchor_epoch, anchor_position, tuple(bases), tuple(cursors), retired
+            total,
+            tuple(names),
+            tuple(weights),
+            anchor_epoch,
+            anchor_position,
+            tuple(bases),
+            tuple(cursors),
+            retired,
+            orders,
+            order_recorded=ORDER in state,
         )
+
+
+def _order(state: Mapping[str, Any], table: Mapping[str, Any], source: str) -> list[str]:
+    """The present sources in the plan's order: the recorded list, or (an older state) the dict's order."""
+    if ORDER not in state:
+        return list(table)
+    order = state_field(state, ORDER, list, source)
+    if not all(isinstance(name, str) for name in order) or len(set(order)) != len(order) or set(order) != set(table):
+        raise InputStateError(
+            f"{source}: {ORDER}={order!r:.200} is invalid; expected each of the {SOURCES} entries "
+            f"{sorted(map(str, table))} exactly once"
+        )
+    return order  # type: ignore[no-any-return]
 
 
 def _cursor_state(cursor: SourceCursor) -> dict[str, int]:
@@ -195,18 +243,21 @@ def _natural(state: Mapping[str, Any], key: str, source: str, minimum: int = 0) 
 class EpochOrder:
     """One epoch's order of a mixture: positions in ``[0, samples_per_epoch)`` -> the mixture's keys.
 
-    It is what :class:`~torch_input_ckpt.ResumableSampler` uses in place of its permutation.
+    It is what :class:`~torch_input_ckpt.ResumableSampler` uses in place of its permutation. ``orders``:
+    per source of the plan, its own order (see :class:`~torch_input_ckpt.mixture_sources.SourceTable`).
     Positions before the anchor in the anchor epoch (only the wrap-around padding of the epoch's end
     reaches them) repeat samples of the anchor segment, as padding repeats samples.
     """
 
-    def __init__(self, plan: Plan, seed: int, epoch: int, shuffle: bool) -> None:
+    def __init__(
+        self, plan: Plan, seed: int, epoch: int, shuffle: bool, orders: Sequence[SourceOrder | None] | None = None
+    ) -> None:
         self.plan = plan
         self.epoch = epoch
         self._layout, self._start = plan.layout(seed, epoch, shuffle)
         self._bases = torch.tensor(plan.epoch_bases(epoch), dtype=torch.int64)
         seeds = [source_seed(seed, name) for name in plan.names]
-        self._table = SourceTable(seeds, list(plan.cursors))
+        self._table = SourceTable(seeds, list(plan.cursors), orders)
 
     def origins(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(source numbers, source epochs, item indices)`` of int64 ``positions`` of this epoch."""

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
 from .permutation import mix64
 
-__all__ = ["SourceCursor", "SourceTable", "source_seed"]
+__all__ = ["SourceCursor", "SourceOrder", "SourceTable", "source_seed"]
 
 _M32 = 0xFFFFFFFF
 _MUL1 = 0x2C1B3C6D
@@ -92,15 +93,23 @@ class SourceCursor:
         return replace(cursor, length=length)
 
 
+# A source's own order (a ShardedStream's): source epoch -> (int64 positions in it -> the source's keys).
+SourceOrder = Callable[[int], Callable[[torch.Tensor], torch.Tensor]]
+
+
 class SourceTable:
     """The current sources as per-source tensors, mapping (source, sample number) to an item.
 
     Args:
         seeds: Per source, its permutation seed (:func:`source_seed`).
         cursors: Per source, its :class:`SourceCursor`.
+        orders: Per source, its own order (its source epoch ``e`` is then that order's epoch ``e``, read
+            forward, in place of the Feistel permutation), or None; default none.
     """
 
-    def __init__(self, seeds: list[int], cursors: list[SourceCursor]) -> None:
+    def __init__(
+        self, seeds: list[int], cursors: list[SourceCursor], orders: Sequence[SourceOrder | None] | None = None
+    ) -> None:
         def tensor(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64)
 
@@ -116,6 +125,7 @@ class SourceTable:
         self._count = len(seeds)
         # No source is finishing a source epoch over an older length (the usual case): one length each.
         self._uniform = all(c.epoch_length == c.length for c in cursors)
+        self._orders = [(k, order) for k, order in enumerate(orders or []) if order is not None]
 
     # Gathers use index_select rather than tensor[indices], which stalls on torch's thread pool on
     # busy cores (see mixture_layout.py).
@@ -129,8 +139,9 @@ class SourceTable:
         if self._uniform:
             length = per(self._later)
             epoch = per(self._epoch) + torch.div(d, length, rounding_mode="floor")
+            within = torch.remainder(d, length)
             keys = _round_keys(per(self._seed_lo), per(self._seed_hi), epoch)
-            return epoch, _feistel(torch.remainder(d, length), length, per(self._later_a), keys)
+            return epoch, self._own(sources, epoch, within, _feistel(within, length, per(self._later_a), keys))
         first = per(self._first)
         later = d >= first
         rest = d - first
@@ -143,7 +154,24 @@ class SourceTable:
         within = torch.where(later, torch.remainder(rest, length), torch.remainder(d, first))
         a = torch.where(later, per(self._later_a), per(self._first_a))
         keys = _round_keys(per(self._seed_lo), per(self._seed_hi), epoch)
-        return epoch, _feistel(within, length, a, keys)
+        return epoch, self._own(sources, epoch, within, _feistel(within, length, a, keys))
+
+    def _own(self, sources: torch.Tensor, epoch: torch.Tensor, within: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out`` with the samples of sources that have their own order replaced by that order's keys of
+        their positions in their source epoch (one call per source epoch a chunk spans)."""
+        for k, order in self._orders:
+            mine = torch.nonzero(sources == k).squeeze(1)
+            if not mine.numel():
+                continue
+            epochs = epoch.index_select(0, mine)
+            for e in torch.unique(epochs).tolist():
+                at = (
+                    mine
+                    if len(epochs) and bool((epochs == e).all())
+                    else mine.index_select(0, torch.nonzero(epochs == e).squeeze(1))
+                )
+                out.index_copy_(0, at, order(e)(within.index_select(0, at)))
+        return out
 
     def keys(self, sources: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """The mixture's keys of items ``indices`` of ``sources``: ``index * #sources + source``, so that a

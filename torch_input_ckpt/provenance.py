@@ -7,7 +7,11 @@ plan, world size, batch size, both ``drop_last`` rules, the exclusion list): bat
 position is located in O(1) (whole epochs are counted, not walked) and its keys are computed without
 the dataset. Limits: it knows batches, not optimizer steps (``samples.py`` maps steps to batches with
 the counts the checkpoints record), and it refuses states it cannot answer for (another sampler kind,
-batches delivered out of order beyond the position, an epoch with no batch at all), naming why.
+batches delivered out of order beyond the position, an epoch with no batch at all), naming why. Over a
+dataset whose order the state does not determine (a ``ShardedStream``, a ``Mixture`` with one as a
+source) the positions are still arithmetic, so a skip works; only the keys are refused. A mixture's keys
+after a checkpoint come from the plan of the run that continued from it (its next checkpoint's, when that
+run re-planned at this position on resume).
 """
 
 from __future__ import annotations
@@ -28,6 +32,61 @@ from .schema import SAMPLER_KIND, Ahead, Key, LoaderHeader, SamplerState, field
 __all__ = ["Spot", "Stream"]
 
 _ORDERS: dict[str, type] = {"feistel": FeistelPermutation, "randperm": RandpermPermutation}
+
+
+def _dataset_order(
+    sampler: SamplerState, later: Mapping[str, Any] | None, source: str
+) -> tuple[Plan | None, str | None, int]:
+    """A dataset order's mixture plan (None: no mixture), why its keys are not computable (None: they
+    are), and the saved plan's ``samples_per_epoch`` (0: no mixture)."""
+    if sampler.dataset_order is None:
+        return None, None, 0
+    order_kind = sampler.dataset_order.get(Key.KIND)
+    if order_kind != MIXTURE_KIND:
+        # Positions are still arithmetic (a skip is cursor arithmetic); only the keys are not computable.
+        return (
+            None,
+            (
+                f"{source}: the sampler's order comes from a {order_kind!r} dataset; its order depends on each "
+                "shard's sample count, which the checkpoint does not record (only the number of shards and "
+                "a fingerprint), so which samples a step held is not computable from the checkpoint alone"
+            ),
+            0,
+        )
+    saved = Plan.from_state(sampler.dataset_order, f"{source}: {Key.DATASET_ORDER}")
+    plan = _continued_plan(saved, sampler, later, source)
+    return plan, _plan_unknown(plan, source), saved.total
+
+
+def _continued_plan(plan: Plan, sampler: SamplerState, later: Mapping[str, Any] | None, source: str) -> Plan:
+    """The plan the steps after ``sampler``'s position were delivered with: the next checkpoint's, when that
+    run continued from this position (a resume with new weights or sources starts a plan anchored here),
+    else this one's."""
+    if later is None:
+        return plan
+    after = field(later, Key.SAMPLER, dict, f"{source} (next checkpoint)").get(Key.DATASET_ORDER)
+    if not isinstance(after, Mapping) or after.get(Key.KIND) != MIXTURE_KIND:
+        return plan
+    newer = Plan.from_state(after, f"{source} (next checkpoint): {Key.DATASET_ORDER}")
+    at = (sampler.epoch + 1, 0) if sampler.cursor >= plan.total else (sampler.epoch, sampler.cursor)
+    return newer if (newer.anchor_epoch, newer.anchor_position) <= at else plan
+
+
+def _plan_unknown(plan: Plan, source: str) -> str | None:
+    """Why a mixture's keys are not computable from its plan, or None."""
+    if not plan.order_recorded and len(plan.names) > 1:
+        return (
+            f"{source}: {Key.DATASET_ORDER}: the mixture's state does not record the order of its sources (saved "
+            "before that was recorded; a checkpoint file sorts them by name), so a key's source is not known"
+        )
+    own = sorted(name for name in plan.names if name in plan.orders)
+    if own:
+        return (
+            f"{source}: {Key.DATASET_ORDER}: the mixture's sources {own} have their own order (a ShardedStream's "
+            "depends on each shard's sample count, which the checkpoint does not record), so which samples a step "
+            "held is not computable from the checkpoint alone"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +124,7 @@ class Stream:
         drop_last: The loader's ``drop_last`` (a partial last batch per rank is dropped).
         plan: A mixture's plan (the sampler's ``dataset_order``), or None.
         exclusions: Dataset indices left out of epochs (``exclusion.py``).
+        opaque: Why the keys are not computable from the state (positions still are: a skip works), or None.
     """
 
     epoch: int
@@ -80,6 +140,7 @@ class Stream:
     drop_last: bool
     plan: Plan | None = None
     exclusions: Exclusions = Exclusions()
+    opaque: str | None = None
 
     @classmethod
     def from_state(cls, state: Any, source: str, *, later: Mapping[str, Any] | None = None) -> Stream:
@@ -108,17 +169,8 @@ class Stream:
                 "cursor; the batches after it are not a pure function of the position"
             )
         sampler = SamplerState.from_dict(field(state, Key.SAMPLER, dict, source), f"{source}: {Key.SAMPLER}")
-        plan = None
-        if sampler.dataset_order is not None:
-            order_kind = sampler.dataset_order.get(Key.KIND)
-            if order_kind != MIXTURE_KIND:
-                raise InputStateError(
-                    f"{source}: the sampler's order comes from a {order_kind!r} dataset; its order depends on each "
-                    "shard's sample count, which the checkpoint does not record (only the number of shards and "
-                    "a fingerprint), so which samples a step held is not computable from the checkpoint alone"
-                )
-            plan = Plan.from_state(sampler.dataset_order, f"{source}: {Key.DATASET_ORDER}")
-        length = sampler.length if plan is None else plan.total
+        plan, opaque, saved_total = _dataset_order(sampler, later, source)
+        length = sampler.length if plan is None else saved_total
         next_length = field(state, Key.DATASET_LENGTH, int, source, low=1) if plan is None else plan.total
         world, batch_size, excluded = sampler.num_replicas, header.batch_size, sampler.excluded
         if later is not None:
@@ -139,6 +191,7 @@ class Stream:
             drop_last=header.drop_last,
             plan=plan,
             exclusions=Exclusions.from_state(excluded or [], next_length, f"{source}: {Key.SAMPLER}"),
+            opaque=opaque,
         )
 
     # -- counts ----------------------------------------------------------------------------------------
@@ -217,7 +270,13 @@ class Stream:
         return torch.arange(lo, hi, dtype=torch.int64) * self.world + (spot.start + rank)
 
     def keys(self, epoch: int, positions: torch.Tensor) -> list[Any]:
-        """The keys at global ``positions`` of ``epoch``: dataset indices, or ``(source, index)`` of a mixture."""
+        """The keys at global ``positions`` of ``epoch``: dataset indices, or ``(source, index)`` of a mixture.
+
+        Raises:
+            InputStateError: when the state does not determine the keys (``opaque`` says why).
+        """
+        if self.opaque is not None:
+            raise InputStateError(self.opaque)
         length = self.epoch_length(epoch)
         wrapped = positions % length
         if self.plan is not None:
@@ -251,6 +310,8 @@ class Stream:
         """
         if self.plan is not None:
             raise InputStateError("finding a sample's steps is not supported for a Mixture (its keys are not inverted)")
+        if self.opaque is not None:
+            raise InputStateError(self.opaque)
         if epoch < self.epoch:
             raise InputStateError(f"epoch {epoch} is before the checkpoint's position (epoch {self.epoch})")
         length = self.epoch_length(epoch)

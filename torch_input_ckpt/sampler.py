@@ -62,7 +62,10 @@ class ResumableSampler(Sampler[int]):
 
     A dataset that provides its own epoch order (``epoch_order``, ``order_state``, ``load_order_state``,
     as :class:`~torch_input_ckpt.Mixture` does) replaces the permutation, and its state is nested in
-    this sampler's; it then checks its length itself.
+    this sampler's; it then checks its length itself. If it also has ``order_moved(at, to, *, seed,
+    shuffle)``, it is told when the position is moved from ``at`` to ``to`` (``set_epoch``,
+    ``restart_epoch``: a mixture re-anchors a plan that starts after ``to``). A state that recorded such
+    an order is refused by a sampler whose dataset has none.
 
     Raises:
         ValueError: for a length outside ``[1, 2**62]``, a bad rank or world size, or an unknown order.
@@ -97,6 +100,9 @@ class ResumableSampler(Sampler[int]):
         self._grown: tuple[int, int] | None = None
         # A dataset with its own epoch order replaces the permutation (see the class docstring).
         self._dataset_order = None if isinstance(data_source_or_length, int) else _order_protocol(data_source_or_length)
+        self._dataset_kind = (
+            "a length" if isinstance(data_source_or_length, int) else type(data_source_or_length).__name__
+        )
         # The position; its generation is bumped by set_epoch/load_state_dict, so that an iterator
         # started before the change stops writing its progress into the new position.
         self._at = Cursor()
@@ -222,6 +228,10 @@ class ResumableSampler(Sampler[int]):
 
     def move_to(self, epoch: int, cursor: int = 0) -> None:
         """Put the position at ``(epoch, cursor)`` (a move from outside: a new generation)."""
+        # A dataset with its own order may need to know (a Mixture whose plan starts after the target).
+        moved = getattr(self._dataset_order, "order_moved", None)
+        if moved is not None:
+            moved(self.position(), (epoch, cursor), seed=self.seed, shuffle=self.shuffle)
         self._at.move_to(epoch, cursor)
         self._grown = None  # a moved position no longer continues the epoch the dataset grew in
         self._resume_pending = False
@@ -394,6 +404,14 @@ class ResumableSampler(Sampler[int]):
             ("order", state.order, self.order),
         ):
             check_same(name, saved, current, source, f"Construct the sampler with {name}={saved!r} to resume.")
+        if self._dataset_order is None and state.dataset_order is not None:
+            found = state.dataset_order.get(Key.KIND)
+            raise InputStateError(
+                f"{source}: the state was saved over a dataset with its own order (a {found!r}: its "
+                f"{Key.DATASET_ORDER!r} entry), but this sampler's dataset ({self._dataset_kind}) "
+                f"has none, so its positions would name other samples. Resume with the {found} the state was "
+                "saved for."
+            )
         if self._dataset_order is not None:
             if state.dataset_order is None:
                 raise InputStateError(

@@ -3,9 +3,11 @@
 Guarantee: the skipped position is computed, not replayed (O(1): whole epochs are counted by division),
 by the configuration of the run that consumed those steps (its world size, batch size and batches per
 step, as the checkpoints record them), so the rest of the run equals an uninterrupted run with those
-steps dropped, exactly once per epoch, on any world size (the position is global). Limits: only a
-``ResumableDataLoader`` over a ``ResumableSampler`` can be skipped; any other component, or an unknown
-number of batches per step, is refused with a message naming it.
+steps dropped, exactly once per epoch, on any world size (the position is global). A skip is cursor
+arithmetic, so any order the sampler takes works: a permutation, a ``Mixture`` (streams as sources
+included), a ``ShardedStream`` (whose keys ``samples`` cannot compute, but whose positions it can).
+Limits: only a ``ResumableDataLoader`` over a ``ResumableSampler`` can be skipped; any other component,
+or an unknown number of batches per step, is refused with a message naming it.
 """
 
 from __future__ import annotations
