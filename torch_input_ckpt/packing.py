@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .readers import ShardReaders, tokens_of
+from .readers import ShardReaders, as_tokens, tokens_of
 
 __all__ = ["PackedReader"]
 
@@ -59,7 +59,7 @@ class PackedReader:
 
     def _document(self, shard: int, description: Any, k: int) -> torch.Tensor:
         sample = self._readers.read(shard, description, k)
-        return torch.as_tensor(tokens_of(sample, self._tokens)).reshape(-1).to(torch.int64)
+        return as_tokens(tokens_of(sample, self._tokens), f"{description}: sample {k}")
 
     def pieces(self, shard: int, description: Any, lo: int, hi: int) -> list[tuple[int, int, torch.Tensor]]:
         """The pieces of tokens ``[lo, hi)`` of a shard: ``(document number, offset in it, tokens)``."""
@@ -99,11 +99,9 @@ class PackedReader:
 
     def _rows(self, shard: int, description: Any, lo: int, hi: int, row: int) -> list[tuple[int, int, torch.Tensor]]:
         # Documents of one length (.npy rows): the rows covering [lo, hi) are one slice of the memory map.
-        import numpy as np
-
         first, last = lo // row, -(-hi // row)
         array = self._readers.array(shard, description)
-        block = torch.from_numpy(np.array(array[first:last], dtype=np.int64).reshape(-1))  # a copy: writable
+        block = as_tokens(array[first:last], f"{description}: rows {first}..{last - 1}")  # a copy: writable
         pieces = []
         for k in range(first, last):
             a, b = max(lo, k * row), min(hi, (k + 1) * row)

@@ -4,7 +4,20 @@ Guarantee: ``open_samples(path, start)`` yields exactly the samples ``start, sta
 in the order :func:`count_samples` counts them, so a sample's number within its shard is stable. A
 ``.npy`` array is memory-mapped and indexed (no read before ``start``); a JSON lines file is skipped
 line by line and a tar archive member header by member header (a ``tarfile`` seeks over member data):
-the cost of a start is bounded by one shard, never by the epoch.
+the cost of a start is bounded by one shard, never by the epoch. A shard that ends before the count
+recorded for it is an :class:`~torch_input_ckpt.InputStateError` naming it, the count recorded and the
+count found: never an early end of the epoch (a ``StopIteration`` out of a fetch is how torch's
+DataLoader learns that an epoch ended, so one must never escape from here).
+
+Faulty and hostile files are refused before the work, with an ``InputStateError`` naming the file, the
+line or sample number and what was expected: a path that is not a regular file (a FIFO would block
+``np.load`` forever), a JSON line longer than :data:`MAX_LINE_CHARS` (read with a bounded ``readline``,
+never whole), a tar member larger than :data:`MAX_MEMBER_BYTES` (a 10 GiB GNU sparse member fits in a
+10 KB tar), a damaged gzip stream, tar header or ``.npy`` header, invalid or too deeply nested JSON, a
+0-d array, a tar archive that ends without its end-of-archive block (truncated: ``tarfile`` takes a
+missing or damaged header for the end). The two bounds can be raised per process (workers and the
+``index`` command included) with the environment variables :data:`LINE_CHARS_ENV` and
+:data:`MEMBER_BYTES_ENV`. ``.npy`` rows in a non-native byte order are converted (exact).
 
 Formats (by suffix):
 
@@ -23,22 +36,51 @@ import gzip
 import io
 import json
 import os
+import stat
 import tarfile
+import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+import torch
+
+from .errors import InputStateError
 
 __all__ = [
     "FORMATS",
+    "LINE_CHARS_ENV",
+    "MAX_LINE_CHARS",
+    "MAX_MEMBER_BYTES",
+    "MEMBER_BYTES_ENV",
     "ShardReaders",
+    "as_tokens",
     "count_samples",
     "format_of",
+    "native",
     "npy_memmap",
     "open_samples",
     "tokens_of",
 ]
 
 FORMATS = (".jsonl", ".jsonl.gz", ".npy", ".tar")
+
+#: The longest JSON line read, in characters (64 Mi): a longer one is refused without being read whole.
+MAX_LINE_CHARS = 64 * 2**20
+#: The largest tar member read, in bytes (1 GiB), checked on its header before any of its data is read.
+MAX_MEMBER_BYTES = 2**30
+#: Environment variables that override the two bounds (an int >= 1), in this process and its workers.
+LINE_CHARS_ENV = "TORCH_INPUT_CKPT_MAX_LINE_CHARS"
+MEMBER_BYTES_ENV = "TORCH_INPUT_CKPT_MAX_MEMBER_BYTES"
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFLNK: "a symbolic link",
+}
 
 
 def format_of(path: str) -> str | None:
@@ -50,27 +92,106 @@ def format_of(path: str) -> str | None:
     return None
 
 
+def _bound(variable: str, default: int) -> int:
+    raw = os.environ.get(variable)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{variable}={raw!r} is not a bound: expected an int >= 1 (the default is {default})")
+    return value
+
+
+def _refuse_special(path: str, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise InputStateError(
+            f"{path}: shard is {kind}, not a regular file: a shard must be a regular file "
+            "(reading a FIFO or a device may block forever or never end)"
+        )
+
+
+def _open_regular(path: str) -> io.BufferedReader:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer comes; checked by fstat
+    # on the descriptor itself, so the file cannot be swapped between the check and the read.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except IsADirectoryError:
+        _refuse_special(path, stat.S_IFDIR)
+        raise
+    try:
+        _refuse_special(path, os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def _check_regular(path: str) -> None:
+    _refuse_special(path, os.stat(path).st_mode)
+
+
 # -- JSON lines ------------------------------------------------------------------------------------
 
+_JSONL = "one JSON value per line (UTF-8 text, or a complete gzip stream of it)"
+# What a damaged gzip stream or a byte sequence that is not UTF-8 raises while lines are read.
+_TEXT_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error, UnicodeDecodeError)
 
-def _open_text(path: str) -> Any:
+
+def _text(raw: io.BufferedReader, path: str) -> io.TextIOWrapper:
     if path.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")  # noqa: SIM115 (closed by the generator that owns it)
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw, mode="rb"), encoding="utf-8")  # type: ignore[arg-type]
+    return io.TextIOWrapper(raw, encoding="utf-8")
+
+
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each non-blank line, each read with a bounded ``readline``."""
+    limit = _bound(LINE_CHARS_ENV, MAX_LINE_CHARS)
+    # A GzipFile leaves the file it was given open: the outer `with` closes it.
+    with _open_regular(path) as raw, _text(raw, path) as handle:
+        number = 0
+        while True:
+            number += 1
+            try:
+                line = handle.readline(limit + 1)
+            except _TEXT_ERRORS as error:
+                raise InputStateError(
+                    f"{path}: line {number} cannot be read ({type(error).__name__}: {error}); expected {_JSONL}"
+                ) from None
+            if not line:
+                return
+            if len(line) > limit and not line.endswith("\n"):
+                raise InputStateError(
+                    f"{path}: line {number} is longer than the bound of {limit} characters; expected {_JSONL} "
+                    f"(set {LINE_CHARS_ENV} to raise the bound)"
+                )
+            if line.strip():
+                yield number, line
+
+
+def _json_line(path: str, number: int, sample: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except RecursionError:
+        problem = "nested too deeply to decode"
+    except ValueError as error:  # JSONDecodeError, and ints past Python's digit limit
+        problem = f"not valid JSON ({error})"
+    raise InputStateError(f"{path}: line {number} (sample {sample}): {problem}; expected {_JSONL}")
 
 
 def _jsonl(path: str, start: int) -> Iterator[Any]:
-    with _open_text(path) as lines:
-        seen = 0
-        for line in lines:
-            if not line.strip():
-                continue
-            if seen >= start:
-                yield json.loads(line)
-            seen += 1
+    for sample, (number, line) in enumerate(_lines(path)):
+        if sample >= start:
+            yield _json_line(path, number, sample, line)
 
 
 # -- tar (webdataset layout) -------------------------------------------------------------------------
+
+_TAR = "a complete tar archive (webdataset layout)"
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -87,7 +208,7 @@ def _decode(ext: str, data: bytes) -> Any:
     if last == "npy":
         import numpy as np
 
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return native(np.load(io.BytesIO(data), allow_pickle=False))
     if last == "txt":
         return data.decode("utf-8")
     if last == "cls":
@@ -95,63 +216,138 @@ def _decode(ext: str, data: bytes) -> Any:
     return data
 
 
-def _tar_groups(path: str, decode: bool) -> Iterator[dict[str, Any]]:
-    with tarfile.open(path, "r:") as archive:
-        sample: dict[str, Any] | None = None
-        for member in archive:
-            if not member.isfile():
-                continue
-            key, ext = _split_name(member.name)
-            if sample is None or sample["__key__"] != key:
-                if sample is not None:
-                    yield sample
-                sample = {"__key__": key}
-            if decode:
-                handle = archive.extractfile(member)
-                sample[ext] = _decode(ext, handle.read() if handle is not None else b"")
-            else:
-                sample[ext] = None
-        if sample is not None:
-            yield sample
+def _next_member(path: str, archive: tarfile.TarFile) -> tarfile.TarInfo | None:
+    try:
+        return archive.next()
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001
+        # tarfile's header parser raises what a damaged header makes it raise (ReadError, ValueError,
+        # IndexError, UnicodeDecodeError, ...): each is a damaged archive, named here.
+        raise InputStateError(
+            f"{path}: damaged tar header at byte {archive.offset} ({type(error).__name__}: {error}); expected {_TAR}"
+        ) from None
+
+
+def _check_end(path: str, archive: tarfile.TarFile) -> None:
+    # tarfile ends its iteration at a missing, short or damaged header as at the end-of-archive block:
+    # only a zero block there is the real end (else the shard is truncated or damaged: a silent short read).
+    archive.fileobj.seek(archive.offset)  # type: ignore[union-attr]
+    if archive.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):  # type: ignore[union-attr]
+        raise InputStateError(
+            f"{path}: no end-of-archive block at byte {archive.offset} (the archive is truncated or a header "
+            f"is damaged); expected {_TAR}"
+        )
+
+
+def _members(path: str, archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The archive's regular members, each checked against the member bound on its header alone."""
+    limit = _bound(MEMBER_BYTES_ENV, MAX_MEMBER_BYTES)
+    previous = -1
+    while True:
+        member = _next_member(path, archive)
+        if member is None:
+            _check_end(path, archive)
+            return
+        if member.offset <= previous or member.size < 0:
+            raise InputStateError(
+                f"{path}: damaged tar header at byte {member.offset} (size {member.size}); expected {_TAR}"
+            )
+        previous = member.offset
+        if not member.isfile():
+            continue
+        if member.size > limit:
+            raise InputStateError(
+                f"{path}: member {member.name!r} holds {member.size} bytes (sparse members count their full "
+                f"size), more than the bound of {limit} bytes; set {MEMBER_BYTES_ENV} to raise the bound"
+            )
+        yield member
+
+
+def _tar_groups(path: str, archive: tarfile.TarFile) -> Iterator[tuple[str, list[tarfile.TarInfo]]]:
+    """``(key, members)`` of each sample, from member headers only (no member data is read)."""
+    key: str | None = None
+    members: list[tarfile.TarInfo] = []
+    for member in _members(path, archive):
+        name_key, _ = _split_name(member.name)
+        if key is not None and name_key != key:
+            yield key, members
+            members = []
+        key = name_key
+        members.append(member)
+    if key is not None:
+        yield key, members
+
+
+def _open_tar(path: str, raw: io.BufferedReader) -> tarfile.TarFile:
+    try:
+        return tarfile.open(fileobj=raw, mode="r:")
+    except tarfile.TarError as error:
+        raise InputStateError(f"{path}: not a tar archive ({error}); expected {_TAR}") from None
 
 
 def _tar(path: str, start: int) -> Iterator[Any]:
     # Samples before `start` are grouped by their member headers only; their data is never read.
-    skipped = 0
-    with tarfile.open(path, "r:") as archive:
-        key = None
-        members: list[tarfile.TarInfo] = []
-        for member in archive:
-            if not member.isfile():
-                continue
-            name_key, _ = _split_name(member.name)
-            if key is not None and name_key != key:
-                if skipped >= start:
-                    yield _tar_sample(archive, key, members)
-                skipped += 1
-                members = []
-            key = name_key
-            members.append(member)
-        if key is not None and skipped >= start:
-            yield _tar_sample(archive, key, members)
+    with _open_regular(path) as raw, _open_tar(path, raw) as archive:
+        for number, (key, members) in enumerate(_tar_groups(path, archive)):
+            if number >= start:
+                yield _tar_sample(path, archive, number, key, members)
 
 
-def _tar_sample(archive: tarfile.TarFile, key: str, members: list[tarfile.TarInfo]) -> dict[str, Any]:
+def _tar_sample(
+    path: str, archive: tarfile.TarFile, number: int, key: str, members: list[tarfile.TarInfo]
+) -> dict[str, Any]:
     sample: dict[str, Any] = {"__key__": key}
     for member in members:
-        handle = archive.extractfile(member)
         ext = _split_name(member.name)[1]
-        sample[ext] = _decode(ext, handle.read() if handle is not None else b"")
+        try:
+            handle = archive.extractfile(member)
+            data = handle.read() if handle is not None else b""
+        except (tarfile.TarError, EOFError, ValueError) as error:
+            raise InputStateError(
+                f"{path}: member {member.name!r} (sample {number}) cannot be read ({error}); expected {_TAR}"
+            ) from None
+        try:
+            sample[ext] = _decode(ext, data)
+        except RecursionError:
+            raise InputStateError(f"{path}: member {member.name!r} (sample {number}) is nested too deeply") from None
+        except (ValueError, EOFError) as error:  # JSON, UTF-8, int and .npy decoding
+            raise InputStateError(
+                f"{path}: member {member.name!r} (sample {number}) cannot be decoded as .{ext} ({error})"
+            ) from None
     return sample
 
 
 # -- .npy ------------------------------------------------------------------------------------------------
 
 
+def native(array: Any) -> Any:
+    """``array`` in the machine's byte order (a copy when it is not: exact, and what torch can take)."""
+    if not array.dtype.isnative:
+        return array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
 def _memmap(path: str) -> Any:
     import numpy as np
 
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    _check_regular(path)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as error:  # noqa: BLE001
+        # np.load reports a damaged header or a file shorter than its header says with whatever its parser
+        # raises (ValueError, EOFError, OverflowError, SyntaxError, ...): each is a damaged file, named here.
+        raise InputStateError(
+            f"{path}: not a readable .npy array ({type(error).__name__}: {error}); expected a .npy file "
+            "of 1 or more dimensions, one sample per row"
+        ) from None
+    if array.ndim == 0:
+        raise InputStateError(
+            f"{path}: a 0-d array (shape ()); expected a .npy array of 1 or more dimensions, one sample per row"
+        )
+    return array
 
 
 def _npy(path: str, start: int) -> Iterator[Any]:
@@ -159,7 +355,7 @@ def _npy(path: str, start: int) -> Iterator[Any]:
 
     array = _memmap(path)
     for k in range(start, len(array)):
-        yield np.array(array[k])
+        yield native(np.array(array[k]))
 
 
 # -- dispatch ------------------------------------------------------------------------------------------
@@ -177,6 +373,8 @@ def open_samples(path: str, start: int = 0) -> Iterator[Any]:
 
     Raises:
         ValueError: for a file of none of the known formats.
+        InputStateError: (as the samples are read) for a file that is not a regular file, or damaged, or
+            past a bound, naming the file, the line or sample and what was expected.
     """
     kind = format_of(path)
     if kind is None:
@@ -185,12 +383,22 @@ def open_samples(path: str, start: int = 0) -> Iterator[Any]:
 
 
 def count_samples(path: str) -> int:
-    """How many samples the shard file ``path`` holds (``.npy``: from its header, no data read)."""
+    """How many samples the shard file ``path`` holds (``.npy``: from its header, no data read).
+
+    Every line of a JSON lines file is decoded and every tar member header checked, so that a shard
+    ``index`` accepts is one the readers read.
+
+    Raises:
+        ValueError: for a file of none of the known formats.
+        InputStateError: for a file that is not a regular file, or damaged, or past a bound.
+    """
     kind = format_of(path)
+    path = os.fspath(path)
     if kind == ".npy":
         return len(_memmap(path))
     if kind == ".tar":
-        return sum(1 for _ in _tar_groups(os.fspath(path), decode=False))
+        with _open_regular(path) as raw, _open_tar(path, raw) as archive:
+            return sum(1 for _ in _tar_groups(path, archive))
     return sum(1 for _ in open_samples(path))
 
 
@@ -203,6 +411,37 @@ def tokens_of(sample: Any, field: str | Callable[[Any], Any] | None) -> Any:
     return sample[field]
 
 
+def as_tokens(values: Any, where: str) -> torch.Tensor:
+    """A document's tokens as a 1-D int64 tensor (a copy); refuses what is not integers, never truncates.
+
+    Args:
+        values: A sequence, array or tensor of token ids (any shape: it is flattened).
+        where: How messages name the document (file and sample number).
+
+    Raises:
+        InputStateError: for floats, booleans, strings, ragged lists, or ids past the int64 range,
+            naming ``where`` and the type found.
+    """
+    import numpy as np
+
+    if isinstance(values, torch.Tensor):
+        values = values.numpy(force=True)
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise InputStateError(f"{where}: tokens are not an array of integers ({error})") from None
+    if array.size == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    big = array.dtype == np.uint64 and int(array.max()) > np.iinfo(np.int64).max
+    if array.dtype.kind not in "iu" or big:
+        found = "uint64 ids past the int64 range" if big else f"dtype {array.dtype}"
+        raise InputStateError(
+            f"{where}: tokens must be integers (found {found}): a float or boolean id would be truncated. "
+            "Store token ids as integers (e.g. an int32 or int64 .npy array)."
+        )
+    return torch.from_numpy(np.array(array, dtype=np.int64).reshape(-1))
+
+
 class ShardReaders:
     """A small per-process cache of open shards, each positioned after the sample it last gave.
 
@@ -210,12 +449,17 @@ class ShardReaders:
     forward within the shard), takes it from the shard's last ``keep`` samples read (a window shuffle
     goes back within its window), else reopens the shard at ``k``. ``.npy`` shards are indexed directly.
 
+    A shard that holds fewer samples than its count in ``counts`` (a sequential reader that ends first, or a
+    ``.npy`` array of another length) raises :class:`~torch_input_ckpt.InputStateError` naming the shard,
+    the count recorded and the count found.
+
     Args:
         opener: ``opener(shard_description, start)`` -> iterator of samples from ``start``.
         size: How many shards stay open (the least recently used is closed first).
         memmap: ``memmap(description)`` -> an indexable array, or None when the description is not a
             ``.npy`` file (then ``opener`` is used).
         keep: How many of the samples last read (or skipped) of each open sequential shard are kept.
+        counts: Each shard's recorded sample count (by shard number), checked as the shard is read.
     """
 
     def __init__(
@@ -224,49 +468,65 @@ class ShardReaders:
         size: int,
         memmap: Callable[[Any], Any] | None = None,
         keep: int = 0,
+        counts: Sequence[int] | None = None,
     ) -> None:
         self._opener = opener
         self._memmap = memmap
         self._size = max(1, size)
         self._keep = keep
+        self._counts = counts
         self._open: OrderedDict[int, list[Any]] = OrderedDict()
         self.reopened = 0  # how many times a shard was (re)opened: the tests bound it
 
     def read(self, shard: int, description: Any, k: int) -> Any:
-        """Sample ``k`` of shard number ``shard`` (described by ``description``)."""
+        """Sample ``k`` of shard number ``shard`` (described by ``description``).
+
+        Raises:
+            InputStateError: when the shard ends before sample ``k`` or holds another count than recorded.
+        """
         entry = self._open.get(shard)
         if entry is not None:
             self._open.move_to_end(shard)
             if entry[0] == "array":
                 import numpy as np
 
-                return np.array(entry[1][k])
+                return native(np.array(entry[1][k]))
             if entry[0] <= k:
-                return self._advance(entry, k)
+                try:
+                    return self._advance(entry, shard, description, k)
+                except BaseException:
+                    # A reader that raised is finished: the next read reopens the shard instead of taking
+                    # the generator's end for the shard's.
+                    self._open.pop(shard, None)
+                    raise
             if k in entry[2]:
                 return entry[2][k]
         array = self._memmap(description) if self._memmap is not None else None
         self.reopened += 1
         if array is not None:
-            entry = ["array", array]
+            entry = ["array", self._checked(shard, description, array)]
         else:
             # Open up to `keep` samples early: a shuffled window may ask for those next, from the kept ones.
             start = max(0, k - self._keep)
-            entry = [start, self._opener(description, start), OrderedDict()]
+            entry = [start, iter(self._opener(description, start)), OrderedDict()]
         self._open[shard] = entry
         while len(self._open) > self._size:
             self._open.popitem(last=False)
         return self.read(shard, description, k)
 
     def array(self, shard: int, description: Any) -> Any:
-        """The memory-mapped array of a ``.npy`` shard (kept open), or None for another format."""
+        """The memory-mapped array of a ``.npy`` shard (kept open), or None for another format.
+
+        Raises:
+            InputStateError: when the array's length is not the shard's recorded count.
+        """
         entry = self._open.get(shard)
         if entry is None and self._memmap is not None:
             array = self._memmap(description)
             if array is None:
                 return None
             self.reopened += 1
-            entry = self._open[shard] = ["array", array]
+            entry = self._open[shard] = ["array", self._checked(shard, description, array)]
             while len(self._open) > self._size:
                 self._open.popitem(last=False)
         if entry is None or entry[0] != "array":
@@ -274,10 +534,26 @@ class ShardReaders:
         self._open.move_to_end(shard)
         return entry[1]
 
-    def _advance(self, entry: list[Any], k: int) -> Any:
+    def _checked(self, shard: int, description: Any, array: Any) -> Any:
+        if self._counts is not None and len(array) != self._counts[shard]:
+            raise InputStateError(
+                f"{_name(description)}: shard holds {len(array)} samples but its recorded count is "
+                f"{self._counts[shard]}: it changed since it was counted. {_FIX}"
+            )
+        return array
+
+    def _advance(self, entry: list[Any], shard: int, description: Any, k: int) -> Any:
         iterator, recent, keep = entry[1], entry[2], self._keep
         while True:
-            sample = next(iterator)
+            # Never next() without a default here: its StopIteration, out of a fetch, would end the epoch.
+            sample = next(iterator, _END)
+            if sample is _END:
+                recorded = "" if self._counts is None else f"its recorded count is {self._counts[shard]}, "
+                raise InputStateError(
+                    f"{_name(description)}: shard ended after {entry[0]} samples, but {recorded}and sample {k} "
+                    f"was asked for: it changed since it was counted (the index checks size and modification "
+                    f"time only), or open_shard stops early. {_FIX}"
+                )
             if keep:
                 recent[entry[0]] = sample
                 if len(recent) > keep:
@@ -285,6 +561,17 @@ class ShardReaders:
             entry[0] += 1
             if entry[0] > k:
                 return sample
+
+
+_END = object()
+_FIX = (
+    "Restore the shard, or re-count it (`python -m torch_input_ckpt index DIR`, or the count in Shard(path, "
+    "count)) and start the stream anew: a new count changes the stream."
+)
+
+
+def _name(description: Any) -> str:
+    return os.fspath(description) if isinstance(description, (str, os.PathLike)) else repr(description)
 
 
 def npy_memmap(description: Any) -> Any:
