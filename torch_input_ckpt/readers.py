@@ -138,14 +138,28 @@ def _check_regular(path: str) -> None:
 # -- JSON lines ------------------------------------------------------------------------------------
 
 _JSONL = "one JSON value per line (UTF-8 text, or a complete gzip stream of it)"
-# What a damaged gzip stream or a byte sequence that is not UTF-8 raises while lines are read.
-_TEXT_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error, UnicodeDecodeError)
+# What a damaged gzip stream raises while lines are read.
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
 def _text(raw: io.BufferedReader, path: str) -> io.TextIOWrapper:
+    # surrogateescape: bytes that are not UTF-8 are found line by line (_utf8), so that the error names its
+    # line; the decoder, which reads ahead by chunks, would report them at an earlier line.
     if path.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw, mode="rb"), encoding="utf-8")  # type: ignore[arg-type]
-    return io.TextIOWrapper(raw, encoding="utf-8")
+        gz = gzip.GzipFile(fileobj=raw, mode="rb")
+        return io.TextIOWrapper(gz, encoding="utf-8", errors="surrogateescape")  # type: ignore[arg-type]
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape")
+
+
+def _utf8(path: str, number: int, line: str) -> None:
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InputStateError(
+                f"{path}: line {number} cannot be read (bytes that are not UTF-8 at character {error.start}); "
+                f"expected {_JSONL}"
+            ) from None
 
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:
@@ -158,7 +172,7 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
             number += 1
             try:
                 line = handle.readline(limit + 1)
-            except _TEXT_ERRORS as error:
+            except _GZIP_ERRORS as error:
                 raise InputStateError(
                     f"{path}: line {number} cannot be read ({type(error).__name__}: {error}); expected {_JSONL}"
                 ) from None
@@ -170,6 +184,7 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
                     f"(set {LINE_CHARS_ENV} to raise the bound)"
                 )
             if line.strip():
+                _utf8(path, number, line)
                 yield number, line
 
 
