@@ -252,6 +252,11 @@ def _npy_0d(path: Path) -> None:
     np.save(path, np.array(5))
 
 
+def _npy_of_empty_rows(path: Path) -> None:
+    with open(path, "wb") as out:  # a header alone: 10**10 rows of 0 columns need no data bytes
+        np.lib.format.write_array_header_1_0(out, {"descr": "<i8", "fortran_order": False, "shape": (10**10, 0)})
+
+
 def _npy_truncated(path: Path) -> None:
     np.save(path, np.arange(40, dtype=np.int64).reshape(10, 4))
     path.write_bytes(path.read_bytes()[:-50])
@@ -271,6 +276,11 @@ DAMAGED = {
     "tar cut at a header": ("web.tar", _tar_cut_at_a_header, r"web\.tar: no end-of-archive block at byte 4096"),
     "tar header damaged": ("web.tar", _tar_with_a_damaged_header, r"web\.tar: no end-of-archive block at byte 3072"),
     "0-d npy": ("web.npy", _npy_0d, r"web\.npy: a 0-d array \(shape \(\)\); expected a \.npy array of 1 or more"),
+    "npy of 10**10 empty rows": (
+        "web.npy",
+        _npy_of_empty_rows,
+        r"web\.npy: 10000000000 samples of 0 bytes each \(dtype <i8, shape \(10000000000, 0\)\)",
+    ),
     "truncated npy": ("web.npy", _npy_truncated, r"web\.npy: not a readable \.npy array .*mmap length"),
 }
 

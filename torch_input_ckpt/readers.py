@@ -362,6 +362,12 @@ def _memmap(path: str) -> Any:
         raise InputStateError(
             f"{path}: a 0-d array (shape ()); expected a .npy array of 1 or more dimensions, one sample per row"
         )
+    if len(array) and array.nbytes == 0:
+        # Samples of 0 bytes cost no file space: a header alone could claim 10**18 of them.
+        raise InputStateError(
+            f"{path}: {len(array)} samples of 0 bytes each (dtype {array.dtype.str}, shape {array.shape}); "
+            "expected a .npy array whose rows hold data"
+        )
     return array
 
 
