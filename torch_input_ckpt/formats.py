@@ -111,14 +111,17 @@ def _refuse_special(path: str, mode: int) -> None:
 def _open_regular(path: str) -> io.BufferedReader:
     # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer comes; checked by fstat
     # on the descriptor itself, so the file cannot be swapped between the check and the read.
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    flags = os.O_RDONLY | nonblock | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(path, flags | getattr(os, "O_BINARY", 0))
     except IsADirectoryError:
         _refuse_special(path, stat.S_IFDIR)
         raise
     try:
         _refuse_special(path, os.fstat(fd).st_mode)
-        os.set_blocking(fd, True)
+        if nonblock:
+            os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
