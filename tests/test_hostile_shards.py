@@ -307,6 +307,21 @@ def test_a_damaged_tar_member_is_named_with_its_sample(tmp_path):
         list(open_samples(str(path)))
 
 
+def test_a_tar_npy_member_claiming_more_data_than_it_holds_is_refused_before_allocating(tmp_path):
+    header = io.BytesIO()  # a header alone: np.load would allocate the 80 GB it claims, then find no data
+    np.lib.format.write_array_header_1_0(header, {"descr": "<i8", "fortran_order": False, "shape": (10**10,)})
+    path = tmp_path / "web.tar"
+    with tarfile.open(path, "w") as archive:
+        info = tarfile.TarInfo("web/00000.tokens.npy")
+        info.size = len(header.getvalue())
+        archive.addfile(info, io.BytesIO(header.getvalue()))
+    assert count_samples(str(path)) == 1
+    match = r"web\.tar: member 'web/00000\.tokens\.npy' \(sample 0\) cannot be decoded as \.tokens\.npy "
+    match += r"\(its header claims 80000000000 bytes of data \(shape \(10000000000,\)\), it holds 0\)"
+    with pytest.raises(InputStateError, match=match):
+        list(open_samples(str(path)))
+
+
 def corrupt_line_in_place(path: Path, line: int) -> None:
     """Replace ``:`` with ``;`` on one line (same size), and put the modification time back."""
     before = path.stat()

@@ -220,12 +220,34 @@ def _decode(ext: str, data: bytes) -> Any:
     if last == "npy":
         import numpy as np
 
-        return native(np.load(io.BytesIO(data), allow_pickle=False))
+        return native(np.load(_sized_npy(data), allow_pickle=False))
     if last == "txt":
         return data.decode("utf-8")
     if last == "cls":
         return int(data)
     return data
+
+
+def _sized_npy(data: bytes) -> io.BytesIO:
+    """A ``.npy`` member as a stream, once its header is checked against its size: np.load allocates the array
+    its header claims before reading it (a header of shape (10**10,) in a 200-byte member: 80 GB)."""
+    import numpy as np
+
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f".npy format version {version}; expected 1.0 or 2.0")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(stream)
+    claimed = dtype.itemsize
+    for n in shape:
+        claimed *= n
+    if claimed > len(data) - stream.tell():
+        raise ValueError(
+            f"its header claims {claimed} bytes of data (shape {shape}), it holds {len(data) - stream.tell()}"
+        )
+    stream.seek(0)
+    return stream
 
 
 def _next_member(path: str, archive: tarfile.TarFile) -> tarfile.TarInfo | None:
