@@ -34,7 +34,7 @@ from torch_input_ckpt import InputStateError
 from torch_input_ckpt.readers import count_samples, open_samples
 
 FUZZ_EXAMPLES = os.environ.get("HYPOTHESIS_FUZZ_EXAMPLES")
-EXAMPLES = int(FUZZ_EXAMPLES) if FUZZ_EXAMPLES else 150
+EXAMPLES = int(FUZZ_EXAMPLES) if FUZZ_EXAMPLES else 200
 SECONDS_PER_EXAMPLE = 10  # a hang is a failure, not a stuck CI job
 
 FUZZ = settings(
