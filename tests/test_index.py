@@ -227,7 +227,7 @@ def test_a_link_out_of_the_data_directory_is_refused_naming_link_and_target(tmp_
 def test_a_fifo_named_like_a_shard_is_refused_not_skipped_or_waited_on(tmp_path):
     data = write_shards(tmp_path / "data", "jsonl", (3,))
     os.mkfifo(data / "shard-009.jsonl")
-    with pytest.raises(InputStateError, match=r"shard-009.jsonl: not a regular file \(mode p"):
+    with pytest.raises(InputStateError, match=r"shard-009.jsonl: shard is a FIFO, not a regular file"):
         write_index(data)
     os.mkfifo(tmp_path / "rows.npy")
     code = (
@@ -237,7 +237,7 @@ def test_a_fifo_named_like_a_shard_is_refused_not_skipped_or_waited_on(tmp_path)
     done = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "rows.npy")], capture_output=True, text=True, timeout=60
     )
-    assert "rows.npy: not a regular file" in done.stdout, done.stderr[-2000:]
+    assert "rows.npy: shard is a FIFO, not a regular file" in done.stdout, done.stderr[-2000:]
 
 
 # -- the command -------------------------------------------------------------------------------------------

@@ -341,7 +341,9 @@ def test_packing_refuses_tokens_that_are_not_integer_ids(tmp_path):
     rows = tmp_path / "rows"
     rows.mkdir()
     np.save(rows / "part-0.npy", np.full((4, 3), 2.7, dtype=np.float32))  # int64 would make every token 2
-    with pytest.raises(InputStateError, match=r"part-0.npy: document 0: its tokens are float32 values, not integer"):
+    with pytest.raises(
+        InputStateError, match=r"part-0.npy: rows 0..2: tokens must be integers \(found dtype float32\)"
+    ):
         list(_loader(ShardedStream([rows / "part-0.npy"], pack_to=PACK)))
     root = _texts(tmp_path / "d")
     text = ShardedStream([Shard(root / "part-0.jsonl", 3, 33)], pack_to=PACK, tokens="text")

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .errors import InputStateError
-from .readers import ShardReaders, tokens_of
+from .readers import ShardReaders, as_tokens, tokens_of
 
 __all__ = ["PackedReader"]
 
@@ -73,10 +73,7 @@ class PackedReader:
         tokens = tokens_of(self._readers.read(shard, description, k), self._tokens)
         if isinstance(tokens, (str, bytes)):
             raise self._not_ids(shard, k, f"text ({len(tokens)} characters)")
-        ids = torch.as_tensor(tokens).reshape(-1)
-        if ids.numel() and (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool):
-            raise self._not_ids(shard, k, f"{ids.dtype} values")  # .to(int64) would truncate them silently
-        return ids.to(torch.int64)
+        return as_tokens(tokens, f"{self._shards[shard].name}: sample {k}")  # refuses floats, never truncates
 
     def _not_ids(self, shard: int, k: int, found: str) -> InputStateError:
         return InputStateError(
@@ -154,20 +151,16 @@ class PackedReader:
 
     def _rows(self, shard: int, description: Any, lo: int, hi: int, row: int) -> list[tuple[int, int, torch.Tensor]]:
         # Documents of one length (.npy rows): the rows covering [lo, hi) are one slice of the memory map.
-        import numpy as np
-
         first, last = lo // row, -(-hi // row)
         array = self._readers.array(shard, description)
         info = self._shards[shard]
-        if array.dtype.kind not in "iu":
-            raise self._not_ids(shard, first, f"{array.dtype} values")  # int64 would truncate them silently
         if array.size != info.tokens:
             rows = f"{len(array)} rows of {row}"
             raise InputStateError(
                 f"{info.name}: {info.tokens} tokens recorded, but the array holds {array.size} ({rows}): the "
                 f"shard changed since it was counted; re-index it (between runs)."
             )
-        block = torch.from_numpy(np.array(array[first:last], dtype=np.int64).reshape(-1))  # a copy: writable
+        block = as_tokens(array[first:last], f"{info.name}: rows {first}..{last - 1}")  # a copy: writable
         pieces = []
         for k in range(first, last):
             a, b = max(lo, k * row), min(hi, (k + 1) * row)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputStateError
+from .formats import refuse_special
 from .index_file import INDEX_FILE, MAX_UNITS, IndexEntry, ShardIndex, read_index, write_index_file
 from .readers import count_samples, format_of, open_samples
 from .schema import FORMAT_VERSION, INDEX_KIND, Key
@@ -116,8 +117,7 @@ def _regular_stat(path: str | Path, roots: list[str]) -> os.stat_result:
             info = os.stat(target)
         except FileNotFoundError:
             raise InputStateError(f"{path}: a symbolic link to {target}, which does not exist") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise InputStateError(f"{path}: not a regular file (mode {stat.filemode(info.st_mode)}): a shard must be one")
+    refuse_special(path, info.st_mode)
     return info
 
 
@@ -372,8 +372,7 @@ def _direct_npy(path: Path) -> tuple[Shard, str]:
         info = os.stat(path)
     except FileNotFoundError:
         raise InputStateError(f"{path}: shard is missing") from None
-    if not stat.S_ISREG(info.st_mode):  # checked before np.load, which blocks on a FIFO
-        raise InputStateError(f"{path}: not a regular file (mode {stat.filemode(info.st_mode)}): a shard must be one")
+    refuse_special(os.fspath(path), info.st_mode)  # before np.load, which blocks on a FIFO
     shard = Shard(os.fspath(path), count_samples(os.fspath(path)), _npy_tokens(path))
     return shard, f"{info.st_size}\0{info.st_mtime_ns}\0"
 

@@ -37,7 +37,7 @@ from .arguments import check_int
 from .errors import InputCheckpointWarning
 from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
 from .packing import PackedReader, assemble
-from .readers import ShardReaders, npy_memmap, open_samples
+from .readers import ShardReaders, native, npy_memmap, open_samples
 from .schema import FORMAT_VERSION, STREAM_KIND, Key, check_header, check_same, field
 from .shards import Shard, legacy_fingerprint, resolve_shards
 
@@ -167,7 +167,7 @@ class ShardedStream(Dataset):
                     out[i] = self._readers().read(shard, self.shards[shard].source, shards[i][1])
                 continue
             # One copy out of the memory map, as a plain array (rows of a memmap are slow memmap views).
-            rows = array.__array__()[[shards[i][1] for i in places]]
+            rows = native(array.__array__()[[shards[i][1] for i in places]])  # big-endian rows: torch takes native
             for row, i in zip(rows, places, strict=True):
                 out[i] = row
         return out
@@ -177,7 +177,11 @@ class ShardedStream(Dataset):
         if readers is None:
             memmap = npy_memmap if self._builtin else None
             readers = self._caches["readers"] = ShardReaders(
-                self._opener, self.open_shards, memmap, keep=self.window if self.shuffle else 0
+                self._opener,
+                self.open_shards,
+                memmap,
+                keep=self.window if self.shuffle else 0,
+                counts=[s.count for s in self.shards],
             )
         return readers
 
