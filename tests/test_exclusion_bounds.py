@@ -7,8 +7,14 @@ import json
 
 import pytest
 
-from torch_input_ckpt import InputCheckpointer, ResumableSampler, files
-from torch_input_ckpt.exclusion import MAX_EXCLUDED_RANGES
+from torch_input_ckpt import (
+    InputCheckpointer,
+    InputCheckpointWarning,
+    ResumableDataLoader,
+    ResumableSampler,
+    exclusion,
+    files,
+)
 from torch_input_ckpt.files import InputFile
 
 
@@ -33,7 +39,8 @@ def test_each_excluded_index_is_stored_once_however_many_epochs_exclude(tmp_path
         ckpt.save(1)
     stored = saved_sampler(tmp_path, 1)["excluded"]
     numbers = sum(len(flat) // 2 for _, flat in stored)
-    covered = [i for _, flat in stored for start, stop in zip(flat[::2], flat[1::2]) for i in range(start, stop)]
+    pairs = [zip(flat[::2], flat[1::2], strict=True) for _, flat in stored]
+    covered = [i for ranges in pairs for start, stop in ranges for i in range(start, stop)]
     assert sorted(covered) == sorted(set(bad)), "each excluded index exactly once in the file"
     assert numbers <= len(set(bad))
     restored = ResumableSampler(10_000, seed=3)
@@ -46,12 +53,13 @@ def test_each_excluded_index_is_stored_once_however_many_epochs_exclude(tmp_path
 def test_exclude_refuses_past_the_bound_before_changing_anything_and_a_list_at_the_bound_restores(tmp_path):
     """A list of exactly MAX_EXCLUDED_RANGES ranges saves into a file restore accepts; one more range is
     refused by exclude() itself, naming the count and the bound, with the state unchanged."""
-    n = 2 * MAX_EXCLUDED_RANGES + 10
+    bound = exclusion.MAX_EXCLUDED_RANGES
+    n = 2 * bound + 10
     sampler = ResumableSampler(n, seed=5)
-    at_bound = list(range(0, 2 * MAX_EXCLUDED_RANGES, 2))  # every other index: one range each
+    at_bound = list(range(0, 2 * bound, 2))  # every other index: one range each
     sampler.exclude(at_bound)
     before = sampler.state_dict()
-    with pytest.raises(ValueError, match=rf"{MAX_EXCLUDED_RANGES + 1} ranges .* bound of {MAX_EXCLUDED_RANGES}"):
+    with pytest.raises(ValueError, match=rf"{bound + 1} ranges .* bound of {bound}"):
         sampler.exclude([n - 1])
     assert sampler.state_dict() == before, "a refused exclude() changed the state"
     with InputCheckpointer(tmp_path, sampler) as ckpt:
@@ -61,7 +69,7 @@ def test_exclude_refuses_past_the_bound_before_changing_anything_and_a_list_at_t
     restored = ResumableSampler(n, seed=5)
     with InputCheckpointer(tmp_path, restored) as ckpt:
         assert ckpt.restore() == 7
-    assert len(restored) == n - MAX_EXCLUDED_RANGES
+    assert len(restored) == n - bound
     assert restored.state_dict() == before
 
 
@@ -117,13 +125,21 @@ def test_a_version_2_state_is_refused_by_a_reader_of_version_1_only(tmp_path):
     ],
 )
 def test_a_damaged_range_list_falls_back_to_the_older_file(tmp_path, excluded, message):
-    sampler = ResumableSampler(50, seed=9)
-    state = sampler.state_dict()
-    for step, value in ((1, None), (2, excluded)):
-        if value is not None:
-            state = {**state, "version": 2, "excluded": value}
-        data = files.encode_checkpoint(rank=0, world_size=None, step=step, states={"input": state}, external=[])
-        (tmp_path / InputFile(0, step).name).write_bytes(data)
-    restored = ResumableSampler(50, seed=9)
-    with InputCheckpointer(tmp_path, restored) as ckpt, pytest.warns(Warning, match=message):
+    """A loader's file whose list restore would refuse is damaged when read: restore falls back to the older
+    file with a warning naming the entry (before, inspect said ok and restore failed at load)."""
+    run = ResumableDataLoader(list(range(50)), batch_size=5, shuffle=True, seed=9)
+    stream = iter(run)
+    with InputCheckpointer(tmp_path, run) as ckpt:
+        next(stream)
+        ckpt.save(1)
+        after_1 = next(stream)
+        run.exclude([1])
+        ckpt.save(2)
+    path = tmp_path / InputFile(0, 2).name
+    states = files.read_checkpoint(path).states
+    states["input"]["sampler"]["excluded"] = excluded
+    path.write_bytes(files.encode_checkpoint(rank=0, world_size=None, step=2, states=states, external=[]))
+    fresh = ResumableDataLoader(list(range(50)), batch_size=5, shuffle=True, seed=9)
+    with InputCheckpointer(tmp_path, fresh) as ckpt, pytest.warns(InputCheckpointWarning, match=message):
         assert ckpt.restore() == 1
+    assert next(iter(fresh)).tolist() == after_1.tolist()

@@ -9,12 +9,13 @@ per chunk of keys, O(log R) per key for R ranges. The epoch in progress when the
 order (it was laid out over the old length): additions apply from the next epoch, or at once at an
 epoch's start.
 
-Saved form (sampler state version 2): ``[[first epoch, [start, stop, start, stop, ...]], ...]``, each
-entry holding only the ranges *added* at that epoch (flat: half the JSON objects of pairs), so each index is stored once however many epochs call
-``exclude``; a state holds its whole history, so a restore reads one file. At most
-:data:`MAX_EXCLUDED_RANGES` ranges are stored: ``exclude`` refuses a list past it before changing
-anything, so a save never writes a file that restore refuses. Version 1 states (each entry the complete
-list of indices) still load: ``schema.SamplerState`` converts them to this form.
+Saved form (sampler state version 2): ``[[first epoch, [start, stop, start, stop, ...]], ...]``,
+each entry holding only the ranges *added* at that epoch (flat: half the JSON objects of pairs), so
+each index is stored once however many epochs call ``exclude``; a state holds its whole history, so
+a restore reads one file. At most :data:`MAX_EXCLUDED_RANGES` ranges are stored: ``exclude``
+refuses a list past it before changing anything, so a save never writes a file that restore refuses.
+Version 1 states (each entry the complete list of indices) still load: ``schema.SamplerState``
+converts them to this form.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class Exclusion:
 
     def union(self, other: Ranges, length: int) -> Exclusion:
         """This list plus ``other``'s ranges."""
-        return Exclusion.from_ranges((torch.cat([self.ranges[0], other[0]]), torch.cat([self.ranges[1], other[1]])), length)
+        starts, stops = torch.cat([self.ranges[0], other[0]]), torch.cat([self.ranges[1], other[1]])
+        return Exclusion.from_ranges((starts, stops), length)
 
 
 class Excluded:
