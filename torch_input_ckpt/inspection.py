@@ -221,8 +221,30 @@ def _bytes(size: int | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``torch-input-ckpt`` command. Returns 0 if every rank has a valid checkpoint, 1 if not,
-    2 for a usage error or a missing or unreadable directory, 3 for an internal error (a bug to report)."""
+    """The ``torch-input-ckpt`` command: never a traceback, whatever the command meets.
+
+    Exit status: ``inspect``: 0 if every rank has a valid checkpoint, 1 if not, 2 for a usage error or a
+    missing or unreadable directory. ``samples``: 0 an answer, 1 the checkpoints do not record what it
+    needs, 2 a usage error (see ``samples_cli.py``). ``index``: 0 written, 2 a missing directory or bad
+    shards (see ``shards.index_command``). Every command: 3 for an internal error (a bug to report, one
+    line), 130 when interrupted.
+    """
+    try:
+        return _command(argv)
+    except KeyboardInterrupt:
+        print("torch-input-ckpt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug of ours, not a file's or the user's: still one line, never a traceback
+        print(f"torch-input-ckpt: internal error: {_one_line(error)}", file=sys.stderr)
+        return 3
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(repr(error).split())
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _command(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="torch-input-ckpt",
         description="Inspect the input-pipeline checkpoints written by InputCheckpointer.",
@@ -231,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     inspect = commands.add_parser(
         "inspect",
         help="per rank: steps on disk, the newest valid one, its epoch and position, damaged files",
-        description="Exit status: 0 if every rank has a valid checkpoint, 1 if not, 2 for usage errors.",
+        description=(
+            "Exit status: 0 if every rank has a valid checkpoint, 1 if not, 2 for usage errors, "
+            "3 for an internal error."
+        ),
     )
     inspect.add_argument("directory", help="the directory given to InputCheckpointer")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
