@@ -150,19 +150,20 @@ def _print_steps(provenance: Provenance, steps: range, args: argparse.Namespace)
 def _range(text: str, option: str, low: int, high: int, most: int) -> range:
     """``A:B`` with ``low <= A < B <= high`` and at most ``most`` values, checked before any work."""
     first, sep, last = text.partition(":")
-    if not sep or len(first) > 25 or len(last) > 25:
+    if not sep or not _integer(first) or not _integer(last):
         raise ValueError(f"{option} takes A:B, two integers (got {_number(text)})")
-    try:
-        lo, hi = int(first), int(last)
-    except ValueError:
-        raise ValueError(f"{option} takes A:B, two integers (got {text!r})") from None
-    if not low <= lo < hi <= high:
-        raise ValueError(f"{option} takes A:B with {low} <= A < B <= {high} (got {text})")
+    if len(first) > 25 or len(last) > 25 or not low <= int(first) < int(last) <= high:
+        raise ValueError(f"{option} takes A:B with {low} <= A < B <= {high} (got {_number(text)})")
+    lo, hi = int(first), int(last)
     if hi - lo > most:
         raise ValueError(
             f"{option} {text} asks for {hi - lo} values, more than the bound of {most} per question; ask in parts"
         )
     return range(lo, hi)
+
+
+def _integer(text: str) -> bool:
+    return text.strip().lstrip("+-").isdigit() and text.strip().isascii()
 
 
 def _number(value: Any) -> str:
