@@ -17,8 +17,8 @@ from torch_input_ckpt.__main__ import main
 from torch_input_ckpt.samples import Provenance, samples_at
 
 CONFIG = dict(length=30, batch_size=3, shuffle=True, every=5)
-STEPS = samples.MAX_STEPS_PER_QUERY
-EPOCHS = samples.MAX_EPOCHS_PER_QUERY
+# Literal, so that this file also runs (and fails) against a version without the bounds.
+STEPS, EPOCHS = 10_000, 1_000
 
 # A child that runs the command in-process for each argument list, each under an alarm, and reports the
 # exit status and stderr (or the traceback's last line) as JSON: one interpreter start for many cases.
@@ -185,6 +185,10 @@ def test_samples_racing_a_saver_at_keep_last_1_always_answers(tmp_path):
     finally:
         saver.join(timeout=120)
     assert answers > 0 and failures == []
+
+
+def test_the_bounds_are_the_librarys():
+    assert (samples.MAX_STEPS_PER_QUERY, samples.MAX_EPOCHS_PER_QUERY) == (STEPS, EPOCHS)
 
 
 def test_exit_codes_are_documented_in_the_help(capsys):
