@@ -15,6 +15,7 @@ from torch_input_ckpt import (
     exclusion,
     files,
 )
+from torch_input_ckpt.errors import InputStateError
 from torch_input_ckpt.files import InputFile
 
 
@@ -143,3 +144,22 @@ def test_a_damaged_range_list_falls_back_to_the_older_file(tmp_path, excluded, m
     with InputCheckpointer(tmp_path, fresh) as ckpt, pytest.warns(InputCheckpointWarning, match=message):
         assert ckpt.restore() == 1
     assert next(iter(fresh)).tolist() == after_1.tolist()
+
+
+class Bulky:
+    """A component whose state is a 65 MiB string (a user keeping data in its state)."""
+
+    def state_dict(self):
+        return {"blob": "x" * (files.MAX_FILE_BYTES + 2**20)}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_a_save_past_the_file_bound_is_refused_at_save_time_naming_the_component(tmp_path):
+    """Before: the save wrote a 65 MiB file that restore then refused ("more than the bound")."""
+    with InputCheckpointer(tmp_path, {"input": ResumableSampler(10), "bulky": Bulky()}) as ckpt:
+        with pytest.raises(InputStateError, match=rf"more than the bound of {files.MAX_FILE_BYTES} bytes") as raised:
+            ckpt.save(1)
+        assert "'bulky': 6" in str(raised.value)
+        assert ckpt.steps() == []

@@ -227,6 +227,21 @@ class InputCheckpointer:
             external=self._external,
             provenance=self._lineage.record(step, states),
         )
+        if len(data) > files.MAX_FILE_BYTES:
+            # Refused here, not written: restore refuses a file past the bound, so it could never be loaded.
+            sizes = {
+                name: len(
+                    files.encode_checkpoint(
+                        rank=self.rank, world_size=None, step=step, states={name: state}, external=[]
+                    )
+                )
+                for name, state in states.items()
+            }
+            raise InputStateError(
+                f"{self.directory}: the input checkpoint of step {step} would be {len(data)} bytes, more than the "
+                f"bound of {files.MAX_FILE_BYTES} bytes that restore reads (files.MAX_FILE_BYTES); nothing was "
+                f"written. Bytes per component: {sizes}. Keep state_dict() small (positions and counters, not data)."
+            )
         self._writer.submit(functools.partial(_commit, self.directory, self.rank, step, data, self.keep_last, pin))
         self._last_save_time = self._clock()
         if self._writer.error is not None:  # failed while this call waited for room in the queue
