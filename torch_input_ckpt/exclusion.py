@@ -52,15 +52,13 @@ class Exclusion:
 
     __slots__ = ("ranges", "_count", "_through", "_shifted", "_width", "_table", "_deepest")
 
-    def __init__(self, indices: Iterable[int], length: int) -> None:
-        self._build(_ranges_of(indices, length), length)
+    def __init__(self, indices: Iterable[int], length: int, *, ranges: Ranges | None = None) -> None:
+        self._build(_ranges_of(indices, length) if ranges is None else _normalized(*ranges), length)
 
     @classmethod
     def from_ranges(cls, ranges: Ranges, length: int) -> Exclusion:
         """The exclusion of the union of ``[start, stop)`` ranges (any order, overlaps allowed)."""
-        exclusion = cls.__new__(cls)
-        exclusion._build(_normalized(*ranges), length)
-        return exclusion
+        return cls((), length, ranges=ranges)
 
     def _build(self, ranges: Ranges, length: int) -> None:
         self.ranges = ranges
@@ -259,14 +257,21 @@ def _ranges_of(indices: Iterable[int], length: int) -> Ranges:
     values = indices if isinstance(indices, (list, tuple)) else list(indices)
     if not values:
         return _EMPTY
-    if all(type(i) is int for i in values):  # the common case, checked at C speed below
-        tensor = torch.tensor(values, dtype=torch.int64) if -(2**63) <= min(values) and max(values) < 2**63 else None
-        if tensor is not None and int(tensor.min()) >= 0 and int(tensor.max()) < length:
-            return _runs(torch.unique(tensor, sorted=True))
-    bad = [i for i in values if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < length]
-    if bad:
-        raise ValueError(f"excluded indices must be ints in [0, {length}) (got {bad[:5]!r})")
-    return _runs(torch.unique(torch.tensor([int(i) for i in values], dtype=torch.int64), sorted=True))
+    tensor = _int64(values)
+    if tensor is None or int(tensor.min()) < 0 or int(tensor.max()) >= length:
+        bad = [i for i in values if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < length]
+        if bad:
+            raise ValueError(f"excluded indices must be ints in [0, {length}) (got {bad[:5]!r})")
+        tensor = torch.tensor([int(i) for i in values], dtype=torch.int64)  # int subclasses (not bool)
+    return _runs(torch.unique(tensor, sorted=True))
+
+
+def _int64(values: Sequence[Any]) -> torch.Tensor | None:
+    """``values`` as an int64 tensor when all are plain ints that fit (the common case, checked at C speed
+    afterwards), else None."""
+    if not all(type(i) is int for i in values) or min(values) < -(2**63) or max(values) >= 2**63:
+        return None
+    return torch.tensor(values, dtype=torch.int64)
 
 
 def _runs(sorted_: torch.Tensor) -> Ranges:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import os
 import socket
 import stat
-import sys
 import warnings
 from pathlib import Path
 
@@ -106,7 +106,8 @@ def _outside_the_package() -> int:
     checkpointer), however many of our frames lie between (``InputCheckpointer``, an integration's
     callback). Python 3.12's ``skip_file_prefixes`` does this; 3.10 and 3.11 lack it."""
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    frame, level = sys._getframe(1), 1  # level 1: the caller of this function, the one that warns
+    here = inspect.currentframe()
+    frame, level = (here.f_back if here is not None else None), 1  # level 1: our caller, the one that warns
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
         frame, level = frame.f_back, level + 1
     return level
