@@ -158,7 +158,7 @@ def _configuration_lines(described: dict[str, Any] | None) -> list[str]:
         f"batches per step {bps}"
     ]
     if d["excluded"]:
-        lines.append(f"      excluded samples (from epoch: indices): {d['excluded']}")
+        lines.append(f"      excluded samples (ranges added per epoch): {_ranges_text(d['excluded'])}")
     if d["skipped_steps"]:
         lines.append(f"      skipped steps: {d['skipped_steps']}")
     return lines
@@ -218,6 +218,16 @@ def _bytes(size: int | None) -> str:
 
 
 # -- command line ----------------------------------------------------------------------------------
+
+
+def _ranges_text(excluded: list[Any], limit: int = 300) -> str:
+    """``[[epoch, [start, stop, ...]], ...]`` as ``epoch 1: 3, 7-8; epoch 4: 20-29``, cut at ``limit`` characters."""
+    parts = []
+    for epoch, flat in excluded:
+        ranges = (f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in zip(flat[::2], flat[1::2], strict=False))
+        parts.append(f"epoch {epoch}: {', '.join(ranges)}")
+    text = "; ".join(parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:
