@@ -291,6 +291,7 @@ class Provenance:
         segment = self._segment_for(step)
         if segment.batches_per_step is None:
             raise InputStateError(segment.why_unknown)
+        _check_reach(step, segment, segment.batches_per_step)  # refused before a range prints anything
         return segment.batches_per_step * segment.stream.unit * (1 if one_rank else segment.stream.world)
 
     def sample(self, index: int, epochs: range) -> list[Occurrence]:
