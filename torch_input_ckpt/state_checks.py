@@ -95,7 +95,7 @@ def _check_mixture(sampler: SamplerState, where: str) -> None:
     positions = torch.tensor([min(sampler.cursor, plan.total - 1), plan.total - 1], dtype=torch.int64)
     try:
         sources, _, indices = EpochOrder(plan, sampler.seed, sampler.epoch, sampler.shuffle).origins(positions)
-    except (ArithmeticError, ValueError, IndexError, RuntimeError) as error:
+    except Exception as error:  # whatever the evaluation raises on a saved plan, the file is what is wrong
         raise InputStateError(
             f"{where}: the mixture's counters cannot be evaluated at the saved position (epoch {sampler.epoch}, "
             f"cursor {sampler.cursor}): {error}; the state is damaged"
