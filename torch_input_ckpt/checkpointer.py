@@ -227,6 +227,21 @@ class InputCheckpointer:
             external=self._external,
             provenance=self._lineage.record(step, states),
         )
+        if len(data) > files.MAX_FILE_BYTES:
+            # Refused here, not written: restore refuses a file past the bound, so it could never be loaded.
+            sizes = {
+                name: len(
+                    files.encode_checkpoint(
+                        rank=self.rank, world_size=None, step=step, states={name: state}, external=[]
+                    )
+                )
+                for name, state in states.items()
+            }
+            raise InputStateError(
+                f"{self.directory}: the input checkpoint of step {step} would be {len(data)} bytes, more than the "
+                f"bound of {files.MAX_FILE_BYTES} bytes that restore reads (files.MAX_FILE_BYTES); nothing was "
+                f"written. Bytes per component: {sizes}. Keep state_dict() small (positions and counters, not data)."
+            )
         self._writer.submit(functools.partial(_commit, self.directory, self.rank, step, data, self.keep_last, pin))
         self._last_save_time = self._clock()
         if self._writer.error is not None:  # failed while this call waited for room in the queue
@@ -400,7 +415,7 @@ class InputCheckpointer:
     def _skip(self, checkpoint: InputCheckpoint, steps: int, batches_per_step: int | None) -> int:
         """Load ``checkpoint`` moved ``steps`` steps on, and save the result at once (recording the skip)."""
         states, batches = skipped_states(self.directory, checkpoint, steps, batches_per_step)
-        self._apply(dataclasses.replace(checkpoint, states=states))
+        self._apply(dataclasses.replace(checkpoint, states=states), skipped_to=checkpoint.step + steps)
         self._lineage.restored(checkpoint.step, checkpoint.states, checkpoint.provenance)
         self._lineage.skip(checkpoint.step + 1, checkpoint.step + steps)
         log.warning("skipped steps %d..%d (%d batches per rank)", checkpoint.step + 1, checkpoint.step + steps, batches)
@@ -415,8 +430,9 @@ class InputCheckpointer:
     def _list(self) -> list[int]:
         return files.list_steps(self.directory).get(self.rank, [])
 
-    def _apply(self, checkpoint: InputCheckpoint) -> None:
-        """Load a checkpoint (of this or, for resharding, another rank) into the components."""
+    def _apply(self, checkpoint: InputCheckpoint, skipped_to: int | None = None) -> None:
+        """Load a checkpoint (of this or, for resharding, another rank) into the components; with
+        ``skipped_to``, its states moved on to that step (``restore(skip_steps=...)``)."""
         source = str(checkpoint.path)
         expected = [name for name, obj in self._components.items() if is_stateful(obj)]
         if sorted(checkpoint.states) != sorted(expected):
@@ -442,10 +458,14 @@ class InputCheckpointer:
         name, position = next(iter(positions(checkpoint.states).items()))
         # WARNING, the one level Python prints without any logging set-up: a resume changes what the job
         # does, so it must be visible by default (one line per rank; silence it with the logger's level).
+        # With a skip, the position is the skipped-to step's, not the file's: say both steps.
+        at = (
+            f"step {checkpoint.step}" if skipped_to is None else f"step {checkpoint.step}, skipped to step {skipped_to}"
+        )
         log.warning(
-            "restored input pipeline from %s at step %d, epoch %s, position %s",
+            "restored input pipeline from %s at %s, epoch %s, position %s",
             checkpoint.path,
-            checkpoint.step,
+            at,
             "?" if position.epoch is None else position.epoch,
             position.text(),
         )

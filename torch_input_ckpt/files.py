@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import schema
+from . import schema, state_checks
 from .encoding import to_json
 from .errors import InputStateError
 
@@ -445,6 +445,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> InputCheckpoint:
     for name, state in checkpoint.states.items():
         # Our own components' states, as their loaders will check them: inspect's "ok" is restore's.
         schema.validate(state, f"{path}: component {name!r}")
+        state_checks.check_state(state, f"{path}: component {name!r}")
     named = InputFile.parse(path.name)
     if named is not None and (named.rank, named.step) != (checkpoint.rank, checkpoint.step):
         raise damaged(

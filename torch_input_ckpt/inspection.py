@@ -158,7 +158,7 @@ def _configuration_lines(described: dict[str, Any] | None) -> list[str]:
         f"batches per step {bps}"
     ]
     if d["excluded"]:
-        lines.append(f"      excluded samples (from epoch: indices): {d['excluded']}")
+        lines.append(f"      excluded samples (ranges added per epoch): {_ranges_text(d['excluded'])}")
     if d["skipped_steps"]:
         lines.append(f"      skipped steps: {d['skipped_steps']}")
     return lines
@@ -220,9 +220,41 @@ def _bytes(size: int | None) -> str:
 # -- command line ----------------------------------------------------------------------------------
 
 
+def _ranges_text(excluded: list[Any], limit: int = 300) -> str:
+    """``[[epoch, [start, stop, ...]], ...]`` as ``epoch 1: 3, 7-8; epoch 4: 20-29``, cut at ``limit`` characters."""
+    parts = []
+    for epoch, flat in excluded:
+        ranges = (f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in zip(flat[::2], flat[1::2], strict=False))
+        parts.append(f"epoch {epoch}: {', '.join(ranges)}")
+    text = "; ".join(parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The ``torch-input-ckpt`` command. Returns 0 if every rank has a valid checkpoint, 1 if not,
-    2 for a usage error or a missing or unreadable directory, 3 for an internal error (a bug to report)."""
+    """The ``torch-input-ckpt`` command: never a traceback, whatever the command meets.
+
+    Exit status: ``inspect``: 0 if every rank has a valid checkpoint, 1 if not, 2 for a usage error or a
+    missing or unreadable directory. ``samples``: 0 an answer, 1 the checkpoints do not record what it
+    needs, 2 a usage error (see ``samples_cli.py``). ``index``: 0 written, 2 a missing directory or bad
+    shards (see ``shards.index_command``). Every command: 3 for an internal error (a bug to report, one
+    line), 130 when interrupted.
+    """
+    try:
+        return _command(argv)
+    except KeyboardInterrupt:
+        print("torch-input-ckpt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug of ours, not a file's or the user's: still one line, never a traceback
+        print(f"torch-input-ckpt: internal error: {_one_line(error)}", file=sys.stderr)
+        return 3
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(repr(error).split())
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _command(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="torch-input-ckpt",
         description="Inspect the input-pipeline checkpoints written by InputCheckpointer.",
@@ -231,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     inspect = commands.add_parser(
         "inspect",
         help="per rank: steps on disk, the newest valid one, its epoch and position, damaged files",
-        description="Exit status: 0 if every rank has a valid checkpoint, 1 if not, 2 for usage errors.",
+        description=(
+            "Exit status: 0 if every rank has a valid checkpoint, 1 if not, 2 for usage errors, "
+            "3 for an internal error."
+        ),
     )
     inspect.add_argument("directory", help="the directory given to InputCheckpointer")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")

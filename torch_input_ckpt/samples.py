@@ -24,9 +24,26 @@ from .errors import InputStateError
 from .files import InputCheckpoint, InputFile
 from .lineage import check_record
 from .provenance import Stream
-from .schema import LOADER_KIND, SAMPLER_KIND, Key
+from .schema import LOADER_KIND, MAX_EPOCH, MAX_LENGTH, SAMPLER_KIND, Key
 
-__all__ = ["Occurrence", "Provenance", "Segment", "StepSamples", "describe_checkpoint", "samples_at", "steps_of_sample"]
+__all__ = [
+    "MAX_EPOCHS_PER_QUERY",
+    "MAX_KEYS_PER_QUERY",
+    "MAX_STEPS_PER_QUERY",
+    "Occurrence",
+    "Provenance",
+    "Segment",
+    "StepSamples",
+    "describe_checkpoint",
+    "samples_at",
+    "steps_of_sample",
+]
+
+# Bounds of one question, checked before any work (each answer costs a few milliseconds per step, per epoch
+# and checkpoint, or per million keys): past them, ask in parts.
+MAX_STEPS_PER_QUERY = 10_000
+MAX_EPOCHS_PER_QUERY = 1_000
+MAX_KEYS_PER_QUERY = 10_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +128,16 @@ class Provenance:
             raise ValueError(f"batches_per_step must be an int >= 1 (got {batches_per_step=})")
         self.directory = Path(directory)
         self.given_batches_per_step = batches_per_step
-        self.steps = files.list_steps(self.directory).get(0, [])
-        self._files: dict[int, InputCheckpoint | None] = {}
         self._segments: dict[int, Segment] = {}
-        self.newest = next((c for s in reversed(self.steps) if (c := self.read(s)) is not None), None)
+        # As restore plans (planner.py): a file that vanished between the listing and its reading was pruned by
+        # a saver that committed a newer one, so list again (a bounded number of times) rather than fail.
+        for _ in range(files.READ_ATTEMPTS):
+            self.steps = files.list_steps(self.directory).get(0, [])
+            self._files: dict[int, InputCheckpoint | None] = {}
+            self._vanished = False
+            self.newest = next((c for s in reversed(self.steps) if (c := self.read(s)) is not None), None)
+            if self.newest is not None or not self._vanished:
+                break
         if self.newest is None:
             raise InputStateError(f"{self.directory}: no valid input checkpoint of rank 0 (files input_0-<step>.json)")
         self.component = _loader_component(self.newest, component)
@@ -126,7 +149,10 @@ class Provenance:
         if step not in self._files:
             try:
                 self._files[step] = files.read_checkpoint(self.directory / InputFile(0, step).name)
-            except InputStateError:  # damaged, or pruned since the listing: an older one answers
+            except files.FileVanishedError:  # pruned since the listing: an older (or, listed again, newer) one
+                self._vanished = True
+                self._files[step] = None
+            except InputStateError:  # damaged: an older one answers
                 self._files[step] = None
         return self._files[step]
 
@@ -203,8 +229,11 @@ class Provenance:
 
     def _segment_for(self, step: int) -> Segment:
         """The segment that covers ``step``: continued from the newest checkpoint before it."""
-        if step < 1:
-            raise ValueError(f"step must be >= 1: the checkpoint of step S holds the state after it (got {step=})")
+        if type(step) is not int or not 1 <= step <= files.MAX_STEP:
+            raise ValueError(
+                f"step must be an int in [1, {files.MAX_STEP}]: the checkpoint of step S holds the state after it "
+                f"(got step={_short(step)})"
+            )
         start = next((s for s in reversed(self.steps) if s < step and self.read(s) is not None), None)
         if start is None:
             raise InputStateError(
@@ -233,9 +262,15 @@ class Provenance:
         segment = self._segment_for(step)
         stream, bps = segment.stream, segment.batches_per_step
         assert bps is not None
+        _check_reach(step, segment, bps)
         ranks = range(stream.world) if rank is None else [rank]
         if rank is not None and not 0 <= rank < stream.world:
-            raise ValueError(f"rank {rank} is not in the world of {stream.world} ranks that ran step {step}")
+            raise ValueError(f"rank {_short(rank)} is not in the world of {stream.world} ranks that ran step {step}")
+        if bps * stream.unit * len(ranks) > MAX_KEYS_PER_QUERY:
+            raise ValueError(
+                f"step {step} holds {bps * stream.unit * len(ranks)} keys, more than the bound of "
+                f"{MAX_KEYS_PER_QUERY} per question (MAX_KEYS_PER_QUERY); ask for one rank (--rank)"
+            )
         first = (step - segment.start - 1) * bps
         spots = [stream.locate(first + b) for b in range(bps)]
         keys: dict[int, list[Any]] = {r: [] for r in ranks}
@@ -251,13 +286,31 @@ class Provenance:
             step, segment.start, stream.world, bps, self.skipped(step), tuple(s.epoch for s in spots), keys
         )
 
+    def keys_in_step(self, step: int, one_rank: bool = False) -> int:
+        """How many keys the answer for ``step`` holds (all ranks, or one), known before computing them."""
+        segment = self._segment_for(step)
+        if segment.batches_per_step is None:
+            raise InputStateError(segment.why_unknown)
+        _check_reach(step, segment, segment.batches_per_step)  # refused before a range prints anything
+        return segment.batches_per_step * segment.stream.unit * (1 if one_rank else segment.stream.world)
+
     def sample(self, index: int, epochs: range) -> list[Occurrence]:
         """The steps at which dataset index ``index`` was (or will be) delivered in ``epochs``, from the oldest
         checkpoint on disk on (deliveries before it are not reported).
 
         Raises:
             InputStateError: for a mixture, or when batches per step are not recorded.
+            ValueError: for an index or epochs out of range, or more than ``MAX_EPOCHS_PER_QUERY`` epochs.
         """
+        if type(index) is not int or not 0 <= index < MAX_LENGTH:
+            raise ValueError(f"a dataset index must be an int in [0, {MAX_LENGTH}) (got {_short(index)})")
+        if not 0 <= epochs.start < epochs.stop <= MAX_EPOCH + 1 or epochs.step != 1:
+            raise ValueError(f"epochs must be a range A:B with 0 <= A < B <= {MAX_EPOCH + 1} (got {epochs})")
+        if len(epochs) > MAX_EPOCHS_PER_QUERY:
+            raise ValueError(
+                f"{len(epochs)} epochs asked ({epochs.start}:{epochs.stop}), more than the bound of "
+                f"{MAX_EPOCHS_PER_QUERY} per question (MAX_EPOCHS_PER_QUERY); ask in parts"
+            )
         found: list[Occurrence] = []
         for segment in self.segments:
             stream, bps = segment.stream, segment.batches_per_step
@@ -268,7 +321,7 @@ class Provenance:
                     raise InputStateError(segment.why_unknown)
                 for rank, offset in stream.occurrences(index, epoch):
                     step = segment.start + 1 + offset // bps
-                    if segment.end is not None and step > segment.end:
+                    if (segment.end is not None and step > segment.end) or step > files.MAX_STEP:
                         break
                     found.append(Occurrence(epoch, step, rank, offset % bps, self.skipped(step)))
         return sorted(found, key=lambda o: (o.step, o.rank, o.batch))
@@ -365,6 +418,23 @@ def _loader_component(checkpoint: InputCheckpoint, wanted: str | None) -> str:
     if checkpoint.states[loaders[0]].get(Key.SAMPLER_KIND) != SAMPLER_KIND:
         Stream.from_state(checkpoint.states[loaders[0]], f"{checkpoint.path}: component {loaders[0]!r}")  # raises
     return loaders[0]
+
+
+def _check_reach(step: int, segment: Segment, bps: int) -> None:
+    """Refuse a step whose sample positions pass the bound of a dataset position (MAX_LENGTH) before they
+    are computed: past it, the 64-bit arithmetic of the permutation overflows."""
+    stream = segment.stream
+    reach = (step - segment.start) * bps * stream.unit * stream.world
+    if reach > MAX_LENGTH:
+        raise ValueError(
+            f"step {step} lies {step - segment.start} steps after the checkpoint of step {segment.start}: "
+            f"{reach} samples on, past the bound of {MAX_LENGTH} positions; ask about a step of the run"
+        )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"<{type(value).__name__} of {len(text)} characters>"
 
 
 def _state(checkpoint: InputCheckpoint, component: str) -> Mapping[str, Any]:

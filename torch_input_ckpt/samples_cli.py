@@ -1,16 +1,37 @@
-"""``torch-input-ckpt samples DIR --step N``: which samples a step held, or at which steps a sample was delivered."""
+"""``torch-input-ckpt samples DIR --step N``: which samples a step held, or at which steps a sample was delivered.
+
+Every argument and range is bounded and checked before any work (``MAX_STEPS_PER_QUERY`` steps,
+``MAX_EPOCHS_PER_QUERY`` epochs, ``MAX_KEYS_PER_QUERY`` keys, indices and steps within the library's
+bounds); a range's answer is printed step by step as it is computed (``--json``: one JSON array, streamed).
+Exit status: 0 an answer; 1 the checkpoints do not hold what the answer needs (the message says what);
+2 a usage error (an argument out of its bound, a missing directory); 3 an internal error (a bug: one line,
+never a traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
+from . import files
 from .errors import InputStateError
-from .samples import Occurrence, Provenance, StepSamples
+from .samples import (
+    MAX_EPOCHS_PER_QUERY,
+    MAX_KEYS_PER_QUERY,
+    MAX_STEPS_PER_QUERY,
+    Occurrence,
+    Provenance,
+    StepSamples,
+)
+from .schema import MAX_EPOCH, MAX_LENGTH
 
-__all__ = ["add_parser", "run"]
+__all__ = ["EXIT_ANSWER", "EXIT_INTERNAL", "EXIT_NOT_RECORDED", "EXIT_USAGE", "add_parser", "run"]
+
+EXIT_ANSWER, EXIT_NOT_RECORDED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def add_parser(commands: Any) -> None:
@@ -21,15 +42,20 @@ def add_parser(commands: Any) -> None:
         description=(
             "Computed from the newest input checkpoint before the step and the configuration the checkpoints "
             "record; no data is read. Exit status: 0 on an answer, 1 when the checkpoints do not record what "
-            "the answer needs (the message says what), 2 for usage errors."
+            "the answer needs (the message says what), 2 for usage errors (an argument past its bound, a "
+            f"missing directory), 3 for an internal error. Bounds: {MAX_STEPS_PER_QUERY} steps, "
+            f"{MAX_EPOCHS_PER_QUERY} epochs, {MAX_KEYS_PER_QUERY} keys per question."
         ),
     )
     parser.add_argument("directory", help="the directory given to InputCheckpointer")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--step", type=int, help="one optimizer step")
-    what.add_argument("--steps", help="a range of steps A:B (A to B-1)")
+    what.add_argument("--steps", help=f"a range of steps A:B (A to B-1; at most {MAX_STEPS_PER_QUERY} steps)")
     what.add_argument("--sample", type=int, help="a dataset index: the steps at which it was delivered")
-    parser.add_argument("--epochs", help="with --sample: the epochs A:B to look in (default: the checkpoint's epoch)")
+    parser.add_argument(
+        "--epochs",
+        help=f"with --sample: the epochs A:B to look in (default: the checkpoint's; at most {MAX_EPOCHS_PER_QUERY})",
+    )
     parser.add_argument("--rank", type=int, help="one rank (default: every rank)")
     parser.add_argument("--component", help="the loader's component name, when the checkpoint holds several loaders")
     parser.add_argument("--batches-per-step", type=int, help="only when the checkpoints do not record it")
@@ -37,38 +63,112 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Answer one ``samples`` command; returns the exit status."""
+    """Answer one ``samples`` command; returns the exit status (never raises, never prints a traceback)."""
     try:
-        provenance = Provenance(args.directory, component=args.component, batches_per_step=args.batches_per_step)
-        if args.sample is not None:
-            epochs = _range(args.epochs, "--epochs") if args.epochs else None
-            if epochs is None:
-                first = provenance.segments[0].stream.epoch
-                epochs = range(first, first + 1)
-            found = provenance.sample(args.sample, epochs)
-            print(_occurrences(args.sample, epochs, found, args.json))
-            return 0
-        steps = [args.step] if args.step is not None else list(_range(args.steps, "--steps"))
-        answers = [provenance.step(step, args.rank) for step in steps]
-    except (InputStateError, ValueError) as error:
-        print(f"torch-input-ckpt samples: {error}", file=sys.stderr)
-        return 1 if isinstance(error, InputStateError) else 2
-    if args.json:
-        print(json.dumps([a.to_dict() for a in answers] if args.steps else answers[0].to_dict()))
-    else:
-        print("\n".join(_text(answer) for answer in answers))
-    return 0
+        return _answer(args)
+    except BrokenPipeError:  # the reader stopped (e.g. `| head`): not an error of ours, and nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ANSWER
+    except InputStateError as error:
+        return _fail(str(error), EXIT_NOT_RECORDED)
+    except (ValueError, OverflowError) as error:
+        return _fail(str(error), EXIT_USAGE)
+    except OSError as error:
+        return _fail(f"cannot read {args.directory}: {error}", EXIT_USAGE)
+    except Exception as error:  # a bug of ours, not the user's: still one line, never a traceback
+        return _fail(f"internal error answering for {args.directory}: {error!r}", EXIT_INTERNAL)
 
 
-def _range(text: str, option: str) -> range:
+def _fail(message: str, status: int) -> int:
+    print(f"torch-input-ckpt samples: {message}", file=sys.stderr)
+    return status
+
+
+def _answer(args: argparse.Namespace) -> int:
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        return _fail(f"{args.directory} {what}", EXIT_USAGE)
+    _check_arguments(args)
+    steps = None if args.step is None and args.steps is None else _steps(args)
+    epochs = _range(args.epochs, "--epochs", 0, MAX_EPOCH + 1, MAX_EPOCHS_PER_QUERY) if args.epochs else None
+    provenance = Provenance(directory, component=args.component, batches_per_step=args.batches_per_step)
+    if steps is None:
+        if epochs is None:
+            first = provenance.segments[0].stream.epoch
+            epochs = range(first, first + 1)
+        found = provenance.sample(args.sample, epochs)
+        print(_occurrences(args.sample, epochs, found, args.json))
+        return EXIT_ANSWER
+    keys = sum(provenance.keys_in_step(step, one_rank=args.rank is not None) for step in steps)
+    if keys > MAX_KEYS_PER_QUERY:
+        raise ValueError(
+            f"steps {steps.start}:{steps.stop} hold {keys} keys, more than the bound of {MAX_KEYS_PER_QUERY} per "
+            "question (MAX_KEYS_PER_QUERY); ask for fewer steps or one rank (--rank)"
+        )
+    _print_steps(provenance, steps, args)
+    return EXIT_ANSWER
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The integer arguments within their bounds, before any file is read."""
+    bounds = {
+        "--step": (args.step, 1, files.MAX_STEP),
+        "--sample": (args.sample, 0, MAX_LENGTH - 1),
+        "--rank": (args.rank, 0, files.MAX_WORLD_SIZE - 1),
+        "--batches-per-step": (args.batches_per_step, 1, MAX_KEYS_PER_QUERY),
+    }
+    for option, (value, low, high) in bounds.items():
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"{option} {_number(value)} is out of range; expected {low} <= {option[2:]} <= {high}")
+    if args.epochs and args.sample is None:
+        raise ValueError("--epochs goes with --sample")
+
+
+def _steps(args: argparse.Namespace) -> range:
+    if args.step is not None:
+        return range(args.step, args.step + 1)
+    return _range(args.steps, "--steps", 1, files.MAX_STEP + 1, MAX_STEPS_PER_QUERY)
+
+
+def _print_steps(provenance: Provenance, steps: range, args: argparse.Namespace) -> None:
+    """Each step's answer printed as soon as it is computed: memory stays one step's, whatever the range."""
+    as_list = args.json and args.steps is not None
+    if as_list:
+        print("[", end="")
+    for i, step in enumerate(steps):
+        answer = provenance.step(step, args.rank)
+        if args.json:
+            print(("," if i else "") + json.dumps(answer.to_dict()), end="" if as_list else "\n")
+        else:
+            print(_text(answer))
+        sys.stdout.flush()
+    if as_list:
+        print("]")
+
+
+def _range(text: str, option: str, low: int, high: int, most: int) -> range:
+    """``A:B`` with ``low <= A < B <= high`` and at most ``most`` values, checked before any work."""
     first, sep, last = text.partition(":")
-    try:
-        lo, hi = int(first), int(last)
-    except ValueError:
-        raise ValueError(f"{option} takes A:B, two integers (got {text!r})") from None
-    if not sep or hi <= lo:
-        raise ValueError(f"{option} takes A:B with A < B (got {text!r})")
+    if not sep or not _integer(first) or not _integer(last):
+        raise ValueError(f"{option} takes A:B, two integers (got {_number(text)})")
+    if len(first) > 25 or len(last) > 25 or not low <= int(first) < int(last) <= high:
+        raise ValueError(f"{option} takes A:B with {low} <= A < B <= {high} (got {_number(text)})")
+    lo, hi = int(first), int(last)
+    if hi - lo > most:
+        raise ValueError(
+            f"{option} {text} asks for {hi - lo} values, more than the bound of {most} per question; ask in parts"
+        )
     return range(lo, hi)
+
+
+def _integer(text: str) -> bool:
+    return text.strip().lstrip("+-").isdigit() and text.strip().isascii()
+
+
+def _number(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else f"<{len(text)} characters>"
 
 
 def _text(answer: StepSamples) -> str:

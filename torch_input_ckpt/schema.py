@@ -25,6 +25,7 @@ __all__ = [
     "MAX_LENGTH",
     "MAX_WORLD_SIZE",
     "SAMPLER_KIND",
+    "SAMPLER_RANGES_VERSION",
     "STREAM_KIND",
     "Ahead",
     "Key",
@@ -46,6 +47,10 @@ __all__ = [
 
 # Bump when a saved state's meaning changes; loaders refuse versions they do not know.
 FORMAT_VERSION = 1
+# A sampler state with an exclusion list stores it as ranges added per epoch (exclusion.py): version 2,
+# so that a library that reads only version 1 (complete index lists) refuses it instead of misreading
+# it. A state without exclusions stays version 1, readable by every release; both versions are read.
+SAMPLER_RANGES_VERSION = 2
 LOADER_KIND = "ResumableDataLoader"
 SAMPLER_KIND = "ResumableSampler"
 # The loader's "sampler_kind" for an IterableDataset (there is no sampler).
@@ -134,13 +139,16 @@ def is_stateful(obj: Any) -> bool:
 # -- field checks ------------------------------------------------------------------------------------
 
 
-def check_header(state: Any, kind: str, source: str) -> Mapping[str, Any]:
+def check_header(
+    state: Any, kind: str, source: str, versions: tuple[int, ...] = (FORMAT_VERSION,)
+) -> Mapping[str, Any]:
     """Check that ``state`` is a mapping of this ``kind`` and format version, and return it.
 
     Args:
         state: What was passed to ``load_state_dict``.
         kind: The expected ``"kind"`` entry, e.g. ``"ResumableSampler"``.
         source: Where the state came from (a file name, or ``"state_dict"``), for messages.
+        versions: The format versions of this kind that this library reads.
 
     Raises:
         InputStateError: naming the value found and the value expected.
@@ -154,8 +162,9 @@ def check_header(state: Any, kind: str, source: str) -> Mapping[str, Any]:
             "(was it saved from another kind of sampler or loader?)"
         )
     version = state.get(Key.VERSION)
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise InputStateError(f"{source}: state format version {version!r} is not supported, expected {FORMAT_VERSION}")
+    if type(version) is not int or version not in versions:
+        expected = " or ".join(map(str, versions))
+        raise InputStateError(f"{source}: state format version {_short(version)} is not supported, expected {expected}")
     return state
 
 
@@ -271,7 +280,8 @@ class SamplerState:
         order: ``"feistel"`` or ``"randperm"``.
         num_replicas: The world size the state was taken in.
         dataset_order: The state of a dataset that provides its own epoch order (a ``Mixture``), or None.
-        excluded: ``[[first epoch, [indices]], ...]``: samples left out (``exclusion.py``), or None.
+        excluded: ``[[first epoch, [start, stop, ...]], ...]``: the ranges of samples left out from each
+            epoch on (``exclusion.py``; a version 1 state's complete lists per epoch are converted), or None.
     """
 
     epoch: int
@@ -288,7 +298,7 @@ class SamplerState:
     def to_dict(self) -> dict[str, Any]:
         return {
             Key.KIND: SAMPLER_KIND,
-            Key.VERSION: FORMAT_VERSION,
+            Key.VERSION: SAMPLER_RANGES_VERSION if self.excluded else FORMAT_VERSION,
             Key.EPOCH: self.epoch,
             Key.CURSOR: self.cursor,
             Key.LENGTH: self.length,
@@ -308,7 +318,10 @@ class SamplerState:
         Raises:
             InputStateError: naming the key, the value found and what was expected.
         """
-        state = check_header(state, SAMPLER_KIND, source)
+        state = check_header(state, SAMPLER_KIND, source, (FORMAT_VERSION, SAMPLER_RANGES_VERSION))
+        excluded = field(state, Key.EXCLUDED, list, source) if Key.EXCLUDED in state else None
+        if excluded and state[Key.VERSION] == FORMAT_VERSION:
+            excluded = _ranges_from_lists(excluded, f"{source}: {Key.EXCLUDED}")
         length = field(state, Key.LENGTH, int, source, low=1, high=MAX_LENGTH)
         world = field(state, Key.NUM_REPLICAS, int, source, low=1, high=MAX_WORLD_SIZE)
         return cls(
@@ -321,8 +334,30 @@ class SamplerState:
             order=field(state, Key.ORDER, str, source),
             num_replicas=world,
             dataset_order=field(state, Key.DATASET_ORDER, dict, source) if Key.DATASET_ORDER in state else None,
-            excluded=field(state, Key.EXCLUDED, list, source) if Key.EXCLUDED in state else None,
+            excluded=excluded,
         )
+
+
+def _ranges_from_lists(excluded: list[Any], source: str) -> list[Any]:
+    """A version 1 ``excluded`` entry (each epoch's complete list of indices) in the version 2 form (the
+    ranges each epoch adds, flat: ``[start, stop, ...]``), so that one parser reads both. The indices'
+    range is checked by that parser; here only their types."""
+    converted, before = [], set()
+    for item in excluded:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], list)):
+            raise InputStateError(f"{source}: {_short(item)} should be [first epoch, [indices]]")
+        if not all(type(i) is int for i in item[1]):
+            raise InputStateError(f"{source}: the indices of epoch {_short(item[0])} should be ints")
+        now = set(item[1]) | before
+        flat: list[int] = []
+        for index in sorted(now - before):
+            if flat and flat[-1] == index:
+                flat[-1] = index + 1
+            else:
+                flat += [index, index + 1]
+        converted.append([item[0], flat])
+        before = now
+    return converted
 
 
 @dataclass(frozen=True, slots=True)
