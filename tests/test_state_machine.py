@@ -1,0 +1,487 @@
+"""A Hypothesis state machine over whole pipelines, restored through the checkpoint file after changes.
+
+It composes what users build (a plain map-style dataset, a ``Mixture`` of map-style sources, a
+``Mixture`` of ``ShardedStream`` sources, one ``ShardedStream``, packed or not, over real JSON-lines and
+``.npy`` shards; exclusions) and runs it rank by rank in lockstep (``World(rank, size)``, as the
+in-process DDP tests do) with events in any order: stop anywhere, save through ``InputCheckpointer``,
+restore into fresh objects with a change (``num_workers``, world size, batch size, weights, a source
+added or removed, data appended, a shard rewritten in place), exclude samples.
+
+What it checks is the README's contract, never today's behaviour:
+
+- **resume equivalence** (no change, another ``num_workers``, batch size or world size): every global
+  position delivered after the resume holds what the uninterrupted run (the old objects, never
+  restored, run on beside) holds there — values and random draws;
+- **exactly once** per epoch (plain dataset, stream) or per source epoch (mixture: a source epoch of a
+  source of length ``n`` is its next ``n`` deliveries in global order, the one in progress at a growth
+  finishing over the old length): nothing missing, nothing duplicated, nothing unknown — reported
+  separately; padding (``DistributedSampler``'s rule) at most ``W - 1`` positions per segment;
+- **a refusal** (``InputStateError`` or an error naming the changed file) for every other change, at
+  the restore or at the first read of the changed data — never a silent difference.
+
+Bounded in ``make test`` (fixed seed, ``derandomize``); ``make fuzz`` runs many more examples
+(``HYPOTHESIS_FUZZ_EXAMPLES``).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from pipelines import (
+    NAMES,
+    Run,
+    build_loaders,
+    build_source,
+    checkpointers,
+    environ_examples,
+    source_of,
+    source_units,
+    write_shard,
+    write_stream,
+)
+
+from torch_input_ckpt import InputStateError
+from torch_input_ckpt.shards import write_index
+
+EXAMPLES = environ_examples(60)
+FUZZING = "HYPOTHESIS_FUZZ_EXAMPLES" in os.environ
+# Changes after which the README promises the identical stream (by global position).
+EXACT = {"none", "workers", "batch", "world"}
+# Worker processes cost a start-up each: a small share of the examples use them.
+WORKERS = st.sampled_from([0] * 9 + [1, 2])
+
+
+def _unsorted(names: list[str]) -> list[str]:
+    """Source names in an order that is not alphabetical (a dict order that sorting would change)."""
+    if len(names) > 1 and names == sorted(names):
+        names = names[::-1]
+    return names
+
+
+@st.composite
+def stream_source(draw: Any, pack: bool | None = None) -> dict[str, Any]:
+    fmt = draw(st.sampled_from(["jsonl", "npy"]))
+    sizes = draw(st.lists(st.integers(0, 4), min_size=2, max_size=4).filter(lambda s: sum(s) >= 2))
+    packed = draw(st.booleans()) if pack is None else pack
+    return {
+        "format": fmt,
+        "sizes": sizes,
+        "pack_to": draw(st.sampled_from([3, 4])) if packed else None,
+        "window": draw(st.sampled_from([0, 2])),
+        "seed": draw(st.integers(0, 3)),
+    }
+
+
+@st.composite
+def configs(draw: Any, kind: str) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "kind": kind,
+        "batch": draw(st.integers(1, 3)),
+        "world": draw(st.integers(1, 3)),
+        "seed": draw(st.integers(0, 3)),
+    }
+    config["workers"] = draw(WORKERS) if config["world"] == 1 else 0
+    if kind == "plain":
+        config["sources"] = {"plain": {"length": draw(st.integers(3, 13))}}
+    elif kind == "stream":
+        config["sources"] = {draw(st.sampled_from(NAMES)): draw(stream_source())}
+    else:
+        names = _unsorted(draw(st.permutations(NAMES).map(list))[: draw(st.integers(2, 3))])
+        if kind == "mixture":
+            config["sources"] = {name: {"length": draw(st.integers(1, 7))} for name in names}
+        else:
+            config["sources"] = {name: draw(stream_source()) for name in names[:2]}
+        config["weights"] = {name: draw(st.integers(1, 4)) for name in config["sources"]}
+        config["samples_per_epoch"] = draw(st.integers(4, 14))
+    return config
+
+
+class Pipelines(RuleBasedStateMachine):
+    """One pipeline, its uninterrupted twin while exactness is promised, and everything delivered."""
+
+    kind = "plain"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quiet = Quiet()
+        self.root = Path(tempfile.mkdtemp(prefix="state-machine-"))
+        self.directory = self.root / "ckpt"
+        self.directory.mkdir()
+        self.step = 0
+        self.over = False  # a refusal ended the run (as it ends a user's job)
+        self.pending_error: str | None = None  # a changed shard's file name: reading it must fail naming it
+        self.run: Run | None = None
+        self.twin: Run | None = None  # the uninterrupted run, while the contract says "identical"
+        self.twin_seen: dict[tuple[int, int], Any] = {}
+        self.live_seen: dict[tuple[int, int], Any] = {}
+        self.delivered: list[tuple[int, int, list[Any]]] = []  # (epoch, position, units), no padding
+        self.padding: Counter[tuple[int, int]] = Counter()  # per (segment, epoch): padding positions
+        self.segment = 0
+        self.segment_world: dict[int, int] = {}
+        self.exclusions: list[tuple[int, set[int]]] = []  # (first epoch, indices)
+        self.universes: dict[str, list[tuple[int, int, set[Any]]]] = {}  # (g at the change, length, units)
+        self.ever: set[str] = set()
+
+    # -- set-up ---------------------------------------------------------------------------------------
+
+    def _start(self, config: dict[str, Any]) -> None:
+        for name, source in config["sources"].items():
+            if "sizes" in source:
+                source["dir"] = str(self.root / f"{name}-data")
+                write_stream(Path(source["dir"]), name, source["format"], source["sizes"])
+            self._universe(name, source, 0)
+        self.config = config
+        loaders = build_loaders(config)
+        self.ckpts = checkpointers(self.directory, loaders)
+        self.run = Run(config, loaders, 0, 0)
+        self.workers_used = config["workers"] > 0
+        self.segment_world[self.segment] = config["world"]
+
+    def _universe(self, name: str, source: dict[str, Any], g: int) -> None:
+        length = len(build_source({"sources": {name: source}}, name))
+        self.universes.setdefault(name, []).append((g, length, source_units(name, source)))
+        self.ever.add(name)
+
+    def teardown(self) -> None:
+        self.quiet.close()
+        for ckpt in getattr(self, "ckpts", []):
+            ckpt.close()
+        self.run = self.twin = None
+        if self.workers_used:
+            gc.collect()  # loaders with workers are in reference cycles: shut their workers down here
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- running ----------------------------------------------------------------------------------------
+
+    @precondition(lambda self: self.run is not None and not self.over and not self.run.finished)
+    @rule(steps=st.integers(1, 4))
+    def advance(self, steps: int) -> None:
+        for _ in range(steps):
+            try:
+                got = self.run.step()
+            except Exception as error:  # noqa: BLE001 - only an error naming the changed shard is expected
+                if self.pending_error is not None and self.pending_error in str(error):
+                    self.over = True
+                    return
+                raise
+            if got is None:
+                break
+            self.step += 1
+            for epoch, position, units, value in got:
+                if position >= self.run.epoch_length(epoch):
+                    self.padding[(self.segment, epoch)] += 1
+                    continue
+                self.delivered.append((epoch, position, units))
+                self.live_seen[(epoch, position)] = value
+        self._compare_with_twin()
+
+    def _compare_with_twin(self) -> None:
+        if self.twin is None:
+            return
+        target = (self.run.epoch, self.run.cursor())
+        while not self.twin.finished and (self.twin.epoch, self.twin.cursor()) < target:
+            got = self.twin.step()
+            for epoch, position, _, value in got or []:
+                if position < self.twin.epoch_length(epoch):
+                    self.twin_seen[(epoch, position)] = value
+        for key, value in self.live_seen.items():
+            assert key in self.twin_seen, f"epoch {key[0]} position {key[1]}: not delivered by the uninterrupted run"
+            assert value == self.twin_seen[key], (
+                f"epoch {key[0]} position {key[1]} after the resume: {value}, uninterrupted: {self.twin_seen[key]}"
+            )
+        self.live_seen.clear()
+
+    @precondition(lambda self: self.run is not None and (self.over or self.run.finished))
+    @rule()
+    def after_the_end(self) -> None:
+        """Nothing is left to do once the run ended (a refusal, or its last epoch)."""
+
+    # -- save, change, restore ----------------------------------------------------------------------------
+
+    @precondition(lambda self: self.run is not None and not self.over)
+    @rule(change=st.sampled_from(sorted(EXACT)), data=st.data())
+    def restore_same_data(self, change: str, data: Any) -> None:
+        new = copy.deepcopy(self.config)
+        if change == "workers":
+            new["workers"] = data.draw(WORKERS) if new["world"] == 1 else 0
+        elif change == "batch":
+            new["batch"] = data.draw(st.integers(1, 4))
+        elif change == "world":
+            new["world"] = data.draw(st.integers(1, 3))
+            new["workers"] = new["workers"] if new["world"] == 1 else 0
+        self._restore(new, refused=None)
+
+    @precondition(lambda self: self.run is not None and not self.over and self.config["kind"] in ("mixture", "streams"))
+    @rule(data=st.data())
+    def restore_with_new_weights(self, data: Any) -> None:
+        new = copy.deepcopy(self.config)
+        new["weights"] = {name: data.draw(st.integers(1, 5)) for name in new["sources"]}
+        self._restore(new, refused=None)
+
+    @precondition(lambda self: self.run is not None and not self.over and self.config["kind"] in ("mixture", "streams"))
+    @rule(data=st.data())
+    def restore_with_a_source_added_or_removed(self, data: Any) -> None:
+        new = copy.deepcopy(self.config)
+        absent = [name for name in NAMES if name not in new["sources"]]
+        if len(new["sources"]) > 1 and (not absent or data.draw(st.booleans())):
+            del new["sources"][(gone := data.draw(st.sampled_from(sorted(new["sources"]))))]
+            del new["weights"][gone]
+            self.retired = getattr(self, "retired", {})
+            self.retired[gone] = self.config["sources"][gone]
+        else:
+            name = data.draw(st.sampled_from(absent))
+            back = getattr(self, "retired", {}).pop(name, None)
+            if back is not None:
+                new["sources"][name] = back  # added back: it continues where it stopped
+            elif self.config["kind"] == "mixture":
+                new["sources"][name] = {"length": data.draw(st.integers(1, 6))}
+            else:
+                source = data.draw(stream_source())
+                source["dir"] = str(self.root / f"{name}-data")
+                write_stream(Path(source["dir"]), name, source["format"], source["sizes"])
+                new["sources"][name] = source
+            new["weights"][name] = data.draw(st.integers(1, 4))
+            if name not in self.ever:
+                self._universe(name, new["sources"][name], 0)
+        self._restore(new, refused=None)
+
+    @precondition(lambda self: self.run is not None and not self.over)
+    @rule(data=st.data())
+    def restore_after_appending_data(self, data: Any) -> None:
+        """Data appended between the runs: a plain dataset (without ``allow_growth``) and a stream alone
+        refuse it; a mixture (``allow_growth=True``) finishes the source epoch in progress over the old
+        length — or refuses, naming the source, where it cannot keep that exact (packed streams)."""
+        new = copy.deepcopy(self.config)
+        name = data.draw(st.sampled_from(sorted(new["sources"])))
+        source = new["sources"][name]
+        if "length" in source:
+            source["length"] += data.draw(st.integers(1, 4))
+        else:
+            shard = len(source["sizes"])
+            size = data.draw(st.integers(1, 3))
+            write_shard(Path(source["dir"]), name, source["format"], shard, size)
+            write_index(source["dir"], "tokens" if source["format"] == "jsonl" else None)
+            source["sizes"].append(size)
+        if self.config["kind"] in ("plain", "stream"):
+            # The refusal names the opt-in (a plain dataset) or the stream whose shards changed.
+            self._restore(new, refused="ShardedStream" if self.config["kind"] == "stream" else "allow_growth")
+            return
+        g = sum(1 for _, _, units in self.delivered if source_of(units[0]) == name) if self.delivered else 0
+        self._universe(name, source, g)
+        # Packed streams cannot keep their numbering over appended data: a refusal naming the source is
+        # the contract's other answer (issue 21 case 6); accepting is checked for exactly-once.
+        self._restore(new, refused=None, may_refuse=name)
+
+    @precondition(
+        lambda self: (
+            self.run is not None and not self.over and any("sizes" in s for s in self.config["sources"].values())
+        )
+    )
+    @rule(data=st.data(), same_stat=st.booleans())
+    def restore_after_rewriting_a_shard(self, data: Any, same_stat: bool) -> None:
+        """A shard rewritten in place between the runs. With another size: refused, naming the file. With
+        the same size and modification time (``cp -p``) but fewer documents: refused, or an error naming
+        the shard when it is read — never an epoch that silently ends early (issue 21 case 2)."""
+        streams = sorted(name for name, s in self.config["sources"].items() if "sizes" in s)
+        name = data.draw(st.sampled_from(streams))
+        source = self.config["sources"][name]
+        candidates = [i for i, n in enumerate(source["sizes"]) if n >= 2 and source["format"] == "jsonl"]
+        if same_stat and (not candidates or self.pending_error is not None):
+            same_stat = False
+        directory = Path(source["dir"])
+        if same_stat:
+            shard = data.draw(st.sampled_from(candidates))
+            path = directory / f"part-{shard:03d}.jsonl"
+            stat = path.stat()
+            lines = path.read_text().splitlines(keepends=True)
+            shorter = "".join(lines[:-1])
+            shorter = shorter[:-1] + " " * (stat.st_size - len(shorter)) + "\n"  # JSON allows the spaces
+            path.write_text(shorter)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            assert path.stat().st_size == stat.st_size
+            self.pending_error = path.name
+            self._restore(copy.deepcopy(self.config), refused=None, may_refuse=path.name)
+        else:
+            shard = data.draw(st.integers(0, len(source["sizes"]) - 1))
+            path = directory / f"part-{shard:03d}.{source['format']}"
+            write_shard(directory, name, source["format"], shard, source["sizes"][shard] + 1)
+            self._restore(copy.deepcopy(self.config), refused=path.name)
+
+    @precondition(lambda self: self.run is not None and not self.over and self.config["kind"] == "plain")
+    @rule(data=st.data())
+    def exclude(self, data: Any) -> None:
+        """``loader.exclude`` on every rank (and on the uninterrupted twin): from the next epoch, or at
+        once at an epoch's start."""
+        length = self.config["sources"]["plain"]["length"]
+        indices = set(data.draw(st.lists(st.integers(0, length - 1), min_size=1, max_size=2)))
+        excluded = set().union(*(s for _, s in self.exclusions)) | indices
+        if len(excluded) >= length:
+            return
+        run = self.run
+        if self.twin is not None and (self.twin.epoch, self.twin.cursor()) != (run.epoch, run.cursor()):
+            return  # the twin ran ahead (another batch size): its "next epoch" may be another one
+        first = run.epoch + 1 if run.cursor() > 0 else run.epoch
+        self.exclusions.append((first, indices))
+        for loader in run.loaders + (self.twin.loaders if self.twin is not None else []):
+            loader.exclude(sorted(indices))
+
+    def _restore(self, new: dict[str, Any], *, refused: str | None, may_refuse: str | None = None) -> None:
+        """Save every rank through its checkpointer, build fresh objects of ``new`` and restore them from
+        the files. ``refused``: the restore must raise ``InputStateError`` naming it; ``may_refuse``: it
+        may (else it must be exact or exactly-once, as checked by the invariants)."""
+        for ckpt in self.ckpts:
+            ckpt.save(self.step)
+        for ckpt in self.ckpts:
+            ckpt.close()
+        epoch, cursor = self.run.epoch, self.run.cursor()
+        same = new["sources"] == self.config["sources"] and new.get("weights") == self.config.get("weights")
+        exact = same and refused is None and may_refuse is None
+        try:
+            loaders = build_loaders(new)
+            self.ckpts = checkpointers(self.directory, loaders)
+            for ckpt in self.ckpts:
+                ckpt.restore(self.step)
+        except InputStateError as error:
+            expected = refused or may_refuse
+            if expected is None:
+                raise
+            assert expected in str(error), f"the refusal does not name {expected!r}: {error}"
+            self.over = True
+            self.ckpts = []
+            return
+        assert refused is None, f"{refused!r} changed between the runs and the restore accepted it silently"
+        if exact:
+            if self.twin is None:
+                self.twin, self.twin_seen = self.run, {}
+        else:
+            self.twin, self.twin_seen = None, {}
+        self.live_seen.clear()
+        self.config = new
+        self.segment += 1
+        self.segment_world[self.segment] = new["world"]
+        self.run = Run(new, loaders, epoch, cursor)
+        self.workers_used |= new["workers"] > 0
+
+    # -- the contract -------------------------------------------------------------------------------------
+
+    @invariant()
+    def padding_is_distributed_samplers(self) -> None:
+        for (segment, epoch), count in self.padding.items():
+            world = self.segment_world[segment]
+            assert count <= world - 1, f"epoch {epoch}: {count} padding positions on {world} rank(s)"
+
+    @invariant()
+    def exactly_once(self) -> None:
+        if self.run is None:
+            return
+        if self.config["kind"] in ("plain", "stream"):
+            self._exactly_once_per_epoch()
+        else:
+            self._exactly_once_per_source_epoch()
+
+    def _complete(self, epoch: int) -> bool:
+        run = self.run
+        return epoch < run.epoch or run.finished or (epoch == run.epoch and run.cursor() >= run.epoch_length(epoch))
+
+    def _exactly_once_per_epoch(self) -> None:
+        name = next(iter(self.universes))
+        universe = self.universes[name][0][2]
+        per_epoch: dict[int, list[Any]] = defaultdict(list)
+        for epoch, _, units in self.delivered:
+            per_epoch[epoch].extend(units)
+        for epoch, seen in sorted(per_epoch.items()):
+            expected = universe
+            if self.config["kind"] == "plain":
+                gone = set().union(*(s for first, s in self.exclusions if first <= epoch))
+                expected = {u for u in universe if int(u.split(":")[1]) not in gone}
+            _check(f"epoch {epoch}", seen, expected, self._complete(epoch))
+        if self.run.finished:
+            assert sorted(per_epoch) == list(range(len(per_epoch))), f"epochs delivered: {sorted(per_epoch)}"
+
+    def _exactly_once_per_source_epoch(self) -> None:
+        per_source: dict[str, list[list[Any]]] = defaultdict(list)
+        for _, _, units in sorted(self.delivered, key=lambda d: (d[0], d[1])):
+            per_source[source_of(units[0])].append(units)
+        for name, items in per_source.items():
+            changes = self.universes[name]
+            g, start = 0, 0
+            while start < len(items):
+                # The source epoch starting at sample number `start` has the length of the newest change
+                # made at or before `start` (one in progress keeps its length).
+                _, length, universe = [c for c in changes if c[0] <= start][-1]
+                chunk = items[start : start + length]
+                seen = [u for units in chunk for u in units]
+                complete = len(chunk) == length
+                _check(f"{name} source epoch {g} (samples {start}..{start + len(chunk) - 1})", seen, universe, complete)
+                start += length
+                g += 1
+
+
+class Quiet:
+    """The restore's WARNING line, once per rank and restore, silenced for the machine's runs."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("torch_input_ckpt")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def close(self) -> None:
+        self.logger.setLevel(self.level)
+
+
+def _check(what: str, seen: list[Any], expected: set[Any], complete: bool) -> None:
+    counts = Counter(seen)
+    duplicated = sorted(str(u) for u, n in counts.items() if n > 1)
+    unknown = sorted(str(u) for u in counts if u not in expected)
+    assert not duplicated, f"{what}: delivered more than once: {duplicated}"
+    assert not unknown, f"{what}: not in the data: {unknown}"
+    if complete:
+        missing = sorted(str(u) for u in expected - set(counts))
+        assert not missing, f"{what}: never delivered: {missing}"
+
+
+def _settings(examples: int) -> settings:
+    return settings(
+        max_examples=examples,
+        stateful_step_count=10,
+        deadline=None,
+        derandomize=not FUZZING,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+    )
+
+
+def _machine(kind: str, share: float) -> type[RuleBasedStateMachine]:
+    machine = type(f"Pipelines_{kind}", (Pipelines,), {"kind": kind})
+
+    def build(self: Pipelines, config: dict[str, Any]) -> None:
+        self._start(config)
+
+    machine.build = initialize(config=configs(kind))(build)  # type: ignore[attr-defined]
+    machine.TestCase.settings = _settings(max(1, int(EXAMPLES * share)))
+    return machine
+
+
+# 200 examples in all in make test: a share per pipeline kind.
+PlainMachine = _machine("plain", 0.7)
+MixtureMachine = _machine("mixture", 0.9)
+StreamMachine = _machine("stream", 0.7)
+StreamsMixtureMachine = _machine("streams", 1.0)
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("machine", [PlainMachine, MixtureMachine, StreamMachine, StreamsMixtureMachine])
+def test_state_machine(machine: type[RuleBasedStateMachine]) -> None:
+    machine.TestCase().runTest()
