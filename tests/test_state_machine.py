@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from pipelines import (
@@ -481,6 +481,9 @@ def _settings(examples: int) -> settings:
         derandomize=not FUZZING,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+        # make test stays bounded when it fails (shrinking a failing run of pipelines takes minutes): it reports
+        # the failing sequence as found; make fuzz shrinks it to a minimal one.
+        phases=list(Phase) if FUZZING else [Phase.explicit, Phase.reuse, Phase.generate],
     )
 
 
