@@ -336,6 +336,17 @@ class Pipelines(RuleBasedStateMachine):
             write_shard(directory, name, source["format"], shard, source["sizes"][shard] + 1)
             self._restore(copy.deepcopy(self.config), refused=path.name)
 
+    @precondition(lambda self: self.run is not None and not self.over and self.config["kind"] != "plain")
+    @rule()
+    def restore_into_a_plain_dataset(self) -> None:
+        """The state of a stream or mixture (it records the dataset's own order) loaded into a loader over a plain
+        dataset of the same length: refused (issue 21 case 5), never a silent other order."""
+        new = copy.deepcopy(self.config)
+        length = len(self.run.loaders[0].dataset)
+        new.update(kind="plain", sources={"plain": {"length": length}})
+        new.pop("weights", None)
+        self._restore(new, refused="")
+
     @precondition(lambda self: self.run is not None and not self.over and self.config["kind"] == "plain")
     @rule(data=st.data())
     def exclude(self, data: Any) -> None:
@@ -382,7 +393,10 @@ class Pipelines(RuleBasedStateMachine):
             self.over = True
             self.ckpts = []
             return
-        assert refused is None, f"{refused!r} changed between the runs and the restore accepted it silently"
+        assert refused is None, (
+            f"changed between the runs ({refused or 'the pipeline: ' + new['kind']!r}) and the restore accepted it"
+            " silently"
+        )
         if exact:
             if self.twin is None:
                 self.twin, self.twin_seen = self.run, {}
