@@ -32,6 +32,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,26 @@ class Pipelines(RuleBasedStateMachine):
                 self.live_seen[(epoch, position)] = value
         self._compare_with_twin()
 
+    @precondition(lambda self: self.run is not None and not self.over and not self.run.finished)
+    @rule()
+    def advance_to_the_epochs_end(self) -> None:
+        """Stop exactly after an epoch's last batch (the stop that normalises to the next epoch)."""
+        epoch = self.run.epoch
+        for _ in range(64):
+            if (
+                self.over
+                or self.run.finished
+                or self.run.epoch != epoch
+                or self.run.cursor() >= self.run.epoch_length(epoch)
+            ):
+                return
+            self.advance(1)
+
+    @precondition(lambda self: self.run is not None and not self.over and not self.run.finished)
+    @rule(steps=st.integers(5, 12))
+    def advance_far(self, steps: int) -> None:
+        self.advance(steps)
+
     def _compare_with_twin(self) -> None:
         if self.twin is None:
             return
@@ -271,18 +292,27 @@ class Pipelines(RuleBasedStateMachine):
         else:
             shard = len(source["sizes"])
             size = data.draw(st.integers(1, 3))
-            write_shard(Path(source["dir"]), name, source["format"], shard, size)
-            write_index(source["dir"], "tokens" if source["format"] == "jsonl" else None)
+            added = write_shard(Path(source["dir"]), name, source["format"], shard, size)
+            _reindex(source)
             source["sizes"].append(size)
+
+        def undo() -> None:  # the user takes the new data out again (and re-indexes)
+            if "sizes" in source:
+                added.unlink()
+                _reindex(source)
+            if self.config["kind"] not in ("plain", "stream"):
+                self.universes[name].pop()
+
         if self.config["kind"] in ("plain", "stream"):
             # The refusal names the opt-in (a plain dataset) or the stream whose shards changed.
-            self._restore(new, refused="ShardedStream" if self.config["kind"] == "stream" else "allow_growth")
+            refused = "ShardedStream" if self.config["kind"] == "stream" else "allow_growth"
+            self._restore(new, refused=refused, undo=undo)
             return
         g = sum(1 for _, _, units in self.delivered if source_of(units[0]) == name) if self.delivered else 0
         self._universe(name, source, g)
         # Packed streams cannot keep their numbering over appended data: a refusal naming the source is
         # the contract's other answer (issue 21 case 6); accepting is checked for exactly-once.
-        self._restore(new, refused=None, may_refuse=name)
+        self._restore(new, refused=None, may_refuse=name, undo=undo)
 
     @precondition(
         lambda self: (
@@ -299,7 +329,7 @@ class Pipelines(RuleBasedStateMachine):
         source = new["sources"][data.draw(st.sampled_from(names))]
         old = source["length"]
         source["length"] = data.draw(st.integers(1, old - 1))
-        self._restore(new, refused=[str(old), str(source["length"])])
+        self._restore(new, refused=[str(old), str(source["length"])], undo=lambda: None)
 
     @precondition(
         lambda self: (
@@ -322,6 +352,7 @@ class Pipelines(RuleBasedStateMachine):
             shard = data.draw(st.sampled_from(candidates))
             path = directory / f"part-{shard:03d}.jsonl"
             stat = path.stat()
+            original = path.read_bytes()
             lines = path.read_text().splitlines(keepends=True)
             shorter = "".join(lines[:-1])
             shorter = shorter[:-1] + " " * (stat.st_size - len(shorter)) + "\n"  # JSON allows the spaces
@@ -329,12 +360,23 @@ class Pipelines(RuleBasedStateMachine):
             os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
             assert path.stat().st_size == stat.st_size
             self.pending_error = path.name
-            self._restore(copy.deepcopy(self.config), refused=None, may_refuse=path.name)
+
+            def undo_short() -> None:
+                path.write_bytes(original)
+                _reindex(source)
+                self.pending_error = None
+
+            self._restore(copy.deepcopy(self.config), refused=None, may_refuse=path.name, undo=undo_short)
         else:
             shard = data.draw(st.integers(0, len(source["sizes"]) - 1))
             path = directory / f"part-{shard:03d}.{source['format']}"
             write_shard(directory, name, source["format"], shard, source["sizes"][shard] + 1)
-            self._restore(copy.deepcopy(self.config), refused=path.name)
+
+            def undo_longer() -> None:
+                write_shard(directory, name, source["format"], shard, source["sizes"][shard])
+                _reindex(source)
+
+            self._restore(copy.deepcopy(self.config), refused=path.name, undo=undo_longer)
 
     @precondition(lambda self: self.run is not None and not self.over and self.config["kind"] != "plain")
     @rule()
@@ -345,7 +387,7 @@ class Pipelines(RuleBasedStateMachine):
         length = len(self.run.loaders[0].dataset)
         new.update(kind="plain", sources={"plain": {"length": length}})
         new.pop("weights", None)
-        self._restore(new, refused="")
+        self._restore(new, refused="", undo=lambda: None)
 
     @precondition(lambda self: self.run is not None and not self.over and self.config["kind"] == "plain")
     @rule(data=st.data())
@@ -365,10 +407,19 @@ class Pipelines(RuleBasedStateMachine):
         for loader in run.loaders + (self.twin.loaders if self.twin is not None else []):
             loader.exclude(sorted(indices))
 
-    def _restore(self, new: dict[str, Any], *, refused: str | list[str] | None, may_refuse: str | None = None) -> None:
+    def _restore(
+        self,
+        new: dict[str, Any],
+        *,
+        refused: str | list[str] | None,
+        may_refuse: str | None = None,
+        undo: Callable[[], None] | None = None,
+    ) -> None:
         """Save every rank through its checkpointer, build fresh objects of ``new`` and restore them from
         the files. ``refused``: the restore must raise ``InputStateError`` naming it; ``may_refuse``: it
-        may (else it must be exact or exactly-once, as checked by the invariants)."""
+        may (else it must be exact or exactly-once, as checked by the invariants). ``undo``: after a refusal,
+        what the user does to take the change back; then the unchanged pipeline is restored (fresh objects
+        again) and the run goes on, to be identical to the uninterrupted one."""
         for ckpt in self.ckpts:
             ckpt.save(self.step)
         for ckpt in self.ckpts:
@@ -390,8 +441,12 @@ class Pipelines(RuleBasedStateMachine):
                 raise
             for word in [expected] if isinstance(expected, str) else expected:
                 assert word in str(error), f"the refusal does not name {word!r}: {error}"
-            self.over = True
             self.ckpts = []
+            if undo is None:
+                self.over = True
+                return
+            undo()
+            self._restore(copy.deepcopy(self.config), refused=None)
             return
         assert refused is None, (
             f"changed between the runs ({refused or 'the pipeline: ' + new['kind']!r}) and the restore accepted it"
@@ -476,6 +531,10 @@ class Quiet:
         self.logger.setLevel(self.level)
 
 
+def _reindex(source: dict[str, Any]) -> None:
+    write_index(source["dir"], "tokens" if source["format"] == "jsonl" else None)
+
+
 def _check(what: str, seen: list[Any], expected: set[Any], complete: bool) -> None:
     counts = Counter(seen)
     duplicated = sorted(str(u) for u, n in counts.items() if n > 1)
@@ -490,7 +549,7 @@ def _check(what: str, seen: list[Any], expected: set[Any], complete: bool) -> No
 def _settings(examples: int) -> settings:
     return settings(
         max_examples=examples,
-        stateful_step_count=10,
+        stateful_step_count=15,
         deadline=None,
         derandomize=not FUZZING,
         database=None,
