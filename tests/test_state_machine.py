@@ -436,7 +436,7 @@ class Pipelines(RuleBasedStateMachine):
         except InputStateError as error:
             for ckpt in self.ckpts:
                 ckpt.close()
-            expected = refused or may_refuse
+            expected = refused if refused is not None else may_refuse
             if expected is None:
                 raise
             for word in [expected] if isinstance(expected, str) else expected:
