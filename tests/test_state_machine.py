@@ -278,7 +278,9 @@ class Pipelines(RuleBasedStateMachine):
                 self._universe(name, new["sources"][name], 0)
         self._restore(new, refused=None)
 
-    @precondition(lambda self: self.run is not None and not self.over)
+    # A shard rewritten behind the index's back stays so until its read fails: no other data change meanwhile
+    # (re-indexing it would make it a legitimately changed shard).
+    @precondition(lambda self: self.run is not None and not self.over and self.pending_error is None)
     @rule(data=st.data())
     def restore_after_appending_data(self, data: Any) -> None:
         """Data appended between the runs: a plain dataset (without ``allow_growth``) and a stream alone
@@ -333,7 +335,10 @@ class Pipelines(RuleBasedStateMachine):
 
     @precondition(
         lambda self: (
-            self.run is not None and not self.over and any("sizes" in s for s in self.config["sources"].values())
+            self.run is not None
+            and not self.over
+            and self.pending_error is None
+            and any("sizes" in s for s in self.config["sources"].values())
         )
     )
     @rule(data=st.data(), same_stat=st.booleans())
@@ -345,7 +350,7 @@ class Pipelines(RuleBasedStateMachine):
         name = data.draw(st.sampled_from(streams))
         source = self.config["sources"][name]
         candidates = [i for i, n in enumerate(source["sizes"]) if n >= 2 and source["format"] == "jsonl"]
-        if same_stat and (not candidates or self.pending_error is not None):
+        if same_stat and not candidates:
             same_stat = False
         directory = Path(source["dir"])
         if same_stat:
