@@ -554,7 +554,7 @@ def _check(what: str, seen: list[Any], expected: set[Any], complete: bool) -> No
 def _settings(examples: int) -> settings:
     return settings(
         max_examples=examples,
-        stateful_step_count=15,
+        stateful_step_count=12,
         deadline=None,
         derandomize=not FUZZING,
         database=None,
