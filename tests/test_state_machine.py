@@ -208,6 +208,10 @@ class Pipelines(RuleBasedStateMachine):
     def advance_far(self, steps: int) -> None:
         self.advance(steps)
 
+    def _workers_alive(self) -> bool:
+        runs = [r for r in (self.run, self.twin) if r is not None]
+        return any(loader.num_workers > 0 for r in runs for loader in r.loaders)
+
     def _compare_with_twin(self) -> None:
         if self.twin is None:
             return
@@ -279,8 +283,17 @@ class Pipelines(RuleBasedStateMachine):
         self._restore(new, refused=None)
 
     # A shard rewritten behind the index's back stays so until its read fails: no other data change meanwhile
-    # (re-indexing it would make it a legitimately changed shard).
-    @precondition(lambda self: self.run is not None and not self.over and self.pending_error is None)
+    # (re-indexing it would make it a legitimately changed shard). Shard files change only while no worker of
+    # the stopped run or of its uninterrupted twin is alive: their prefetching would read the files mid-change,
+    # which a job stopped between two runs never does.
+    @precondition(
+        lambda self: (
+            self.run is not None
+            and not self.over
+            and self.pending_error is None
+            and (self.config["kind"] in ("plain", "mixture") or not self._workers_alive())
+        )
+    )
     @rule(data=st.data())
     def restore_after_appending_data(self, data: Any) -> None:
         """Data appended between the runs: a plain dataset (without ``allow_growth``) and a stream alone
@@ -338,6 +351,7 @@ class Pipelines(RuleBasedStateMachine):
             self.run is not None
             and not self.over
             and self.pending_error is None
+            and not self._workers_alive()
             and any("sizes" in s for s in self.config["sources"].values())
         )
     )
