@@ -8,7 +8,7 @@ PINS := torch==2.13.0 torchdata==0.11.0 pytorch_lightning==2.6.6 pytest==9.0.3 h
 # The Hugging Face integration's tested versions (they install against torch==2.13.0 without another torch).
 PINS += transformers==5.23.0 accelerate==1.15.0
 
-.PHONY: setup test test-lightning-floor demo demo-ddp bench bench-quick lint
+.PHONY: setup test fuzz test-lightning-floor demo demo-ddp bench bench-quick lint
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: setup
 	$(PY) -m pytest -q
+
+# Every test marked `fuzz` (the pipeline state machine, the readers' and index's property tests) with many more
+# examples than make test runs, and a fresh random seed each time: HYPOTHESIS_FUZZ_EXAMPLES=N make fuzz.
+HYPOTHESIS_FUZZ_EXAMPLES ?= 2000
+fuzz: setup
+	HYPOTHESIS_FUZZ_EXAMPLES=$(HYPOTHESIS_FUZZ_EXAMPLES) $(PY) -m pytest -q -m fuzz -p no:cacheprovider
 
 # The Lightning tests against the lowest pytorch_lightning the [lightning] extra declares, in a venv of its own.
 LIGHTNING_FLOOR := pytorch_lightning==2.6.0

@@ -4,14 +4,18 @@ restore into a fresh object, continue, and compare with an uninterrupted run."""
 from __future__ import annotations
 
 import gc
-import io
 import json
+import tempfile
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from torch_input_ckpt import files
+from torch_input_ckpt.encoding import decode_tensors
 
 
 def to_py(batch: Any) -> Any:
@@ -26,12 +30,19 @@ def to_py(batch: Any) -> Any:
 
 
 def roundtrip(state: dict[str, Any]) -> dict[str, Any]:
-    """Serialise a state as a checkpoint would: it must survive JSON and torch.load(weights_only=True)."""
+    """Serialise a state as a checkpoint does and read it back as a restore does: through the checkpoint
+    file format itself (``files.encode_checkpoint``: canonical JSON, sorted keys, a checksum), written to
+    a real file and read with ``files.read_checkpoint`` (which validates its schema), tensors decoded.
+
+    Never only through memory: a state whose meaning depends on dict order (or that holds something
+    JSON cannot) must fail here as it fails for a user restoring from the file.
+    """
     assert json.loads(json.dumps(state)) == state, "state is not plain JSON"
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
+    with tempfile.TemporaryDirectory(prefix="roundtrip-") as directory:
+        path = Path(directory) / files.InputFile(0, 0).name
+        path.write_bytes(files.encode_checkpoint(rank=0, world_size=1, step=0, states={"input": state}, external=[]))
+        checkpoint = files.read_checkpoint(path)
+    return decode_tensors(checkpoint.states["input"], str(path))
 
 
 def epochs_of(loader: Any, epochs: int) -> Iterable[tuple[int, Any]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,9 +18,16 @@ from torch_input_ckpt import ShardedStream
 from torch_input_ckpt.shards import write_index
 
 INDEX = "torch_input_ckpt_index.json"
-# The number of examples is the active Hypothesis profile's (100 by default), so that a longer fuzz run can
-# raise it without editing this file.
-FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# make test: 100 examples from a fixed seed; make fuzz: HYPOTHESIS_FUZZ_EXAMPLES of them, from fresh seeds.
+FUZZ_EXAMPLES = os.environ.get("HYPOTHESIS_FUZZ_EXAMPLES")
+FUZZ = settings(
+    max_examples=int(FUZZ_EXAMPLES) if FUZZ_EXAMPLES else 100,
+    derandomize=not FUZZ_EXAMPLES,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+pytestmark = pytest.mark.fuzz
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,8 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
+pytestmark = pytest.mark.fuzz
+
 
 def records(n: int) -> list[dict[str, Any]]:
     names = ("web", "code", "math")

@@ -1,0 +1,47 @@
+"""The README's exactly-once tables are the contract: every row names the tests that prove it through the
+checkpoint file, and every test named exists."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# The header of each contract table, as the README spells it.
+TABLES = ("| situation | what happens | guarantee | proved through the file by |", "| `ShardedStream` resumed with |")
+REFERENCE = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
+
+
+def table_rows(header: str) -> list[str]:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
+def defined_tests(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+@pytest.mark.parametrize("header", TABLES)
+def test_every_row_names_tests_that_exist(header):
+    rows = table_rows(header)
+    assert len(rows) >= 4, f"the table {header!r} lost its rows"
+    missing = []
+    for row in rows:
+        cells = row.strip("|").split(" | ")
+        references = REFERENCE.findall(cells[-1])
+        assert references, f"this row names no test (`tests/<file>.py::<test>`): {row[:100]}"
+        for file, name in references:
+            path = ROOT / file
+            if not path.is_file() or name not in defined_tests(path):
+                missing.append(f"{file}::{name}")
+    assert not missing, f"the README names tests that do not exist: {missing}"
