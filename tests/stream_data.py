@@ -85,3 +85,20 @@ def ids_collate(samples: list[Any]) -> list[str]:
 
 def all_ids(sizes: tuple[int, ...] = SIZES) -> list[str]:
     return [f"{s}-{k}" for s, n in enumerate(sizes) for k in range(n)]
+
+
+def deliver_all(loader: Any) -> list[Any]:
+    """Every batch of one pass of ``loader``.
+
+    When the pass raises, torch's iterator is released before the error goes on: left to a later gc pass
+    (the traceback's frames hold it), its queues may be closed first, and torch then waits 5 s per worker to
+    join them (10 s a test with 2 workers)."""
+    delivered = []
+    batches = iter(loader)
+    try:
+        for batch in batches:
+            delivered.append(batch)
+    except Exception as error:
+        del batches
+        raise error.with_traceback(None) from None
+    return delivered

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stream_data import ids_collate, write_shards
+from stream_data import deliver_all, ids_collate, write_shards
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, Shard, ShardedStream
 from torch_input_ckpt.readers import (
@@ -340,7 +340,7 @@ def test_a_malformed_line_read_in_training_names_file_and_line(tmp_path, workers
     stream = ShardedStream(root, lanes=2, seed=3)
     loader = ResumableDataLoader(stream, batch_size=2, collate_fn=ids_collate, num_workers=workers, seed=5)
     with pytest.raises(InputStateError) as raised:
-        list(loader)
+        deliver_all(loader)
     # With workers, torch re-raises the error's type in the main process with the worker's message in it.
     assert f"{victim}: line 7 (sample 6): not valid JSON" in str(raised.value)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stream_data import ids_collate, write_shards
+from stream_data import deliver_all, ids_collate, write_shards
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, Shard, ShardedStream
 from torch_input_ckpt.readers import ShardReaders, open_samples
@@ -26,10 +26,7 @@ VICTIM = "shard-001.jsonl"
 
 def run_epoch(stream: ShardedStream, workers: int) -> tuple[list[str], ResumableDataLoader]:
     loader = ResumableDataLoader(stream, batch_size=2, collate_fn=ids_collate, num_workers=workers, seed=5)
-    delivered: list[str] = []
-    for batch in loader:
-        delivered.extend(batch)
-    return delivered, loader
+    return [sample for batch in deliver_all(loader) for sample in batch], loader
 
 
 def rewrite_keeping_size_and_mtime(path: Path, drop_last: int) -> None:
@@ -75,7 +72,7 @@ def test_an_open_shard_that_ends_early_is_an_error_naming_shard_and_counts(worke
         stream, batch_size=2, collate_fn=lambda b: [id_of(s) for s in b], num_workers=workers, seed=5
     )
     with pytest.raises(InputStateError) as raised:
-        list(loader)
+        deliver_all(loader)
     message = str(raised.value)
     assert "('code', 10, 7): shard ended after 7 samples, but its recorded count is 10" in message
     assert loader.epoch == 0, "the epoch must not count as finished"
