@@ -56,7 +56,7 @@ _ORDER = [
     "permutation",
     "ddp_sync",
 ]
-_ORDER += ["mixture_resume", "mixture_throughput", "restore_scale", "hf_resume"]
+_ORDER += ["mixture_resume", "mixture_throughput", "mixture_streams", "restore_scale", "hf_resume"]
 _ORDER += ["stream", "stream_throughput", "provenance", "exclusion"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
