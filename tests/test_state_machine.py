@@ -113,11 +113,14 @@ class Pipelines(RuleBasedStateMachine):
     """One pipeline, its uninterrupted twin while exactness is promised, and everything delivered."""
 
     kind = "plain"
+    base: Path | None = None  # set by the test from tmp_path
 
     def __init__(self) -> None:
         super().__init__()
         self.quiet = Quiet()
-        self.root = Path(tempfile.mkdtemp(prefix="state-machine-"))
+        # Under pytest's own temporary directory (it keeps the last runs and removes older ones): a background
+        # write still in flight at teardown can leave an empty folder that rmtree could not remove.
+        self.root = Path(tempfile.mkdtemp(prefix="state-machine-", dir=self.base))
         self.directory = self.root / "ckpt"
         self.directory.mkdir()
         self.step = 0
@@ -599,5 +602,6 @@ StreamsMixtureMachine = _machine("streams", 1.0)
 
 @pytest.mark.fuzz
 @pytest.mark.parametrize("machine", [PlainMachine, MixtureMachine, StreamMachine, StreamsMixtureMachine])
-def test_state_machine(machine: type[RuleBasedStateMachine]) -> None:
+def test_state_machine(machine: type[Pipelines], tmp_path: Path) -> None:
+    machine.base = tmp_path
     machine.TestCase().runTest()
