@@ -41,12 +41,17 @@ def run(
     directory: Path, weights: dict[str, Any], *, restore: int | None = None, order: tuple[str, ...] = ORDERED
 ) -> dict[int, list[str]]:
     """Steps 1..STEPS (or restore+1..STEPS) of fresh objects, saving every step; the batch of each step."""
-    loader = make_loader(weights, order)
-    out: dict[int, list[str]] = {}
+    return run_steps(directory, make_loader(weights, order), STEPS, restore=restore, epochs=4)
+
+
+def run_steps(directory: Path, loader: Any, steps: int, *, restore: int | None, epochs: int) -> dict[int, list]:
+    """Steps 1..steps (or restore+1..steps, restored from ``directory``) of ``loader`` over up to ``epochs``
+    epochs, saving every step through an InputCheckpointer; the batch of each step."""
+    out: dict[int, list] = {}
     with InputCheckpointer(directory, loader, every_n_steps=1, keep_last=None) as ckpt:
         first = 1 if restore is None else ckpt.restore(restore) + 1
-        batches = (batch for _ in range(4) for batch in loader)
-        for step in range(first, STEPS + 1):
+        batches = (batch for _ in range(epochs) for batch in loader)
+        for step in range(first, steps + 1):
             out[step] = next(batches)
             ckpt.after_step(step)
     return out

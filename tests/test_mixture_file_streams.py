@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mixture_files import run_steps
 from stream_data import write_shards
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, Mixture, ResumableDataLoader, ShardedStream
@@ -72,15 +73,7 @@ def test_a_stream_source_reads_its_own_order_forward(tmp_path):
 
 
 def run(directory: Path, root: Path, steps: int, *, restore: int | None = None, **options: Any) -> dict[int, list]:
-    loader = mixed(root, **options)
-    out: dict[int, list] = {}
-    with InputCheckpointer(directory, loader, every_n_steps=1, keep_last=None) as ckpt:
-        first = 1 if restore is None else ckpt.restore(restore) + 1
-        batches = (batch for _ in range(10) for batch in loader)
-        for step in range(first, steps + 1):
-            out[step] = next(batches)
-            ckpt.after_step(step)
-    return out
+    return run_steps(directory, mixed(root, **options), steps, restore=restore, epochs=10)
 
 
 @pytest.mark.parametrize("pack_to", [None, 6])
