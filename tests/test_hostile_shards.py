@@ -21,7 +21,7 @@ import pytest
 from stream_data import deliver_all, ids_collate, write_shards
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, Shard, ShardedStream
-from torch_input_ckpt.readers import (
+from torch_input_ckpt.formats import (
     LINE_CHARS_ENV,
     MAX_LINE_CHARS,
     MAX_MEMBER_BYTES,
@@ -74,7 +74,7 @@ def huge_line_gzip(path: Path, line_bytes: int) -> Path:
 CHILD = """
 import resource, sys
 from torch_input_ckpt import InputStateError
-from torch_input_ckpt.readers import count_samples, open_samples
+from torch_input_ckpt.formats import count_samples, open_samples
 
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

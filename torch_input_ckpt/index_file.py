@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import InputStateError
 from .files import _canonical, _parse, read_regular_file, write_atomic
-from .readers import format_of
+from .formats import format_of
 from .schema import FORMAT_VERSION, INDEX_KIND, Key
 from .token_source import MAX_IDENTITY_CHARS, describe
 

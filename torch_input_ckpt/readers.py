@@ -19,35 +19,9 @@ from typing import Any
 import torch
 
 from .errors import InputStateError
-from .formats import (
-    FORMATS,
-    LINE_CHARS_ENV,
-    MAX_LINE_CHARS,
-    MAX_MEMBER_BYTES,
-    MEMBER_BYTES_ENV,
-    count_samples,
-    format_of,
-    native,
-    npy_memmap,
-    open_samples,
-)
+from .formats import native
 
-# The formats' names are re-exported: the stream, the index and users' code import them from here.
-__all__ = [
-    "FORMATS",
-    "LINE_CHARS_ENV",
-    "MAX_LINE_CHARS",
-    "MAX_MEMBER_BYTES",
-    "MEMBER_BYTES_ENV",
-    "ShardReaders",
-    "as_tokens",
-    "count_samples",
-    "format_of",
-    "native",
-    "npy_memmap",
-    "open_samples",
-    "tokens_of",
-]
+__all__ = ["ShardReaders", "as_tokens", "tokens_of"]
 
 
 def tokens_of(sample: Any, field: str | Callable[[Any], Any] | None) -> Any:

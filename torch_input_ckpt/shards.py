@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputStateError
-from .formats import refuse_special
+from .formats import count_samples, format_of, open_samples, refuse_special
 from .index_file import INDEX_FILE, MAX_UNITS, IndexEntry, ShardIndex, read_index, write_index_file
-from .readers import count_samples, format_of, open_samples
 from .schema import FORMAT_VERSION, INDEX_KIND, Key
 from .token_source import count_tokens, describe, load_tokenizer, token_identity
 
@@ -148,7 +147,7 @@ def _token_total(path: Path, tokens: Tokens) -> int:
 
 
 def _npy_tokens(path: Path) -> int:
-    from .readers import npy_memmap
+    from .formats import npy_memmap
 
     return int(npy_memmap(path).size)
 

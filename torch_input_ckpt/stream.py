@@ -35,9 +35,10 @@ from torch.utils.data import Dataset
 
 from .arguments import check_int
 from .errors import InputCheckpointWarning
+from .formats import native, npy_memmap, open_samples
 from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
 from .packing import PackedReader, assemble
-from .readers import ShardReaders, native, npy_memmap, open_samples
+from .readers import ShardReaders
 from .schema import FORMAT_VERSION, STREAM_KIND, Key, check_header, check_same, field
 from .shards import Shard, legacy_fingerprint, resolve_shards
 
