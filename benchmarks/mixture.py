@@ -203,7 +203,7 @@ def _write_stream_shards(root: Any, shards: int, documents: int) -> None:
     import gzip
     import random
 
-    from torch_input_ckpt.shards import write_index
+    from torch_input_ckpt.stream.shards import write_index
 
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(str(root.name))

@@ -19,8 +19,9 @@ STEPS = (100, 200, 300)  # keep_last=3
 
 
 def _write_directory(directory: Path, world: int) -> None:
-    from torch_input_ckpt import ResumableSampler, files
-    from torch_input_ckpt.files import InputFile
+    from torch_input_ckpt import ResumableSampler
+    from torch_input_ckpt.store import files
+    from torch_input_ckpt.store.files import InputFile
 
     for rank in range(world):
         sampler = ResumableSampler(10**6, seed=0, num_replicas=world, rank=rank)
@@ -36,8 +37,8 @@ def _write_directory(directory: Path, world: int) -> None:
 
 def measure(params: dict[str, Any]) -> dict[str, Any]:
     """Child side: plan on "rank 0", then read the planned file of every other rank, counting reads."""
-    from torch_input_ckpt import files
-    from torch_input_ckpt.planner import plan_restore
+    from torch_input_ckpt.store import files
+    from torch_input_ckpt.store.planner import plan_restore
 
     world = params["world"]
     opened = [0]

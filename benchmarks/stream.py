@@ -25,8 +25,8 @@ def make_shards(root: str, shards: int, sparse: bool) -> str:
     import numpy as np
 
     from torch_input_ckpt import InputStateError
-    from torch_input_ckpt.index_file import INDEX_FILE, read_index
-    from torch_input_ckpt.shards import write_index
+    from torch_input_ckpt.stream.index import INDEX_FILE, read_index
+    from torch_input_ckpt.stream.shards import write_index
 
     os.makedirs(root, exist_ok=True)
     if os.path.exists(os.path.join(root, INDEX_FILE)):

@@ -57,14 +57,14 @@ def _loader(impl: str, dataset: IndexDataset, workers: int, batch_size: int) -> 
 
 def _reseed_parts() -> dict[str, float]:
     """Seconds per call of each candidate for seeding, probing and saving the global RNGs (min over 5
-    repeats of 20,000 calls): what issue 17's choices in ``torch_input_ckpt.rngs`` rest on."""
+    repeats of 20,000 calls): what issue 17's choices in ``torch_input_ckpt.rng.fingerprints`` rest on."""
     import random
     import timeit
 
     import numpy
     import torch
 
-    from torch_input_ckpt.rngs import rng
+    from torch_input_ckpt.rng.fingerprints import rng
 
     seed = 0x1234_5678
     generator = torch.default_generator
@@ -211,7 +211,7 @@ def run(cfg: Config, n: int | None = None) -> list[Figure]:
             "The loader rows are figure 1's epochs: (epoch time with the default reseed_rng=True - with False) / N; "
             "the trivial dataset draws nothing, so this is the cost of checking, once per batch, that no RNG was "
             "drawn from. The parts are micro-benchmarks of the candidates for seeding, probing and saving each "
-            "global RNG (min of 5 x 20,000 calls); '(used)' marks the ones `torch_input_ckpt.rngs` uses."
+            "global RNG (min of 5 x 20,000 calls); '(used)' marks the ones `torch_input_ckpt.rng.fingerprints` uses."
         ),
         columns=["what", "µs per sample (probes: per call, two per batch)"],
     )

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torch_input_ckpt import InputCheckpointer, Mixture, ResumableDataLoader, files
+from torch_input_ckpt import InputCheckpointer, Mixture, ResumableDataLoader
+from torch_input_ckpt.store import files
 
 ORDERED = ("web", "code", "math")  # the README's example: not alphabetical
 STEPS = 24  # over two mixture epochs of 95 samples (batch 8)

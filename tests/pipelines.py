@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from torch_input_ckpt import InputCheckpointer, Mixture, ResumableDataLoader, ResumableSampler, ShardedStream, World
-from torch_input_ckpt.shards import write_index
+from torch_input_ckpt.stream.shards import write_index
 
 # Source names are never in alphabetical order by accident: configurations take them in this order
 # (or a shuffled one that is checked not to be sorted).

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, ResumableSampler, World, files
+from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, ResumableSampler, World
+from torch_input_ckpt.store import files
 
 
 class Rank:

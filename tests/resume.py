@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from torch_input_ckpt import files
-from torch_input_ckpt.encoding import decode_tensors
+from torch_input_ckpt.state.encoding import decode_tensors
+from torch_input_ckpt.store import files
 
 
 def to_py(batch: Any) -> Any:

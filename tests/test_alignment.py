@@ -22,8 +22,8 @@ from torch_input_ckpt import (
     InputStateError,
     ResumableDataLoader,
     ResumableSampler,
-    files,
 )
+from torch_input_ckpt.store import files
 
 from resume import epochs_of, to_py
 

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, RandomSampler, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-import torch_input_ckpt.checkpointer as checkpointer_module
+import torch_input_ckpt.checkpoint.checkpointer as checkpointer_module
 from torch_input_ckpt import (
     ExternalStateWarning,
     InputCheckpointer,
@@ -28,9 +28,9 @@ from torch_input_ckpt import (
     ResumableDataLoader,
     ResumableSampler,
     World,
-    files,
 )
-from torch_input_ckpt.files import InputFile
+from torch_input_ckpt.store import files
+from torch_input_ckpt.store.files import InputFile
 
 from resume import epochs_of, to_py
 
@@ -608,7 +608,8 @@ def test_interpreter_exit_flushes_pending_writes(tmp_path):
     """A script that saves and exits without close(): the write still completes (atexit via weakref)."""
     script = (
         "import sys, time\n"
-        "from torch_input_ckpt import InputCheckpointer, ResumableSampler, files\n"
+        "from torch_input_ckpt import InputCheckpointer, ResumableSampler\n"
+        "from torch_input_ckpt.store import files\n"
         "real = files.write_atomic\n"
         "def slow(path, data):\n"
         "    time.sleep(0.3)\n"

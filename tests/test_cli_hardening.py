@@ -12,9 +12,11 @@ import threading
 import pytest
 from provenance_runs import run
 
-from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, files, samples
+from torch_input_ckpt import InputCheckpointer, ResumableDataLoader
 from torch_input_ckpt.__main__ import main
-from torch_input_ckpt.samples import Provenance, samples_at
+from torch_input_ckpt.provenance import samples
+from torch_input_ckpt.provenance.samples import Provenance, samples_at
+from torch_input_ckpt.store import files
 
 CONFIG = dict(length=30, batch_size=3, shuffle=True, every=5)
 # Literal, so that this file also runs (and fails) against a version without the bounds.

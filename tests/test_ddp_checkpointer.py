@@ -10,8 +10,8 @@ import pytest
 import torch.distributed as dist
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, ResumableDataLoader, World
-from torch_input_ckpt.files import InputFile
-from torch_input_ckpt.planner import plan_restore
+from torch_input_ckpt.store.files import InputFile
+from torch_input_ckpt.store.planner import plan_restore
 
 from distributed import run_world
 from resume import to_py
@@ -133,7 +133,7 @@ def test_fresh_start_saves_initial_on_every_rank_after_all_have_looked(tmp_path)
 
 
 def test_only_global_positions_are_reshardable():
-    from torch_input_ckpt.schema import reshard_blocker as _not_reshardable
+    from torch_input_ckpt.state.schema import reshard_blocker as _not_reshardable
 
     loader_state = _loader().state_dict()
     assert _not_reshardable(loader_state) is None
@@ -158,7 +158,7 @@ def test_old_ranks_that_disagree_on_the_position_are_not_resharded(tmp_path):
 
 def _count_restore_reads(rank, world, directory):
     """Restore the newest step, counting every file this rank opens for reading."""
-    from torch_input_ckpt import files
+    from torch_input_ckpt.store import files
 
     opened = []
     real = files.read_regular_file

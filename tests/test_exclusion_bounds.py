@@ -7,16 +7,11 @@ import json
 
 import pytest
 
-from torch_input_ckpt import (
-    InputCheckpointer,
-    InputCheckpointWarning,
-    ResumableDataLoader,
-    ResumableSampler,
-    exclusion,
-    files,
-)
+from torch_input_ckpt import InputCheckpointer, InputCheckpointWarning, ResumableDataLoader, ResumableSampler
 from torch_input_ckpt.errors import InputStateError
-from torch_input_ckpt.files import InputFile
+from torch_input_ckpt.order import exclusion
+from torch_input_ckpt.store import files
+from torch_input_ckpt.store.files import InputFile
 
 
 def epochs(sampler: ResumableSampler, count: int) -> list[list[int]]:
@@ -104,7 +99,7 @@ def test_a_version_2_state_is_refused_by_a_reader_of_version_1_only(tmp_path):
     """What an older release does with a new file: its header check (version 1 only) refuses, never
     ignoring the ranges. Checked with the header function under the old versions tuple."""
     from torch_input_ckpt.errors import InputStateError
-    from torch_input_ckpt.schema import SAMPLER_KIND, check_header
+    from torch_input_ckpt.state.schema import SAMPLER_KIND, check_header
 
     sampler = ResumableSampler(50, seed=9)
     sampler.exclude([7])

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from torch_input_ckpt import Mixture, ResumableDataLoader, ResumableSampler, ShardedStream
-from torch_input_ckpt.permutation import FeistelPermutation
+from torch_input_ckpt.order.permutation import FeistelPermutation
 
 
 def digest(values: list) -> str:

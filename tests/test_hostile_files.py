@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from torch_input_ckpt import InputCheckpointer, InputCheckpointWarning, InputStateError, ResumableSampler, files
+from torch_input_ckpt import InputCheckpointer, InputCheckpointWarning, InputStateError, ResumableSampler
 from torch_input_ckpt.__main__ import main
-from torch_input_ckpt.files import InputFile
-from torch_input_ckpt.planner import plan_restore
+from torch_input_ckpt.store import files
+from torch_input_ckpt.store.files import InputFile
+from torch_input_ckpt.store.planner import plan_restore
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "TOP-SECRET-0123456789 do not print me"
@@ -265,7 +266,7 @@ def test_readers_racing_a_saver_at_keep_last_1_always_find_a_committed_checkpoin
                 if plan is None or plan.checkpoint is None:
                     failures.append(f"no plan: {plan}")
             reads[0] += 1
-            report = __import__("torch_input_ckpt.inspection").inspection.inspect_directory(tmp_path)
+            report = __import__("torch_input_ckpt.cli.inspection").cli.inspection.inspect_directory(tmp_path)
             if not report["valid"] or any(not f["valid"] for f in report["ranks"][0]["files"]):
                 failures.append(f"inspect: {report['ranks'][0]}")
 
@@ -288,7 +289,8 @@ def test_readers_racing_a_saver_at_keep_last_1_always_find_a_committed_checkpoin
 
 CHILD = """
 import gc, sys
-from torch_input_ckpt import InputCheckpointer, ResumableSampler, files
+from torch_input_ckpt import InputCheckpointer, ResumableSampler
+from torch_input_ckpt.store import files
 def broken(path, data):
     raise OSError(28, "No space left on device (injected)")
 ckpt = InputCheckpointer(sys.argv[1], ResumableSampler(10), every_n_steps=1)

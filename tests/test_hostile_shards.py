@@ -21,7 +21,7 @@ import pytest
 from stream_data import deliver_all, ids_collate, write_shards
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, Shard, ShardedStream
-from torch_input_ckpt.formats import (
+from torch_input_ckpt.stream.formats import (
     LINE_CHARS_ENV,
     MAX_LINE_CHARS,
     MAX_MEMBER_BYTES,
@@ -29,7 +29,7 @@ from torch_input_ckpt.formats import (
     count_samples,
     open_samples,
 )
-from torch_input_ckpt.shards import write_index
+from torch_input_ckpt.stream.shards import write_index
 
 REPO = Path(__file__).resolve().parent.parent
 GiB = 2**30
@@ -74,7 +74,7 @@ def huge_line_gzip(path: Path, line_bytes: int) -> Path:
 CHILD = """
 import resource, sys
 from torch_input_ckpt import InputStateError
-from torch_input_ckpt.formats import count_samples, open_samples
+from torch_input_ckpt.stream.formats import count_samples, open_samples
 
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

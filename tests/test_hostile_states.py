@@ -10,9 +10,10 @@ import re
 import pytest
 from mixture_data import loader
 
-from torch_input_ckpt import InputCheckpointer, InputCheckpointWarning, files
+from torch_input_ckpt import InputCheckpointer, InputCheckpointWarning
 from torch_input_ckpt.__main__ import main
-from torch_input_ckpt.files import InputFile
+from torch_input_ckpt.store import files
+from torch_input_ckpt.store.files import InputFile
 
 
 def saved_run(directory):

@@ -18,8 +18,8 @@ import pytest
 from stream_data import ids_collate, write_shards
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, ResumableDataLoader, ShardedStream
-from torch_input_ckpt.inspection import main
-from torch_input_ckpt.shards import write_index
+from torch_input_ckpt.cli.inspection import main
+from torch_input_ckpt.stream.shards import write_index
 
 INDEX = "torch_input_ckpt_index.json"
 
@@ -109,7 +109,7 @@ def test_index_bounds_are_checked_before_the_work(root, monkeypatch):
     with pytest.raises(InputStateError, match=rf"{INDEX}: 269484032 bytes, more than the bound of 268435456 bytes"):
         ShardedStream(root)
     write_index(root, "tokens")
-    monkeypatch.setattr("torch_input_ckpt.index_file.MAX_INDEX_SHARDS", 2)
+    monkeypatch.setattr("torch_input_ckpt.stream.index.MAX_INDEX_SHARDS", 2)
     with pytest.raises(InputStateError, match=r"3 shard entries, more than the bound of 2"):
         ShardedStream(root)
 
@@ -122,7 +122,7 @@ def test_index_never_writes_through_a_planted_symlink(root, monkeypatch):
     victim.write_text("precious")
     (root / f".{INDEX}.tmp").symlink_to(victim)  # the fixed temporary name of earlier versions
     drawn = iter(["planted", "fresh"])  # and a symlink at the first random name drawn
-    monkeypatch.setattr("torch_input_ckpt.files._random_token", lambda: next(drawn))
+    monkeypatch.setattr("torch_input_ckpt.store.files._random_token", lambda: next(drawn))
     (root / f".{INDEX}.tmp-planted").symlink_to(victim)
     write_index(root, "tokens")
     assert victim.read_text() == "precious"
@@ -312,7 +312,7 @@ def test_the_installed_command_imports_a_tokenizer_from_the_working_directory(ro
     (tmp_path / "tok_cli.py").write_text(TOKENIZER)  # -P: the working directory is not on sys.path, as for
     # the installed `torch-input-ckpt` script
     done = subprocess.run(
-        [sys.executable, "-P", "-c", "import sys; from torch_input_ckpt.inspection import main; sys.exit(main())",
+        [sys.executable, "-P", "-c", "import sys; from torch_input_ckpt.cli.inspection import main; sys.exit(main())",
          "index", str(root), "--tokenizer", "tok_cli:encode"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from stream_data import write_shards
 
 from torch_input_ckpt import ShardedStream
-from torch_input_ckpt.shards import write_index
+from torch_input_ckpt.stream.shards import write_index
 
 INDEX = "torch_input_ckpt_index.json"
 # make test: 100 examples from a fixed seed; make fuzz: HYPOTHESIS_FUZZ_EXAMPLES of them, from fresh seeds.

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import torch_input_ckpt.lightning as tic_lightning
+import torch_input_ckpt.integrations.lightning as tic_lightning
 from torch_input_ckpt import (
     EpochMismatchWarning,
     ExternalStateWarning,
@@ -28,7 +28,8 @@ from torch_input_ckpt import (
     ResumableDataLoader,
     ResumableSampler,
 )
-from torch_input_ckpt.lightning import InputCheckpointCallback, pl
+from torch_input_ckpt.integrations.lightning import pl
+from torch_input_ckpt.lightning import InputCheckpointCallback
 
 from distributed import run_world
 from resume import to_py

@@ -9,7 +9,7 @@ import pytest
 from mixture_data import LENGTHS, WEIGHTS, by_source, check_source_epochs, ids, loader, mixture
 
 from torch_input_ckpt import InputStateError
-from torch_input_ckpt.mixture_layout import largest_remainder
+from torch_input_ckpt.mixture.layout import largest_remainder
 
 from resume import check_resume, epochs_of, roundtrip
 

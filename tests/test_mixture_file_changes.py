@@ -13,7 +13,7 @@ import pytest
 from mixture_files import LENGTHS, ORDERED, WEIGHTS, make_loader, rewrite, run
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, ResumableDataLoader
-from torch_input_ckpt.files import InputFile
+from torch_input_ckpt.store.files import InputFile
 
 
 def check_exactly_once_per_source_epoch(delivered: list[str]) -> None:

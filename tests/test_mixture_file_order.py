@@ -19,7 +19,7 @@ import pytest
 from mixture_files import ORDERED, WEIGHTS, make_loader, rewrite, run
 
 from torch_input_ckpt import InputCheckpointer, InputStateError
-from torch_input_ckpt.files import InputFile
+from torch_input_ckpt.store.files import InputFile
 
 
 def test_the_file_sorts_the_sources_and_records_their_order(tmp_path):

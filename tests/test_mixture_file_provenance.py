@@ -14,9 +14,9 @@ from provenance_runs import run
 from stream_data import write_shards
 
 from torch_input_ckpt import InputStateError, Mixture, ShardedStream
-from torch_input_ckpt.files import InputFile
-from torch_input_ckpt.samples import Provenance
-from torch_input_ckpt.shards import write_index
+from torch_input_ckpt.provenance.samples import Provenance
+from torch_input_ckpt.store.files import InputFile
+from torch_input_ckpt.stream.shards import write_index
 
 LENGTHS = {"web": 11, "code": 7, "math": 5}
 

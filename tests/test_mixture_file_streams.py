@@ -16,8 +16,8 @@ from mixture_files import run_steps
 from stream_data import write_shards
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, Mixture, ResumableDataLoader, ShardedStream
-from torch_input_ckpt.files import InputFile
-from torch_input_ckpt.shards import write_index
+from torch_input_ckpt.store.files import InputFile
+from torch_input_ckpt.stream.shards import write_index
 
 WEB_SIZES = (7, 0, 2, 13, 5, 9, 1, 6)  # 43 documents
 CODE_SIZES = (4, 9, 3)  # 16 documents
@@ -107,7 +107,7 @@ def test_a_source_that_lost_its_own_order_is_refused(tmp_path):
 
 
 def test_samples_refuse_a_mixture_of_streams_and_skip_still_works(tmp_path):
-    from torch_input_ckpt.samples import Provenance
+    from torch_input_ckpt.provenance.samples import Provenance
 
     uninterrupted = run(tmp_path / "u", tmp_path, 30)
     run(tmp_path / "r", tmp_path, 13)

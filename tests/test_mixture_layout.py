@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torch_input_ckpt import Mixture, ResumableSampler
-from torch_input_ckpt.mixture_layout import SegmentLayout, largest_remainder, prefix_count
-from torch_input_ckpt.mixture_sources import SourceCursor, SourceTable, source_seed
-from torch_input_ckpt.permutation import FeistelPermutation
+from torch_input_ckpt.mixture.layout import SegmentLayout, largest_remainder, prefix_count
+from torch_input_ckpt.mixture.sources import SourceCursor, SourceTable, source_seed
+from torch_input_ckpt.order.permutation import FeistelPermutation
 
 weights_st = st.lists(st.integers(0, 1000) | st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=8).filter(
     lambda ws: any(ws)

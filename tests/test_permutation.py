@@ -7,7 +7,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torch_input_ckpt.permutation import FeistelPermutation, IdentityPermutation, RandpermPermutation, sample_seeds
+from torch_input_ckpt.order.permutation import (
+    FeistelPermutation,
+    IdentityPermutation,
+    RandpermPermutation,
+    sample_seeds,
+)
 
 SPECIAL_LENGTHS = [
     1,
@@ -113,7 +118,7 @@ def test_sample_seeds_depend_on_seed_epoch_and_position():
 @pytest.mark.parametrize("length", [1, 2, 7, 100, 4**5 + 1, 10**6 + 3, 2**40 + 5])
 def test_python_ints_path_equals_the_tensor_path(length):
     """The first batch of a fresh process is computed on Python ints (no torch op): same indices."""
-    from torch_input_ckpt.permutation import PYTHON_INDICES, IdentityPermutation, indices_at
+    from torch_input_ckpt.order.permutation import PYTHON_INDICES, IdentityPermutation, indices_at
 
     perm = FeistelPermutation(length, 3, 1)
     first = max(0, length - 50)  # near the end, so that positions wrap (padding) too

@@ -7,7 +7,7 @@ import pytest
 from provenance_runs import run
 
 from torch_input_ckpt import InputStateError
-from torch_input_ckpt.samples import Provenance, samples_at
+from torch_input_ckpt.provenance.samples import Provenance, samples_at
 
 
 def check_all(directory, delivered):
@@ -144,7 +144,7 @@ def test_refuses_a_sharded_stream_and_names_what_is_missing(tmp_path):
     from stream_data import write_shards
 
     from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, ShardedStream
-    from torch_input_ckpt.shards import write_index
+    from torch_input_ckpt.stream.shards import write_index
 
     shards = write_shards(tmp_path / "shards", "jsonl")
     write_index(shards)

@@ -17,9 +17,9 @@ import pytest
 from stream_data import deliver_all, ids_collate, write_shards
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, Shard, ShardedStream
-from torch_input_ckpt.formats import open_samples
-from torch_input_ckpt.readers import ShardReaders
-from torch_input_ckpt.shards import write_index
+from torch_input_ckpt.stream.formats import open_samples
+from torch_input_ckpt.stream.readers import ShardReaders
+from torch_input_ckpt.stream.shards import write_index
 
 SIZES = (6, 13, 5, 9)  # the 13-sample shard is the one cut short
 VICTIM = "shard-001.jsonl"

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from torch_input_ckpt import InputStateError
-from torch_input_ckpt.formats import count_samples, open_samples
+from torch_input_ckpt.stream.formats import count_samples, open_samples
 
 FUZZ_EXAMPLES = os.environ.get("HYPOTHESIS_FUZZ_EXAMPLES")
 EXAMPLES = int(FUZZ_EXAMPLES) if FUZZ_EXAMPLES else 200

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from torch_input_ckpt.mixture_layout import largest_remainder
+from torch_input_ckpt.mixture.layout import largest_remainder
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ("mixture_quickstart.py", "stream_quickstart.py")

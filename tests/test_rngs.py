@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from torch_input_ckpt import InputCheckpointWarning, InputStateError, ResumableDataLoader, UnseededDrawWarning
-from torch_input_ckpt.reseeding import PROBATION
+from torch_input_ckpt.rng.policy import PROBATION
 
 from resume import check_resume, epochs_of, roundtrip
 
@@ -212,7 +212,7 @@ def test_torch_fingerprint_reads_the_engine_and_sees_every_kind_of_draw():
     """The ctypes view of torch's engine is in use on the tested torch, leaves the state alone, stays
     put without a draw and moves with each draw (a cached normal taken alone included)."""
     from torch_input_ckpt import _compat
-    from torch_input_ckpt.rngs import rng
+    from torch_input_ckpt.rng.fingerprints import rng
 
     assert _compat.torch_generator_words(torch.default_generator) is not None
     fingerprint = rng("torch").fingerprint
@@ -234,7 +234,7 @@ def test_torch_fingerprint_reads_the_engine_and_sees_every_kind_of_draw():
 def test_in_process_batches_carry_seeds_only_while_an_rng_is_seeded():
     """num_workers=0: a dataset that draws nothing gets no seeds after probation; one that draws gets
     them for every batch (the keys are what the fetch sees)."""
-    from torch_input_ckpt.fetch import FetchDataset
+    from torch_input_ckpt.loader.fetch import FetchDataset
 
     seen: list[bool] = []
     original = FetchDataset.__getitems__

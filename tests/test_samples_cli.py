@@ -85,7 +85,8 @@ def test_inspect_shows_the_configuration(recorded, capsys):
 
 
 def test_a_malformed_provenance_record_is_refused_by_samples_and_shown_by_inspect(tmp_path, capsys):
-    from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, files
+    from torch_input_ckpt import InputCheckpointer, ResumableDataLoader
+    from torch_input_ckpt.store import files
 
     loader = ResumableDataLoader(list(range(10)), batch_size=2)
     with InputCheckpointer(tmp_path, loader) as ckpt:

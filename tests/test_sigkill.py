@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from torch_input_ckpt import files
+from torch_input_ckpt.store import files
 
 from resume import start_child
 

@@ -54,7 +54,7 @@ from pipelines import (
 )
 
 from torch_input_ckpt import InputStateError
-from torch_input_ckpt.shards import write_index
+from torch_input_ckpt.stream.shards import write_index
 
 EXAMPLES = environ_examples(60)
 FUZZING = "HYPOTHESIS_FUZZ_EXAMPLES" in os.environ

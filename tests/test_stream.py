@@ -8,7 +8,7 @@ import torch
 from stream_data import SIZES, all_ids, ids_collate, tokens_field, write_shards
 
 from torch_input_ckpt import ResumableDataLoader, ShardedStream
-from torch_input_ckpt.shards import write_index
+from torch_input_ckpt.stream.shards import write_index
 
 from resume import check_exactly_once, check_resume, epochs_of, resume_chain
 

@@ -14,7 +14,7 @@ import pytest
 from stream_data import ids_collate, write_shards
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, ResumableDataLoader, Shard, ShardedStream
-from torch_input_ckpt.shards import write_index
+from torch_input_ckpt.stream.shards import write_index
 
 from resume import start_child, to_py
 
@@ -152,7 +152,7 @@ def test_a_state_saved_with_the_earlier_name_only_fingerprint_resumes_with_a_war
     import hashlib
 
     from torch_input_ckpt import InputCheckpointWarning
-    from torch_input_ckpt.files import encode_checkpoint, read_checkpoint
+    from torch_input_ckpt.store.files import encode_checkpoint, read_checkpoint
 
     paths = _two_corpora(tmp_path / "data")
     expected = [to_py(b) for b in _loader(ShardedStream(paths, lanes=2, seed=5), _rows)]

@@ -13,7 +13,7 @@ import pytest
 from stream_data import write_shards
 from test_sigkill import finish, kill_group, records, trained_stream, wait_for_records
 
-from torch_input_ckpt.shards import write_index
+from torch_input_ckpt.stream.shards import write_index
 
 from resume import start_child
 

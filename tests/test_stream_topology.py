@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from stream_data import SIZES, all_ids, ids_collate, write_shards
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, ResumableSampler, ShardedStream
-from torch_input_ckpt.lanes import Interleave, assign_lanes, window_shuffle
-from torch_input_ckpt.shards import write_index
+from torch_input_ckpt.stream.lanes import Interleave, assign_lanes, window_shuffle
+from torch_input_ckpt.stream.shards import write_index
 
 from distributed import run_world
 from resume import check_exactly_once, epochs_of, resume_chain, roundtrip, to_py
@@ -289,7 +289,7 @@ def test_shuffle_off_reads_lanes_in_shard_order(root):
 
 
 def test_index_command_and_a_moved_directory(tmp_path):
-    from torch_input_ckpt.inspection import main
+    from torch_input_ckpt.cli.inspection import main
 
     first = write_shards(tmp_path / "a", "tar", (2, 0, 3))
     assert main(["index", str(first), "--tokens", "tokens.json"]) == 0

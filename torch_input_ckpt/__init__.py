@@ -4,7 +4,8 @@
 # so our objects drop into DCP and StatefulDataLoader as they are.
 from torchdata.stateful_dataloader import Stateful
 
-from .checkpointer import InputCheckpointer
+from .base.world import World
+from .checkpoint.checkpointer import InputCheckpointer
 from .errors import (
     EpochMismatchWarning,
     ExternalStateWarning,
@@ -12,13 +13,12 @@ from .errors import (
     InputStateError,
     UnseededDrawWarning,
 )
-from .loader import ResumableDataLoader
-from .mixture import Mixture, Origin
-from .sampler import ResumableSampler
-from .samples import samples_at, steps_of_sample
-from .shards import Shard
-from .stream import ShardedStream
-from .world import World
+from .loader.dataloader import ResumableDataLoader
+from .loader.sampler import ResumableSampler
+from .mixture.mixture import Mixture, Origin
+from .provenance.samples import samples_at, steps_of_sample
+from .stream.dataset import ShardedStream
+from .stream.shards import Shard
 
 __all__ = [
     "EpochMismatchWarning",

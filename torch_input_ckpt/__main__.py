@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .inspection import main
+from .cli.inspection import main
 
 __all__ = ["main"]
 

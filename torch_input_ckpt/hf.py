@@ -6,8 +6,13 @@ Importing this module imports transformers and accelerate; ``import torch_input_
 from __future__ import annotations
 
 from .errors import IncompleteCheckpointWarning
-from .hf_accelerate import AcceleratedLoader, prepare_resumable
-from .hf_trainer import INPUT_CHECKPOINT_DIRNAME, ResumableTrainer, ResumableTrainerMixin, restore_input_checkpoint
+from .integrations.hf_accelerate import AcceleratedLoader, prepare_resumable
+from .integrations.hf_trainer import (
+    INPUT_CHECKPOINT_DIRNAME,
+    ResumableTrainer,
+    ResumableTrainerMixin,
+    restore_input_checkpoint,
+)
 
 __all__ = [
     "INPUT_CHECKPOINT_DIRNAME",

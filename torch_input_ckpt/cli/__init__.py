@@ -1,0 +1,1 @@
+"""The ``torch-input-ckpt`` command line: ``inspect``, ``samples`` and ``index``."""

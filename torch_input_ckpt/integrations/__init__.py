@@ -1,0 +1,1 @@
+"""Trainer integrations (Lightning, Hugging Face Trainer and Accelerate); public through ``lightning``/``hf``."""

@@ -1,0 +1,1 @@
+"""``ResumableSampler`` and ``ResumableDataLoader``: the sampler, the loader and its backends, worker fetches."""

@@ -1,0 +1,1 @@
+"""``Mixture``: map-style datasets mixed by weight: layout, per-source order, plan, and changes on resume."""

@@ -1,0 +1,1 @@
+"""Per-sample randomness: which global RNGs a sample draws from, which get seeded, and reseeded iterables."""
