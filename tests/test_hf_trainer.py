@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from torch_input_ckpt import InputStateError
+from torch_input_ckpt import InputStateError, UnsupportedVersionError
 
 import hf_trainer_child
 from hf_trainer_child import child_env, paired_checkpoints, read_log, start, wait
@@ -244,7 +244,7 @@ def test_a_trainer_writing_its_state_before_the_model_is_an_unsupported_version(
     import transformers.trainer  # noqa: PLC0415
     from transformers import Trainer  # noqa: PLC0415
 
-    from torch_input_ckpt import _compat  # noqa: PLC0415
+    from torch_input_ckpt._compat import hf as compat_hf  # noqa: PLC0415
 
     class StateFirst(Trainer):  # what the incomplete-folder check must not be fooled by
         def _save_checkpoint(self, model, trial):  # noqa: ANN001, ANN202
@@ -253,7 +253,7 @@ def test_a_trainer_writing_its_state_before_the_model_is_an_unsupported_version(
             self._save_optimizer_and_scheduler("out")
             self._save_rng_state("out")
 
-    monkeypatch.setattr(_compat, "_hf_checked", set())  # checked once per process: check again
-    with pytest.raises(_compat.UnsupportedVersionError, match="writing trainer_state.json after the model"):
-        _compat.hf_check_trainer(transformers.trainer, StateFirst, "9.9.9")
-    _compat.hf_check_trainer(transformers.trainer, Trainer, "5.23.0")
+    monkeypatch.setattr(compat_hf, "_hf_checked", set())  # checked once per process: check again
+    with pytest.raises(UnsupportedVersionError, match="writing trainer_state.json after the model"):
+        compat_hf.hf_check_trainer(transformers.trainer, StateFirst, "9.9.9")
+    compat_hf.hf_check_trainer(transformers.trainer, Trainer, "5.23.0")

@@ -211,10 +211,10 @@ TORCH_DRAWS = {
 def test_torch_fingerprint_reads_the_engine_and_sees_every_kind_of_draw():
     """The ctypes view of torch's engine is in use on the tested torch, leaves the state alone, stays
     put without a draw and moves with each draw (a cached normal taken alone included)."""
-    from torch_input_ckpt import _compat
+    from torch_input_ckpt._compat import torch as compat_torch
     from torch_input_ckpt.rng.fingerprints import rng
 
-    assert _compat.torch_generator_words(torch.default_generator) is not None
+    assert compat_torch.torch_generator_words(torch.default_generator) is not None
     fingerprint = rng("torch").fingerprint
     torch.manual_seed(5)
     for name, draw in TORCH_DRAWS.items():

@@ -12,6 +12,7 @@ from .errors import (
     InputCheckpointWarning,
     InputStateError,
     UnseededDrawWarning,
+    UnsupportedVersionError,
 )
 from .loader.dataloader import ResumableDataLoader
 from .loader.sampler import ResumableSampler
@@ -34,6 +35,7 @@ __all__ = [
     "ShardedStream",
     "Stateful",
     "UnseededDrawWarning",
+    "UnsupportedVersionError",
     "World",
     "samples_at",
     "steps_of_sample",

@@ -9,6 +9,7 @@ __all__ = [
     "InputCheckpointWarning",
     "InputStateError",
     "UnseededDrawWarning",
+    "UnsupportedVersionError",
 ]
 
 
@@ -44,4 +45,12 @@ class UnseededDrawWarning(UserWarning):
     Its draws depend on what ran before it, so they are not reproduced after a resume or with
     another ``num_workers``. The message names the RNG and the samples; the RNG is seeded before every
     sample from then on.
+    """
+
+
+class UnsupportedVersionError(RuntimeError):
+    """A third-party package lacks a private API this library relies on (its version is not supported).
+
+    Raised once, when the part is first needed (torch's at ``import torch_input_ckpt``), naming the package,
+    the version found, what is missing and the version this library was written for.
     """

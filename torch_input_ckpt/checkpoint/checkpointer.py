@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch.distributed as dist
 
-from .._compat import FastForwardNoticeFilter
+from .._compat.torchdata import FastForwardNoticeFilter
 from ..base.arguments import check_choice, check_int, check_positive_number
 from ..base.world import World
 from ..errors import ExternalStateWarning, InputCheckpointWarning, InputStateError

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from .._compat import hf_dataloader_begin, hf_dataloader_end
+from .._compat.hf import hf_dataloader_begin, hf_dataloader_end
 from ..loader.dataloader import ResumableDataLoader
 from ..loader.sampler import ResumableSampler
 

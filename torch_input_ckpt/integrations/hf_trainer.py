@@ -41,7 +41,7 @@ from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from .._compat import (
+from .._compat.hf import (
     hf_check_trainer,
     hf_collator_for_training,
     hf_output_dir,

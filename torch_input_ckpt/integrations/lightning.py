@@ -15,7 +15,7 @@ from datetime import timedelta
 from types import ModuleType
 from typing import Any
 
-from .. import _compat
+from .._compat import lightning as compat
 from ..base.arguments import check_int
 from ..base.world import World
 from ..checkpoint.checkpointer import InputCheckpointer
@@ -185,22 +185,20 @@ class InputCheckpointCallback(pl.Callback):  # type: ignore[misc,name-defined]
     # its data connector for the duration of `fit`.
 
     def _install(self, trainer: Any) -> None:
-        _compat.lightning_install(
-            trainer, pl, self._restore_train_loaders, functools.partial(_resolve_sampler, trainer)
-        )
-        _compat.lightning_track_files(trainer, self._saving_model_file, self._removed_model_file)
+        compat.lightning_install(trainer, pl, self._restore_train_loaders, functools.partial(_resolve_sampler, trainer))
+        compat.lightning_track_files(trainer, self._saving_model_file, self._removed_model_file)
 
     @staticmethod
     def _uninstall(trainer: Any) -> None:
-        _compat.lightning_uninstall(trainer)
+        compat.lightning_uninstall(trainer)
 
     def _restore_train_loaders(self) -> None:
         """Shadows ``FitLoop._load_combined_loader_states``; runs whenever Lightning (re)builds the train loaders."""
         trainer = self._trainer
         # The copy of the loader state that Lightning read from the model checkpoint: never loaded while
         # this callback is installed (the input checkpoint is the one source of the position), only released.
-        self._stored_states = _compat.lightning_stored_loader_states(trainer, release=True)
-        built = _compat.lightning_train_loaders(trainer)
+        self._stored_states = compat.lightning_stored_loader_states(trainer, release=True)
+        built = compat.lightning_train_loaders(trainer)
         if built is None:
             return
         loaders = _checked_loaders(built)

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
-from .._compat import HookedDataLoader
+from .._compat.torch import HookedDataLoader
 from ..base.arguments import check_int
 from ..errors import InputCheckpointWarning
 from ..order.permutation import warm_base_seed_draw, worker_generator

@@ -11,7 +11,7 @@ from typing import Any
 from torch.utils.data import IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from .. import _compat
+from .._compat import torchdata as compat
 from ..base.world import World
 from ..errors import InputStateError
 from ..order.cursor import Cursor, epoch_request
@@ -132,7 +132,7 @@ class IterableBackend:
         """``len`` of the loader (the dataset's ``__len__``; TypeError without one) less this epoch's delivered."""
         total = len(self.delegate)
         inner = self.state()[Key.INNER]
-        done = _compat.stateful_dataloader_batches(inner) if inner else 0
+        done = compat.stateful_dataloader_batches(inner) if inner else 0
         return max(0, total - (done or 0))
 
     def state(self) -> dict[str, Any]:
@@ -187,7 +187,7 @@ class IterableBackend:
                 f"Resume with batch_size={batch_size}."
             )
         inner = field(state, Key.INNER, dict, source)
-        key = _compat.STATEFUL_INNER_KEY[self.num_workers > 0]
+        key = compat.STATEFUL_INNER_KEY[self.num_workers > 0]
         if inner and key not in inner:
             raise InputStateError(
                 f"{source}: the iterable loader state has no {key!r} entry (keys found: {sorted(inner)}); "
@@ -203,7 +203,7 @@ class IterableBackend:
         self.delegate.load_state_dict(inner)
         if not inner:
             # StatefulDataLoader.load_state_dict({}) keeps a state loaded before: drop it.
-            _compat.stateful_dataloader_drop_pending(self.delegate)
+            compat.stateful_dataloader_drop_pending(self.delegate)
 
     def finished(self, generation: int) -> None:
         """A pass started at ``generation`` ran to its end."""

@@ -29,7 +29,9 @@ from typing import Any
 
 import torch
 
-from .. import _compat
+from .._compat import cpython as compat_cpython
+from .._compat import numpy as compat_numpy
+from .._compat import torch as compat_torch
 
 __all__ = ["RNG_NAMES", "Rng", "imported_rngs", "prepare", "rng"]
 
@@ -60,7 +62,7 @@ class Rng:
 
 def _torch_rng() -> Rng:
     generator = torch.default_generator
-    words = _compat.torch_generator_words(generator)
+    words = compat_torch.torch_generator_words(generator)
     if words is None:
         get_state, string_at = generator.get_state, ctypes.string_at
 
@@ -72,9 +74,9 @@ def _torch_rng() -> Rng:
 
 
 def _python_rng() -> Rng:
-    inst = _compat.python_random_instance()
-    words = _compat.python_random_words(inst)
-    c_seed = _compat.python_random_c_seed()
+    inst = compat_cpython.python_random_instance()
+    words = compat_cpython.python_random_words(inst)
+    c_seed = compat_cpython.python_random_c_seed()
 
     def seed(value: int) -> None:
         c_seed(inst, value)
@@ -96,11 +98,11 @@ def _python_rng() -> Rng:
 
 def _numpy_rng(numpy: Any) -> Rng:
     nprandom = numpy.random
-    probe = _compat.numpy_mt19937_words(nprandom)
+    probe = compat_numpy.numpy_mt19937_words(nprandom)
 
     def fingerprint() -> Any:
         words = probe()
-        return words if words is not None else _compat.numpy_state_bytes(nprandom)
+        return words if words is not None else compat_numpy.numpy_state_bytes(nprandom)
 
     return Rng("numpy", nprandom.seed, fingerprint, nprandom.get_state, nprandom.set_state)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _compat
+from .._compat.torchdata import stateful_dataloader_batches
 from ..errors import InputStateError
 
 __all__ = [
@@ -521,9 +521,9 @@ def position(state: Any) -> Position:
             return Position(kind, epoch, state[Key.BATCHES_DELIVERED], "batches into the epoch")
         inner = state.get(Key.INNER)
         if isinstance(inner, Mapping):
-            return Position(kind, epoch, _compat.stateful_dataloader_batches(inner), "batches into the epoch")
+            return Position(kind, epoch, stateful_dataloader_batches(inner), "batches into the epoch")
         return Position(kind, epoch, None, "")
-    batches = _compat.stateful_dataloader_batches(state)
+    batches = stateful_dataloader_batches(state)
     if batches is not None:
         return Position("StatefulDataLoader", epoch, batches, "batches into the current pass")
     for key in ("cursor", "position", "samples_yielded", "yielded", "step", "index"):
