@@ -63,7 +63,7 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
     if params["kind"] == "exclusion":
         return _measure_exclusion(params)
     from torch_input_ckpt.__main__ import main
-    from torch_input_ckpt.provenance.samples import Provenance, samples_at
+    from torch_input_ckpt.provenance.history import Provenance, samples_at
 
     with tempfile.TemporaryDirectory() as path:
         last = _directory(path, params["length"])

@@ -14,8 +14,8 @@ from provenance_runs import run
 
 from torch_input_ckpt import InputCheckpointer, ResumableDataLoader
 from torch_input_ckpt.__main__ import main
-from torch_input_ckpt.provenance import samples
-from torch_input_ckpt.provenance.samples import Provenance, samples_at
+from torch_input_ckpt.provenance import history
+from torch_input_ckpt.provenance.history import Provenance, samples_at
 from torch_input_ckpt.store import files
 
 CONFIG = dict(length=30, batch_size=3, shuffle=True, every=5)
@@ -190,7 +190,7 @@ def test_samples_racing_a_saver_at_keep_last_1_always_answers(tmp_path):
 
 
 def test_the_bounds_are_the_librarys():
-    assert (samples.MAX_STEPS_PER_QUERY, samples.MAX_EPOCHS_PER_QUERY) == (STEPS, EPOCHS)
+    assert (history.MAX_STEPS_PER_QUERY, history.MAX_EPOCHS_PER_QUERY) == (STEPS, EPOCHS)
 
 
 def test_exit_codes_are_documented_in_the_help(capsys):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch_input_ckpt import InputCheckpointer, ResumableDataLoader
-from torch_input_ckpt.provenance.samples import Provenance
+from torch_input_ckpt.provenance.history import Provenance
 
 from distributed import run_world
 

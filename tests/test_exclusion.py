@@ -11,7 +11,7 @@ from provenance_runs import run
 
 from torch_input_ckpt import ResumableSampler
 from torch_input_ckpt.order.exclusion import Exclusion
-from torch_input_ckpt.provenance.samples import Provenance
+from torch_input_ckpt.provenance.history import Provenance
 
 BAD = [3, 7, 11]
 CONFIG = dict(length=30, batch_size=3, shuffle=True, every=5)  # 3 ranks: 4 steps in epoch 0, then 3 per epoch

@@ -14,7 +14,7 @@ from provenance_runs import run
 from stream_data import write_shards
 
 from torch_input_ckpt import InputStateError, Mixture, ShardedStream
-from torch_input_ckpt.provenance.samples import Provenance
+from torch_input_ckpt.provenance.history import Provenance
 from torch_input_ckpt.store.files import InputFile
 from torch_input_ckpt.stream.shards import write_index
 

@@ -107,7 +107,7 @@ def test_a_source_that_lost_its_own_order_is_refused(tmp_path):
 
 
 def test_samples_refuse_a_mixture_of_streams_and_skip_still_works(tmp_path):
-    from torch_input_ckpt.provenance.samples import Provenance
+    from torch_input_ckpt.provenance.history import Provenance
 
     uninterrupted = run(tmp_path / "u", tmp_path, 30)
     run(tmp_path / "r", tmp_path, 13)

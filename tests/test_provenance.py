@@ -7,7 +7,7 @@ import pytest
 from provenance_runs import run
 
 from torch_input_ckpt import InputStateError
-from torch_input_ckpt.provenance.samples import Provenance, samples_at
+from torch_input_ckpt.provenance.history import Provenance, samples_at
 
 
 def check_all(directory, delivered):

@@ -7,7 +7,7 @@ import pytest
 from provenance_runs import run
 
 from torch_input_ckpt import InputStateError, Mixture
-from torch_input_ckpt.provenance.samples import Provenance
+from torch_input_ckpt.provenance.history import Provenance
 
 LENGTHS = {"a": 7, "b": 11, "c": 13}
 WEIGHTS = {"a": 0.5, "b": 0.2, "c": 0.3}

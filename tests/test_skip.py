@@ -9,7 +9,7 @@ import pytest
 from provenance_runs import run
 
 from torch_input_ckpt import InputStateError
-from torch_input_ckpt.provenance.samples import Provenance
+from torch_input_ckpt.provenance.history import Provenance
 
 CONFIG = dict(length=60, batch_size=2, shuffle=True, every=10)  # world 2: 15 steps per epoch
 

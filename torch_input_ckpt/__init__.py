@@ -17,7 +17,7 @@ from .errors import (
 from .loader.dataloader import ResumableDataLoader
 from .loader.sampler import ResumableSampler
 from .mixture.mixture import Mixture, Origin
-from .provenance.samples import samples_at, steps_of_sample
+from .provenance.history import samples_at, steps_of_sample
 from .stream.dataset import ShardedStream
 from .stream.shards import Shard
 

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 # -- Hugging Face: transformers' Trainer and accelerate's GradientState ------------------------------
-# `ResumableTrainerMixin` (hf_trainer.py) relies on these private parts of transformers' Trainer:
+# `ResumableTrainerMixin` (integrations/hf_trainer.py) relies on these private parts of transformers' Trainer:
 # - `_init_training_state(max_steps, num_update_steps_per_epoch, num_train_epochs,
 #   resume_from_checkpoint, trial)` returns `(epochs_trained, steps_trained_in_current_epoch)`, from
 #   which `_run_epoch` computes where the resumed epoch starts; the mixin overrides it to answer
@@ -37,7 +37,7 @@ __all__ = [
 #   mixin takes a folder without a valid `trainer_state.json` for one a killed save left incomplete.
 # - `_get_collator_with_removed_columns` / `_remove_unused_columns` apply `remove_unused_columns`.
 # - `_get_train_sampler`: a subclass overriding it is refused (our loader samples by itself).
-# `AcceleratedLoader` (hf_accelerate.py) registers itself with accelerate's `GradientState` while it
+# `AcceleratedLoader` (integrations/hf_accelerate.py) registers itself with accelerate's `GradientState` while it
 # iterates (`_add_dataloader` / `_remove_dataloader`), as accelerate's own loaders do, so that
 # `end_of_dataloader` (and with it `accelerator.accumulate`'s sync at an epoch's end) is right.
 TRANSFORMERS_TESTED = "5.23.0"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputStateError
-from ..provenance.samples import Provenance
+from ..provenance.history import Provenance
 from ..state.schema import Key
 from ..store.files import InputCheckpoint
 
@@ -42,7 +42,7 @@ def skipped_states(
     if segment.batches_per_step is None:
         raise InputStateError(f"skip_steps={steps}: {segment.why_unknown}")
     batches = steps * segment.batches_per_step
-    epoch, cursor = segment.stream.advance(batches)
+    epoch, cursor = segment.saved.advance(batches)
     states = {}
     for name, state in checkpoint.states.items():
         if name != provenance.component:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputStateError
-from ..provenance.samples import describe_checkpoint
+from ..provenance.history import describe_checkpoint
 from ..state.schema import positions
 from ..store import files
 from ..store.files import InputFile

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputStateError
-from ..provenance.samples import (
+from ..provenance.history import (
     MAX_EPOCHS_PER_QUERY,
     MAX_KEYS_PER_QUERY,
     MAX_STEPS_PER_QUERY,
@@ -26,7 +26,7 @@ from ..provenance.samples import (
     Provenance,
     StepSamples,
 )
-from ..state.schema import MAX_EPOCH, MAX_LENGTH
+from ..state.schema import MAX_EPOCH, MAX_LENGTH, MAX_WORLD_SIZE
 from ..store import files
 
 __all__ = ["EXIT_ANSWER", "EXIT_INTERNAL", "EXIT_NOT_RECORDED", "EXIT_USAGE", "add_parser", "run"]
@@ -95,7 +95,7 @@ def _answer(args: argparse.Namespace) -> int:
     provenance = Provenance(directory, component=args.component, batches_per_step=args.batches_per_step)
     if steps is None:
         if epochs is None:
-            first = provenance.segments[0].stream.epoch
+            first = provenance.segments[0].saved.epoch
             epochs = range(first, first + 1)
         found = provenance.sample(args.sample, epochs)
         print(_occurrences(args.sample, epochs, found, args.json))
@@ -115,7 +115,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     bounds = {
         "--step": (args.step, 1, files.MAX_STEP),
         "--sample": (args.sample, 0, MAX_LENGTH - 1),
-        "--rank": (args.rank, 0, files.MAX_WORLD_SIZE - 1),
+        "--rank": (args.rank, 0, MAX_WORLD_SIZE - 1),
         "--batches-per-step": (args.batches_per_step, 1, MAX_KEYS_PER_QUERY),
     }
     for option, (value, low, high) in bounds.items():

@@ -141,7 +141,7 @@ class ResumableDataLoader(HookedDataLoader):
 
     def _make_backend(self, iterable: bool, common: dict[str, Any]) -> Backend:
         if iterable:
-            # torchdata's StatefulDataLoader iterates it: see iterable.py for why.
+            # torchdata's StatefulDataLoader iterates it: see loader/iterable.py for why.
             return IterableBackend(self.dataset, self.seed, common, reseed=self.reseed_rng)  # type: ignore[arg-type]
         resumable = isinstance(self.sampler, ResumableSampler)
         options = MapOptions(

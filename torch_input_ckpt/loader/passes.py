@@ -31,7 +31,7 @@ class MapOptions:
         drop_last: The loader's ``drop_last``.
         tagged: Batches may arrive out of order (``in_order=False`` with workers): tag each with its number.
         reseed: Reseed each sample's RNGs from its key's seed: False, True (the RNGs found in use) or the
-            names of the RNGs declared (see ``reseeding.py``).
+            names of the RNGs declared (see ``rng/policy.py``).
     """
 
     batch_size: int | None

@@ -11,6 +11,7 @@ from ..base.arguments import check_int
 from ..base.world import World
 from ..errors import InputStateError
 from ..order.cursor import Cursor, epoch_request
+from ..order.dataset_order import DatasetOrder, own_order
 from ..order.exclusion import Excluded, Exclusions
 from ..order.permutation import (
     MAX_LENGTH,
@@ -60,9 +61,10 @@ class ResumableSampler(Sampler[int]):
             progress finishes over the old length, exactly as it would have, and the next epochs use the
             new length. Off by default: a changed length usually means the wrong dataset.
 
-    A dataset that provides its own epoch order (``epoch_order``, ``order_state``, ``load_order_state``,
-    as :class:`~torch_input_ckpt.Mixture` does) replaces the permutation, and its state is nested in
-    this sampler's; it then checks its length itself. If it also has ``order_moved(at, to, *, seed,
+    A dataset that provides its own epoch order (a
+    :class:`~torch_input_ckpt.order.dataset_order.DatasetOrder`: ``epoch_order``, ``order_state``,
+    ``load_order_state``, as :class:`~torch_input_ckpt.Mixture` does) replaces the permutation, and its
+    state is nested in this sampler's; it then checks its length itself. If it also has ``order_moved(at, to, *, seed,
     shuffle)``, it is told when the position is moved from ``at`` to ``to`` (``set_epoch``,
     ``restart_epoch``: a mixture re-anchors a plan that starts after ``to``). A state that recorded such
     an order is refused by a sampler whose dataset has none.
@@ -99,7 +101,7 @@ class ResumableSampler(Sampler[int]):
         # (epoch, old length) after a growth on resume: that epoch finishes over the old length.
         self._grown: tuple[int, int] | None = None
         # A dataset with its own epoch order replaces the permutation (see the class docstring).
-        self._dataset_order = None if isinstance(data_source_or_length, int) else _order_protocol(data_source_or_length)
+        self._dataset_order = None if isinstance(data_source_or_length, int) else own_order(data_source_or_length)
         self._dataset_kind = (
             "a length" if isinstance(data_source_or_length, int) else type(data_source_or_length).__name__
         )
@@ -114,13 +116,13 @@ class ResumableSampler(Sampler[int]):
         # its length), read by position() to know how far the iteration got.
         self._live: tuple[int, int, Iterator[int], int] | None = None
         self._permutation_cache: tuple[tuple[int, int], Any] | None = None
-        # Samples left out of later epochs (exclude()); see exclusion.py.
+        # Samples left out of later epochs (exclude()); see order/exclusion.py.
         self._exclusions = Exclusions()
 
     # -- position ---------------------------------------------------------------------------------
 
     @property
-    def dataset_order(self) -> Any:
+    def dataset_order(self) -> DatasetOrder | None:
         """The dataset that provides this sampler's epoch order (e.g. a ``Mixture``), or None."""
         return self._dataset_order
 
@@ -434,9 +436,3 @@ class ResumableSampler(Sampler[int]):
         self._exclusions = Exclusions.from_state(state.excluded or [], self.length, source)
         self._live = None
         self._resume_pending = literal
-
-
-def _order_protocol(dataset: Any) -> Any:
-    """``dataset`` if it provides its own epoch order (``epoch_order``, ``order_state``, ``load_order_state``)."""
-    names = ("epoch_order", "order_state", "load_order_state")
-    return dataset if all(callable(getattr(dataset, name, None)) for name in names) else None

@@ -5,7 +5,7 @@ Guarantees (the README's "Mixtures" section has the full table):
 - a mixture epoch has ``samples_per_epoch`` samples, exactly ``n_k`` of them from source ``k``
   (largest-remainder rounding of the normalised weights), at positions shuffled by (seed, epoch);
 - every source epoch is a permutation of that source: exactly once per source epoch, whatever the
-  weights, across mixture epochs and across the changes on resume that ``mixture_resume.py`` accepts;
+  weights, across mixture epochs and across the changes on resume that ``mixture/resume.py`` accepts;
 - the order is computed, so the state is O(#sources) integers and a resume is a seek; resharding,
   workers and per-sample reseeding are the :class:`~torch_input_ckpt.ResumableSampler`'s.
 
@@ -28,8 +28,9 @@ from torch.utils.data import Dataset
 
 from ..base.arguments import check_int
 from ..errors import InputStateError
+from ..order.dataset_order import has_own_order
 from .plan import EpochOrder, Plan
-from .resume import Configuration, Position, check_source_orders, has_own_order, resume_plan
+from .resume import Configuration, ResumePoint, check_source_orders, resume_plan
 from .sources import SourceOrder
 
 __all__ = ["Mixture", "Origin"]
@@ -174,7 +175,7 @@ class Mixture(Dataset):
         """Continue from counters saved by :meth:`order_state`, at the sampler's position.
 
         Changes since the state was saved are applied at that position, by the rules of
-        ``mixture_resume.py`` (new weights, sources added or removed, growth with ``allow_growth``).
+        ``mixture/resume.py`` (new weights, sources added or removed, growth with ``allow_growth``).
         Sources are matched by name: when the saved plan is kept, this mixture numbers its sources in the
         plan's order, whatever the order of ``sources`` now.
 
@@ -191,7 +192,7 @@ class Mixture(Dataset):
                 "does not describe that position (the state was edited or assembled from two runs). Resume from "
                 "a state the loader saved."
             )
-        position = Position(seed, shuffle, epoch, cursor)
+        position = ResumePoint(seed, shuffle, epoch, cursor)
         check_source_orders(saved, self._own, self.sources, position, source)
         now = Configuration(
             self.samples_per_epoch, self.names, self.weights, self.lengths, self.allow_growth, frozenset(self._own)

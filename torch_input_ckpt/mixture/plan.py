@@ -6,7 +6,7 @@ with the plan's weights over ``samples_per_epoch - anchor_position`` positions, 
 a whole segment of ``samples_per_epoch``. So the number of source ``k``'s first sample in epoch ``e``
 is O(1) arithmetic, and the plan is O(#sources) integers: the state is the plan, never a list.
 A weight or source change on resume starts a new plan anchored at the resume point (see
-``mixture_resume.py``); a plain resume keeps the saved plan, so it reproduces the uninterrupted run.
+``mixture/resume.py``); a plain resume keeps the saved plan, so it reproduces the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -19,31 +19,13 @@ import torch
 
 from ..errors import InputStateError
 from ..order.permutation import mix64
-from ..state.schema import FORMAT_VERSION, check_header
+from ..state.schema import FORMAT_VERSION, MIXTURE_KIND, Key, check_header
 from ..state.schema import field as state_field
 from .layout import SegmentLayout, integer_weights, largest_remainder
 from .sources import SourceCursor, SourceOrder, SourceTable, source_seed
 
 __all__ = ["EpochOrder", "Plan"]
 
-# State keys (the lead moves these into schema.py at merge).
-KIND = "Mixture"
-SAMPLES_PER_EPOCH = "samples_per_epoch"
-ANCHOR_EPOCH = "anchor_epoch"
-ANCHOR_POSITION = "anchor_position"
-SOURCES = "sources"
-# The present sources' names in the plan's order, as a list: checkpoint files are canonical JSON with
-# sorted keys, so the order of the `sources` dict does not survive a file.
-ORDER = "order"
-RETIRED = "retired"
-# Per source with its own order (a ShardedStream): that order's configuration, checked on resume.
-NESTED_ORDER = "dataset_order"
-WEIGHT = "weight"
-BASE = "base"
-EPOCH_START = "epoch_start"
-SOURCE_EPOCH = "source_epoch"
-EPOCH_LENGTH = "epoch_length"
-LENGTH = "length"
 _BLOCK_SALT = 0xB10C
 
 
@@ -127,26 +109,27 @@ class Plan:
     def to_state(self) -> dict[str, Any]:
         """The plan as plain JSON types: O(#sources) integers."""
         sources = {
-            name: {WEIGHT: w, BASE: b, **_cursor_state(c), **self._nested(name)}
+            name: {Key.SOURCE_WEIGHT: w, Key.SOURCE_BASE: b, **_cursor_state(c), **self._nested(name)}
             for name, w, b, c in zip(self.names, self.weights, self.bases, self.cursors, strict=True)
         }
         retired = {
-            name: {BASE: g, **_cursor_state(c), **self._nested(name)} for name, (g, c) in sorted(self.retired.items())
+            name: {Key.SOURCE_BASE: g, **_cursor_state(c), **self._nested(name)}
+            for name, (g, c) in sorted(self.retired.items())
         }
         return {
-            "kind": KIND,
-            "version": FORMAT_VERSION,
-            SAMPLES_PER_EPOCH: self.total,
-            ANCHOR_EPOCH: self.anchor_epoch,
-            ANCHOR_POSITION: self.anchor_position,
-            ORDER: list(self.names),
-            SOURCES: sources,
-            RETIRED: retired,
+            Key.KIND: MIXTURE_KIND,
+            Key.VERSION: FORMAT_VERSION,
+            Key.MIXTURE_SAMPLES_PER_EPOCH: self.total,
+            Key.MIXTURE_ANCHOR_EPOCH: self.anchor_epoch,
+            Key.MIXTURE_ANCHOR_POSITION: self.anchor_position,
+            Key.MIXTURE_ORDER: list(self.names),
+            Key.MIXTURE_SOURCES: sources,
+            Key.MIXTURE_RETIRED: retired,
         }
 
     def _nested(self, name: str) -> dict[str, Any]:
         order = self.orders.get(name)
-        return {} if order is None else {NESTED_ORDER: dict(order)}
+        return {} if order is None else {Key.DATASET_ORDER: dict(order)}
 
     @classmethod
     def from_state(cls, state: Any, source: str) -> Plan:
@@ -155,38 +138,46 @@ class Plan:
         Raises:
             InputStateError: naming the entry, the value found and what was expected.
         """
-        state = check_header(state, KIND, source)
-        total = _natural(state, SAMPLES_PER_EPOCH, source, minimum=1)
-        anchor_epoch = _natural(state, ANCHOR_EPOCH, source)
-        anchor_position = _natural(state, ANCHOR_POSITION, source)
+        state = check_header(state, MIXTURE_KIND, source)
+        total = _natural(state, Key.MIXTURE_SAMPLES_PER_EPOCH, source, minimum=1)
+        anchor_epoch = _natural(state, Key.MIXTURE_ANCHOR_EPOCH, source)
+        anchor_position = _natural(state, Key.MIXTURE_ANCHOR_POSITION, source)
         if anchor_position >= total:
             raise InputStateError(
-                f"{source}: {ANCHOR_POSITION}={anchor_position} is invalid; expected < {SAMPLES_PER_EPOCH}={total}"
+                f"{source}: {Key.MIXTURE_ANCHOR_POSITION}={anchor_position} is invalid; "
+                f"expected < {Key.MIXTURE_SAMPLES_PER_EPOCH}={total}"
             )
-        table = state_field(state, SOURCES, dict, source)
+        table = state_field(state, Key.MIXTURE_SOURCES, dict, source)
         names = _order(state, table, source)
         weights, bases, cursors = [], [], []
         for name in names:
             entry = table[name]
-            where = f"{source}: {SOURCES}[{name!r}]"
-            weight = state_field(entry, WEIGHT, (int, float), where)
+            where = f"{source}: {Key.MIXTURE_SOURCES}[{name!r}]"
+            weight = state_field(entry, Key.SOURCE_WEIGHT, (int, float), where)
             if not weight >= 0 or weight == float("inf"):
-                raise InputStateError(f"{where}: {WEIGHT}={weight!r} is invalid; expected a finite number >= 0")
+                raise InputStateError(
+                    f"{where}: {Key.SOURCE_WEIGHT}={weight!r} is invalid; expected a finite number >= 0"
+                )
             weights.append(weight)
-            bases.append(_natural(entry, BASE, where))
+            bases.append(_natural(entry, Key.SOURCE_BASE, where))
             cursors.append(_cursor(entry, where))
         if not names or not any(weights):
-            raise InputStateError(f"{source}: {SOURCES} must hold at least one source of weight > 0 (got {names})")
-        retired_table = state_field(state, RETIRED, dict, source)
+            raise InputStateError(
+                f"{source}: {Key.MIXTURE_SOURCES} must hold at least one source of weight > 0 (got {names})"
+            )
+        retired_table = state_field(state, Key.MIXTURE_RETIRED, dict, source)
         retired = {
-            name: (_natural(entry, BASE, f"{source}: {RETIRED}[{name!r}]"), _cursor(entry, f"{source}: {RETIRED}"))
+            name: (
+                _natural(entry, Key.SOURCE_BASE, f"{source}: {Key.MIXTURE_RETIRED}[{name!r}]"),
+                _cursor(entry, f"{source}: {Key.MIXTURE_RETIRED}"),
+            )
             for name, entry in retired_table.items()
         }
         orders = {
-            name: state_field(entry, NESTED_ORDER, dict, f"{source}: {where}[{name!r}]")
-            for where, entries in ((SOURCES, table), (RETIRED, retired_table))
+            name: state_field(entry, Key.DATASET_ORDER, dict, f"{source}: {where}[{name!r}]")
+            for where, entries in ((Key.MIXTURE_SOURCES, table), (Key.MIXTURE_RETIRED, retired_table))
             for name, entry in entries.items()
-            if NESTED_ORDER in entry
+            if Key.DATASET_ORDER in entry
         }
         return cls(
             total,
@@ -198,18 +189,19 @@ class Plan:
             tuple(cursors),
             retired,
             orders,
-            order_recorded=ORDER in state,
+            order_recorded=Key.MIXTURE_ORDER in state,
         )
 
 
 def _order(state: Mapping[str, Any], table: Mapping[str, Any], source: str) -> list[str]:
     """The present sources in the plan's order: the recorded list, or (an older state) the dict's order."""
-    if ORDER not in state:
+    if Key.MIXTURE_ORDER not in state:
         return list(table)
-    order = state_field(state, ORDER, list, source)
+    order = state_field(state, Key.MIXTURE_ORDER, list, source)
     if not all(isinstance(name, str) for name in order) or len(set(order)) != len(order) or set(order) != set(table):
         raise InputStateError(
-            f"{source}: {ORDER}={order!r:.200} is invalid; expected each of the {SOURCES} entries "
+            f"{source}: {Key.MIXTURE_ORDER}={order!r:.200} is invalid; "
+            f"expected each of the {Key.MIXTURE_SOURCES} entries "
             f"{sorted(map(str, table))} exactly once"
         )
     return order  # type: ignore[no-any-return]
@@ -217,19 +209,19 @@ def _order(state: Mapping[str, Any], table: Mapping[str, Any], source: str) -> l
 
 def _cursor_state(cursor: SourceCursor) -> dict[str, int]:
     return {
-        EPOCH_START: cursor.epoch_start,
-        SOURCE_EPOCH: cursor.source_epoch,
-        EPOCH_LENGTH: cursor.epoch_length,
-        LENGTH: cursor.length,
+        Key.SOURCE_EPOCH_START: cursor.epoch_start,
+        Key.SOURCE_EPOCH: cursor.source_epoch,
+        Key.SOURCE_EPOCH_LENGTH: cursor.epoch_length,
+        Key.SOURCE_LENGTH: cursor.length,
     }
 
 
 def _cursor(entry: Mapping[str, Any], where: str) -> SourceCursor:
     return SourceCursor(
-        _natural(entry, EPOCH_START, where),
-        _natural(entry, SOURCE_EPOCH, where),
-        _natural(entry, EPOCH_LENGTH, where, minimum=1),
-        _natural(entry, LENGTH, where, minimum=1),
+        _natural(entry, Key.SOURCE_EPOCH_START, where),
+        _natural(entry, Key.SOURCE_EPOCH, where),
+        _natural(entry, Key.SOURCE_EPOCH_LENGTH, where, minimum=1),
+        _natural(entry, Key.SOURCE_LENGTH, where, minimum=1),
     )
 
 

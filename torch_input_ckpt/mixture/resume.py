@@ -28,7 +28,7 @@ from .layout import integer_weights
 from .plan import Plan
 from .sources import SourceCursor
 
-__all__ = ["Configuration", "check_source_orders", "has_own_order", "resume_plan"]
+__all__ = ["Configuration", "ResumePoint", "check_source_orders", "resume_plan"]
 
 _log = logging.getLogger("torch_input_ckpt")
 
@@ -46,7 +46,7 @@ class Configuration:
 
 
 @dataclass(frozen=True, slots=True)
-class Position:
+class ResumePoint:
     """Where the state is loaded: the sampler's seed, shuffle, epoch and global cursor."""
 
     seed: int
@@ -55,7 +55,7 @@ class Position:
     cursor: int
 
 
-def resume_plan(saved: Plan, now: Configuration, at: Position, source: str) -> Plan:
+def resume_plan(saved: Plan, now: Configuration, at: ResumePoint, source: str) -> Plan:
     """The plan to continue with, given the saved one and the mixture as built now.
 
     Sources are matched by name, never by place: a mixture built with its sources in another order keeps
@@ -202,14 +202,8 @@ def _close(old: list[float], new: list[float]) -> bool:
     )
 
 
-def has_own_order(dataset: Any) -> bool:
-    """Whether ``dataset`` provides its own epoch order (``epoch_order``, ``order_state``,
-    ``load_order_state``, as a ``ShardedStream`` does)."""
-    return all(callable(getattr(dataset, name, None)) for name in ("epoch_order", "order_state", "load_order_state"))
-
-
 def check_source_orders(
-    saved: Plan, own: Mapping[str, Any], sources: Mapping[str, Any], at: Position, source: str
+    saved: Plan, own: Mapping[str, Any], sources: Mapping[str, Any], at: ResumePoint, source: str
 ) -> None:
     """Check each source with its own order against the configuration the state saved for it.
 

@@ -128,7 +128,7 @@ class SourceTable:
         self._orders = [(k, order) for k, order in enumerate(orders or []) if order is not None]
 
     # Gathers use index_select rather than tensor[indices], which stalls on torch's thread pool on
-    # busy cores (see mixture_layout.py).
+    # busy cores (see mixture/layout.py).
     def locate(self, sources: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(source epochs, item indices)`` of sample numbers ``g`` of ``sources`` (int64 tensors)."""
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..base.messages import short
 from ..errors import InputStateError
 from ..state.schema import MAX_EPOCH
 
@@ -228,7 +229,7 @@ class Exclusions:
         stored = 0
         for first, flat in state:
             if type(first) is not int or not 0 <= first <= MAX_EPOCH or not isinstance(flat, list):
-                raise InputStateError(f"{where}: [{_short(first)}, ...] should be [an epoch, a list of ranges]")
+                raise InputStateError(f"{where}: [{short(first)}, ...] should be [an epoch, a list of ranges]")
             before = entries[-1][1] if entries else Exclusion((), length)
             try:
                 ranges = _checked_ranges(flat, length)
@@ -283,11 +284,11 @@ def _runs(sorted_: torch.Tensor) -> Ranges:
 def _checked_ranges(flat: list[Any], length: int) -> Ranges:
     """Saved ``start, stop, ...`` ints: ``0 <= start < stop <= length``, sorted and disjoint."""
     if len(flat) % 2 or not all(type(v) is int for v in flat):
-        raise ValueError(f"{_short(flat)} should be a flat list of start, stop ints")
+        raise ValueError(f"{short(flat)} should be a flat list of start, stop ints")
     if not flat:
         return _EMPTY
     if not all(0 <= v <= length for v in flat):
-        raise ValueError(f"{_short(next(v for v in flat if not 0 <= v <= length))} is outside [0, {length}]")
+        raise ValueError(f"{short(next(v for v in flat if not 0 <= v <= length))} is outside [0, {length}]")
     pairs = torch.tensor(flat, dtype=torch.int64).reshape(-1, 2)
     starts, stops = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
     wrong = torch.nonzero(starts >= stops).flatten()
@@ -326,8 +327,3 @@ def _minus(ranges: Ranges, removed: Ranges) -> Ranges:
     closes = torch.sort(torch.cat([removed[0], ranges[1]])).values
     keep = opens < closes
     return opens[keep], closes[keep]
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -5,7 +5,7 @@ Guarantee: for a map-style :class:`~torch_input_ckpt.ResumableDataLoader` over a
 function of that state and the configuration it records (seed, shuffle, order, dataset length or mixture
 plan, world size, batch size, both ``drop_last`` rules, the exclusion list): batch ``j`` after the
 position is located in O(1) (whole epochs are counted, not walked) and its keys are computed without
-the dataset. Limits: it knows batches, not optimizer steps (``samples.py`` maps steps to batches with
+the dataset. Limits: it knows batches, not optimizer steps (``provenance/history.py`` maps steps to batches with
 the counts the checkpoints record), and it refuses states it cannot answer for (another sampler kind,
 batches delivered out of order beyond the position, an epoch with no batch at all), naming why. Over a
 dataset whose order the state does not determine (a ``ShardedStream``, a ``Mixture`` with one as a
@@ -23,13 +23,12 @@ from typing import Any
 import torch
 
 from ..errors import InputStateError
-from ..mixture.plan import KIND as MIXTURE_KIND
 from ..mixture.plan import EpochOrder, Plan
 from ..order.exclusion import Exclusions
 from ..order.permutation import FeistelPermutation, IdentityPermutation, RandpermPermutation
-from ..state.schema import SAMPLER_KIND, Ahead, Key, LoaderHeader, SamplerState, field
+from ..state.schema import MIXTURE_KIND, SAMPLER_KIND, Ahead, Key, LoaderHeader, SamplerState, field
 
-__all__ = ["Spot", "Stream"]
+__all__ = ["Spot", "SavedPosition"]
 
 _ORDERS: dict[str, type] = {"feistel": FeistelPermutation, "randperm": RandpermPermutation}
 
@@ -107,7 +106,7 @@ class Spot:
 
 
 @dataclass(frozen=True, slots=True)
-class Stream:
+class SavedPosition:
     """A saved loader position and the configuration of the run that continues from it.
 
     Attributes:
@@ -123,7 +122,7 @@ class Stream:
         batch_size: The loader's batch size (None: unbatched, each key a batch).
         drop_last: The loader's ``drop_last`` (a partial last batch per rank is dropped).
         plan: A mixture's plan (the sampler's ``dataset_order``), or None.
-        exclusions: Dataset indices left out of epochs (``exclusion.py``).
+        exclusions: Dataset indices left out of epochs (``order/exclusion.py``).
         opaque: Why the keys are not computable from the state (positions still are: a skip works), or None.
     """
 
@@ -143,8 +142,8 @@ class Stream:
     opaque: str | None = None
 
     @classmethod
-    def from_state(cls, state: Any, source: str, *, later: Mapping[str, Any] | None = None) -> Stream:
-        """The stream of a saved ``ResumableDataLoader`` state.
+    def from_state(cls, state: Any, source: str, *, later: Mapping[str, Any] | None = None) -> SavedPosition:
+        """The position of a saved ``ResumableDataLoader`` state.
 
         Args:
             state: The loader's ``state_dict()``.

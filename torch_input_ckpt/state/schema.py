@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._compat.torchdata import stateful_dataloader_batches
+from ..base.messages import short
 from ..errors import InputStateError
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "MAX_EPOCH",
     "MAX_LENGTH",
     "MAX_WORLD_SIZE",
+    "MIXTURE_KIND",
     "SAMPLER_KIND",
     "SAMPLER_RANGES_VERSION",
     "STREAM_KIND",
@@ -47,7 +49,7 @@ __all__ = [
 
 # Bump when a saved state's meaning changes; loaders refuse versions they do not know.
 FORMAT_VERSION = 1
-# A sampler state with an exclusion list stores it as ranges added per epoch (exclusion.py): version 2,
+# A sampler state with an exclusion list stores it as ranges added per epoch (order/exclusion.py): version 2,
 # so that a library that reads only version 1 (complete index lists) refuses it instead of misreading
 # it. A state without exclusions stays version 1, readable by every release; both versions are read.
 SAMPLER_RANGES_VERSION = 2
@@ -55,9 +57,11 @@ LOADER_KIND = "ResumableDataLoader"
 SAMPLER_KIND = "ResumableSampler"
 # The loader's "sampler_kind" for an IterableDataset (there is no sampler).
 ITERABLE_KIND = "IterableDataset"
-# The `kind` of a ShardedStream's nested order state and of a shard index file (stream.py, shards.py).
+# The `kind` of a ShardedStream's nested order state and of a shard index file (stream/dataset.py, stream/shards.py).
 STREAM_KIND = "ShardedStream"
 INDEX_KIND = "ShardIndex"
+# A Mixture's plan, nested as the sampler's dataset_order (mixture/plan.py).
+MIXTURE_KIND = "Mixture"
 # Bounds that no real job reaches; past them a number is damage, not a position.
 MAX_LENGTH = 2**62
 MAX_EPOCH = 2**62
@@ -78,7 +82,7 @@ class Key:
     DROP_LAST = "drop_last"
     ORDER = "order"
     NUM_REPLICAS = "num_replicas"
-    # The nested state of a dataset that provides its own epoch order (a Mixture: mixture_plan.py)
+    # The nested state of a dataset that provides its own epoch order (a Mixture: mixture/plan.py)
     DATASET_ORDER = "dataset_order"
     # ResumableDataLoader
     BATCH_SIZE = "batch_size"
@@ -96,10 +100,27 @@ class Key:
     INNER = "inner"
     WORLD_SIZE = "world_size"
     RANK = "rank"
-    # ... each worker's dataset state inside `inner`, when its samples are reseeded (reseeded.py)
+    # ... each worker's dataset state inside `inner`, when its samples are reseeded (rng/reseeded.py)
     DATASET = "dataset"
     YIELDED = "yielded"
-    # -- provenance and data surgery (provenance.py, surgery.py) ------------------------------------
+    # -- Mixture (mixture/plan.py): its plan, nested as the sampler's DATASET_ORDER -------------------
+    MIXTURE_SAMPLES_PER_EPOCH = "samples_per_epoch"
+    MIXTURE_ANCHOR_EPOCH = "anchor_epoch"
+    MIXTURE_ANCHOR_POSITION = "anchor_position"
+    MIXTURE_SOURCES = "sources"  # name -> its entry (the SOURCE_* keys)
+    # The present sources' names in the plan's order, as a list: checkpoint files are canonical JSON with
+    # sorted keys, so the order of the `sources` dict does not survive a file.
+    MIXTURE_ORDER = "order"
+    MIXTURE_RETIRED = "retired"  # name -> its entry, for sources no longer mixed
+    # ... each source's entry (a source with its own order, a ShardedStream, also nests that order's
+    # configuration under DATASET_ORDER, checked on resume)
+    SOURCE_WEIGHT = "weight"
+    SOURCE_BASE = "base"
+    SOURCE_EPOCH_START = "epoch_start"
+    SOURCE_EPOCH = "source_epoch"
+    SOURCE_EPOCH_LENGTH = "epoch_length"
+    SOURCE_LENGTH = "length"
+    # -- provenance and data surgery (provenance/arithmetic.py, checkpoint/surgery.py) ------------------
     # ResumableDataLoader (map-style): batches this rank delivered since the run began, plus the ones
     # skipped on a restore (so that batches per step = difference / steps between two checkpoints)
     BATCHES_TOTAL = "batches_total"
@@ -111,7 +132,7 @@ class Key:
     PREVIOUS_BATCHES = "previous_batches"  # component name -> its BATCHES_TOTAL then
     SKIPPED = "skipped"  # [[first, last], ...]: steps skipped on a restore (never delivered)
     # -- end of provenance -----------------------------------------------------------------------------
-    # -- ShardedStream (stream.py) and its shard index file (shards.py) ---------------------------
+    # -- ShardedStream (stream/dataset.py) and its shard index file (stream/shards.py) ---------------------------
     # The stream's nested `dataset_order` state: its configuration, checked on load.
     STREAM_LANES = "lanes"
     STREAM_WINDOW = "window"
@@ -164,7 +185,7 @@ def check_header(
     version = state.get(Key.VERSION)
     if type(version) is not int or version not in versions:
         expected = " or ".join(map(str, versions))
-        raise InputStateError(f"{source}: state format version {_short(version)} is not supported, expected {expected}")
+        raise InputStateError(f"{source}: state format version {short(version)} is not supported, expected {expected}")
     return state
 
 
@@ -186,11 +207,11 @@ def field(
     value = state[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        raise InputStateError(f"{source}: {key}={_short(value)} should be {_names(kinds)}")
+        raise InputStateError(f"{source}: {key}={short(value)} should be {_names(kinds)}")
     if isinstance(value, int) and not isinstance(value, bool):
         if (low is not None and value < low) or (high is not None and value > high):
             raise InputStateError(
-                f"{source}: {key}={_short(value)} is invalid (out of range); expected {_range(low, high)}"
+                f"{source}: {key}={short(value)} is invalid (out of range); expected {_range(low, high)}"
             )
     return value
 
@@ -254,15 +275,6 @@ def _range(low: int | None, high: int | None) -> str:
     return f"value >= {low}" if low is not None else f"value <= {high}"
 
 
-def _short(value: Any) -> str:
-    # A damaged file may hold a 5,000-digit integer: name it without printing it (or converting it,
-    # which Python refuses past 4,300 digits).
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
-        return f"<an integer of about {value.bit_length() * 30103 // 100000} digits>"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 # -- typed states ------------------------------------------------------------------------------------
 
 
@@ -281,7 +293,7 @@ class SamplerState:
         num_replicas: The world size the state was taken in.
         dataset_order: The state of a dataset that provides its own epoch order (a ``Mixture``), or None.
         excluded: ``[[first epoch, [start, stop, ...]], ...]``: the ranges of samples left out from each
-            epoch on (``exclusion.py``; a version 1 state's complete lists per epoch are converted), or None.
+            epoch on (``order/exclusion.py``; a version 1 state's complete lists per epoch are converted), or None.
     """
 
     epoch: int
@@ -345,9 +357,9 @@ def _ranges_from_lists(excluded: list[Any], source: str) -> list[Any]:
     converted, before = [], set()
     for item in excluded:
         if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], list)):
-            raise InputStateError(f"{source}: {_short(item)} should be [first epoch, [indices]]")
+            raise InputStateError(f"{source}: {short(item)} should be [first epoch, [indices]]")
         if not all(type(i) is int for i in item[1]):
-            raise InputStateError(f"{source}: the indices of epoch {_short(item[0])} should be ints")
+            raise InputStateError(f"{source}: the indices of epoch {short(item[0])} should be ints")
         now = set(item[1]) | before
         flat: list[int] = []
         for index in sorted(now - before):
@@ -386,11 +398,11 @@ class Ahead:
         missing = field(state, Key.AHEAD_MISSING, list, where)
         if not all(type(n) is int and 0 <= n < end for n in missing) or len(set(missing)) != len(missing):
             raise InputStateError(
-                f"{where}={_short(dict(state))} is invalid; expected distinct missing numbers in [0, end)"
+                f"{where}={short(dict(state))} is invalid; expected distinct missing numbers in [0, end)"
             )
         if end and 0 not in missing:
             raise InputStateError(
-                f"{where}={_short(dict(state))} is invalid; the batch at the cursor (0) is never delivered ahead"
+                f"{where}={short(dict(state))} is invalid; the batch at the cursor (0) is never delivered ahead"
             )
         return cls(end, frozenset(missing))
 

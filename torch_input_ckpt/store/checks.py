@@ -16,10 +16,9 @@ from typing import Any
 import torch
 
 from ..errors import InputStateError
-from ..mixture.plan import KIND as MIXTURE_KIND
 from ..mixture.plan import EpochOrder, Plan
 from ..order.exclusion import Exclusions
-from ..state.schema import ITERABLE_KIND, LOADER_KIND, MAX_LENGTH, SAMPLER_KIND, Key, SamplerState
+from ..state.schema import ITERABLE_KIND, LOADER_KIND, MAX_LENGTH, MIXTURE_KIND, SAMPLER_KIND, Key, SamplerState
 
 __all__ = ["check_state"]
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..base.messages import short
 from ..errors import InputStateError
 from ..state import schema
 from ..state.encoding import to_json
@@ -59,8 +60,7 @@ _MAX_POINTER_BYTES = 4096
 # the JSON parser or the tensor decoder instead of being skipped with a reason.
 MAX_DEPTH = 64
 MAX_INT_DIGITS = 100
-# Ranks, world sizes and steps beyond these are not a real job's (and would break arithmetic downstream).
-MAX_WORLD_SIZE = 1 << 20
+# Steps beyond this are not a real job's (and would break arithmetic downstream); world sizes: schema's.
 MAX_STEP = (1 << 63) - 1
 # The latest wall_time datetime can show (9999-12-31): a larger or non-finite one is damage.
 _MAX_WALL_TIME = 253402300799.0
@@ -148,7 +148,7 @@ class InputCheckpoint:
         external: Descriptions of pipeline parts whose state could not be captured.
         size: The file's size in bytes.
         provenance: What the checkpointer recorded about the run (the previous save's step and batch
-            counts, the steps skipped on a restore: see ``lineage.py``), or None in an older file.
+            counts, the steps skipped on a restore: see ``store/lineage.py``), or None in an older file.
     """
 
     path: Path
@@ -429,20 +429,20 @@ def read_checkpoint(path: str | os.PathLike[str]) -> InputCheckpoint:
     try:
         doc = _parse(data)
     except (ValueError, RecursionError, MemoryError, OverflowError) as error:  # incl. JSONDecodeError
-        raise damaged(f"not valid JSON, truncated or garbled ({_short(error)})") from error
+        raise damaged(f"not valid JSON, truncated or garbled ({short(error)})") from error
     if not isinstance(doc, dict):
         raise damaged(f"not an input checkpoint (a JSON {type(doc).__name__}, expected an object)")
     if doc.get("format") != FILE_FORMAT:
-        raise damaged(f"not an input checkpoint (format={_short(doc.get('format'))}, expected {FILE_FORMAT!r})")
+        raise damaged(f"not an input checkpoint (format={short(doc.get('format'))}, expected {FILE_FORMAT!r})")
     version = doc.get("version")
     if type(version) is not int or version != FILE_FORMAT_VERSION:
-        raise damaged(f"file format version {_short(version)} is not supported (expected {FILE_FORMAT_VERSION})")
+        raise damaged(f"file format version {short(version)} is not supported (expected {FILE_FORMAT_VERSION})")
     if not _signed(data, doc):
         raise damaged("checksum mismatch (the file was altered or partly written)")
     try:
         checkpoint = _checkpoint(path, doc, len(data))
     except (KeyError, TypeError, ValueError) as error:
-        raise damaged(f"malformed checkpoint ({_short(error)})") from error
+        raise damaged(f"malformed checkpoint ({short(error)})") from error
     for name, state in checkpoint.states.items():
         # Our own components' states, as their loaders will check them: inspect's "ok" is restore's.
         schema.validate(state, f"{path}: component {name!r}")
@@ -469,7 +469,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(out) != len(pairs):
         seen: set[str] = set()
         twice = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
-        raise ValueError(f"duplicate key {_short(twice)}")
+        raise ValueError(f"duplicate key {short(twice)}")
     return out
 
 
@@ -508,14 +508,14 @@ def _checkpoint(path: Path, doc: Mapping[str, Any], size: int) -> InputCheckpoin
     """The checked fields; raises ``KeyError``/``TypeError``/``ValueError`` naming the one that is wrong."""
     world_size = doc["world_size"]
     if world_size is not None:
-        world_size = _bounded(doc, "world_size", 1, MAX_WORLD_SIZE)
-    rank = _bounded(doc, "rank", 0, (world_size or MAX_WORLD_SIZE) - 1)
+        world_size = _bounded(doc, "world_size", 1, schema.MAX_WORLD_SIZE)
+    rank = _bounded(doc, "rank", 0, (world_size or schema.MAX_WORLD_SIZE) - 1)
     wall_time = _typed(doc, "wall_time", (int, float))
     if not 0 <= wall_time <= _MAX_WALL_TIME:  # also refuses NaN
         raise ValueError(f"wall_time={wall_time!r} is not a time between 1970 and 9999")
     external = _typed(doc, "external", list)
     if not all(isinstance(item, str) for item in external):
-        raise TypeError(f"external={_short(external)} should be a list of strings")
+        raise TypeError(f"external={short(external)} should be a list of strings")
     states = _typed(doc, "states", dict)
     provenance = _typed(doc, "provenance", dict) if "provenance" in doc else None
     return InputCheckpoint(
@@ -534,18 +534,12 @@ def _checkpoint(path: Path, doc: Mapping[str, Any], size: int) -> InputCheckpoin
 def _typed(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     value = doc[key]
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"{key}={_short(value)} has the wrong type")
+        raise TypeError(f"{key}={short(value)} has the wrong type")
     return value
 
 
 def _bounded(doc: Mapping[str, Any], key: str, low: int, high: int) -> int:
     value = _typed(doc, key, int)
     if not low <= value <= high:
-        raise ValueError(f"{key}={_short(value)} is out of range (expected {low} to {high})")
+        raise ValueError(f"{key}={short(value)} is out of range (expected {low} to {high})")
     return value  # type: ignore[no-any-return]
-
-
-def _short(value: Any) -> str:
-    """``repr(value)`` cut to 80 characters: messages about hostile files stay readable."""
-    text = repr(value) if not isinstance(value, BaseException) else str(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."

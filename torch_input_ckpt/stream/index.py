@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..base.messages import short
 from ..errors import InputStateError
 from ..state.schema import FORMAT_VERSION, INDEX_KIND, Key
 from ..store.files import _canonical, _parse, read_regular_file, write_atomic
@@ -117,10 +118,10 @@ def _checked(path: Path, doc: Any, fix: str) -> ShardIndex:
 
     if not isinstance(doc, dict) or doc.get(Key.KIND) != INDEX_KIND:
         found = doc.get(Key.KIND) if isinstance(doc, dict) else type(doc).__name__
-        raise bad(f"not a shard index (kind {_short(found)}, expected {INDEX_KIND!r})")
+        raise bad(f"not a shard index (kind {short(found)}, expected {INDEX_KIND!r})")
     version = doc.get(Key.VERSION)
     if type(version) is not int or version != FORMAT_VERSION:
-        raise bad(f"index format version {_short(version)} is not supported (expected {FORMAT_VERSION})")
+        raise bad(f"index format version {short(version)} is not supported (expected {FORMAT_VERSION})")
     claimed = doc.pop(_SHA256, None)
     if not isinstance(claimed, str):
         raise bad("the index has no checksum (written by an older version, or edited by hand)")
@@ -132,7 +133,7 @@ def _checked(path: Path, doc: Any, fix: str) -> ShardIndex:
         raise bad(f"both tokens_field={field_name!r} and tokenizer={tokenizer!r} (expected at most one)")
     raw = doc.get(Key.INDEX_SHARDS)
     if not isinstance(raw, list):
-        raise bad(f"shards={_short(raw)} (expected a list of entries)")
+        raise bad(f"shards={short(raw)} (expected a list of entries)")
     if len(raw) > MAX_INDEX_SHARDS:
         raise bad(f"{len(raw)} shard entries, more than the bound of {MAX_INDEX_SHARDS}")
     entries = [_entry(item, i, bad) for i, item in enumerate(raw)]
@@ -145,27 +146,27 @@ def _identity(doc: dict[str, Any], key: str, bad: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not 0 < len(value) <= MAX_IDENTITY_CHARS or "\0" in value:
-        raise bad(f"{key}={_short(value)} (expected null or a name of 1 to {MAX_IDENTITY_CHARS} characters)")
+        raise bad(f"{key}={short(value)} (expected null or a name of 1 to {MAX_IDENTITY_CHARS} characters)")
     return value
 
 
 def _entry(item: Any, i: int, bad: Any) -> IndexEntry:
     where = f"shards[{i}]"
     if not isinstance(item, dict):
-        raise bad(f"{where}={_short(item)} (expected an object with keys {sorted(_REQUIRED)})")
+        raise bad(f"{where}={short(item)} (expected an object with keys {sorted(_REQUIRED)})")
     keys = set(item)
     if not keys >= set(_REQUIRED) or not keys <= _ALLOWED:
         raise bad(f"{where} has keys {sorted(keys)} (expected {sorted(_REQUIRED)}, and optionally 'tokens')")
     name = item[Key.INDEX_NAME]
     if not _plain_name(name):
         raise bad(
-            f"{where}.name={_short(name)} (expected the file name of a shard in this directory: no '/' or NUL, "
+            f"{where}.name={short(name)} (expected the file name of a shard in this directory: no '/' or NUL, "
             f"at most {MAX_NAME_BYTES} bytes, ending in .jsonl, .jsonl.gz, .npy or .tar)"
         )
     tokens = item.get(Key.INDEX_TOKENS)
     digest = item[Key.INDEX_DIGEST]
     if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-        raise bad(f"{where}.digest={_short(digest)} (expected 64 lowercase hex digits)")
+        raise bad(f"{where}.digest={short(digest)} (expected 64 lowercase hex digits)")
     return IndexEntry(
         name=name,
         count=_int(item, Key.INDEX_COUNT, 0, MAX_UNITS, where, bad),
@@ -189,7 +190,7 @@ def _plain_name(name: Any) -> bool:
 def _int(item: dict[str, Any], key: str, low: int, high: int, where: str, bad: Any) -> int:
     value = item[key]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise bad(f"{where}.{key}={_short(value)} (expected an integer from {low} to {high})")
+        raise bad(f"{where}.{key}={short(value)} (expected an integer from {low} to {high})")
     return value
 
 
@@ -205,9 +206,3 @@ def _check_totals(entries: list[IndexEntry], bad: Any) -> None:
     ):
         if total > MAX_UNITS:
             raise bad(f"{total} {what} in all, more than the bound of {MAX_UNITS}")
-
-
-def _short(value: Any) -> str:
-    """``repr(value)`` cut to 80 characters, so that a hostile value cannot flood a message."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."

@@ -3,7 +3,7 @@
 Guarantee: the answer is computed from the newest valid input checkpoint before the step (rank 0's
 file: positions are global) and the configuration the checkpoints record, without the dataset and
 without reading data: batches per step is measured between two saves of the same run (see
-``lineage.py``), the world size and batch size are those of the run that continued from the checkpoint
+``store/lineage.py``), the world size and batch size are those of the run that continued from the checkpoint
 (the next file says so after a resharding restore), and skipped steps are reported as skipped. Where a
 needed value is not recorded the answer is refused with an ``InputStateError`` that names it; nothing is
 guessed. The step saved as ``S`` is the state *after* step ``S``: step ``S + 1`` is its first batch(es).
@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 
+from ..base.messages import short
 from ..errors import InputStateError
 from ..state.schema import LOADER_KIND, MAX_EPOCH, MAX_LENGTH, SAMPLER_KIND, Key
 from ..store import files
 from ..store.files import InputCheckpoint, InputFile
 from ..store.lineage import check_record
-from .arithmetic import Stream
+from .arithmetic import SavedPosition
 
 __all__ = [
     "MAX_EPOCHS_PER_QUERY",
@@ -102,7 +103,7 @@ class Segment:
 
     start: int
     end: int | None
-    stream: Stream
+    saved: SavedPosition
     batches_per_step: int | None
     why_unknown: str
 
@@ -129,7 +130,7 @@ class Provenance:
         self.directory = Path(directory)
         self.given_batches_per_step = batches_per_step
         self._segments: dict[int, Segment] = {}
-        # As restore plans (planner.py): a file that vanished between the listing and its reading was pruned by
+        # As restore plans (store/planner.py): a file that vanished between the listing and its reading was pruned by
         # a saver that committed a newer one, so list again (a bounded number of times) rather than fail.
         for _ in range(files.READ_ATTEMPTS):
             self.steps = files.list_steps(self.directory).get(0, [])
@@ -185,10 +186,10 @@ class Provenance:
         # The run after `base` is described by the next file's state: a restore on another world size or batch
         # size, or samples excluded since, show there.
         later = _state(after, self.component) if continued else None  # type: ignore[arg-type]
-        stream = Stream.from_state(state, source, later=later)
+        saved = SavedPosition.from_state(state, source, later=later)
         linked = after is not None and _record(after).get(Key.PREVIOUS_STEP) == base.step
         bps, why = self._batches_per_step(base, after if linked else None)
-        segment = Segment(base.step, None if after is None else after.step, stream, bps, why)
+        segment = Segment(base.step, None if after is None else after.step, saved, bps, why)
         self._segments[step] = segment
         return segment
 
@@ -232,7 +233,7 @@ class Provenance:
         if type(step) is not int or not 1 <= step <= files.MAX_STEP:
             raise ValueError(
                 f"step must be an int in [1, {files.MAX_STEP}]: the checkpoint of step S holds the state after it "
-                f"(got step={_short(step)})"
+                f"(got step={short(step)})"
             )
         start = next((s for s in reversed(self.steps) if s < step and self.read(s) is not None), None)
         if start is None:
@@ -260,30 +261,30 @@ class Provenance:
             ValueError: for a step below 1 or a rank outside the world.
         """
         segment = self._segment_for(step)
-        stream, bps = segment.stream, segment.batches_per_step
+        saved, bps = segment.saved, segment.batches_per_step
         assert bps is not None
         _check_reach(step, segment, bps)
-        ranks = range(stream.world) if rank is None else [rank]
-        if rank is not None and not 0 <= rank < stream.world:
-            raise ValueError(f"rank {_short(rank)} is not in the world of {stream.world} ranks that ran step {step}")
-        if bps * stream.unit * len(ranks) > MAX_KEYS_PER_QUERY:
+        ranks = range(saved.world) if rank is None else [rank]
+        if rank is not None and not 0 <= rank < saved.world:
+            raise ValueError(f"rank {short(rank)} is not in the world of {saved.world} ranks that ran step {step}")
+        if bps * saved.unit * len(ranks) > MAX_KEYS_PER_QUERY:
             raise ValueError(
-                f"step {step} holds {bps * stream.unit * len(ranks)} keys, more than the bound of "
+                f"step {step} holds {bps * saved.unit * len(ranks)} keys, more than the bound of "
                 f"{MAX_KEYS_PER_QUERY} per question (MAX_KEYS_PER_QUERY); ask for one rank (--rank)"
             )
         first = (step - segment.start - 1) * bps
-        spots = [stream.locate(first + b) for b in range(bps)]
+        spots = [saved.locate(first + b) for b in range(bps)]
         keys: dict[int, list[Any]] = {r: [] for r in ranks}
         for spot in spots:
             # Every rank's positions in one tensor: one permutation call per batch, not one per rank.
-            parts = [stream.positions(spot, r) for r in ranks]
-            computed = stream.keys(spot.epoch, torch.cat(parts))
+            parts = [saved.positions(spot, r) for r in ranks]
+            computed = saved.keys(spot.epoch, torch.cat(parts))
             lo = 0
             for r, part in zip(ranks, parts, strict=True):
                 keys[r].extend(computed[lo : lo + len(part)])
                 lo += len(part)
         return StepSamples(
-            step, segment.start, stream.world, bps, self.skipped(step), tuple(s.epoch for s in spots), keys
+            step, segment.start, saved.world, bps, self.skipped(step), tuple(s.epoch for s in spots), keys
         )
 
     def keys_in_step(self, step: int, one_rank: bool = False) -> int:
@@ -292,7 +293,7 @@ class Provenance:
         if segment.batches_per_step is None:
             raise InputStateError(segment.why_unknown)
         _check_reach(step, segment, segment.batches_per_step)  # refused before a range prints anything
-        return segment.batches_per_step * segment.stream.unit * (1 if one_rank else segment.stream.world)
+        return segment.batches_per_step * segment.saved.unit * (1 if one_rank else segment.saved.world)
 
     def sample(self, index: int, epochs: range) -> list[Occurrence]:
         """The steps at which dataset index ``index`` was (or will be) delivered in ``epochs``, from the oldest
@@ -303,7 +304,7 @@ class Provenance:
             ValueError: for an index or epochs out of range, or more than ``MAX_EPOCHS_PER_QUERY`` epochs.
         """
         if type(index) is not int or not 0 <= index < MAX_LENGTH:
-            raise ValueError(f"a dataset index must be an int in [0, {MAX_LENGTH}) (got {_short(index)})")
+            raise ValueError(f"a dataset index must be an int in [0, {MAX_LENGTH}) (got {short(index)})")
         if not 0 <= epochs.start < epochs.stop <= MAX_EPOCH + 1 or epochs.step != 1:
             raise ValueError(f"epochs must be a range A:B with 0 <= A < B <= {MAX_EPOCH + 1} (got {epochs})")
         if len(epochs) > MAX_EPOCHS_PER_QUERY:
@@ -313,13 +314,13 @@ class Provenance:
             )
         found: list[Occurrence] = []
         for segment in self.segments:
-            stream, bps = segment.stream, segment.batches_per_step
+            saved, bps = segment.saved, segment.batches_per_step
             for epoch in epochs:
-                if epoch < stream.epoch:
+                if epoch < saved.epoch:
                     continue
                 if bps is None:
                     raise InputStateError(segment.why_unknown)
-                for rank, offset in stream.occurrences(index, epoch):
+                for rank, offset in saved.occurrences(index, epoch):
                     step = segment.start + 1 + offset // bps
                     if (segment.end is not None and step > segment.end) or step > files.MAX_STEP:
                         break
@@ -333,7 +334,7 @@ class Provenance:
         return {
             "checkpoint": segment.start,
             "component": self.component,
-            **segment.stream.describe(),
+            **segment.saved.describe(),
             "batches_per_step": segment.batches_per_step,
             "skipped_steps": _record(self.newest).get(Key.SKIPPED, []),
         }
@@ -375,7 +376,7 @@ def describe_checkpoint(checkpoint: InputCheckpoint) -> dict[str, Any]:
         if not isinstance(state, Mapping) or state.get(Key.KIND) != LOADER_KIND:
             continue
         try:
-            described = dict(Stream.from_state(state, f"{checkpoint.path}: component {name!r}").describe())
+            described = dict(SavedPosition.from_state(state, f"{checkpoint.path}: component {name!r}").describe())
         except InputStateError as error:
             found[name] = {"unavailable": str(error)}
             continue
@@ -416,25 +417,22 @@ def _loader_component(checkpoint: InputCheckpoint, wanted: str | None) -> str:
             f"found components {kinds}" + (": name one with component=" if loaders else "")
         )
     if checkpoint.states[loaders[0]].get(Key.SAMPLER_KIND) != SAMPLER_KIND:
-        Stream.from_state(checkpoint.states[loaders[0]], f"{checkpoint.path}: component {loaders[0]!r}")  # raises
+        SavedPosition.from_state(
+            checkpoint.states[loaders[0]], f"{checkpoint.path}: component {loaders[0]!r}"
+        )  # raises
     return loaders[0]
 
 
 def _check_reach(step: int, segment: Segment, bps: int) -> None:
     """Refuse a step whose sample positions pass the bound of a dataset position (MAX_LENGTH) before they
     are computed: past it, the 64-bit arithmetic of the permutation overflows."""
-    stream = segment.stream
-    reach = (step - segment.start) * bps * stream.unit * stream.world
+    saved = segment.saved
+    reach = (step - segment.start) * bps * saved.unit * saved.world
     if reach > MAX_LENGTH:
         raise ValueError(
             f"step {step} lies {step - segment.start} steps after the checkpoint of step {segment.start}: "
             f"{reach} samples on, past the bound of {MAX_LENGTH} positions; ask about a step of the run"
         )
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else f"<{type(value).__name__} of {len(text)} characters>"
 
 
 def _state(checkpoint: InputCheckpoint, component: str) -> Mapping[str, Any]:
