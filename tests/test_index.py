@@ -18,7 +18,7 @@ import pytest
 from stream_data import ids_collate, write_shards
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, ResumableDataLoader, ShardedStream
-from torch_input_ckpt.cli.inspection import main
+from torch_input_ckpt.cli.main import main
 from torch_input_ckpt.stream.shards import write_index
 
 INDEX = "torch_input_ckpt_index.json"
@@ -312,7 +312,7 @@ def test_the_installed_command_imports_a_tokenizer_from_the_working_directory(ro
     (tmp_path / "tok_cli.py").write_text(TOKENIZER)  # -P: the working directory is not on sys.path, as for
     # the installed `torch-input-ckpt` script
     done = subprocess.run(
-        [sys.executable, "-P", "-c", "import sys; from torch_input_ckpt.cli.inspection import main; sys.exit(main())",
+        [sys.executable, "-P", "-c", "import sys; from torch_input_ckpt.cli.main import main; sys.exit(main())",
          "index", str(root), "--tokenizer", "tok_cli:encode"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -289,7 +289,7 @@ def test_shuffle_off_reads_lanes_in_shard_order(root):
 
 
 def test_index_command_and_a_moved_directory(tmp_path):
-    from torch_input_ckpt.cli.inspection import main
+    from torch_input_ckpt.cli.main import main
 
     first = write_shards(tmp_path / "a", "tar", (2, 0, 3))
     assert main(["index", str(first), "--tokens", "tokens.json"]) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .cli.inspection import main
+from .cli.main import main
 
 __all__ = ["main"]
 

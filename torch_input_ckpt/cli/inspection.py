@@ -16,9 +16,8 @@ from ..state.schema import positions
 from ..store import files
 from ..store.files import InputFile
 from ..store.planner import PlanError, plan_restore
-from . import samples as samples_cli
 
-__all__ = ["inspect_directory", "main"]
+__all__ = ["add_parser", "format_report", "inspect_directory", "run"]
 
 
 # -- the report --------------------------------------------------------------------------------------
@@ -231,36 +230,8 @@ def _ranges_text(excluded: list[Any], limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The ``torch-input-ckpt`` command: never a traceback, whatever the command meets.
-
-    Exit status: ``inspect``: 0 if every rank has a valid checkpoint, 1 if not, 2 for a usage error or a
-    missing or unreadable directory. ``samples``: 0 an answer, 1 the checkpoints do not record what it
-    needs, 2 a usage error (see ``cli/samples.py``). ``index``: 0 written, 2 a missing directory or bad
-    shards (see ``shards.index_command``). Every command: 3 for an internal error (a bug to report, one
-    line), 130 when interrupted.
-    """
-    try:
-        return _command(argv)
-    except KeyboardInterrupt:
-        print("torch-input-ckpt: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # a bug of ours, not a file's or the user's: still one line, never a traceback
-        print(f"torch-input-ckpt: internal error: {_one_line(error)}", file=sys.stderr)
-        return 3
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(repr(error).split())
-    return text if len(text) <= 500 else text[:497] + "..."
-
-
-def _command(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="torch-input-ckpt",
-        description="Inspect the input-pipeline checkpoints written by InputCheckpointer.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def add_parser(commands: Any) -> None:
+    """Add the ``inspect`` subcommand to the ``torch-input-ckpt`` parser."""
     inspect = commands.add_parser(
         "inspect",
         help="per rank: steps on disk, the newest valid one, its epoch and position, damaged files",
@@ -271,21 +242,11 @@ def _command(argv: list[str] | None) -> int:
     )
     inspect.add_argument("directory", help="the directory given to InputCheckpointer")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
-    samples_cli.add_parser(commands)
-    index = commands.add_parser("index", help="count the samples of the shard files in DIR for ShardedStream")
-    index.add_argument("directory", help="the directory holding the shards")
-    index.add_argument("--tokens", default=None, help="also count tokens: this field holds token ids")
-    index.add_argument("--tokenizer", default=None, help="also count tokens with module:callable(sample) -> token ids")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit:  # argparse exits on --help (0) and on usage errors (2)
-        return int(exit.code or 0)
-    if args.command == "samples":
-        return samples_cli.run(args)
-    if args.command == "index":
-        from ..stream.shards import index_command  # the command's logic lives with the shard index
 
-        return index_command(args.directory, args.tokens, args.tokenizer)
+
+def run(args: argparse.Namespace) -> int:
+    """Answer one ``inspect`` command: 0 if every rank has a valid checkpoint, 1 if not, 2 for a missing or
+    unreadable directory, 3 for an internal error (one line, never a traceback)."""
     directory = Path(args.directory)
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"

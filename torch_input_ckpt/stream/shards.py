@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import sys
 import tarfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from ..errors import InputStateError
 from ..state.schema import FORMAT_VERSION, INDEX_KIND, Key
 from .formats import count_samples, format_of, open_samples, refuse_special
 from .index import INDEX_FILE, MAX_UNITS, IndexEntry, ShardIndex, read_index, write_index_file
-from .tokens import count_tokens, describe, load_tokenizer, token_identity
+from .tokens import count_tokens, describe, token_identity
 
 __all__ = [
     "INDEX_FILE",
@@ -38,7 +37,6 @@ __all__ = [
     "Shard",
     "build_index",
     "fingerprint",
-    "index_command",
     "legacy_fingerprint",
     "resolve_shards",
     "write_index",
@@ -425,34 +423,3 @@ def legacy_fingerprint(shards: Sequence[Shard]) -> str:
 
 
 # -- the command ------------------------------------------------------------------------------------------
-
-
-def index_command(directory: str, tokens: str | None, tokenizer: str | None = None) -> int:
-    """``python -m torch_input_ckpt index DIR [--tokens FIELD | --tokenizer MODULE:CALLABLE]``.
-
-    Writes the index and prints a one-line summary. Every error is one line on stderr naming the file, the
-    value and what was expected; never a traceback.
-
-    Returns:
-        0 on success; 2 for bad input: a missing directory, one without shards, a shard that cannot be read
-        or counted, a field holding text, a tokenizer that cannot be loaded or raises, or an unwritable index.
-    """
-    root = Path(directory)
-    try:
-        if tokens is not None and tokenizer is not None:
-            raise ValueError(f"give --tokens {tokens} or --tokenizer {tokenizer}, not both")
-        if not root.is_dir():
-            raise ValueError(f"{directory} is not a directory" if root.exists() else f"{directory} does not exist")
-        how = load_tokenizer(tokenizer) if tokenizer is not None else tokens
-        body = build_index(root, how)
-        write_index_file(root / INDEX_FILE, body)
-    except (ValueError, OSError) as error:  # InputStateError is a ValueError
-        print(f"torch-input-ckpt: error: {' '.join(str(error).splitlines())}", file=sys.stderr)
-        return 2
-    entries = body[Key.INDEX_SHARDS]
-    line = f"indexed {len(entries)} shards, {sum(e[Key.INDEX_COUNT] for e in entries)} samples"
-    if all(Key.INDEX_TOKENS in e for e in entries):
-        source = describe(body[Key.INDEX_TOKENS_FIELD], body[Key.INDEX_TOKENIZER])
-        line += f", {sum(e[Key.INDEX_TOKENS] for e in entries)} tokens (from {source})"
-    print(f"{line} -> {root / INDEX_FILE}")
-    return 0
