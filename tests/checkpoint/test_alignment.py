@@ -25,9 +25,9 @@ from torch_input_ckpt import (
     files,
 )
 
-from resume import epochs_of, to_py
+from tests.support.resume import epochs_of, to_py
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_loader() -> ResumableDataLoader:

@@ -32,9 +32,9 @@ from torch_input_ckpt import (
 )
 from torch_input_ckpt.files import InputFile
 
-from resume import epochs_of, to_py
+from tests.support.resume import epochs_of, to_py
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 N = 23
 
 

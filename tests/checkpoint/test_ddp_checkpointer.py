@@ -13,8 +13,8 @@ from torch_input_ckpt import InputCheckpointer, InputStateError, ResumableDataLo
 from torch_input_ckpt.files import InputFile
 from torch_input_ckpt.planner import plan_restore
 
-from distributed import run_world
-from resume import to_py
+from tests.support.distributed import run_world
+from tests.support.resume import to_py
 
 N, BATCH = 60, 4
 

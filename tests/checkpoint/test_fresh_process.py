@@ -1,6 +1,6 @@
 """Pipelines saved through InputCheckpointer here and restored from the files in a fresh process (one child for
 all of them, bounded): the rest of the run equals the uninterrupted one, position by position, values and
-draws. The configurations are the state machine's (tests/pipelines.py)."""
+draws. The configurations are the state machine's (tests/support/pipelines.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipelines import Run, build_loaders, checkpointers, write_stream
 
-CHILD = Path(__file__).with_name("pipeline_child.py")
+from tests.support.paths import SUPPORT, child_env
+from tests.support.pipelines import Run, build_loaders, checkpointers, write_stream
+
+CHILD = SUPPORT / "pipeline_child.py"
 
 
 def _stream(fmt: str, sizes: list[int], pack_to: int | None) -> dict[str, Any]:
@@ -95,6 +97,7 @@ def test_pipelines_restore_from_the_files_in_a_fresh_process(tmp_path, caplog):
         capture_output=True,
         text=True,
         timeout=180,
+        env=child_env(),
     )
     assert child.returncode == 0, child.stderr[-3000:]
     got = json.loads(out.read_text())

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from provenance_runs import run
 
 from torch_input_ckpt import InputStateError
 from torch_input_ckpt.samples import Provenance
+
+from tests.support.provenance_runs import run
 
 CONFIG = dict(length=60, batch_size=2, shuffle=True, every=10)  # world 2: 15 steps per epoch
 

@@ -40,7 +40,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from pipelines import (
+
+from torch_input_ckpt import InputStateError
+from torch_input_ckpt.shards import write_index
+
+from tests.support.pipelines import (
     NAMES,
     Run,
     build_loaders,
@@ -52,9 +56,6 @@ from pipelines import (
     write_shard,
     write_stream,
 )
-
-from torch_input_ckpt import InputStateError
-from torch_input_ckpt.shards import write_index
 
 EXAMPLES = environ_examples(60)
 FUZZING = "HYPOTHESIS_FUZZ_EXAMPLES" in os.environ

@@ -13,7 +13,7 @@ import pytest
 from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, ResumableSampler
 from torch_input_ckpt.__main__ import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_rank(directory: Path, rank: int, steps: list[int], world: int = 2) -> None:

@@ -10,11 +10,12 @@ import sys
 import threading
 
 import pytest
-from provenance_runs import run
 
 from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, files, samples
 from torch_input_ckpt.__main__ import main
 from torch_input_ckpt.samples import Provenance, samples_at
+
+from tests.support.provenance_runs import run
 
 CONFIG = dict(length=30, batch_size=3, shuffle=True, every=5)
 # Literal, so that this file also runs (and fails) against a version without the bounds.

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from provenance_runs import run
 
 from torch_input_ckpt.__main__ import main
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.provenance_runs import run
+
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = dict(length=40, batch_size=2, shuffle=True, every=5)
 
 

@@ -5,16 +5,10 @@ demo that the README shows is what is tested."""
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-sys.path.insert(0, str(EXAMPLES))
-
-from ddp_demo import preempt_and_resume  # noqa: E402
-from train_ddp import DATASET_SIZE  # noqa: E402
+from examples.ddp_demo import DATASET_SIZE, preempt_and_resume
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The README's "run it, kill it, run it again" with a SIGKILL at every phase of a Trainer checkpoint save.
 
-tests/hf_trainer_child.py trains 9 steps, saving every 3; HF_CHILD_KILL=PHASE:6 makes it SIGKILL itself at
+tests/support/hf_trainer_child.py trains 9 steps, saving every 3; HF_CHILD_KILL=PHASE:6 makes it SIGKILL itself at
 PHASE of the save of checkpoint-6 (checkpoint-3 is complete by then). transformers writes the folder file by
 file, so every phase but the first leaves a checkpoint-6 that ``get_last_checkpoint`` picks. Run again, with
 ``resume_from_checkpoint=True`` or the README's ``get_last_checkpoint(out)``, the Trainer resumes from
@@ -23,8 +23,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from torch_input_ckpt.hf import IncompleteCheckpointWarning
 
-import hf_trainer_child
-from hf_trainer_child import paired_checkpoints, read_log, start, wait
+from tests.support import hf_trainer_child
+from tests.support.hf_trainer_child import paired_checkpoints, read_log, start, wait
 
 FLAGS = ["--max-steps", "9", "--save-steps", "3", "--length", "40"]  # 20 batches of 2: all in epoch 0
 KILLED_AT = 6

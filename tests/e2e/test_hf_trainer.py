@@ -1,6 +1,6 @@
 """ResumableTrainer: a real transformers Trainer, SIGKILLed mid-epoch and resumed, equals an uninterrupted run.
 
-The runs are tests/hf_trainer_child.py in subprocesses (alone, and under torchrun with gloo on
+The runs are tests/support/hf_trainer_child.py in subprocesses (alone, and under torchrun with gloo on
 127.0.0.1); each logs every optimizer step's sample ids and augmentation draws per rank.
 """
 
@@ -18,8 +18,8 @@ import pytest
 
 from torch_input_ckpt import InputStateError
 
-import hf_trainer_child
-from hf_trainer_child import child_env, paired_checkpoints, read_log, start, wait
+from tests.support import hf_trainer_child
+from tests.support.hf_trainer_child import child_env, paired_checkpoints, read_log, start, wait
 
 
 def _ids(line: dict[str, Any]) -> list[int]:

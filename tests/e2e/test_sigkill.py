@@ -15,9 +15,10 @@ import pytest
 
 from torch_input_ckpt import files
 
-from resume import start_child
+from tests.support.paths import SUPPORT
+from tests.support.resume import start_child
 
-CHILD = Path(__file__).resolve().parent / "preempted_child.py"
+CHILD = SUPPORT / "preempted_child.py"
 TOTAL = 60  # steps: 10 batches per epoch, 6 epochs
 TIMEOUT = 30  # seconds, for any one wait
 

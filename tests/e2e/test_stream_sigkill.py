@@ -10,14 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-from stream_data import write_shards
-from test_sigkill import finish, kill_group, records, trained_stream, wait_for_records
 
 from torch_input_ckpt.shards import write_index
 
-from resume import start_child
+from tests.e2e.test_sigkill import finish, kill_group, records, trained_stream, wait_for_records
+from tests.support.paths import SUPPORT
+from tests.support.resume import start_child
+from tests.support.stream_data import write_shards
 
-CHILD = Path(__file__).resolve().parent / "stream_child.py"
+CHILD = SUPPORT / "stream_child.py"
 TOTAL = 24  # steps: 2 packed sequences a step, ~9 steps an epoch
 
 

@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, ResumableSampler
 from torch_input_ckpt.hf import AcceleratedLoader, prepare_resumable
 
-from distributed import run_world
-from resume import check_resume, release, to_py
+from tests.support.distributed import run_world
+from tests.support.resume import check_resume, release, to_py
 
 
 class Augmented(Dataset):

@@ -30,8 +30,8 @@ from torch_input_ckpt import (
 )
 from torch_input_ckpt.lightning import InputCheckpointCallback, pl
 
-from distributed import run_world
-from resume import to_py
+from tests.support.distributed import run_world
+from tests.support.resume import to_py
 
 ModelCheckpoint = pl.callbacks.ModelCheckpoint
 PossibleUserWarning = pl.utilities.warnings.PossibleUserWarning

@@ -8,8 +8,8 @@ import torch.distributed as dist
 
 from torch_input_ckpt import ResumableDataLoader
 
-from distributed import run_world
-from resume import roundtrip, to_py
+from tests.support.distributed import run_world
+from tests.support.resume import roundtrip, to_py
 
 N = 50
 

@@ -11,7 +11,7 @@ from torch.utils.data import IterableDataset, SequentialSampler
 
 from torch_input_ckpt import EpochMismatchWarning, ResumableDataLoader
 
-from resume import roundtrip, to_py
+from tests.support.resume import roundtrip, to_py
 
 N = 40
 BATCH = 8

@@ -12,7 +12,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, UnseededDrawWarning
 
-from resume import (
+from tests.support.resume import (
     assert_freed_without_cycle_collector,
     check_exactly_once,
     check_resume,

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, ResumableSampler
 
-from resume import check_resume, epochs_of, roundtrip, to_py
+from tests.support.resume import check_resume, epochs_of, roundtrip, to_py
 
 N = 23
 

@@ -13,7 +13,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from torch_input_ckpt import InputStateError, ResumableSampler, Stateful
 
-from resume import check_resume, roundtrip
+from tests.support.resume import check_resume, roundtrip
 
 
 class _Sized:

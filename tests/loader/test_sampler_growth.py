@@ -8,7 +8,7 @@ import pytest
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, ResumableSampler
 
-from resume import check_exactly_once, check_resume, epochs_of, roundtrip
+from tests.support.resume import check_exactly_once, check_resume, epochs_of, roundtrip
 
 
 class Numbers:

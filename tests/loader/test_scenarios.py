@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from torch_input_ckpt import InputCheckpointer, ResumableDataLoader
 
-from resume import check_resume, epochs_of, release, to_py
+from tests.support.resume import check_resume, epochs_of, release, to_py
 
 WINDOW = 16
 

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from torch_input_ckpt import InputCheckpointWarning, InputStateError, ResumableDataLoader
 
-from resume import (
+from tests.support.resume import (
     assert_freed_without_cycle_collector,
     check_exactly_once,
     check_resume,

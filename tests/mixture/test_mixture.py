@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from mixture_data import LENGTHS, TAGS, Source, by_source, check_source_epochs, ids, loader, mixture
 
 from torch_input_ckpt import InputStateError, Mixture, Origin, ResumableDataLoader, ResumableSampler
 
-from resume import check_resume, epochs_of, release, roundtrip, to_py
+from tests.support.mixture_data import LENGTHS, TAGS, Source, by_source, check_source_epochs, ids, loader, mixture
+from tests.support.resume import check_resume, epochs_of, release, roundtrip, to_py
 
 EPOCHS = 3
 N = sum(LENGTHS.values())  # 31 samples a mixture epoch by default

@@ -6,12 +6,12 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
-from mixture_data import LENGTHS, WEIGHTS, by_source, check_source_epochs, ids, loader, mixture
 
 from torch_input_ckpt import InputStateError
 from torch_input_ckpt.mixture_layout import largest_remainder
 
-from resume import check_resume, epochs_of, roundtrip
+from tests.support.mixture_data import LENGTHS, WEIGHTS, by_source, check_source_epochs, ids, loader, mixture
+from tests.support.resume import check_resume, epochs_of, roundtrip
 
 N = sum(LENGTHS.values())
 

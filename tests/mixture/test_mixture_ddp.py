@@ -7,12 +7,12 @@ from collections import Counter
 
 import pytest
 import torch.distributed as dist
-from mixture_data import LENGTHS, mixture
 
 from torch_input_ckpt import ResumableDataLoader
 
-from distributed import run_world
-from resume import roundtrip, to_py
+from tests.support.distributed import run_world
+from tests.support.mixture_data import LENGTHS, mixture
+from tests.support.resume import roundtrip, to_py
 
 N = sum(LENGTHS.values())
 

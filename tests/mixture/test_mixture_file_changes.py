@@ -10,10 +10,11 @@ import json
 from collections import Counter
 
 import pytest
-from mixture_files import LENGTHS, ORDERED, WEIGHTS, make_loader, rewrite, run
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, ResumableDataLoader
 from torch_input_ckpt.files import InputFile
+
+from tests.support.mixture_files import LENGTHS, ORDERED, WEIGHTS, make_loader, rewrite, run
 
 
 def check_exactly_once_per_source_epoch(delivered: list[str]) -> None:

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-from mixture_files import ORDERED, WEIGHTS, make_loader, rewrite, run
 
 from torch_input_ckpt import InputCheckpointer, InputStateError
 from torch_input_ckpt.files import InputFile
+
+from tests.support.mixture_files import ORDERED, WEIGHTS, make_loader, rewrite, run
+from tests.support.paths import child_env
 
 
 def test_the_file_sorts_the_sources_and_records_their_order(tmp_path):
@@ -75,19 +75,18 @@ def test_fresh_process_restores_the_readme_example(tmp_path):
     script = textwrap.dedent(
         f"""
         import json
-        from mixture_files import WEIGHTS, run
+        from tests.support.mixture_files import WEIGHTS, run
         from pathlib import Path
         print(json.dumps(run(Path({str(tmp_path / "r")!r}), WEIGHTS, restore=10)))
         """
     )
-    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
     done = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
-        env={**os.environ, "PYTHONPATH": path},
+        env=child_env(),
     )
     resumed = {int(s): b for s, b in json.loads(done.stdout.splitlines()[-1]).items()}
     assert resumed == {s: b for s, b in uninterrupted.items() if s > 10}

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mixture_files import run_steps
-from stream_data import write_shards
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, Mixture, ResumableDataLoader, ShardedStream
 from torch_input_ckpt.files import InputFile
 from torch_input_ckpt.shards import write_index
+
+from tests.support.mixture_files import run_steps
+from tests.support.stream_data import write_shards
 
 WEB_SIZES = (7, 0, 2, 13, 5, 9, 1, 6)  # 43 documents
 CODE_SIZES = (4, 9, 3)  # 16 documents

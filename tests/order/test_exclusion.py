@@ -7,11 +7,12 @@ from collections import Counter
 
 import pytest
 import torch
-from provenance_runs import run
 
 from torch_input_ckpt import ResumableSampler
 from torch_input_ckpt.exclusion import Exclusion
 from torch_input_ckpt.samples import Provenance
+
+from tests.support.provenance_runs import run
 
 BAD = [3, 7, 11]
 CONFIG = dict(length=30, batch_size=3, shuffle=True, every=5)  # 3 ranks: 4 steps in epoch 0, then 3 per epoch

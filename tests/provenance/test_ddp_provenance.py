@@ -8,7 +8,7 @@ from pathlib import Path
 from torch_input_ckpt import InputCheckpointer, ResumableDataLoader
 from torch_input_ckpt.samples import Provenance
 
-from distributed import run_world
+from tests.support.distributed import run_world
 
 
 def _train(rank: int, world: int, directory: str, steps: int, skip: int) -> dict[int, list[int]]:

@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from mixture_files import rewrite
-from provenance_runs import run
-from stream_data import write_shards
 
 from torch_input_ckpt import InputStateError, Mixture, ShardedStream
 from torch_input_ckpt.files import InputFile
 from torch_input_ckpt.samples import Provenance
 from torch_input_ckpt.shards import write_index
+
+from tests.support.mixture_files import rewrite
+from tests.support.provenance_runs import run
+from tests.support.stream_data import write_shards
 
 LENGTHS = {"web": 11, "code": 7, "math": 5}
 

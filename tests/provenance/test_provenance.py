@@ -4,10 +4,11 @@ resharded run 2 -> 3, gradient accumulation, and the refusals that name what is 
 from __future__ import annotations
 
 import pytest
-from provenance_runs import run
 
 from torch_input_ckpt import InputStateError
 from torch_input_ckpt.samples import Provenance, samples_at
+
+from tests.support.provenance_runs import run
 
 
 def check_all(directory, delivered):
@@ -141,10 +142,10 @@ def test_given_batches_per_step_is_checked_against_the_record(tmp_path):
 
 
 def test_refuses_a_sharded_stream_and_names_what_is_missing(tmp_path):
-    from stream_data import write_shards
-
     from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, ShardedStream
     from torch_input_ckpt.shards import write_index
+
+    from tests.support.stream_data import write_shards
 
     shards = write_shards(tmp_path / "shards", "jsonl")
     write_index(shards)

@@ -4,10 +4,11 @@ mixture epochs, on 1 and 3 ranks and after a resharding restore; ``--sample`` re
 from __future__ import annotations
 
 import pytest
-from provenance_runs import run
 
 from torch_input_ckpt import InputStateError, Mixture
 from torch_input_ckpt.samples import Provenance
+
+from tests.support.provenance_runs import run
 
 LENGTHS = {"a": 7, "b": 11, "c": 13}
 WEIGHTS = {"a": 0.5, "b": 0.2, "c": 0.3}

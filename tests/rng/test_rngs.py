@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from torch_input_ckpt import InputCheckpointWarning, InputStateError, ResumableDataLoader, UnseededDrawWarning
 from torch_input_ckpt.reseeding import PROBATION
 
-from resume import check_resume, epochs_of, roundtrip
+from tests.support.resume import check_resume, epochs_of, roundtrip
 
 DRAW = {
     "torch": lambda: torch.rand(()).item(),

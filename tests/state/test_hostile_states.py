@@ -8,11 +8,12 @@ import json
 import re
 
 import pytest
-from mixture_data import loader
 
 from torch_input_ckpt import InputCheckpointer, InputCheckpointWarning, files
 from torch_input_ckpt.__main__ import main
 from torch_input_ckpt.files import InputFile
+
+from tests.support.mixture_data import loader
 
 
 def saved_run(directory):

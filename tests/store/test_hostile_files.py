@@ -21,7 +21,7 @@ from torch_input_ckpt.__main__ import main
 from torch_input_ckpt.files import InputFile
 from torch_input_ckpt.planner import plan_restore
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "TOP-SECRET-0123456789 do not print me"
 
 

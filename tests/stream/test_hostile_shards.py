@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stream_data import deliver_all, ids_collate, write_shards
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, Shard, ShardedStream
 from torch_input_ckpt.formats import (
@@ -31,7 +30,9 @@ from torch_input_ckpt.formats import (
 )
 from torch_input_ckpt.shards import write_index
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.stream_data import deliver_all, ids_collate, write_shards
+
+REPO = Path(__file__).resolve().parents[2]
 GiB = 2**30
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stream_data import ids_collate, write_shards
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, ResumableDataLoader, ShardedStream
 from torch_input_ckpt.inspection import main
 from torch_input_ckpt.shards import write_index
+
+from tests.support.stream_data import ids_collate, write_shards
 
 INDEX = "torch_input_ckpt_index.json"
 

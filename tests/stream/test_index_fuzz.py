@@ -12,10 +12,11 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stream_data import write_shards
 
 from torch_input_ckpt import ShardedStream
 from torch_input_ckpt.shards import write_index
+
+from tests.support.stream_data import write_shards
 
 INDEX = "torch_input_ckpt_index.json"
 # make test: 100 examples from a fixed seed; make fuzz: HYPOTHESIS_FUZZ_EXAMPLES of them, from fresh seeds.

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stream_data import deliver_all, ids_collate, write_shards
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, Shard, ShardedStream
 from torch_input_ckpt.formats import open_samples
 from torch_input_ckpt.readers import ShardReaders
 from torch_input_ckpt.shards import write_index
+
+from tests.support.stream_data import deliver_all, ids_collate, write_shards
 
 SIZES = (6, 13, 5, 9)  # the 13-sample shard is the one cut short
 VICTIM = "shard-001.jsonl"

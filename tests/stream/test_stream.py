@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stream_data import SIZES, all_ids, ids_collate, tokens_field, write_shards
 
 from torch_input_ckpt import ResumableDataLoader, ShardedStream
 from torch_input_ckpt.shards import write_index
 
-from resume import check_exactly_once, check_resume, epochs_of, resume_chain
+from tests.support.resume import check_exactly_once, check_resume, epochs_of, resume_chain
+from tests.support.stream_data import SIZES, all_ids, ids_collate, tokens_field, write_shards
 
 FORMATS = ("jsonl", "jsonl.gz", "npy", "tar")
 LANES = 3
@@ -83,7 +83,7 @@ def check_tokens_exactly_once(stream, kind, shuffled):
     """Every token of every document once per epoch, padding aside; in order within its document
     (with a window shuffle of the packed sequences, in order within each sequence: the pieces of a
     document cut between two sequences may come in either order)."""
-    from stream_data import ROW, doc_length, tokens
+    from tests.support.stream_data import ROW, doc_length, tokens
 
     per_epoch: dict[int, dict[int, list[tuple[int, int]]]] = {}
     base = [sum(SIZES[:s]) for s in range(len(SIZES))]

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stream_data import ids_collate, write_shards
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, ResumableDataLoader, Shard, ShardedStream
 from torch_input_ckpt.shards import write_index
 
-from resume import start_child, to_py
+from tests.support.paths import SUPPORT
+from tests.support.resume import start_child, to_py
+from tests.support.stream_data import ids_collate, write_shards
 
 PACK = 8
 
@@ -312,7 +313,7 @@ def test_resume_over_a_moved_tokenized_directory(tmp_path):
 
 
 def _child(shards: Path, ckpt: Path, log: Path, total: int):
-    child = start_child(Path(__file__).with_name("stream_child.py"), shards, ckpt, log, total)
+    child = start_child(SUPPORT / "stream_child.py", shards, ckpt, log, total)
     _, err = child.communicate(timeout=180)
     return child.returncode, err.decode(errors="replace")
 

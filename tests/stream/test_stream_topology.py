@@ -14,14 +14,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from stream_data import SIZES, all_ids, ids_collate, write_shards
 
 from torch_input_ckpt import InputStateError, ResumableDataLoader, ResumableSampler, ShardedStream
 from torch_input_ckpt.lanes import Interleave, assign_lanes, window_shuffle
 from torch_input_ckpt.shards import write_index
 
-from distributed import run_world
-from resume import check_exactly_once, epochs_of, resume_chain, roundtrip, to_py
+from tests.support.distributed import run_world
+from tests.support.resume import check_exactly_once, epochs_of, resume_chain, roundtrip, to_py
+from tests.support.stream_data import SIZES, all_ids, ids_collate, write_shards
 
 BATCH = 2
 

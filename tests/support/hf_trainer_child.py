@@ -194,10 +194,10 @@ TIMEOUT = 180
 
 
 def child_env() -> dict[str, str]:
-    """The environment of a run: this checkout and tests/ on the path, one thread, nothing downloaded."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(CHILD.parent.parent), str(CHILD.parent)]))
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    return env
+    """The environment of a run: this checkout on the path, one thread, nothing downloaded."""
+    from tests.support.paths import child_env as with_checkout  # noqa: PLC0415 - only the tests start runs
+
+    return with_checkout(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
 
 
 def start(
@@ -207,7 +207,7 @@ def start(
     environment."""
     command = [sys.executable, str(CHILD)]
     if ranks:
-        from distributed import free_port  # noqa: PLC0415 - only the tests start runs
+        from tests.support.distributed import free_port  # noqa: PLC0415 - only the tests start runs
 
         port = str(free_port())
         command = [str(TORCHRUN), f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1", f"--master_port={port}"]

@@ -1,7 +1,7 @@
-"""Fresh-process half of tests/test_fresh_process.py: restore each pipeline from its checkpoint files and write
-what it delivers to the end of its run.
+"""Fresh-process half of tests/checkpoint/test_fresh_process.py: restore each pipeline from its checkpoint files
+and write what it delivers to the end of its run.
 
-Usage: python tests/pipeline_child.py JOBS.json OUT.json, where JOBS.json is a list of
+Usage: PYTHONPATH=. python tests/support/pipeline_child.py JOBS.json OUT.json, where JOBS.json is a list of
 ``{"config", "directory", "step", "epoch", "cursor"}``.
 """
 
@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines import rest_of_run
+from tests.support.pipelines import rest_of_run
 
 
 def main() -> None:

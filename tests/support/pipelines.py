@@ -3,7 +3,7 @@
 A configuration names what a user builds — a plain map-style dataset, a ``Mixture`` of map-style sources
 or of ``ShardedStream`` sources, or one ``ShardedStream`` (packed or not) over real JSON-lines or ``.npy``
 shard files — and the loader around it (batch size, ``num_workers``, world size, seed). The same
-configuration builds the pipeline here and in a fresh process (``tests/pipeline_child.py``).
+configuration builds the pipeline here and in a fresh process (``tests/support/pipeline_child.py``).
 
 Every delivered item names itself by its *units*, what must be delivered exactly once per (source)
 epoch: a map item's id (``"web:3"``), a document's id (``"code/1-2"``), an ``.npy`` row's first token,

@@ -194,15 +194,14 @@ def assert_freed_without_cycle_collector(make: Callable[[], Any]) -> None:
 def start_child(script: Any, *args: object) -> Any:
     """Start ``python script args...`` with the repository on its path, stdout discarded and stderr piped,
     in its own session and process group, so that killing the group also kills its DataLoader workers."""
-    import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    from tests.support.paths import child_env
+
     return subprocess.Popen(
         [sys.executable, str(script), *map(str, args)],
-        env=env,
+        env=child_env(),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
