@@ -1,55 +1,35 @@
-"""The one resume-equivalence helper every test uses: stop a real stream, round-trip its state,
-restore into a fresh object, continue, and compare with an uninterrupted run."""
+"""The suite's resume-equivalence helpers: :mod:`torch_input_ckpt.testing`, the public check, with this
+library's own states held to plain JSON; plus what only the suite needs (collecting dropped loaders, a
+loader freed without the cycle collector, a child process in its own group)."""
 
 from __future__ import annotations
 
 import gc
-import json
-import tempfile
 import weakref
-from collections import Counter
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
-import torch
+from torch_input_ckpt import testing
+from torch_input_ckpt.testing import assert_exactly_once as check_exactly_once
+from torch_input_ckpt.testing import stream_epochs as epochs_of
+from torch_input_ckpt.testing import to_python as to_py
 
-from torch_input_ckpt import files
-from torch_input_ckpt.encoding import decode_tensors
-
-
-def to_py(batch: Any) -> Any:
-    """A batch as plain Python values, so that streams compare with ==."""
-    if isinstance(batch, torch.Tensor):
-        return batch.tolist()
-    if isinstance(batch, dict):
-        return {k: to_py(v) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return [to_py(v) for v in batch]
-    return batch
+__all__ = [
+    "assert_freed_without_cycle_collector",
+    "check_exactly_once",
+    "check_resume",
+    "epochs_of",
+    "release",
+    "resume_chain",
+    "roundtrip",
+    "start_child",
+    "to_py",
+]
 
 
 def roundtrip(state: dict[str, Any]) -> dict[str, Any]:
-    """Serialise a state as a checkpoint does and read it back as a restore does: through the checkpoint
-    file format itself (``files.encode_checkpoint``: canonical JSON, sorted keys, a checksum), written to
-    a real file and read with ``files.read_checkpoint`` (which validates its schema), tensors decoded.
-
-    Never only through memory: a state whose meaning depends on dict order (or that holds something
-    JSON cannot) must fail here as it fails for a user restoring from the file.
-    """
-    assert json.loads(json.dumps(state)) == state, "state is not plain JSON"
-    with tempfile.TemporaryDirectory(prefix="roundtrip-") as directory:
-        path = Path(directory) / files.InputFile(0, 0).name
-        path.write_bytes(files.encode_checkpoint(rank=0, world_size=1, step=0, states={"input": state}, external=[]))
-        checkpoint = files.read_checkpoint(path)
-    return decode_tensors(checkpoint.states["input"], str(path))
-
-
-def epochs_of(loader: Any, epochs: int) -> Iterable[tuple[int, Any]]:
-    """The training loop the README shows: no set_epoch, the loader's own epoch counter."""
-    for epoch in range(loader.epoch, epochs):
-        for batch in loader:
-            yield epoch, to_py(batch)
+    """:func:`torch_input_ckpt.testing.roundtrip_state`, the state required to be plain JSON."""
+    return testing.roundtrip_state(state, plain_json=True)
 
 
 def check_resume(
@@ -60,50 +40,10 @@ def check_resume(
     resume_with: Callable[[], Any] | None = None,
     expected: list[tuple[int, Any]] | None = None,
 ) -> list[tuple[int, Any]]:
-    """Assert that stopping after ``stop_after`` batches and resuming in a fresh object equals one run.
-
-    Also checks drift: loading a state and taking it again, twice, changes nothing.
-    Returns the uninterrupted stream.
-
-    Args:
-        make: Builds the pipeline.
-        stop_after: Batches taken before the state is saved (counted over epochs).
-        epochs: How many epochs the run covers.
-        resume_with: Builds the pipeline the state is loaded into, when it differs from ``make``'s
-            (e.g. another ``num_workers``); then the saved state is compared with the one the resumed
-            pipeline reports only through a second load (its own configuration entries differ).
-        expected: The uninterrupted stream of ``make``, when the caller has it already (saves a run).
-    """
-    if expected is None:
-        reference = make()
-        expected = list(epochs_of(reference, epochs))
-        del reference
-    resume = resume_with or make
-    first = make()
-    head: list[tuple[int, Any]] = []
-    if stop_after:
-        for item in epochs_of(first, epochs):
-            head.append(item)
-            if len(head) == stop_after:
-                break
-    state = roundtrip(first.state_dict())
-    workers = _has_workers(first)
-    del first
-    release(workers)
-    middle = resume()
-    middle.load_state_dict(state)
-    again = roundtrip(middle.state_dict())
-    if resume_with is None:
-        assert again == state, "loading a state and taking it again changed it"
-    resumed = resume()
-    resumed.load_state_dict(again)
-    assert roundtrip(resumed.state_dict()) == again, "loading a state and taking it again changed it"
-    tail = list(epochs_of(resumed, epochs))
-    workers = _has_workers(resumed)
-    del middle, resumed
-    release(workers)
-    assert head + tail == expected, f"resume after {stop_after} batches diverged"
-    return expected
+    """:func:`torch_input_ckpt.testing.assert_equal_output_after_checkpoint` at one stop, states plain JSON."""
+    return testing.assert_equal_output_after_checkpoint(
+        make, [stop_after], epochs, resume_with=resume_with, expected=expected, plain_json=True
+    )
 
 
 def resume_chain(
@@ -113,48 +53,8 @@ def resume_chain(
     *,
     resume_with: Callable[[], Any] | None = None,
 ) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
-    """Run ``epochs`` epochs, stopping after each (cumulative) batch count in ``stops`` and resuming in a
-    fresh object each time: several breaks in one run, as TF's ``verify_multiple_breaks``.
-
-    Returns:
-        The stream delivered over all the pieces, and the (round-tripped) states taken at the stops.
-    """
-    stream: list[tuple[int, Any]] = []
-    states: list[dict[str, Any]] = []
-    loader = make()
-    for stop in stops:
-        if len(stream) < stop:
-            for item in epochs_of(loader, epochs):
-                stream.append(item)
-                if len(stream) == stop:
-                    break
-        states.append(roundtrip(loader.state_dict()))
-        workers = _has_workers(loader)
-        loader = None
-        release(workers)
-        loader = (resume_with or make)()
-        loader.load_state_dict(states[-1])
-    stream.extend(epochs_of(loader, epochs))
-    workers = _has_workers(loader)
-    del loader
-    release(workers)
-    return stream, states
-
-
-def check_exactly_once(stream: list[tuple[int, Any]], ids: Callable[[Any], list[int]], length: int) -> None:
-    """Assert that every epoch of ``stream`` holds each of ``range(length)`` exactly once, whatever the
-    order: nothing missing and nothing duplicated are checked (and reported) separately."""
-    per_epoch: dict[int, list[int]] = {}
-    for epoch, batch in stream:
-        per_epoch.setdefault(epoch, []).extend(ids(batch))
-    for epoch, seen in sorted(per_epoch.items()):
-        counts = Counter(seen)
-        duplicated = sorted(i for i, n in counts.items() if n > 1)
-        missing = sorted(set(range(length)) - set(counts))
-        unknown = sorted(set(counts) - set(range(length)))
-        assert not duplicated, f"epoch {epoch}: delivered more than once: {duplicated}"
-        assert not missing, f"epoch {epoch}: never delivered: {missing}"
-        assert not unknown, f"epoch {epoch}: not in the dataset: {unknown}"
+    """:func:`torch_input_ckpt.testing.resume_chain`, states plain JSON."""
+    return testing.resume_chain(make, stops, epochs, resume_with=resume_with, plain_json=True)
 
 
 def release(workers: bool = True) -> None:
@@ -167,10 +67,6 @@ def release(workers: bool = True) -> None:
     """
     if workers:
         gc.collect()
-
-
-def _has_workers(loader: Any) -> bool:
-    return getattr(loader, "num_workers", 0) > 0
 
 
 def assert_freed_without_cycle_collector(make: Callable[[], Any]) -> None:
