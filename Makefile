@@ -31,7 +31,7 @@ fuzz: setup
 LIGHTNING_FLOOR := pytorch_lightning==2.6.0
 FLOOR_VENV := .venv-lightning-floor
 test-lightning-floor: $(FLOOR_VENV)/.installed
-	$(FLOOR_VENV)/bin/python -m pytest -q tests/test_lightning.py
+	$(FLOOR_VENV)/bin/python -m pytest -q tests/integrations/test_lightning.py
 
 $(FLOOR_VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(FLOOR_VENV)
