@@ -1,5 +1,7 @@
-"""The README's quick starts for mixtures and streams are files in examples/ (the README block is the file), run
-twice here, each run a fresh process: the second resumes from the checkpoint file the first wrote."""
+"""The quick starts are files in examples/: the README's quick-start block is examples/quickstart.py (compared text
+for text), and the docs pages include the mixture and stream quick starts (`--8<--`, so the page block is the file
+when the site is built). The mixture and stream quick starts are run twice here, each run a fresh process: the
+second resumes from the checkpoint file the first wrote."""
 
 from __future__ import annotations
 
@@ -19,17 +21,31 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ("mixture_quickstart.py", "stream_quickstart.py")
 
 
-def readme_block(name: str) -> str:
-    """The ```python block that follows the README line introducing ``examples/<name>``."""
-    text = (ROOT / "README.md").read_text()
+def introduced_block(text: str, name: str) -> str:
+    """The ```python block that follows the line introducing ``examples/<name>`` as "this block is that file"."""
     at = text.index(f"`examples/{name}` (this block is that file")
     start = text.index("```python\n", at) + len("```python\n")
     return text[start : text.index("\n```\n", start) + 1]
 
 
+def docs_pages_introducing(name: str) -> list[Path]:
+    marker = f"`examples/{name}` (this block is that file"
+    return [page for page in sorted((ROOT / "docs").rglob("*.md")) if marker in page.read_text()]
+
+
+def test_the_readme_quick_start_is_the_example_file():
+    readme = (ROOT / "README.md").read_text()
+    assert introduced_block(readme, "quickstart.py") == (ROOT / "examples" / "quickstart.py").read_text()
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_the_readme_block_is_the_example_file(name):
-    assert readme_block(name) == (ROOT / "examples" / name).read_text()
+def test_the_docs_block_is_the_example_file(name):
+    pages = docs_pages_introducing(name)
+    assert len(pages) == 1, f"examples/{name} should be introduced on exactly one docs page, found {pages}"
+    # The block is the include line alone, so the built page shows the file as it is (check_paths fails the build
+    # if it is missing).
+    assert introduced_block(pages[0].read_text(), name) == f'--8<-- "examples/{name}"\n'
+    assert (ROOT / "examples" / name).is_file()
 
 
 def run(name: str, *args: object) -> list[object]:
