@@ -23,6 +23,7 @@ RUN_BY = {
     "examples/stream_packing.py": ("tests/test_docs_examples.py", "test_stream_packing_resumes_every_token_once"),
     "examples/lightning_quickstart.py": ("tests/test_docs_examples.py", "test_lightning_quickstart_resumes_exactly"),
     "examples/hf_trainer.py": ("tests/test_docs_examples.py", "test_hf_trainer_example_resumes_exactly"),
+    "examples/accelerate_loop.py": ("tests/test_docs_examples.py", "test_accelerate_example_resumes_exactly"),
     "examples/provenance.py": (
         "tests/test_docs_examples.py",
         "test_provenance_example_computes_the_steps_and_skips_them",
@@ -144,6 +145,16 @@ def test_hf_trainer_example_resumes_exactly(tmp_path):
     resumed, _ = run("hf_trainer.py", tmp_path, tmp_path / "checkpoint-8")
     # From checkpoint-8: every micro-batch of steps 9..12 holds the uninterrupted run's samples and draws.
     assert by_step(resumed) == steps[16:], "the resumed run differs from the uninterrupted one"
+
+
+@pytest.mark.slow
+def test_accelerate_example_resumes_exactly(tmp_path):
+    uninterrupted, _ = run("accelerate_loop.py", tmp_path)
+    steps = by_step(uninterrupted)
+    assert [s for s, _ in steps] == list(range(1, 21)), "2 epochs of 10 batches"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-10", "step-15", "step-20", "step-5"]
+    resumed, _ = run("accelerate_loop.py", tmp_path, 5)  # load_state of step 5, in a fresh process
+    assert by_step(resumed) == steps[5:], "steps 6.. differ from the uninterrupted run (samples or draws)"
 
 
 @pytest.mark.slow
