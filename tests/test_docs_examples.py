@@ -24,6 +24,7 @@ RUN_BY = {
     "examples/lightning_quickstart.py": ("tests/test_docs_examples.py", "test_lightning_quickstart_resumes_exactly"),
     "examples/hf_trainer.py": ("tests/test_docs_examples.py", "test_hf_trainer_example_resumes_exactly"),
     "examples/accelerate_loop.py": ("tests/test_docs_examples.py", "test_accelerate_example_resumes_exactly"),
+    "examples/rng_objects.py": ("tests/test_docs_examples.py", "test_rng_objects_follow_the_sample"),
     "examples/provenance.py": (
         "tests/test_docs_examples.py",
         "test_provenance_example_computes_the_steps_and_skips_them",
@@ -155,6 +156,19 @@ def test_accelerate_example_resumes_exactly(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-10", "step-15", "step-20", "step-5"]
     resumed, _ = run("accelerate_loop.py", tmp_path, 5)  # load_state of step 5, in a fresh process
     assert by_step(resumed) == steps[5:], "steps 6.. differ from the uninterrupted run (samples or draws)"
+
+
+@pytest.mark.slow
+def test_rng_objects_follow_the_sample(tmp_path):
+    first, _ = run("rng_objects.py", tmp_path / "ckpt")
+    head = [ast.literal_eval(line) for line in first]
+    assert len(head) == 2, "preempted after two batches"
+    second, log = run("rng_objects.py", tmp_path / "ckpt")
+    assert "at step 2" in log
+    rest, uninterrupted = (ast.literal_eval(line) for line in second)
+    assert head + rest == uninterrupted, "2 workers then none: other samples or draws"
+    assert sorted(i for batch in uninterrupted for i, _ in batch) == list(range(24))
+    assert len({draw for batch in uninterrupted for _, draw in batch}) == 24, "every sample its own draw"
 
 
 @pytest.mark.slow
