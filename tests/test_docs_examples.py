@@ -15,28 +15,20 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+# The repository root, wherever this file sits under tests/.
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 INCLUDE = re.compile(r'^--8<-- "([^":]+)(?::\w+)?"$', re.MULTILINE)  # a file, or a section of it: "FILE:NAME"
-# Each example a docs page includes, and the test that runs it (file, function).
+# Each example a docs page includes, and the test that runs it (a test function somewhere under tests/).
 RUN_BY = {
-    "examples/quickstart.py": ("tests/test_docs_examples.py", "test_quickstart_resumes_from_the_model_step"),
-    "examples/stream_packing.py": ("tests/test_docs_examples.py", "test_stream_packing_resumes_every_token_once"),
-    "examples/lightning_quickstart.py": ("tests/test_docs_examples.py", "test_lightning_quickstart_resumes_exactly"),
-    "examples/hf_trainer.py": ("tests/test_docs_examples.py", "test_hf_trainer_example_resumes_exactly"),
-    "examples/accelerate_loop.py": ("tests/test_docs_examples.py", "test_accelerate_example_resumes_exactly"),
-    "examples/rng_objects.py": ("tests/test_docs_examples.py", "test_rng_objects_follow_the_sample"),
-    "examples/provenance.py": (
-        "tests/test_docs_examples.py",
-        "test_provenance_example_computes_the_steps_and_skips_them",
-    ),
-    "examples/mixture_quickstart.py": (
-        "tests/test_readme_examples.py",
-        "test_mixture_quickstart_resumes_from_the_file_in_a_fresh_process",
-    ),
-    "examples/stream_quickstart.py": (
-        "tests/test_readme_examples.py",
-        "test_stream_quickstart_resumes_from_the_file_in_a_fresh_process_with_workers",
-    ),
+    "examples/quickstart.py": "test_quickstart_resumes_from_the_model_step",
+    "examples/stream_packing.py": "test_stream_packing_resumes_every_token_once",
+    "examples/lightning_quickstart.py": "test_lightning_quickstart_resumes_exactly",
+    "examples/hf_trainer.py": "test_hf_trainer_example_resumes_exactly",
+    "examples/accelerate_loop.py": "test_accelerate_example_resumes_exactly",
+    "examples/rng_objects.py": "test_rng_objects_follow_the_sample",
+    "examples/provenance.py": "test_provenance_example_computes_the_steps_and_skips_them",
+    "examples/mixture_quickstart.py": "test_mixture_quickstart_resumes_from_the_file_in_a_fresh_process",
+    "examples/stream_quickstart.py": "test_stream_quickstart_resumes_from_the_file_in_a_fresh_process_with_workers",
 }
 
 
@@ -57,9 +49,9 @@ def test_every_included_example_exists_and_is_run_by_a_test():
         assert (ROOT / path).is_file(), f"{pages} include {path}, which does not exist"
     not_run = sorted(examples - set(RUN_BY))
     assert not not_run, f"docs pages include examples no test runs: {not_run}"
+    tests = "\n".join(path.read_text() for path in (ROOT / "tests").rglob("test_*.py"))
     for path in examples:
-        test_file, name = RUN_BY[path]
-        assert f"def {name}(" in (ROOT / test_file).read_text(), f"{path}: {test_file}::{name} does not exist"
+        assert f"def {RUN_BY[path]}(" in tests, f"{path}: the test {RUN_BY[path]} that runs it does not exist"
 
 
 def run(name: str, *args: object, cwd: Path | None = None) -> tuple[list[str], str]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch_input_ckpt
 
-ROOT = Path(__file__).resolve().parent.parent
+# The repository root, wherever this file sits under tests/.
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 REFERENCE = ROOT / "docs" / "reference"
 ENTRY = re.compile(r"^::: (torch_input_ckpt(?:\.\w+)+)\s*$", re.MULTILINE)
 # The public entry modules besides the package itself. `testing` is public once it exists (issue 23): from then on

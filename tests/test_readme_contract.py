@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+# The repository root, wherever this file sits under tests/.
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 # The header of each contract table, as its page spells it.
 TABLES = ("| situation | what happens | guarantee | proved through the file by |", "| `ShardedStream` resumed with |")
 REFERENCE = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")

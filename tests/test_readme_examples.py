@@ -10,14 +10,12 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
-from torch_input_ckpt.mixture_layout import largest_remainder
-
-ROOT = Path(__file__).resolve().parent.parent
+# The repository root, wherever this file sits under tests/.
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 EXAMPLES = ("mixture_quickstart.py", "stream_quickstart.py")
 
 
@@ -46,6 +44,17 @@ def test_the_docs_block_is_the_example_file(name):
     # if it is missing).
     assert introduced_block(pages[0].read_text(), name) == f'--8<-- "examples/{name}"\n'
     assert (ROOT / "examples" / name).is_file()
+
+
+def largest_remainder(weights: list[int], total: int) -> list[int]:
+    """Hamilton's method, written here as the oracle (the mixture documents it so): each weight gets
+    floor(w * total / sum), the rest go one each to the largest remainders, ties to the earlier source."""
+    whole = sum(weights)
+    counts = [w * total // whole for w in weights]
+    by_remainder = sorted(range(len(weights)), key=lambda k: (-(weights[k] * total % whole), k))
+    for k in by_remainder[: total - sum(counts)]:
+        counts[k] += 1
+    return counts
 
 
 def run(name: str, *args: object) -> list[object]:
@@ -94,7 +103,7 @@ def test_mixture_quickstart_resumes_from_the_file_in_a_fresh_process(tmp_path):
     # continues from its own cursor, exactly once per source epoch.
     weights = {"web": 5, "code": 3, "math": 2}
     left = len(uninterrupted) - len(head)
-    expected = dict(zip(weights, largest_remainder([Fraction(w) for w in weights.values()], left), strict=True))
+    expected = dict(zip(weights, largest_remainder(list(weights.values()), left), strict=True))
     assert len(rest2) == left and last.startswith(f"{left} ")
     assert {name: sum(s.startswith(name) for s in rest2) for name in weights} == expected
     lengths = {"web": 70, "code": 20, "math": 5}
