@@ -7,8 +7,12 @@ PY := $(VENV)/bin/python
 PINS := torch==2.13.0 torchdata==0.11.0 pytorch_lightning==2.6.6 pytest==9.0.3 hypothesis==6.155.2 ruff==0.17.6 radon==6.0.1
 # The Hugging Face integration's tested versions (they install against torch==2.13.0 without another torch).
 PINS += transformers==5.23.0 accelerate==1.15.0
+# The documentation site's tools (make docs), with the packages they pull in pinned too; installed with the set-up's
+# torch==2.13.0 in the same pip command, so that pip never moves torch.
+DOCS_PINS := mkdocs==1.6.1 mkdocs-material==9.8.1 'mkdocstrings[python]==1.0.8' mkdocstrings-python==2.0.11
+DOCS_PINS += griffelib==2.4.1 mkdocs-autorefs==1.4.5 pymdown-extensions==13.1.2 Markdown==3.11.4
 
-.PHONY: setup test fuzz test-lightning-floor demo demo-ddp bench bench-quick lint
+.PHONY: setup test fuzz test-lightning-floor demo demo-ddp bench bench-quick lint docs
 
 setup: $(VENV)/.installed
 
@@ -54,3 +58,12 @@ bench-quick: setup
 lint: setup
 	$(VENV)/bin/ruff check torch_input_ckpt tests benchmarks examples
 	$(VENV)/bin/ruff format --check torch_input_ckpt tests benchmarks examples
+
+# The documentation site (mkdocs.yml, docs/): --strict fails on a broken link, a missing include or an API entry
+# that does not resolve. The site goes to site/.
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+$(VENV)/.docs-installed: $(VENV)/.installed Makefile
+	$(PY) -m pip install --quiet --disable-pip-version-check $(DOCS_PINS) $(filter torch==%,$(PINS))
+	touch $@

@@ -1,5 +1,5 @@
-"""README "Mixtures" quick start: run it twice. The first run is preempted after two batches; the second, a fresh
-process, resumes from the checkpoint file with the same weights, then with new ones."""
+"""The "Mixtures" quick start (docs/guides/mixtures.md): run it twice. The first run is preempted after two
+batches; the second, a fresh process, resumes from the checkpoint file with the same weights, then with new ones."""
 
 import sys
 

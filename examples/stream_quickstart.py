@@ -1,6 +1,6 @@
-"""README "Sharded streams" quick start: run it twice. The first run writes and indexes the shards and is
-preempted after two batches; the second, a fresh process, resumes from the checkpoint file with another
-num_workers."""
+"""The "Sharded streams" quick start (docs/guides/streams.md): run it twice. The first run writes and indexes the
+shards and is preempted after two batches; the second, a fresh process, resumes from the checkpoint file with
+another num_workers."""
 
 import json
 import os

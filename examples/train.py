@@ -1,11 +1,11 @@
 """A small training script whose input pipeline resumes exactly after a preemption.
 
-The README's Quick start as a script. The model is checkpointed every 5 steps (as a real job would,
-rarely: it is large); the input pipeline every 2 steps, or every ``--input-every-seconds`` (it is a few
-hundred bytes), keeping the last 3 — and, whatever the schedule, at every model step, *pinned*: kept
-until the model checkpoint is deleted. On restart the script loads the newest model checkpoint (or the
-one of ``--resume-from STEP``, a rollback) and the input checkpoint *of that same step*, so data and
-weights agree.
+The quick start (docs/getting-started.md) with a kill switch, for the demo. The model is checkpointed every 5
+steps (as a real job would, rarely: it is large); the input pipeline every 2 steps, or every
+``--input-every-seconds`` (it is a few hundred bytes), keeping the last 3 — and, whatever the schedule, at every
+model step, *pinned*: kept until the model checkpoint is deleted. On restart the script loads the newest model
+checkpoint (or the one of ``--resume-from STEP``, a rollback) and the input checkpoint *of that same step*, so data
+and weights agree.
 
     python examples/train.py --dir RUN_DIR --epochs 3
 

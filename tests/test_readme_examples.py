@@ -1,5 +1,7 @@
-"""The README's quick starts for mixtures and streams are files in examples/ (the README block is the file), run
-twice here, each run a fresh process: the second resumes from the checkpoint file the first wrote."""
+"""The quick starts are files in examples/: the README's quick-start block is examples/quickstart.py (compared text
+for text), and the docs pages include the mixture and stream quick starts (`--8<--`, so the page block is the file
+when the site is built). The mixture and stream quick starts are run twice here, each run a fresh process: the
+second resumes from the checkpoint file the first wrote."""
 
 from __future__ import annotations
 
@@ -8,28 +10,51 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
-from torch_input_ckpt.mixture.layout import largest_remainder
-
-ROOT = Path(__file__).resolve().parent.parent
+# The repository root, wherever this file sits under tests/.
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 EXAMPLES = ("mixture_quickstart.py", "stream_quickstart.py")
 
 
-def readme_block(name: str) -> str:
-    """The ```python block that follows the README line introducing ``examples/<name>``."""
-    text = (ROOT / "README.md").read_text()
+def introduced_block(text: str, name: str) -> str:
+    """The ```python block that follows the line introducing ``examples/<name>`` as "this block is that file"."""
     at = text.index(f"`examples/{name}` (this block is that file")
     start = text.index("```python\n", at) + len("```python\n")
     return text[start : text.index("\n```\n", start) + 1]
 
 
+def docs_pages_introducing(name: str) -> list[Path]:
+    marker = f"`examples/{name}` (this block is that file"
+    return [page for page in sorted((ROOT / "docs").rglob("*.md")) if marker in page.read_text()]
+
+
+def test_the_readme_quick_start_is_the_example_file():
+    readme = (ROOT / "README.md").read_text()
+    assert introduced_block(readme, "quickstart.py") == (ROOT / "examples" / "quickstart.py").read_text()
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_the_readme_block_is_the_example_file(name):
-    assert readme_block(name) == (ROOT / "examples" / name).read_text()
+def test_the_docs_block_is_the_example_file(name):
+    pages = docs_pages_introducing(name)
+    assert len(pages) == 1, f"examples/{name} should be introduced on exactly one docs page, found {pages}"
+    # The block is the include line alone, so the built page shows the file as it is (check_paths fails the build
+    # if it is missing).
+    assert introduced_block(pages[0].read_text(), name) == f'--8<-- "examples/{name}"\n'
+    assert (ROOT / "examples" / name).is_file()
+
+
+def largest_remainder(weights: list[int], total: int) -> list[int]:
+    """Hamilton's method, written here as the oracle (the mixture documents it so): each weight gets
+    floor(w * total / sum), the rest go one each to the largest remainders, ties to the earlier source."""
+    whole = sum(weights)
+    counts = [w * total // whole for w in weights]
+    by_remainder = sorted(range(len(weights)), key=lambda k: (-(weights[k] * total % whole), k))
+    for k in by_remainder[: total - sum(counts)]:
+        counts[k] += 1
+    return counts
 
 
 def run(name: str, *args: object) -> list[object]:
@@ -78,7 +103,7 @@ def test_mixture_quickstart_resumes_from_the_file_in_a_fresh_process(tmp_path):
     # continues from its own cursor, exactly once per source epoch.
     weights = {"web": 5, "code": 3, "math": 2}
     left = len(uninterrupted) - len(head)
-    expected = dict(zip(weights, largest_remainder([Fraction(w) for w in weights.values()], left), strict=True))
+    expected = dict(zip(weights, largest_remainder(list(weights.values()), left), strict=True))
     assert len(rest2) == left and last.startswith(f"{left} ")
     assert {name: sum(s.startswith(name) for s in rest2) for name in weights} == expected
     lengths = {"web": 70, "code": 20, "math": 5}
