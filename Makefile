@@ -8,7 +8,7 @@ PINS := torch==2.13.0 torchdata==0.11.0 pytorch_lightning==2.6.6 pytest==9.0.3 h
 # The Hugging Face integration's tested versions (they install against torch==2.13.0 without another torch).
 PINS += transformers==5.23.0 accelerate==1.15.0
 
-.PHONY: setup test fuzz test-lightning-floor demo demo-ddp bench bench-quick lint
+.PHONY: setup test fuzz test-lightning-floor wheel-smoke demo demo-ddp bench bench-quick lint
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,20 @@ $(FLOOR_VENV)/.installed: pyproject.toml Makefile
 	$(FLOOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
+# The wheel as users get it: built from the checkout, installed (not editable) into a fresh venv with the pinned
+# torch and torchdata only, then .ci/wheel_smoke.py runs from a folder outside the checkout (so the sources cannot
+# be imported): the public names, every module file and py.typed installed, a save/restore, the CLI and the script.
+# --no-compile: byte-compiling all of torch at install costs more than compiling what the smoke test imports.
+WHEEL_VENV := .venv-wheel-smoke
+wheel-smoke: setup
+	rm -rf build $(WHEEL_VENV) dist/torch_input_ckpt-*.whl
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w dist .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-compile \
+		$(filter torch==% torchdata==%,$(PINS)) dist/torch_input_ckpt-*.whl
+	smoke=$$(mktemp -d) && cd "$$smoke" && env -u PYTHONPATH $(abspath $(WHEEL_VENV))/bin/python \
+		$(CURDIR)/.ci/wheel_smoke.py $(CURDIR); status=$$?; rm -rf "$$smoke"; exit $$status
+
 demo: setup
 	$(PY) examples/preempt_demo.py
 
@@ -52,5 +66,5 @@ bench-quick: setup
 	$(PY) -m benchmarks --quick
 
 lint: setup
-	$(VENV)/bin/ruff check torch_input_ckpt tests benchmarks examples
-	$(VENV)/bin/ruff format --check torch_input_ckpt tests benchmarks examples
+	$(VENV)/bin/ruff check torch_input_ckpt tests benchmarks examples .ci
+	$(VENV)/bin/ruff format --check torch_input_ckpt tests benchmarks examples .ci
