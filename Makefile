@@ -12,7 +12,7 @@ PINS += transformers==5.23.0 accelerate==1.15.0
 DOCS_PINS := mkdocs==1.6.1 mkdocs-material==9.8.1 'mkdocstrings[python]==1.0.8' mkdocstrings-python==2.0.11
 DOCS_PINS += griffelib==2.4.1 mkdocs-autorefs==1.4.5 pymdown-extensions==13.1.2 Markdown==3.11.4
 
-.PHONY: setup test fuzz test-lightning-floor demo demo-ddp bench bench-quick lint docs
+.PHONY: setup test fuzz test-lightning-floor wheel-smoke demo demo-ddp bench bench-quick lint docs
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,20 @@ $(FLOOR_VENV)/.installed: pyproject.toml Makefile
 	$(FLOOR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
+# The wheel as users get it: built from the checkout, installed (not editable) into a fresh venv with the pinned
+# torch and torchdata only, then .ci/wheel_smoke.py runs from a folder outside the checkout (so the sources cannot
+# be imported): the public names, every module file and py.typed installed, a save/restore, the CLI and the script.
+# --no-compile: byte-compiling all of torch at install costs more than compiling what the smoke test imports.
+WHEEL_VENV := .venv-wheel-smoke
+wheel-smoke: setup
+	rm -rf build $(WHEEL_VENV) dist/torch_input_ckpt-*.whl
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w dist .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-compile \
+		$(filter torch==% torchdata==%,$(PINS)) dist/torch_input_ckpt-*.whl
+	smoke=$$(mktemp -d) && cd "$$smoke" && env -u PYTHONPATH $(abspath $(WHEEL_VENV))/bin/python \
+		$(CURDIR)/.ci/wheel_smoke.py $(CURDIR); status=$$?; rm -rf "$$smoke"; exit $$status
+
 demo: setup
 	$(PY) examples/preempt_demo.py
 
@@ -56,8 +70,8 @@ bench-quick: setup
 	$(PY) -m benchmarks --quick
 
 lint: setup
-	$(VENV)/bin/ruff check torch_input_ckpt tests benchmarks examples
-	$(VENV)/bin/ruff format --check torch_input_ckpt tests benchmarks examples
+	$(VENV)/bin/ruff check torch_input_ckpt tests benchmarks examples .ci
+	$(VENV)/bin/ruff format --check torch_input_ckpt tests benchmarks examples .ci
 
 # The documentation site (mkdocs.yml, docs/): --strict fails on a broken link, a missing include or an API entry
 # that does not resolve. The site goes to site/.
