@@ -203,6 +203,12 @@ def assert_equal_output_after_checkpoint(
             duplicated, what is not in the uninterrupted run, order and value differences separately;
             or when a loaded state changes when it is taken again.
         ValueError: if a stop is negative or past the end of the run.
+
+    Example:
+        Two chosen stops, and a resume on another worker count that must continue the same run::
+
+            run = assert_equal_output_after_checkpoint(make, [0, 5], ids=lambda batch: batch["id"])
+            assert_equal_output_after_checkpoint(make, 5, resume_with=make_with_4_workers, expected=run)
     """
     if expected is None:
         reference = make()
