@@ -176,9 +176,8 @@ def assert_equal_output_after_checkpoint(
     """Assert that a pipeline stopped anywhere and restored into a fresh object continues exactly.
 
     For each stop: a fresh pipeline from ``make`` delivers that many batches; its state goes through the
-    checkpoint file (:func:`roundtrip_state`) and is loaded into another fresh pipeline, which runs to
-    the end. What the two delivered, one after the other, must equal the uninterrupted run. Also checks
-    drift: loading the state and taking it again, twice, gives the same state.
+    checkpoint file (:func:`roundtrip_state`) into another fresh pipeline, which runs to the end. Both
+    together must equal the uninterrupted run; loading the state and taking it again must not change it.
 
     Args:
         make: Builds the pipeline, a new object at each call (same configuration, no shared state).
@@ -186,9 +185,8 @@ def assert_equal_output_after_checkpoint(
             count or several. Default: :func:`default_stops` (start, one batch, mid-epoch, epoch end,
             next epoch).
         epochs: The number of epochs the run covers.
-        resume_with: Builds the pipeline the state is loaded into when it differs from ``make``'s (e.g.
-            another ``num_workers``); the saved state is then compared with the one the resumed pipeline
-            reports only after a second load, since its own configuration entries differ.
+        resume_with: Builds the pipeline the state is loaded into, if not ``make`` (e.g. other ``num_workers``);
+            the drift check then starts at the second load (the configuration entries differ).
         expected: The uninterrupted run of ``make``, when the caller has it already (saves a run).
         ids: The sample identities in a batch (e.g. ``lambda batch: batch["id"]``). With them, a
             difference is reported per sample, and the same samples with other values are told apart
@@ -205,7 +203,7 @@ def assert_equal_output_after_checkpoint(
         ValueError: if a stop is negative or past the end of the run.
 
     Example:
-        Two chosen stops, and a resume on another worker count that must continue the same run::
+        Two chosen stops, then a resume on another worker count that must continue the same run::
 
             run = assert_equal_output_after_checkpoint(make, [0, 5], ids=lambda batch: batch["id"])
             assert_equal_output_after_checkpoint(make, 5, resume_with=make_with_4_workers, expected=run)
