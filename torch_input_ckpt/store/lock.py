@@ -105,7 +105,7 @@ def _outside_the_package() -> int:
     """The ``stacklevel`` of the first caller outside this package (the user's line that built the
     checkpointer), however many of our frames lie between (``InputCheckpointer``, an integration's
     callback). Python 3.12's ``skip_file_prefixes`` does this; 3.10 and 3.11 lack it."""
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # torch_input_ckpt/, not store/
     here = inspect.currentframe()
     frame, level = (here.f_back if here is not None else None), 1  # level 1: our caller, the one that warns
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
