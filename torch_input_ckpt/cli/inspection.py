@@ -16,6 +16,7 @@ from ..state.schema import positions
 from ..store import files
 from ..store.files import InputFile
 from ..store.planner import PlanError, plan_restore
+from ..stream.formats import suffix_list
 from . import samples as samples_cli
 
 __all__ = ["inspect_directory", "main"]
@@ -273,7 +274,7 @@ def _command(argv: list[str] | None) -> int:
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     samples_cli.add_parser(commands)
     index = commands.add_parser("index", help="count the samples of the shard files in DIR for ShardedStream")
-    index.add_argument("directory", help="the directory holding the shards")
+    index.add_argument("directory", help=f"the directory holding the shards (files ending in {suffix_list()})")
     index.add_argument("--tokens", default=None, help="also count tokens: this field holds token ids")
     index.add_argument("--tokenizer", default=None, help="also count tokens with module:callable(sample) -> token ids")
     try:

@@ -1,0 +1,21 @@
+"""Shard file formats: the :class:`ShardFormat` protocol, the one registry by suffix, JSON lines, ``.npy``, tar."""
+
+from ._bounds import LINE_CHARS_ENV, MAX_LINE_CHARS, MAX_MEMBER_BYTES, MEMBER_BYTES_ENV, refuse_special
+from .protocol import RandomAccess, ShardFormat
+from .registry import count_samples, format_of, open_samples, random_access, suffix_list, suffixes
+
+__all__ = [
+    "LINE_CHARS_ENV",
+    "MAX_LINE_CHARS",
+    "MAX_MEMBER_BYTES",
+    "MEMBER_BYTES_ENV",
+    "RandomAccess",
+    "ShardFormat",
+    "count_samples",
+    "format_of",
+    "open_samples",
+    "random_access",
+    "refuse_special",
+    "suffix_list",
+    "suffixes",
+]
