@@ -27,8 +27,10 @@ __all__ = [
     "suffixes",
 ]
 
+# --8<-- [start:registry]
 #: The shard formats, one entry each. Their suffixes, in this order, are what messages list.
 FORMATS: tuple[ShardFormat, ...] = (JSONL, NPY, TAR)
+# --8<-- [end:registry]
 
 
 def suffixes() -> tuple[str, ...]:
