@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import InputStateError
 from ..state.schema import FORMAT_VERSION, INDEX_KIND, Key
@@ -50,6 +50,7 @@ _DIGEST_BLOCK = 64 * 1024
 _REINDEX = "re-index with `python -m torch_input_ckpt index {}` (that changes the stream: do it between runs)"
 
 Tokens = str | Callable[[Any], Any] | None
+_Count = TypeVar("_Count", bound="int | None")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +153,7 @@ def _token_total(path: Path, tokens: Tokens) -> int:
 _DAMAGE = (ValueError, TypeError, OSError, EOFError, RecursionError, MemoryError, zlib.error, tarfile.TarError)
 
 
-def _reading(path: Path, count: Callable[[], int]) -> int:
+def _reading(path: Path, count: Callable[[], _Count]) -> _Count:
     """``count()``, with any error a damaged shard can raise while it is read made one ``ValueError`` that
     names the file (the `index` command prints it as one line)."""
     try:
