@@ -145,6 +145,12 @@ def test_every_registered_format_is_a_shard_format_and_the_suffixes_derive_from_
     assert format_of("a.csv") is None and format_of("a.tar.gz") is None
 
 
+def test_the_fuzz_test_holds_every_registered_format_to_the_contract():
+    from test_readers_fuzz import VALID  # valid shards of each suffix, which the fuzz test damages
+
+    assert set(VALID) == set(registry.suffixes()), "add a generator of valid shards to test_readers_fuzz.VALID"
+
+
 def test_the_longest_suffix_wins_whatever_the_registry_order(monkeypatch):
     gz = CsvLines()
     gz.suffixes = (".gz",)
