@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..state.schema import Key
+from ..stream.formats import suffix_list
 from ..stream.index import INDEX_FILE, write_index_file
 from ..stream.shards import build_index
 from ..stream.tokens import describe, load_tokenizer
@@ -25,7 +26,7 @@ __all__ = ["add_parser", "index_directory", "run"]
 def add_parser(commands: Any) -> None:
     """Add the ``index`` subcommand to the ``torch-input-ckpt`` parser."""
     index = commands.add_parser("index", help="count the samples of the shard files in DIR for ShardedStream")
-    index.add_argument("directory", help="the directory holding the shards")
+    index.add_argument("directory", help=f"the directory holding the shards (files ending in {suffix_list()})")
     index.add_argument("--tokens", default=None, help="also count tokens: this field holds token ids")
     index.add_argument("--tokenizer", default=None, help="also count tokens with module:callable(sample) -> token ids")
 

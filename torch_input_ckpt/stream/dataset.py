@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from ..base.arguments import check_int
 from ..errors import InputCheckpointWarning
 from ..state.schema import FORMAT_VERSION, STREAM_KIND, Key, check_header, check_same, field
-from .formats import native, npy_memmap, open_samples
+from .formats import open_samples, random_access
 from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
 from .packing import PackedReader, assemble
 from .readers import ShardReaders
@@ -153,7 +153,7 @@ class ShardedStream(Dataset):
         return sample if self.transform is None else self.transform(sample)
 
     def __getitems__(self, keys: Sequence[int]) -> list[Any]:
-        """A batch (torch's fetcher calls this): the keys of one ``.npy`` shard are read by one fancy index."""
+        """A batch (torch's fetcher calls this): the keys of one random-access shard are read together."""
         if self.pack_to is not None or not self._builtin or self.transform is not None:
             return [self[key] for key in keys]
         shards = [self.locate(int(key)) for key in keys]
@@ -162,25 +162,22 @@ class ShardedStream(Dataset):
         for i, (shard, _) in enumerate(shards):
             groups.setdefault(shard, []).append(i)
         for shard, places in groups.items():
-            array = self._readers().array(shard, self.shards[shard].source)
-            if array is None:
+            access = self._readers().random_access(shard, self.shards[shard].source)
+            if access is None:
                 for i in places:
                     out[i] = self._readers().read(shard, self.shards[shard].source, shards[i][1])
                 continue
-            # One copy out of the memory map, as a plain array (rows of a memmap are slow memmap views).
-            rows = native(array.__array__()[[shards[i][1] for i in places]])  # big-endian rows: torch takes native
-            for row, i in zip(rows, places, strict=True):
-                out[i] = row
+            for sample, i in zip(access.samples([shards[i][1] for i in places]), places, strict=True):
+                out[i] = sample
         return out
 
     def _readers(self) -> ShardReaders:
         readers = self._caches.get("readers")
         if readers is None:
-            memmap = npy_memmap if self._builtin else None
             readers = self._caches["readers"] = ShardReaders(
                 self._opener,
                 self.open_shards,
-                memmap,
+                random_access if self._builtin else None,
                 keep=self.window if self.shuffle else 0,
                 counts=[s.count for s in self.shards],
             )
@@ -305,8 +302,9 @@ class ShardedStream(Dataset):
     def _row_length(self, shard: int) -> int | None:
         rows = self._caches.setdefault("rows", {})
         if shard not in rows:
-            array = npy_memmap(self.shards[shard].source) if self._builtin else None
-            rows[shard] = int(array.shape[1]) if array is not None and array.ndim == 2 else None
+            access = random_access(self.shards[shard].source) if self._builtin else None
+            array = access.token_rows() if access is not None else None
+            rows[shard] = int(array.shape[1]) if array is not None else None
         return rows[shard]
 
 

@@ -23,7 +23,7 @@ from ..base.messages import short
 from ..errors import InputStateError
 from ..state.schema import FORMAT_VERSION, INDEX_KIND, Key
 from ..store.files import _canonical, _parse, read_regular_file, write_atomic
-from .formats import format_of
+from .formats import format_of, suffix_list
 from .tokens import MAX_IDENTITY_CHARS, describe
 
 __all__ = [
@@ -161,7 +161,7 @@ def _entry(item: Any, i: int, bad: Any) -> IndexEntry:
     if not _plain_name(name):
         raise bad(
             f"{where}.name={short(name)} (expected the file name of a shard in this directory: no '/' or NUL, "
-            f"at most {MAX_NAME_BYTES} bytes, ending in .jsonl, .jsonl.gz, .npy or .tar)"
+            f"at most {MAX_NAME_BYTES} bytes, ending in {suffix_list()})"
         )
     tokens = item.get(Key.INDEX_TOKENS)
     digest = item[Key.INDEX_DIGEST]

@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..errors import InputStateError
-from .formats import native
+from .formats import RandomAccess
 
 __all__ = ["ShardReaders", "as_tokens", "tokens_of"]
 
@@ -64,22 +65,40 @@ def as_tokens(values: Any, where: str) -> torch.Tensor:
     return torch.from_numpy(np.array(array, dtype=np.int64).reshape(-1))
 
 
+@dataclass(slots=True)
+class _Indexed:
+    """An open shard of a format with random access: any sample by number."""
+
+    access: RandomAccess
+
+
+@dataclass(slots=True)
+class _Sequential:
+    """An open shard read forward: the number of the sample it gives next, its reader, the samples kept."""
+
+    position: int
+    samples: Iterator[Any]
+    recent: OrderedDict[int, Any] = field(default_factory=OrderedDict)
+
+
 class ShardReaders:
     """A small per-process cache of open shards, each positioned after the sample it last gave.
 
     Reading sample ``k`` of a shard continues the open reader when it stands at or before ``k`` (skipping
     forward within the shard), takes it from the shard's last ``keep`` samples read (a window shuffle
-    goes back within its window), else reopens the shard at ``k``. ``.npy`` shards are indexed directly.
+    goes back within its window), else reopens the shard at ``k``. A shard of a format with random access
+    (``.npy``) is indexed directly.
 
     A shard that holds fewer samples than its count in ``counts`` (a sequential reader that ends first, or a
-    ``.npy`` array of another length) raises :class:`~torch_input_ckpt.InputStateError` naming the shard,
-    the count recorded and the count found.
+    random-access shard of another length) raises :class:`~torch_input_ckpt.InputStateError` naming the
+    shard, the count recorded and the count found.
 
     Args:
         opener: ``opener(shard_description, start)`` -> iterator of samples from ``start``.
         size: How many shards stay open (the least recently used is closed first).
-        memmap: ``memmap(description)`` -> an indexable array, or None when the description is not a
-            ``.npy`` file (then ``opener`` is used).
+        random_access: ``random_access(description)`` -> the shard's
+            :class:`~torch_input_ckpt.stream.formats.RandomAccess`, or None when its format has none (then
+            ``opener`` is used).
         keep: How many of the samples last read (or skipped) of each open sequential shard are kept.
         counts: Each shard's recorded sample count (by shard number), checked as the shard is read.
     """
@@ -88,16 +107,16 @@ class ShardReaders:
         self,
         opener: Callable[[Any, int], Iterator[Any]],
         size: int,
-        memmap: Callable[[Any], Any] | None = None,
+        random_access: Callable[[Any], RandomAccess | None] | None = None,
         keep: int = 0,
         counts: Sequence[int] | None = None,
     ) -> None:
         self._opener = opener
-        self._memmap = memmap
+        self._random_access = random_access
         self._size = max(1, size)
         self._keep = keep
         self._counts = counts
-        self._open: OrderedDict[int, list[Any]] = OrderedDict()
+        self._open: OrderedDict[int, _Indexed | _Sequential] = OrderedDict()
         self.reopened = 0  # how many times a shard was (re)opened: the tests bound it
 
     def read(self, shard: int, description: Any, k: int) -> Any:
@@ -109,11 +128,9 @@ class ShardReaders:
         entry = self._open.get(shard)
         if entry is not None:
             self._open.move_to_end(shard)
-            if entry[0] == "array":
-                import numpy as np
-
-                return native(np.array(entry[1][k]))
-            if entry[0] <= k:
+            if isinstance(entry, _Indexed):
+                return entry.access.sample(k)
+            if entry.position <= k:
                 try:
                     return self._advance(entry, shard, description, k)
                 except BaseException:
@@ -121,67 +138,79 @@ class ShardReaders:
                     # the generator's end for the shard's.
                     self._open.pop(shard, None)
                     raise
-            if k in entry[2]:
-                return entry[2][k]
-        array = self._memmap(description) if self._memmap is not None else None
+            if k in entry.recent:
+                return entry.recent[k]
+        access = self._random_access(description) if self._random_access is not None else None
         self.reopened += 1
-        if array is not None:
-            entry = ["array", self._checked(shard, description, array)]
+        if access is not None:
+            entry = _Indexed(self._checked(shard, description, access))
         else:
             # Open up to `keep` samples early: a shuffled window may ask for those next, from the kept ones.
             start = max(0, k - self._keep)
-            entry = [start, iter(self._opener(description, start)), OrderedDict()]
+            entry = _Sequential(start, iter(self._opener(description, start)))
+        self._keep_open(shard, entry)
+        return self.read(shard, description, k)
+
+    def random_access(self, shard: int, description: Any) -> RandomAccess | None:
+        """The random access to a shard (kept open), or None for a format read forward only.
+
+        Raises:
+            InputStateError: when the shard's length is not its recorded count.
+        """
+        entry = self._open.get(shard)
+        if entry is None and self._random_access is not None:
+            access = self._random_access(description)
+            if access is None:
+                return None
+            self.reopened += 1
+            entry = _Indexed(self._checked(shard, description, access))
+            self._keep_open(shard, entry)
+        if not isinstance(entry, _Indexed):
+            return None
+        self._open.move_to_end(shard)
+        return entry.access
+
+    def array(self, shard: int, description: Any) -> Any:
+        """The token rows of a random-access shard whose samples are rows of one length (a 2-D ``.npy``
+        array), kept open; None for another shard (:meth:`RandomAccess.token_rows`).
+
+        Raises:
+            InputStateError: when the shard's length is not its recorded count.
+        """
+        access = self.random_access(shard, description)
+        return access.token_rows() if access is not None else None
+
+    def _keep_open(self, shard: int, entry: _Indexed | _Sequential) -> None:
         self._open[shard] = entry
         while len(self._open) > self._size:
             self._open.popitem(last=False)
-        return self.read(shard, description, k)
 
-    def array(self, shard: int, description: Any) -> Any:
-        """The memory-mapped array of a ``.npy`` shard (kept open), or None for another format.
-
-        Raises:
-            InputStateError: when the array's length is not the shard's recorded count.
-        """
-        entry = self._open.get(shard)
-        if entry is None and self._memmap is not None:
-            array = self._memmap(description)
-            if array is None:
-                return None
-            self.reopened += 1
-            entry = self._open[shard] = ["array", self._checked(shard, description, array)]
-            while len(self._open) > self._size:
-                self._open.popitem(last=False)
-        if entry is None or entry[0] != "array":
-            return None
-        self._open.move_to_end(shard)
-        return entry[1]
-
-    def _checked(self, shard: int, description: Any, array: Any) -> Any:
-        if self._counts is not None and len(array) != self._counts[shard]:
+    def _checked(self, shard: int, description: Any, access: RandomAccess) -> RandomAccess:
+        if self._counts is not None and len(access) != self._counts[shard]:
             raise InputStateError(
-                f"{_name(description)}: shard holds {len(array)} samples but its recorded count is "
+                f"{_name(description)}: shard holds {len(access)} samples but its recorded count is "
                 f"{self._counts[shard]}: it changed since it was counted. {_FIX}"
             )
-        return array
+        return access
 
-    def _advance(self, entry: list[Any], shard: int, description: Any, k: int) -> Any:
-        iterator, recent, keep = entry[1], entry[2], self._keep
+    def _advance(self, entry: _Sequential, shard: int, description: Any, k: int) -> Any:
+        keep = self._keep
         while True:
             # Never next() without a default here: its StopIteration, out of a fetch, would end the epoch.
-            sample = next(iterator, _END)
+            sample = next(entry.samples, _END)
             if sample is _END:
                 recorded = "" if self._counts is None else f"its recorded count is {self._counts[shard]}, "
                 raise InputStateError(
-                    f"{_name(description)}: shard ended after {entry[0]} samples, but {recorded}and sample {k} "
-                    f"was asked for: it changed since it was counted (the index checks size and modification "
+                    f"{_name(description)}: shard ended after {entry.position} samples, but {recorded}and sample "
+                    f"{k} was asked for: it changed since it was counted (the index checks size and modification "
                     f"time only), or open_shard stops early. {_FIX}"
                 )
             if keep:
-                recent[entry[0]] = sample
-                if len(recent) > keep:
-                    recent.popitem(last=False)
-            entry[0] += 1
-            if entry[0] > k:
+                entry.recent[entry.position] = sample
+                if len(entry.recent) > keep:
+                    entry.recent.popitem(last=False)
+            entry.position += 1
+            if entry.position > k:
                 return sample
 
 

@@ -23,11 +23,11 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import InputStateError
 from ..state.schema import FORMAT_VERSION, INDEX_KIND, Key
-from .formats import count_samples, format_of, open_samples, refuse_special
+from .formats import ShardFormat, format_of, open_samples, refuse_special, suffix_list
 from .index import INDEX_FILE, MAX_UNITS, IndexEntry, ShardIndex, read_index, write_index_file
 from .tokens import count_tokens, describe, token_identity
 
@@ -48,6 +48,7 @@ _DIGEST_BLOCK = 64 * 1024
 _REINDEX = "re-index with `python -m torch_input_ckpt index {}` (that changes the stream: do it between runs)"
 
 Tokens = str | Callable[[Any], Any] | None
+_Count = TypeVar("_Count", bound="int | None")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +122,12 @@ def _regular_stat(path: str | Path, roots: list[str]) -> os.stat_result:
 # -- writing the index ---------------------------------------------------------------------------------------
 
 
-def _shard_files(directory: Path) -> list[tuple[Path, os.stat_result]]:
-    names = sorted(entry.name for entry in os.scandir(directory) if format_of(entry.name) is not None)
+def _shard_files(directory: Path) -> list[tuple[Path, os.stat_result, ShardFormat]]:
+    """The files of ``directory`` whose names are of a known format, by name, each with its ``stat``."""
+    forms = {entry.name: format_of(entry.name) for entry in os.scandir(directory)}
+    named = sorted((name, form) for name, form in forms.items() if form is not None)
     roots = _link_roots(directory)
-    return [(directory / name, _regular_stat(directory / name, roots)) for name in names]
+    return [(directory / name, _regular_stat(directory / name, roots), form) for name, form in named]
 
 
 def _digest(path: Path, size: int) -> str:
@@ -144,17 +147,11 @@ def _token_total(path: Path, tokens: Tokens) -> int:
     )
 
 
-def _npy_tokens(path: Path) -> int:
-    from .formats import npy_memmap
-
-    return int(npy_memmap(path).size)
-
-
 # What reading a damaged shard raises (a bad tar, a cut or garbled gzip, a 0-d .npy, a malformed or too deep line).
 _DAMAGE = (ValueError, TypeError, OSError, EOFError, RecursionError, MemoryError, zlib.error, tarfile.TarError)
 
 
-def _reading(path: Path, count: Callable[[], int]) -> int:
+def _reading(path: Path, count: Callable[[], _Count]) -> _Count:
     """``count()``, with any error a damaged shard can raise while it is read made one ``ValueError`` that
     names the file (the `index` command prints it as one line)."""
     try:
@@ -166,17 +163,20 @@ def _reading(path: Path, count: Callable[[], int]) -> int:
         raise ValueError(text) from None
 
 
-def _index_entry(path: Path, before: os.stat_result, tokens: Tokens) -> dict[str, Any]:
+def _index_entry(path: Path, before: os.stat_result, form: ShardFormat, tokens: Tokens) -> dict[str, Any]:
     entry: dict[str, Any] = {
         Key.INDEX_NAME: path.name,
-        Key.INDEX_COUNT: _reading(path, lambda: count_samples(os.fspath(path))),
+        Key.INDEX_COUNT: _reading(path, lambda: form.count(os.fspath(path))),
         Key.INDEX_SIZE: before.st_size,
         Key.INDEX_MTIME_NS: before.st_mtime_ns,
         Key.INDEX_DIGEST: _digest(path, before.st_size),
     }
-    if tokens is not None or format_of(path.name) == ".npy":
-        count = (lambda: _npy_tokens(path)) if tokens is None else (lambda: _token_total(path, tokens))
-        entry[Key.INDEX_TOKENS] = _reading(path, count)
+    if tokens is not None:
+        entry[Key.INDEX_TOKENS] = _reading(path, lambda: _token_total(path, tokens))
+    else:  # a format that knows its tokens without a field (a .npy array: its size), else no count
+        own = _reading(path, lambda: form.tokens(os.fspath(path)))
+        if own is not None:
+            entry[Key.INDEX_TOKENS] = own
     for key in (Key.INDEX_COUNT, Key.INDEX_TOKENS):
         if entry.get(key, 0) > MAX_UNITS:
             raise ValueError(f"{path}: {entry[key]} {key}, more than the bound of {MAX_UNITS} per shard")
@@ -204,13 +204,13 @@ def build_index(directory: str | os.PathLike[str], tokens: Tokens = None) -> dic
     field, tokenizer = token_identity(tokens)
     files = _shard_files(root)
     if not files:
-        raise ValueError(f"{root}: no shard files (names ending in .jsonl, .jsonl.gz, .npy or .tar)")
+        raise ValueError(f"{root}: no shard files (names ending in {suffix_list()})")
     return {
         Key.KIND: INDEX_KIND,
         Key.VERSION: FORMAT_VERSION,
         Key.INDEX_TOKENS_FIELD: field,
         Key.INDEX_TOKENIZER: tokenizer,
-        Key.INDEX_SHARDS: [_index_entry(path, info, tokens) for path, info in files],
+        Key.INDEX_SHARDS: [_index_entry(path, info, form, tokens) for path, info, form in files],
     }
 
 
@@ -351,10 +351,11 @@ def _from_items(items: Sequence[Any], tokens: Any) -> list[tuple[Shard, str]]:
             listed = _read_directory(directory, tokens) if has_index else []
             indexes[directory] = {Path(s.source).name: (s, identity) for s, identity in listed}
         known = indexes[directory].get(path.name)
+        form = format_of(path.name)
         if known is not None:
             resolved.append(known)
-        elif format_of(path.name) == ".npy":
-            resolved.append(_direct_npy(path))
+        elif form is not None and form.counted_from_header:
+            resolved.append(_direct(path, form))
         else:
             raise ValueError(
                 f"{path}: its sample count is unknown: run `python -m torch_input_ckpt index {directory}` "
@@ -363,14 +364,15 @@ def _from_items(items: Sequence[Any], tokens: Any) -> list[tuple[Shard, str]]:
     return resolved
 
 
-def _direct_npy(path: Path) -> tuple[Shard, str]:
-    """A ``.npy`` path given without an index: counts from its header; its size and mtime are its identity."""
+def _direct(path: Path, form: ShardFormat) -> tuple[Shard, str]:
+    """A path given without an index, of a format counted from its header (``.npy``): its counts from the
+    header; its size and mtime are its identity."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
         raise InputStateError(f"{path}: shard is missing") from None
     refuse_special(os.fspath(path), info.st_mode)  # before np.load, which blocks on a FIFO
-    shard = Shard(os.fspath(path), count_samples(os.fspath(path)), _npy_tokens(path))
+    shard = Shard(os.fspath(path), form.count(os.fspath(path)), form.tokens(os.fspath(path)))
     return shard, f"{info.st_size}\0{info.st_mtime_ns}\0"
 
 
