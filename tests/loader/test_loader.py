@@ -56,8 +56,9 @@ def test_resume_equivalence_with_workers(shuffle, drop_last):
             Augmenting(), batch_size=4, shuffle=shuffle, drop_last=drop_last, seed=3, num_workers=2, prefetch_factor=2
         )
 
+    expected = None  # the uninterrupted run, taken once (by the first check) and compared with at every stop
     for stop in _stops(_batches(4, drop_last)):
-        check_resume(make, stop)
+        expected = check_resume(make, stop, expected=expected)
 
 
 def test_uninterrupted_stream_matches_a_plain_dataloader_over_the_same_sampler():
