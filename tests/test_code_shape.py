@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,31 @@ def test_no_module_touches_another_objects_private_attributes():
                 continue
             touches.append(f"{_name(path)}:{node.lineno} {ast.unparse(node)}")
     assert not touches, touches
+
+
+# The keyed hash and the Feistel network exist once, in order/feistel.py (issue 23): a copy elsewhere, under any
+# name, would let a fix to one silently fork the data order of the others.
+FEISTEL_MODULE = "order.feistel"
+FEISTEL_NAMES = re.compile(r"mix32|mix64|hash|network|round|feistel", re.IGNORECASE)
+# The multipliers of mix32 and the round, and splitmix64's constants (mix64).
+FEISTEL_CONSTANTS = {0x2C1B3C6D, 0x297A2D39, 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB}
+
+
+def _feistel_like(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(_tree(path)):
+        named = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("__")
+        if named and FEISTEL_NAMES.search(node.name):
+            found.append(f"{_name(path)}:{node.lineno} def {node.name}")
+        if isinstance(node, ast.Constant) and type(node.value) is int and node.value in FEISTEL_CONSTANTS:
+            found.append(f"{_name(path)}:{node.lineno} constant {node.value:#x}")
+    return found
+
+
+def test_the_keyed_hash_and_network_are_defined_only_in_order_feistel():
+    # Guard: the check recognises the real definitions (a pattern that matched nothing would pass vacuously).
+    own = " ".join(_feistel_like(NAMES[FEISTEL_MODULE]))
+    for expected in ("def mix32", "def mix64", "def feistel_round", "def network", "def inverse_network", "0x2c1b3c6d"):
+        assert expected in own, (expected, own)
+    elsewhere = [found for name, path in NAMES.items() if name != FEISTEL_MODULE for found in _feistel_like(path)]
+    assert not elsewhere, elsewhere
