@@ -110,8 +110,8 @@ def _ceil_div(n: Value, d: Value) -> Value:
     return torch.div(n + d - 1, d, rounding_mode="floor")
 
 
-# The network is written with torch.div/torch.remainder rather than // and %: Tensor.__floordiv__ goes through a
-# Python wrapper that costs about a microsecond a call, which shows on the small chunks a loader asks for.
+# The network is written with torch.div rather than //: Tensor.__floordiv__ is a Python wrapper (torch/_tensor.py),
+# measured 3.7 against 3.0 us a call on 64 elements, which shows on the small first chunk of a loader.
 def network(x: torch.Tensor, a: PerElement, b: PerElement, keys: Sequence[PerElement]) -> torch.Tensor:
     """The network on ``[0, a * b)``: ``x`` split into ``(x // b, x % b)``, one keyed round per key, alternating."""
     left, right = torch.div(x, b, rounding_mode="floor"), torch.remainder(x, b)
