@@ -7,31 +7,26 @@ exactly once per source epoch. A source that grew finishes the source epoch it i
 length (a :class:`SourceCursor` remembers where that epoch began and how long it is); the next ones
 use the new length.
 
-The permutation is the Feistel network of :class:`~torch_input_ckpt.order.permutation.FeistelPermutation`
-(a mixed-radix split of ``[0, length)``, six keyed rounds, cycle-walking), with the round keys and the
-radices held per element, so that one vectorised call serves every source and source epoch of a
-chunk (an up-sampled source of length 2 spans thousands of source epochs in one chunk).
+The permutation is the keyed Feistel network of :mod:`~torch_input_ckpt.order.feistel` (a mixed-radix split
+of ``[0, length)``, six keyed rounds, cycle-walking), with the lengths, round keys and radices held per
+element, so that one vectorised call serves every source and source epoch of a chunk (an up-sampled source
+of length 2 spans thousands of source epochs in one chunk).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
-from ..order.permutation import mix64
+from ..order.feistel import M32, mix32, mix64, permute, radix, round_keys
 
 __all__ = ["SourceCursor", "SourceOrder", "SourceTable", "source_seed"]
 
-_M32 = 0xFFFFFFFF
-_MUL1 = 0x2C1B3C6D
-_MUL2 = 0x297A2D39
-_ROUNDS = 6
 # Distinct salts per round key, so that the six keys of one (source, epoch) differ.
-_SALTS = tuple(mix64(0x50C, r) & _M32 for r in range(_ROUNDS))
+_SALTS = round_keys(0x50C)
 
 
 def source_seed(seed: int, name: str) -> int:
@@ -113,15 +108,15 @@ class SourceTable:
         def tensor(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64)
 
-        self._seed_lo = tensor([s & _M32 for s in seeds])
-        self._seed_hi = tensor([(s >> 32) & _M32 for s in seeds])
+        self._seed_lo = tensor([s & M32 for s in seeds])
+        self._seed_hi = tensor([(s >> 32) & M32 for s in seeds])
         self._start = tensor([c.epoch_start for c in cursors])
         self._epoch = tensor([c.source_epoch for c in cursors])
         # The cursor's source epoch, and the ones after it: their lengths and Feistel radices.
         self._first = tensor([c.epoch_length for c in cursors])
         self._later = tensor([c.length for c in cursors])
-        self._first_a = tensor([_radix(c.epoch_length) for c in cursors])
-        self._later_a = tensor([_radix(c.length) for c in cursors])
+        self._first_a = tensor([radix(c.epoch_length) for c in cursors])
+        self._later_a = tensor([radix(c.length) for c in cursors])
         self._count = len(seeds)
         # No source is finishing a source epoch over an older length (the usual case): one length each.
         self._uniform = all(c.epoch_length == c.length for c in cursors)
@@ -140,8 +135,8 @@ class SourceTable:
             length = per(self._later)
             epoch = per(self._epoch) + torch.div(d, length, rounding_mode="floor")
             within = torch.remainder(d, length)
-            keys = _round_keys(per(self._seed_lo), per(self._seed_hi), epoch)
-            return epoch, self._own(sources, epoch, within, _feistel(within, length, per(self._later_a), keys))
+            keys = _epoch_keys(per(self._seed_lo), per(self._seed_hi), epoch)
+            return epoch, self._own(sources, epoch, within, permute(within, length, keys, per(self._later_a)))
         first = per(self._first)
         later = d >= first
         rest = d - first
@@ -153,8 +148,8 @@ class SourceTable:
         )
         within = torch.where(later, torch.remainder(rest, length), torch.remainder(d, first))
         a = torch.where(later, per(self._later_a), per(self._first_a))
-        keys = _round_keys(per(self._seed_lo), per(self._seed_hi), epoch)
-        return epoch, self._own(sources, epoch, within, _feistel(within, length, a, keys))
+        keys = _epoch_keys(per(self._seed_lo), per(self._seed_hi), epoch)
+        return epoch, self._own(sources, epoch, within, permute(within, length, keys, a))
 
     def _own(self, sources: torch.Tensor, epoch: torch.Tensor, within: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out`` with the samples of sources that have their own order replaced by that order's keys of
@@ -179,54 +174,12 @@ class SourceTable:
         return indices * self._count + sources
 
 
-def _radix(length: int) -> int:
-    return math.isqrt(length - 1) + 1
-
-
-def _mix32(x: torch.Tensor, key: torch.Tensor | int) -> torch.Tensor:
-    x = (x ^ key) & _M32
-    x = (x * _MUL1) & _M32
-    x = x ^ (x >> 15)
-    x = (x * _MUL2) & _M32
-    return x ^ (x >> 13)
-
-
-def _round_keys(seed_lo: torch.Tensor, seed_hi: torch.Tensor, epoch: torch.Tensor) -> list[torch.Tensor]:
+def _epoch_keys(seed_lo: torch.Tensor, seed_hi: torch.Tensor, epoch: torch.Tensor) -> list[torch.Tensor]:
     """Per element, the six 32-bit round keys of (source seed, source epoch).
 
     One hash of (seed, epoch) per element, and the rounds' keys differ from it by fixed 32-bit salts:
     each round multiplies and folds its input, so related keys still give unrelated rounds, and this
     is a third of the elementwise work of hashing each key.
     """
-    base = _mix32(_mix32(epoch & _M32, seed_lo) ^ ((epoch >> 32) & _M32), seed_hi)
+    base = mix32(mix32(epoch & M32, seed_lo) ^ ((epoch >> 32) & M32), seed_hi)
     return [base ^ salt for salt in _SALTS]
-
-
-def _network(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
-    left, right = torch.div(x, b, rounding_mode="floor"), torch.remainder(x, b)
-    for i in range(_ROUNDS):
-        # Both parts stay below 2**31 and keys below 2**32: the product stays below 2**63.
-        if i % 2:
-            h = ((left ^ keys[i]) * _MUL1) & _M32
-            right = torch.remainder(right + (h ^ (h >> 16)), b)
-        else:
-            h = ((right ^ keys[i]) * _MUL1) & _M32
-            left = torch.remainder(left + (h ^ (h >> 16)), a)
-    return left * b + right
-
-
-def _feistel(x: torch.Tensor, length: torch.Tensor, a: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
-    """Per element, a bijection of ``[0, length)`` keyed by ``keys`` (cycle-walking off ``[0, a*b)``)."""
-    b = torch.div(length + a - 1, a, rounding_mode="floor")
-    out = _network(x, a, b, keys)
-    index = torch.nonzero(out >= length).squeeze(1)
-    while index.numel():
-        values = _network(
-            out.index_select(0, index),
-            a.index_select(0, index),
-            b.index_select(0, index),
-            [key.index_select(0, index) for key in keys],
-        )
-        out.index_copy_(0, index, values)
-        index = index.index_select(0, torch.nonzero(values >= length.index_select(0, index)).squeeze(1))
-    return out

@@ -11,7 +11,7 @@ Guarantees (each a pure function of its arguments, tested by Hypothesis):
   With equal lanes, position ``p`` is lane ``p % lanes``, position ``p // lanes``. Each lane's
   positions appear in increasing order.
 - :func:`window_shuffle` permutes each consecutive window of ``window`` positions of a lane (the last
-  one shorter) by a keyed Feistel network evaluated element by element, chosen by
+  one shorter) by the keyed Feistel network of :mod:`~torch_input_ckpt.order.feistel`, element by element, chosen by
   ``(seed, epoch, lane, window number)``: a bijection of each window, so a resume re-reads at most one
   window per lane.
 """
@@ -25,14 +25,10 @@ from contextlib import contextmanager
 
 import torch
 
-from ..order.permutation import mix64
+from ..order.feistel import M32, mix32, mix64, permute, round_keys
 
 __all__ = ["Interleave", "assign_lanes", "epoch_shard_order", "one_thread", "window_shuffle"]
 
-_M32 = 0xFFFFFFFF
-_MUL1 = 0x2C1B3C6D
-_MUL2 = 0x297A2D39
-_ROUNDS = 6
 MAX_WINDOW = 2**31
 
 
@@ -122,23 +118,6 @@ class Interleave:
         return lane, rounds
 
 
-def _hash(x: torch.Tensor, key: int) -> torch.Tensor:
-    x = (x ^ key) & _M32
-    x = (x * _MUL1) & _M32
-    x = x ^ (x >> 15)
-    x = (x * _MUL2) & _M32
-    return x ^ (x >> 13)
-
-
-def _isqrt_ceil(n: torch.Tensor) -> torch.Tensor:
-    """``ceil(sqrt(n))`` for int64 ``n >= 1`` (exact: float estimate, then corrected)."""
-    m = n - 1
-    s = torch.floor(torch.sqrt(m.to(torch.float64))).to(torch.int64)
-    s = torch.where((s + 1) * (s + 1) <= m, s + 1, s)
-    s = torch.where(s * s > m, s - 1, s)
-    return s + 1
-
-
 def window_shuffle(
     q: torch.Tensor, lane: torch.Tensor, lane_lengths: torch.Tensor, window: int, seed: int, epoch: int
 ) -> torch.Tensor:
@@ -160,37 +139,9 @@ def window_shuffle(
     number = torch.div(q, window, rounding_mode="floor")
     base = number * window
     length = torch.clamp(lane_lengths[lane] - base, max=window)
-    x = q - base
-    a = _isqrt_ceil(length)
-    b = torch.div(length + a - 1, a, rounding_mode="floor")
-    root = mix64(seed, epoch, 0x3D0F)
-    keys = []
-    for i in range(_ROUNDS):
-        k = mix64(root, i) & _M32
-        keys.append(_hash(_hash(number & _M32, k) ^ lane, k))
-    out = _network(x, a, b, keys)
-    walking = torch.nonzero(out >= length).squeeze(1)
-    while walking.numel():
-        values = _network(out.index_select(0, walking), a[walking], b[walking], [k[walking] for k in keys])
-        out.index_copy_(0, walking, values)
-        walking = walking[values >= length[walking]]
-    return base + out
-
-
-def _network(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
-    left, right = torch.div(x, b, rounding_mode="floor"), torch.remainder(x, b)
-    for i, key in enumerate(keys):
-        if i % 2:
-            right = torch.remainder(right + _round(left, key), b)
-        else:
-            left = torch.remainder(left + _round(right, key), a)
-    return left * b + right
-
-
-def _round(x: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    # x < 2**16 (a part of a window below 2**31) and key < 2**32: the product stays below 2**63.
-    x = ((x ^ key) * _MUL1) & _M32
-    return x ^ (x >> 16)
+    # Per element, the round keys of its (lane, window number): each of the (seed, epoch) keys hashed with them.
+    keys = [mix32(mix32(number & M32, k) ^ lane, k) for k in round_keys(mix64(seed, epoch, 0x3D0F))]
+    return base + permute(q - base, length, keys)
 
 
 def check_window(window: int) -> None:
