@@ -11,6 +11,7 @@ accelerate's process-wide state singletons."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -58,6 +59,10 @@ def _put_back() -> Iterator[None]:
             lg.setLevel(level)
             lg.handlers[:] = handlers
             lg.propagate = propagate
+        # The example's globals (a DataLoader iterator with its forked workers, which hold the checkpointer's
+        # lock as the process did) die here, as they would when its process ends: a fresh process resuming from
+        # the same directory must not wait for them.
+        gc.collect()
         if "accelerate.state" in sys.modules:  # a Trainer or Accelerator built by the example
             from accelerate.state import AcceleratorState, GradientState
 
