@@ -1,7 +1,10 @@
-"""The examples the docs pages include (`--8<-- "examples/NAME.py"`) run, each in fresh processes, and resume
-exactly: an uninterrupted run, then a fresh process resuming from the files it wrote (from its newest model
-checkpoint, or an earlier one: a rollback), whose data must equal the uninterrupted run's from the resume point on.
-Every example a page includes is run by a test here or in tests/test_readme_examples.py."""
+"""The examples the docs pages include (`--8<-- "examples/NAME.py"`) run and resume exactly: an uninterrupted run,
+then a fresh process resuming from the files it wrote (from its newest model checkpoint, or an earlier one: a
+rollback), whose data must equal the uninterrupted run's from the resume point on. The first run is made in this
+process (tests/support/examples.py: the interpreter's start-up and torch's imports are paid once per session) unless
+it ends with DataLoader workers still running (forked from this threaded process, they take seconds to shut down,
+where a process that ends kills them at once); the resume is always a fresh process, which is what the docs
+promise. Every example a page includes is run by a test here or in tests/test_readme_examples.py."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from tests.support.examples import run_here
 
 # The repository root, wherever this file sits under tests/.
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
@@ -29,6 +34,7 @@ RUN_BY = {
     "examples/provenance.py": "test_provenance_example_computes_the_steps_and_skips_them",
     "examples/mixture_quickstart.py": "test_mixture_quickstart_resumes_from_the_file_in_a_fresh_process",
     "examples/stream_quickstart.py": "test_stream_quickstart_resumes_from_the_file_in_a_fresh_process_with_workers",
+    "examples/testing_own_dataset.py": "test_testing_example_passes_the_reseeded_dataset_and_catches_its_own_generator",
 }
 
 
@@ -70,14 +76,21 @@ def run(name: str, *args: object, cwd: Path | None = None) -> tuple[list[str], s
     return done.stdout.splitlines(), done.stderr
 
 
+def run_first(capfd: pytest.CaptureFixture[str], name: str, *args: object, cwd: Path | None = None) -> list[str]:
+    """An example's first run, in this process: its stdout lines (subprocesses it starts included)."""
+    capfd.readouterr()
+    run_here(name, *args, cwd=cwd, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return capfd.readouterr().out.splitlines()
+
+
 def by_step(lines: list[str]) -> list[tuple[int, str]]:
     """Lines that start with a step number, as (step, the whole line)."""
     return [(int(line.split()[0]), line) for line in lines if line.split() and line.split()[0].isdigit()]
 
 
 @pytest.mark.slow
-def test_quickstart_resumes_from_the_model_step(tmp_path):
-    uninterrupted, _ = run("quickstart.py", tmp_path)
+def test_quickstart_resumes_from_the_model_step(tmp_path, capfd):
+    uninterrupted = run_first(capfd, "quickstart.py", tmp_path)
     steps = by_step(uninterrupted)
     assert [s for s, _ in steps] == list(range(1, 40)), "3 epochs of 13 batches"
     # Run again, a fresh process (as after a kill at any step after 30): the newest model checkpoint is step 30,
@@ -89,8 +102,8 @@ def test_quickstart_resumes_from_the_model_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_stream_packing_resumes_every_token_once(tmp_path):
-    first, _ = run("stream_packing.py", tmp_path, cwd=tmp_path)
+def test_stream_packing_resumes_every_token_once(tmp_path, capfd):
+    first = run_first(capfd, "stream_packing.py", tmp_path, cwd=tmp_path)
     assert first[0].startswith("indexed 3 shards, 15 samples, 91 tokens")
     assert first[1] == "12 packed sequences of 8 tokens an epoch"
     head = [*ast.literal_eval(first[2]), *ast.literal_eval(first[3])]
@@ -116,8 +129,8 @@ def test_stream_packing_resumes_every_token_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_lightning_quickstart_resumes_exactly(tmp_path):
-    uninterrupted, _ = run("lightning_quickstart.py", tmp_path)
+def test_lightning_quickstart_resumes_exactly(tmp_path, capfd):
+    uninterrupted = run_first(capfd, "lightning_quickstart.py", tmp_path)
     steps = by_step(uninterrupted)
     assert [s for s, _ in steps] == list(range(1, 21)), "20 steps, over 2 epochs of 10 batches"
     models = sorted(p.name for p in (tmp_path / "models").iterdir())
@@ -130,7 +143,7 @@ def test_lightning_quickstart_resumes_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_hf_trainer_example_resumes_exactly(tmp_path):
-    uninterrupted, _ = run("hf_trainer.py", tmp_path)
+    uninterrupted, _ = run("hf_trainer.py", tmp_path)  # stopped mid-epoch with live workers: a process of its own
     steps = by_step(uninterrupted)
     assert [s for s, _ in steps] == [s for s in range(1, 13) for _ in range(2)], "2 micro-batches per step"
     kept = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint-"))
@@ -142,7 +155,7 @@ def test_hf_trainer_example_resumes_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_accelerate_example_resumes_exactly(tmp_path):
-    uninterrupted, _ = run("accelerate_loop.py", tmp_path)
+    uninterrupted, _ = run("accelerate_loop.py", tmp_path)  # live workers at its end: a process of its own
     steps = by_step(uninterrupted)
     assert [s for s, _ in steps] == list(range(1, 21)), "2 epochs of 10 batches"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-10", "step-15", "step-20", "step-5"]
@@ -152,7 +165,7 @@ def test_accelerate_example_resumes_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_rng_objects_follow_the_sample(tmp_path):
-    first, _ = run("rng_objects.py", tmp_path / "ckpt")
+    first, _ = run("rng_objects.py", tmp_path / "ckpt")  # "preempted" with 2 live workers: a process that ends
     head = [ast.literal_eval(line) for line in first]
     assert len(head) == 2, "preempted after two batches"
     second, log = run("rng_objects.py", tmp_path / "ckpt")
@@ -164,8 +177,9 @@ def test_rng_objects_follow_the_sample(tmp_path):
 
 
 @pytest.mark.slow
-def test_provenance_example_computes_the_steps_and_skips_them(tmp_path):
-    lines, log = run("provenance.py", tmp_path / "ckpt")
+def test_provenance_example_computes_the_steps_and_skips_them(tmp_path, capfd, caplog):
+    lines = run_first(capfd, "provenance.py", tmp_path / "ckpt")  # one run: its `samples` commands are subprocesses
+    log = caplog.text
     trained, computed = ast.literal_eval(lines[0]), ast.literal_eval(lines[1])
     assert trained == computed and len(trained) == 8, "samples_at(113) is what step 113 trained on"
     assert lines[2] == "step 113: epoch 0, 2 batch(es) per rank, 1 rank(s), from the checkpoint of step 100"
@@ -175,3 +189,16 @@ def test_provenance_example_computes_the_steps_and_skips_them(tmp_path):
     assert not set(ast.literal_eval(first)) & set(trained), "a sample of a skipped step came back in epoch 0"
     assert "(SKIPPED on a restore" in lines[5], "samples marks the skipped step"
     assert "skipped steps 101..120" in log
+
+
+@pytest.mark.slow
+def test_testing_example_passes_the_reseeded_dataset_and_catches_its_own_generator(capfd):
+    # In this process: the check itself restores into fresh objects, with and without workers.
+    lines = run_first(capfd, "testing_own_dataset.py")
+    assert lines[:2] == [
+        "Augmented: 6 batches over 2 epochs, resumed exactly at every stop",
+        "Augmented: resumed with 2 workers after 4 batches, the same run",
+    ]
+    assert lines[2].startswith("OwnGenerator: resumed after 1 batches (mid-epoch 0), the run diverged")
+    assert lines[3].startswith("  values: the same samples in the same order, with other values in 5 batches")
+    assert len(lines) == 4, "the failure lists nothing missing, duplicated or reordered: only the values"

@@ -1,7 +1,8 @@
 """The quick starts are files in examples/: the README's quick-start block is examples/quickstart.py (compared text
 for text), and the docs pages include the mixture and stream quick starts (`--8<--`, so the page block is the file
 when the site is built). The mixture and stream quick starts are run twice here, each run a fresh process: the
-second resumes from the checkpoint file the first wrote."""
+second resumes from the checkpoint file the first wrote. The first runs in this process (tests/support/examples.py), the
+resume in a fresh process."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from tests.support.examples import run_here
 
 # The repository root, wherever this file sits under tests/.
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
@@ -57,6 +60,24 @@ def largest_remainder(weights: list[int], total: int) -> list[int]:
     return counts
 
 
+def literals(lines: list[str]) -> list[object]:
+    """Printed Python literals, line by line (other lines as text)."""
+    out: list[object] = []
+    for line in lines:
+        try:
+            out.append(ast.literal_eval(line))
+        except (ValueError, SyntaxError):
+            out.append(line)
+    return out
+
+
+def run_first(capfd: pytest.CaptureFixture[str], name: str, *args: object) -> list[object]:
+    """An example's first run, in this process; its printed literals."""
+    capfd.readouterr()
+    run_here(name, *args)
+    return literals(capfd.readouterr().out.splitlines())
+
+
 def run(name: str, *args: object) -> list[object]:
     """Run an example in a fresh process; its printed Python literals, line by line (other lines as text)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -69,13 +90,7 @@ def run(name: str, *args: object) -> list[object]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    out: list[object] = []
-    for line in done.stdout.splitlines():
-        try:
-            out.append(ast.literal_eval(line))
-        except (ValueError, SyntaxError):
-            out.append(line)
-    return out
+    return literals(done.stdout.splitlines())
 
 
 def source_epochs(name: str, items: list[str], length: int) -> None:
@@ -91,9 +106,9 @@ def source_epochs(name: str, items: list[str], length: int) -> None:
 
 
 @pytest.mark.slow
-def test_mixture_quickstart_resumes_from_the_file_in_a_fresh_process(tmp_path):
+def test_mixture_quickstart_resumes_from_the_file_in_a_fresh_process(tmp_path, capfd):
     directory = tmp_path / "ckpt"
-    counts, first, second = run("mixture_quickstart.py", directory)
+    counts, first, second = run_first(capfd, "mixture_quickstart.py", directory)
     assert counts == {"web": 67, "code": 19, "math": 9}
     _, rest, uninterrupted, rest2, last = run("mixture_quickstart.py", directory)
     head = first + second
@@ -112,8 +127,8 @@ def test_mixture_quickstart_resumes_from_the_file_in_a_fresh_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_stream_quickstart_resumes_from_the_file_in_a_fresh_process_with_workers(tmp_path):
-    indexed, first, second = run("stream_quickstart.py", tmp_path)
+def test_stream_quickstart_resumes_from_the_file_in_a_fresh_process_with_workers(tmp_path, capfd):
+    indexed, first, second = run_first(capfd, "stream_quickstart.py", tmp_path)
     assert str(indexed).startswith("indexed 4 shards, 16 samples, 57 tokens")
     rest, uninterrupted = run("stream_quickstart.py", tmp_path)
     assert [first, second, *rest] == uninterrupted, "the resumed epoch differs from the uninterrupted one"

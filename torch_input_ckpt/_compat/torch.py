@@ -136,7 +136,8 @@ def _engine_matches(generator: torch.Generator, engine: int, double_cached: bool
     """Whether the engine's words and the double cache flag read at ``engine`` are ``get_state()``'s
     (its legacy struct: uint64 seed; int left, seeded; uint64 next; uint64 state[624]; double
     normal_x, normal_y, normal_rho; int normal_is_valid; ...)."""
-    state = generator.get_state()  # its bytes by ctypes, as rngs.py does: .numpy() fails where NumPy is absent
+    # Its bytes by ctypes, as rng/fingerprints.py does: .numpy() fails where NumPy is absent.
+    state = generator.get_state()
     legacy = ctypes.string_at(state.data_ptr(), state.numel())
     memory = ctypes.string_at(engine, 20 + 4 * _MT_WORDS)
     left, seeded, next_word = (int.from_bytes(legacy[a:b], "little") for a, b in ((8, 12), (12, 16), (16, 24)))

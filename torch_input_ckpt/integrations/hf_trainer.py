@@ -16,7 +16,7 @@ this loader. The Trainer writes ``checkpoint-<step>`` file by file (transformers
 renamed save), so a kill mid-save leaves a folder that ``get_last_checkpoint`` picks; ``train()``
 skips such a folder (no valid ``trainer_state.json``, the file written last) with an
 ``IncompleteCheckpointWarning`` and resumes from the newest complete checkpoint before it. See the
-README ("Hugging Face") for why this is a Trainer mixin and not a callback.
+Hugging Face guide (docs/guides/hugging-face.md, "Why a Trainer mixin and not a callback").
 
 Refused with a ``ValueError``: an ``IterableDataset`` or a dataset without a length,
 ``train_sampling_strategy`` other than ``"random"``/``"sequential"`` (``group_by_length``,

@@ -169,7 +169,7 @@ class ResumableDataLoader(HookedDataLoader):
         After a restore, an epoch behind the restored one is most likely a loop counter that came from
         elsewhere than :attr:`epoch`: one behind at an epoch boundary makes the next pass the (empty)
         rest of that finished epoch; any other warns and starts it over (:class:`EpochMismatchWarning`;
-        the table is in the README). :meth:`restart_epoch` starts an epoch over without a warning.
+        the table is in docs/concepts/design.md). :meth:`restart_epoch` starts an epoch over without a warning.
         """
         self._backend.set_epoch(epoch)
 

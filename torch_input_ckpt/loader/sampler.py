@@ -42,7 +42,8 @@ class ResumableSampler(Sampler[int]):
     depend on the world size and a job can resume on a different number of ranks: the new ranks
     split what is left of the epoch. Padding and ``drop_last`` follow ``DistributedSampler``'s rules,
     applied to what is left of the epoch (at cursor 0, the orders are those of
-    ``DistributedSampler`` when ``order="randperm"``). See the README for the exact rules.
+    ``DistributedSampler`` when ``order="randperm"``). The exact rules: docs/concepts/design.md, "One global
+    cursor".
 
     The epoch advances by itself when it is exhausted; :meth:`set_epoch` with another epoch starts
     that epoch from its beginning, and with the current epoch changes nothing (so the usual

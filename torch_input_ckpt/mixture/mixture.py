@@ -1,6 +1,6 @@
 """``Mixture``: map-style datasets mixed by weight, exact per epoch, resumable, reshardable, changeable on resume.
 
-Guarantees (the README's "Mixtures" section has the full table):
+Guarantees (docs/guides/mixtures.md has the full table):
 
 - a mixture epoch has ``samples_per_epoch`` samples, exactly ``n_k`` of them from source ``k``
   (largest-remainder rounding of the normalised weights), at positions shuffled by (seed, epoch);

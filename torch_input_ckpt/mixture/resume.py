@@ -1,6 +1,6 @@
 """The changes a mixture accepts on resume, each keeping every source exactly once per source epoch.
 
-Rules (checked in this order; the README's table says the same):
+Rules (checked in this order; docs/guides/mixtures.md's table says the same):
 
 - nothing changed (sources are matched by name: another order of the same sources is no change): the
   saved plan is kept, so the run continues exactly as if never interrupted;

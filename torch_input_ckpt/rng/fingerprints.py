@@ -11,7 +11,7 @@ only consumes a Gaussian cached by a draw made before the batch moves no state w
 and a draw of exactly a multiple of 624 words whose first new state word equals the old one
 (probability 2**-32) is not seen either.
 
-Measured on this project's 2-core machine (``timeit``, best of 5 x 20,000; the README has the table):
+Measured on this project's 2-core machine (``timeit``, best of 5 x 20,000; docs/guides/exactness.md has the table):
 ``torch.default_generator.manual_seed`` 1.0 µs (``torch.manual_seed`` visits every accelerator: 100
 µs); ``numpy.random.seed`` 1.4 µs; ``random.seed`` 4.1 µs (the C method ``_random.Random.seed`` 3.9
 µs: its 624-word ``init_by_array`` is the floor). Fingerprints: torch's engine words through ctypes 0.1 µs

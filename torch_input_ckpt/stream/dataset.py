@@ -1,6 +1,6 @@
 """``ShardedStream``: samples read from shard files, in a computed lane order; map-style under the hood.
 
-Guarantees (the README's "Sharded streams" section has the table):
+Guarantees (the table is in docs/guides/streams.md):
 
 - the order of an epoch is a pure function of ``(seed, epoch, shard list, lanes, window, pack_to)``:
   shards are dealt to lanes once (balanced), each epoch reorders every lane's shards, a window shuffle

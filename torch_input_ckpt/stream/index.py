@@ -44,7 +44,7 @@ MAX_INDEX_SHARDS = 1 << 20
 # Samples or tokens of one shard, and of all shards together: 2**48 (281 T) is past any real corpus and
 # leaves room for epoch * length in int64 arithmetic.
 MAX_UNITS = 1 << 48
-# A shard name is a file name (NAME_MAX); a field or tokenizer name is bounded by token_source's bound.
+# A shard name is a file name (NAME_MAX); a field or tokenizer name is bounded by stream/tokens.py's bound.
 MAX_NAME_BYTES = 255
 # A name holding one of these would reach outside the directory (or cannot name a file at all).
 _SEPARATORS = "/\0" + ("\\" if os.name == "nt" else "")

@@ -19,7 +19,7 @@ from .readers import tokens_of
 
 __all__ = ["MAX_IDENTITY_CHARS", "callable_identity", "count_tokens", "describe", "load_tokenizer", "token_identity"]
 
-# A field or tokenizer name longer than this is not a name (index_file bounds what it reads the same way).
+# A field or tokenizer name longer than this is not a name (stream/index.py bounds what it reads the same way).
 MAX_IDENTITY_CHARS = 1000
 
 
