@@ -17,11 +17,13 @@ from .errors import (
 from .loader.dataloader import ResumableDataLoader
 from .loader.sampler import ResumableSampler
 from .mixture.mixture import Mixture, Origin
+from .order.dataset_order import DatasetOrder
 from .provenance.history import samples_at, steps_of_sample
 from .stream.dataset import ShardedStream
 from .stream.shards import Shard
 
 __all__ = [
+    "DatasetOrder",
     "EpochMismatchWarning",
     "ExternalStateWarning",
     "InputCheckpointWarning",
