@@ -26,58 +26,73 @@ class Forked:
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
-        return self.wait(timeout=0, check=False)
+        return self._wait(0)
 
-    def wait(self, timeout: float | None = None, check: bool = True) -> int | None:
+    def wait(self, timeout: float | None = None) -> int:
+        code = self._wait(timeout)
+        if code is None:
+            raise subprocess.TimeoutExpired(f"forked run {self.pid}", timeout or 0)
+        return code
+
+    def _wait(self, timeout: float | None) -> int | None:
         if self.returncode is None:
-            answer = self._server.answer(timeout)
-            if answer is None:
-                if check:
-                    raise subprocess.TimeoutExpired(f"forked {self.pid}", timeout or 0)
-                return None
-            self.returncode = os.waitstatus_to_exitcode(answer["status"])
-            self._server.busy = False
+            status = self._server.status(self.pid, timeout)
+            if status is not None:
+                self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
 
 class ForkServer:
-    """One tests/support/forkserver.py process; one run at a time (each SIGKILL test restarts its child in turn)."""
+    """One tests/support/forkserver.py process, importing ``preload`` once; ``env``: its environment (and so
+    its runs'), by default this checkout on the path."""
 
-    def __init__(self, errors: Path) -> None:
+    def __init__(self, errors: Path, preload: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self._errors = errors
         self._count = 0
         self._buffer = b""
-        self.busy = False
+        self._ended: dict[int, int] = {}
         self._proc = subprocess.Popen(
-            [sys.executable, str(SUPPORT / "forkserver.py")],
-            env=child_env(),
+            [sys.executable, str(SUPPORT / "forkserver.py"), *preload],
+            env=env or child_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
         )
 
-    def start(self, script: Any, *args: object) -> Forked:
-        """Run ``python script args...`` as a forked process, stderr to a file the returned run reads."""
-        assert not self.busy, "the previous run has not been waited for"
+    def start(self, script: Any, *args: object, env: dict[str, str] | None = None, stdout: bool = False) -> Forked:
+        """Run ``python script args...`` as a forked process, with ``env`` added to its environment; stderr (and
+        stdout if asked, else discarded) go to a file the returned run's ``stderr`` reads."""
         self._count += 1
         stderr = self._errors / f"forked-{self._count}.err"
         stderr.touch()
         request = {"script": str(script), "args": [str(a) for a in args], "stderr": str(stderr)}
-        self._proc.stdin.write((json.dumps(request) + "\n").encode())
+        self._proc.stdin.write((json.dumps({**request, "env": env or {}, "stdout": stdout}) + "\n").encode())
         self._proc.stdin.flush()
-        self.busy = True
-        answer = self.answer(timeout=120)  # the first request waits for the server's imports
-        assert answer is not None and "pid" in answer, f"the fork server did not start the run: {answer}"
-        return Forked(self, answer["pid"], stderr.open("rb"))
+        answer = self._answer(timeout=180)  # the first request waits for the server's imports
+        while answer is not None and "started" not in answer:
+            self._ended[answer["pid"]] = answer["status"]
+            answer = self._answer(timeout=180)
+        assert answer is not None, "the fork server did not start the run"
+        return Forked(self, answer["started"], stderr.open("rb"))
 
-    def answer(self, timeout: float | None) -> dict | None:
+    def status(self, pid: int, timeout: float | None) -> int | None:
+        """The ``waitpid`` status of run ``pid``, or None if it does not end within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pid not in self._ended:
+            answer = self._answer(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if answer is None:
+                return None
+            self._ended[answer["pid"]] = answer["status"]
+        return self._ended.pop(pid)
+
+    def _answer(self, timeout: float | None) -> dict | None:
         """The server's next line, or None if none comes within ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while b"\n" not in self._buffer:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not select.select([self._proc.stdout], [], [], left)[0]:
                 return None
-            chunk = os.read(self._proc.stdout.fileno(), 4096)
+            chunk = os.read(self._proc.stdout.fileno(), 65536)
             if not chunk:
                 raise RuntimeError(f"the fork server exited ({self._proc.wait()})")
             self._buffer += chunk

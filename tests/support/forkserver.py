@@ -1,19 +1,23 @@
-"""Run a child script many times without starting an interpreter (and importing torch, 2-10 s) for each run.
+"""Run child scripts many times without starting an interpreter (and importing torch, 2-10 s) for each run.
 
-The SIGKILL tests kill and restart a training script a dozen times; what they test is a process killed at a
-random moment and the files it leaves, not the interpreter's start. This server imports torch and the package
-once, then forks one process per request, which runs the script as ``python script args...`` would (its own
-process group, stdout discarded, stderr to a file) and has nothing of an earlier run: the server never runs one.
+The SIGKILL tests kill and restart a training script again and again; what they test is a process killed at a
+random moment and the files it leaves, not the interpreter's start. This server imports torch, the package and
+the modules named on its command line once, then forks one process per request, which runs the script as
+``python script args...`` would (its own process group, stdout discarded or with stderr, stderr to a file, the
+request's variables added to the environment) and holds nothing of an earlier run: the server never runs one.
 
-Usage: python forkserver.py; requests on stdin, one JSON line each: ``{"script", "args", "stderr"}``; it answers
-``{"pid"}`` once the process runs in its own group, then ``{"status"}`` (the ``waitpid`` status) when it ends.
+Usage: python forkserver.py [MODULE...]; requests on stdin, one JSON line each: ``{"script", "args", "stderr",
+"stdout", "env"}``; it answers ``{"started": pid}`` once the process runs in its own group, and ``{"pid", "status"}``
+(the ``waitpid`` status) when a run ends. Runs may overlap.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import runpy
+import select
 import sys
 import traceback
 
@@ -27,16 +31,18 @@ def _run(request: dict) -> None:
     code = 0
     try:
         os.setpgid(0, 0)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
         err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(err, 2)
-        sys.stdin.close()
+        os.dup2(err if request.get("stdout") else os.open(os.devnull, os.O_WRONLY), 1)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.environ.update(request.get("env") or {})
         sys.argv = [request["script"], *request["args"]]
         runpy.run_path(request["script"], run_name="__main__")
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    except BaseException:  # noqa: BLE001  (reported like the interpreter would: traceback, status 1)
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        if not isinstance(exit_.code, int | None):
+            print(exit_.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001  (reported as the interpreter would: traceback, status 1)
         traceback.print_exc()
         code = 1
     finally:
@@ -45,19 +51,37 @@ def _run(request: dict) -> None:
         os._exit(code)
 
 
+def _say(answer: dict) -> None:
+    os.write(1, (json.dumps(answer) + "\n").encode())
+
+
 def main() -> None:
-    for line in sys.stdin:
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            _run(request)
-        try:
-            os.setpgid(pid, pid)  # here too, so that the group exists before the caller can signal it
-        except ProcessLookupError:  # already ended: its status follows
-            pass
-        print(json.dumps({"pid": pid}), flush=True)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"status": status}), flush=True)
+    for module in sys.argv[1:]:
+        importlib.import_module(module)
+    buffer, running, open_ = b"", set(), True
+    while open_ or running:
+        # Requests as they come; ended runs reaped every 5 ms while some run.
+        if select.select([0] if open_ else [], [], [], 0.005 if running else None)[0]:
+            chunk = os.read(0, 65536)
+            open_ = bool(chunk)
+            buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            pid = os.fork()
+            if pid == 0:
+                _run(json.loads(line))
+            try:
+                os.setpgid(pid, pid)  # here too, so that the group exists before the caller can signal it
+            except ProcessLookupError:  # already ended: its status follows
+                pass
+            running.add(pid)
+            _say({"started": pid})
+        while running:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            running.discard(pid)
+            _say({"pid": pid, "status": status})
 
 
 if __name__ == "__main__":
