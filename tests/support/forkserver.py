@@ -26,29 +26,26 @@ import torch  # noqa: F401  (imported once, here)
 import torch_input_ckpt  # noqa: F401
 
 
-def _run(request: dict) -> None:
-    """In the forked process: become ``python script args...`` and exit with its status."""
-    code = 0
+def _run(request: dict) -> int:
+    """In the forked process: run ``python script args...``; its exit status."""
+    os.setpgid(0, 0)
+    err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(err, 2)
+    os.dup2(err if request.get("stdout") else os.open(os.devnull, os.O_WRONLY), 1)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.environ.update(request.get("env") or {})
+    sys.argv = [request["script"], *request["args"]]
     try:
-        os.setpgid(0, 0)
-        err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(err, 2)
-        os.dup2(err if request.get("stdout") else os.open(os.devnull, os.O_WRONLY), 1)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        os.environ.update(request.get("env") or {})
-        sys.argv = [request["script"], *request["args"]]
         runpy.run_path(request["script"], run_name="__main__")
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        if not isinstance(exit_.code, int | None):
-            print(exit_.code, file=sys.stderr)
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        print(exit_.code, file=sys.stderr)
+        return 1
     except BaseException:  # noqa: BLE001  (reported as the interpreter would: traceback, status 1)
         traceback.print_exc()
-        code = 1
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        return 1
+    return 0
 
 
 def _say(answer: dict) -> None:
@@ -69,7 +66,8 @@ def main() -> None:
             line, buffer = buffer.split(b"\n", 1)
             pid = os.fork()
             if pid == 0:
-                _run(json.loads(line))
+                # Then this process ends as an interpreter does (atexit handlers, threads joined, files flushed).
+                sys.exit(_run(json.loads(line)))
             try:
                 os.setpgid(pid, pid)  # here too, so that the group exists before the caller can signal it
             except ProcessLookupError:  # already ended: its status follows
