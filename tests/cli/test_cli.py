@@ -45,34 +45,11 @@ def two_ranks(tmp_path) -> Path:
 
 
 def run(*argv: str) -> tuple[int, str, str]:
-    return run_together([list(argv)])[0]
-
-
-def run_together(argvs: list[list[str]]) -> list[tuple[int, str, str]]:
-    """``python -m torch_input_ckpt ARGV`` for each ARGV, all started at once (an interpreter start that imports
-    torch takes seconds; on two cores two overlap), then waited for in turn."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "torch_input_ckpt", *argv],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for argv in argvs
-    ]
-    results = []
-    for proc in procs:
-        try:
-            out, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-                other.communicate()
-            raise
-        results.append((proc.returncode, out, err))
-    return results
+    done = subprocess.run(
+        [sys.executable, "-m", "torch_input_ckpt", *argv], env=env, capture_output=True, text=True, timeout=60
+    )
+    return done.returncode, done.stdout, done.stderr
 
 
 @pytest.mark.slow
@@ -179,8 +156,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_module_entry_point_exit_statuses(tmp_path):
-    missing, empty = run_together([["inspect", str(tmp_path / "missing")], ["inspect", str(tmp_path)]])
-    code, out, err = missing
+    code, out, err = run("inspect", str(tmp_path / "missing"))
     assert code == 2 and "does not exist" in err and out == ""
-    code, out, err = empty
+    code, out, err = run("inspect", str(tmp_path))
     assert code == 1 and "none found" in out

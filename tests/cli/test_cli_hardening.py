@@ -100,22 +100,10 @@ def test_commands_never_print_a_traceback_and_exit_with_their_documented_codes(t
         ("inspect", str(tmp_path / "missing")): (2, "does not exist"),
         ("index", str(shards)): ((2, 3), "part-0.tar"),
     }
-    # All three at once: each is an interpreter start that imports torch (seconds); on two cores two overlap.
-    procs = {
-        args: subprocess.Popen(
-            [sys.executable, "-m", "torch_input_ckpt", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for args in cases
-    }
     for args, (codes, message) in cases.items():
-        try:
-            out, err = procs[args].communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            for proc in procs.values():
-                proc.kill()
-                proc.communicate()
-            raise
-        result = subprocess.CompletedProcess(procs[args].args, procs[args].returncode, out, err)
+        result = subprocess.run(
+            [sys.executable, "-m", "torch_input_ckpt", *args], capture_output=True, text=True, timeout=120
+        )
         assert result.returncode in (codes if isinstance(codes, tuple) else (codes,)), (args, result)
         assert "Traceback" not in result.stderr, (args, result.stderr)
         if result.returncode != 3:  # an internal error names the exception, whatever it says
