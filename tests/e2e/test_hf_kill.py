@@ -24,6 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from torch_input_ckpt.hf import IncompleteCheckpointWarning
 
 from tests.support import hf_trainer_child
+from tests.support.forked import ForkServer
 from tests.support.hf_trainer_child import paired_checkpoints, read_log, start, wait
 
 FLAGS = ["--max-steps", "9", "--save-steps", "3", "--length", "40"]  # 20 batches of 2: all in epoch 0
@@ -62,10 +63,18 @@ def _left(out: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def killed(tmp_path_factory: pytest.TempPathFactory, hf_forkserver: ForkServer) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("hf_kill")
+    # The killed runs forked from a server that imported transformers (no interpreter start each); the resume of
+    # the case below is a fresh interpreter.
     runs = {
-        phase: start(base / phase, base / f"{phase}.log", FLAGS, env={"HF_CHILD_KILL": f"{phase}:{KILLED_AT}"})
+        phase: start(
+            base / phase,
+            base / f"{phase}.log",
+            FLAGS,
+            env={"HF_CHILD_KILL": f"{phase}:{KILLED_AT}"},
+            server=hf_forkserver,
+        )
         for phase in LEFT
     }
     finished = {"after-input": wait(runs.pop("after-input"))}

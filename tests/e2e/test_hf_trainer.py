@@ -19,6 +19,7 @@ import pytest
 from torch_input_ckpt import InputStateError, UnsupportedVersionError
 
 from tests.support import hf_trainer_child
+from tests.support.forked import ForkServer
 from tests.support.hf_trainer_child import child_env, paired_checkpoints, read_log, start, wait
 
 
@@ -33,9 +34,10 @@ SINGLE += ["--length", "30"]  # 15 batches of 2 per epoch: 8 optimizer steps, th
 
 
 @pytest.mark.slow
-def test_sigkilled_trainer_resumes_every_step_exactly(tmp_path: Path) -> None:
+def test_sigkilled_trainer_resumes_every_step_exactly(tmp_path: Path, hf_forkserver: ForkServer) -> None:
     out, log = tmp_path / "out", tmp_path / "log"
-    killed = start(out, log, [*SINGLE, "--kill-at", "11"])
+    # Forked from a server that imported transformers (no interpreter start); the resume below is a fresh one.
+    killed = start(out, log, [*SINGLE, "--kill-at", "11"], server=hf_forkserver)
     hf_trainer_child.run([str(tmp_path / "ref"), str(tmp_path / "ref.log"), *SINGLE])  # uninterrupted, here
     reference = {line["step"]: line for line in read_log(tmp_path / "ref.log")}
     assert sorted(reference) == list(range(1, 17))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.forked import ForkServer
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "train.py"
 EPOCHS = 2  # 25 steps each
@@ -42,14 +44,10 @@ def _trained(run_dir: Path) -> list[dict]:
     return out
 
 
-def _killed_at(run_dir: Path, step: int, *extra: str) -> None:
-    proc = subprocess.Popen(
-        _command(run_dir, "--step-delay", "0.02", *extra),
-        env=_env(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def _killed_at(forkserver: ForkServer, run_dir: Path, step: int, *extra: str) -> None:
+    # Forked from the server that imported torch (tests/support/forkserver.py): its own process group, killed with
+    # its workers; the resume that follows is a fresh interpreter.
+    proc = forkserver.start(*_command(run_dir, "--step-delay", "0.02", *extra)[1:])
     deadline = time.monotonic() + TIMEOUT
     try:
         while len(_trained(run_dir)) < step:
@@ -59,6 +57,7 @@ def _killed_at(run_dir: Path, step: int, *extra: str) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the main process and its DataLoader workers
         proc.wait(timeout=30)
+        proc.stderr.close()
 
 
 def _model_steps(run_dir: Path) -> list[int]:
@@ -66,9 +65,11 @@ def _model_steps(run_dir: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[int, dict]:
+def reference(tmp_path_factory, forkserver) -> dict[int, dict]:
     run_dir = tmp_path_factory.mktemp("reference")
-    subprocess.run(_command(run_dir), env=_env(), check=True, timeout=TIMEOUT, capture_output=True)
+    run = forkserver.start(*_command(run_dir)[1:])  # uninterrupted: not what is tested, no interpreter start
+    with run.stderr:
+        assert run.wait(timeout=TIMEOUT) == 0, run.stderr.read().decode()[-3000:]
     return {record["step"]: record for record in _trained(run_dir)}
 
 
@@ -78,9 +79,11 @@ def reference(tmp_path_factory) -> dict[int, dict]:
     [((), "oldest"), (("--input-every-seconds", "3600"), "newest")],
     ids=["every-2-steps-rollback", "every-hour-newest"],
 )
-def test_the_quick_start_resumes_exactly_from_any_surviving_model_checkpoint(tmp_path, reference, schedule, rollback):
+def test_the_quick_start_resumes_exactly_from_any_surviving_model_checkpoint(
+    tmp_path, forkserver, reference, schedule, rollback
+):
     kill_at = random.Random(os.getpid()).randrange(17, 2 * 25 - 3)
-    _killed_at(tmp_path, kill_at, *schedule)
+    _killed_at(forkserver, tmp_path, kill_at, *schedule)
     models = _model_steps(tmp_path)
     assert len(models) >= 2, models
     step = models[0] if rollback == "oldest" else models[-1]

@@ -15,8 +15,9 @@ import pytest
 
 from torch_input_ckpt.store import files
 
+from tests.support import preempted_child
 from tests.support.paths import SUPPORT
-from tests.support.resume import start_child
+from tests.support.resume import release, start_child
 
 CHILD = SUPPORT / "preempted_child.py"
 TOTAL = 60  # steps: 10 batches per epoch, 6 epochs
@@ -93,10 +94,11 @@ def trained_stream(log: Path) -> tuple[list, list[int]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("workers", "kills"), [(0, 12), (2, 8)])
-def test_sigkill_at_random_moments_resumes_the_exact_stream(tmp_path, workers, kills):
+def test_sigkill_at_random_moments_resumes_the_exact_stream(tmp_path, forkserver, workers, kills):
+    # The uninterrupted run, in this process: a fresh interpreter is what the killed runs test, not the reference.
     reference_log = tmp_path / "reference.jsonl"
-    proc = start(tmp_path / "reference", reference_log, workers)
-    finish(proc)
+    preempted_child.main(str(tmp_path / "reference"), str(reference_log), TOTAL, workers)
+    release(workers > 0)
     expected, _ = trained_stream(reference_log)
     assert len(expected) == TOTAL
 
@@ -105,7 +107,10 @@ def test_sigkill_at_random_moments_resumes_the_exact_stream(tmp_path, workers, k
     log.touch()
     for kill in range(kills):
         before = len(records(log))
-        proc = start(directory, log, workers)
+        # Forked from a server that has imported torch: a separate process group, killed with its workers, that
+        # holds nothing of an earlier run, without an interpreter start per kill. The final run below is a fresh
+        # interpreter, as a restarted job is.
+        proc = forkserver.start(CHILD, directory, log, TOTAL, workers)
         try:
             # Its restore record, then 1-5 trained steps, then a random instant (often mid-save).
             wait_for_records(proc, log, before + 1 + rng.randint(1, 5))

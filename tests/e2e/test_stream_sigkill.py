@@ -14,8 +14,9 @@ import pytest
 from torch_input_ckpt.stream.shards import write_index
 
 from tests.e2e.test_sigkill import finish, kill_group, records, trained_stream, wait_for_records
+from tests.support import stream_child
 from tests.support.paths import SUPPORT
-from tests.support.resume import start_child
+from tests.support.resume import release, start_child
 from tests.support.stream_data import write_shards
 
 CHILD = SUPPORT / "stream_child.py"
@@ -27,11 +28,13 @@ def start(shards: Path, directory: Path, log: Path) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_sigkill_of_a_stream_with_workers_resumes_exactly(tmp_path):
+def test_sigkill_of_a_stream_with_workers_resumes_exactly(tmp_path, forkserver):
     shards = write_shards(tmp_path / "shards", "npy")
     write_index(shards)
     reference_log = tmp_path / "reference.jsonl"
-    finish(start(shards, tmp_path / "reference", reference_log))
+    # The uninterrupted run, in this process: a fresh interpreter is what the killed runs test, not the reference.
+    stream_child.main(str(shards), str(tmp_path / "reference"), str(reference_log), TOTAL)
+    release()
     expected, _ = trained_stream(reference_log)
     assert len(expected) == TOTAL
 
@@ -41,7 +44,7 @@ def test_sigkill_of_a_stream_with_workers_resumes_exactly(tmp_path):
     kills = 3
     for _ in range(kills):
         before = len(records(log))
-        proc = start(shards, directory, log)
+        proc = forkserver.start(CHILD, shards, directory, log, TOTAL)  # as in test_sigkill: the final run is fresh
         try:
             wait_for_records(proc, log, before + 1 + rng.randint(1, 5))
             time.sleep(rng.uniform(0, 0.004))

@@ -201,10 +201,14 @@ def child_env() -> dict[str, str]:
 
 
 def start(
-    out: Path, log: Path, flags: list[str], ranks: int = 0, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
+    out: Path, log: Path, flags: list[str], ranks: int = 0, env: dict[str, str] | None = None, server: Any = None
+) -> Any:
     """One child run; ``ranks`` > 0 starts it under torchrun with that many processes; ``env`` is added to its
-    environment."""
+    environment. With ``server`` (a :class:`tests.support.forked.ForkServer` started with :func:`child_env`, that
+    imported this module), a single process forked from it: no interpreter start, no transformers import."""
+    if server is not None:
+        assert not ranks, "torchrun starts its ranks itself"
+        return server.start(CHILD, out, log, *flags, env=env, stdout=True)
     command = [sys.executable, str(CHILD)]
     if ranks:
         from tests.support.distributed import free_port  # noqa: PLC0415 - only the tests start runs
@@ -221,8 +225,24 @@ def start(
     )
 
 
-def wait(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+def wait(proc: Any) -> tuple[int, str]:
     """The exit code and output of a run, failing the test past TIMEOUT; kills what the run left behind."""
+    if not isinstance(proc, subprocess.Popen):  # forked from a server (start(..., server=...))
+        with proc.stderr:
+            try:
+                proc.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                raise AssertionError(
+                    f"{proc.pid} did not finish in {TIMEOUT} s:\n{proc.stderr.read().decode()[-3000:]}"
+                ) from None
+            output = proc.stderr.read().decode()
+        try:  # workers orphaned by a SIGKILL
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return proc.returncode, output
     try:
         output, _ = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
