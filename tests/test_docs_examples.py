@@ -9,15 +9,13 @@ promise. Every example a page includes is run by a test here or in tests/test_re
 from __future__ import annotations
 
 import ast
-import os
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests.support.examples import run_fresh as run
 from tests.support.examples import run_here
 
 # The repository root, wherever this file sits under tests/.
@@ -58,22 +56,6 @@ def test_every_included_example_exists_and_is_run_by_a_test():
     tests = "\n".join(path.read_text() for path in (ROOT / "tests").rglob("test_*.py"))
     for path in examples:
         assert f"def {RUN_BY[path]}(" in tests, f"{path}: the test {RUN_BY[path]} that runs it does not exist"
-
-
-def run(name: str, *args: object, cwd: Path | None = None) -> tuple[list[str], str]:
-    """Run an example in a fresh process: its stdout lines and its stderr."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / name), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        cwd=cwd,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    return done.stdout.splitlines(), done.stderr
 
 
 def run_first(capfd: pytest.CaptureFixture[str], name: str, *args: object, cwd: Path | None = None) -> list[str]:

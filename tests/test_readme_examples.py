@@ -7,15 +7,12 @@ resume in a fresh process."""
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.support.examples import run_here
+from tests.support.examples import run_fresh, run_here
 
 # The repository root, wherever this file sits under tests/.
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
@@ -80,17 +77,7 @@ def run_first(capfd: pytest.CaptureFixture[str], name: str, *args: object) -> li
 
 def run(name: str, *args: object) -> list[object]:
     """Run an example in a fresh process; its printed Python literals, line by line (other lines as text)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / name), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    return literals(done.stdout.splitlines())
+    return literals(run_fresh(name, *args, timeout=180)[0])
 
 
 def source_epochs(name: str, items: list[str], length: int) -> None:

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import runpy
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .paths import REPO
+from .paths import REPO, child_env
 
 EXAMPLES = REPO / "examples"
 
@@ -87,3 +88,19 @@ def run_here(name: str, *args: object, cwd: Path | None = None, **env: str) -> N
         except SystemExit as done:  # sys.exit() ends the example as it ends a process: only a failure is one
             if done.code not in (None, 0):
                 raise AssertionError(f"{name} exited with {done.code!r}") from done
+
+
+def run_fresh(name: str, *args: object, cwd: Path | None = None, timeout: float = 240) -> tuple[list[str], str]:
+    """Run ``examples/<name>`` with ``args`` in a fresh process (the checkout first on ``PYTHONPATH``, the Hugging
+    Face hub offline): its stdout lines and its stderr. A failure or a traceback fails the test with the stderr."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"),
+        cwd=cwd,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done.stdout.splitlines(), done.stderr
