@@ -21,6 +21,8 @@ import torch
 from torch_input_ckpt import Mixture, ResumableDataLoader, ResumableSampler, ShardedStream
 from torch_input_ckpt.order.permutation import FeistelPermutation
 
+from tests.support.mixture_files import Tagged
+
 
 def digest(values: list) -> str:
     return hashlib.sha256(json.dumps(values, default=lambda t: t.tolist()).encode()).hexdigest()[:16]
@@ -49,17 +51,6 @@ class Draws:
 def draws(num_workers: int) -> list[list[int]]:
     loader = ResumableDataLoader(Draws(), batch_size=4, shuffle=True, seed=5, num_workers=num_workers, collate_fn=list)
     return [list(x) for batch in loader for x in batch]
-
-
-class Tagged:
-    def __init__(self, name: str, n: int) -> None:
-        self.name, self.n = name, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> str:
-        return f"{self.name}{i}"
 
 
 def mixture(epoch: int) -> list[str]:

@@ -32,6 +32,13 @@ class Augmenting(Dataset):
 
 def main(directory: str, log_path: str, total: int, num_workers: int) -> None:
     loader = ResumableDataLoader(Augmenting(), batch_size=3, shuffle=True, seed=5, num_workers=num_workers)
+    train_logged(loader, directory, log_path, total)
+
+
+def train_logged(loader: ResumableDataLoader, directory: str, log_path: str, total: int) -> None:
+    """Train ``total`` steps of ``loader``'s dict batches, resuming from ``directory``: each step's batch is logged
+    (append + flush) before its input checkpoint is saved, so a kill at any moment leaves the log ahead of the
+    newest checkpoint by at most the step in flight."""
     with (
         open(log_path, "a") as log,
         InputCheckpointer(directory, loader, every_n_steps=1, keep_last=2) as ckpt,
