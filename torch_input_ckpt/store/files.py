@@ -28,8 +28,10 @@ __all__ = [
     "InputCheckpoint",
     "InputFile",
     "MAX_FILE_BYTES",
+    "canonical_json",
     "encode_checkpoint",
     "list_steps",
+    "parse_json",
     "pinned_steps",
     "prune",
     "read_checkpoint",
@@ -190,13 +192,15 @@ def encode_checkpoint(
         "states": {name: to_json(state, f"{name}.state_dict()") for name, state in states.items()},
         **({} if provenance is None else {"provenance": dict(provenance)}),
     }
-    canonical = _canonical(body)
+    canonical = canonical_json(body)
     digest = hashlib.sha256(canonical).hexdigest()
     # The checksum goes first, then the canonical body verbatim: one json.dumps per save.
     return b'{"sha256":"' + digest.encode() + b'",' + canonical[1:] + b"\n"
 
 
-def _canonical(body: Mapping[str, Any]) -> bytes:
+def canonical_json(body: Mapping[str, Any]) -> bytes:
+    """The canonical bytes of a JSON document (sorted keys, no spaces, ASCII): what a checkpoint's and an index's
+    sha256 covers."""
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -427,7 +431,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> InputCheckpoint:
     if not data.strip():
         raise damaged("empty file")
     try:
-        doc = _parse(data)
+        doc = parse_json(data)
     except (ValueError, RecursionError, MemoryError, OverflowError) as error:  # incl. JSONDecodeError
         raise damaged(f"not valid JSON, truncated or garbled ({short(error)})") from error
     if not isinstance(doc, dict):
@@ -456,7 +460,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> InputCheckpoint:
     return checkpoint
 
 
-def _parse(data: bytes) -> Any:
+def parse_json(data: bytes) -> Any:
     """JSON with duplicate keys, huge integers and deep nesting refused (each raises ``ValueError``)."""
     doc = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys, parse_int=_bounded_int)
     if _depth(doc) > MAX_DEPTH:
@@ -500,7 +504,7 @@ def _signed(data: bytes, doc: dict[str, Any]) -> bool:
         return False
     body = b"{" + data[_SHA_END + 2 :].removesuffix(b"\n")
     return data[len(_SHA_PREFIX) : _SHA_END] == claimed.encode() and (
-        hashlib.sha256(body).hexdigest() == claimed and _canonical(doc) == body
+        hashlib.sha256(body).hexdigest() == claimed and canonical_json(doc) == body
     )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from ..base.messages import short
 from ..errors import InputStateError
 from ..state.schema import FORMAT_VERSION, INDEX_KIND, Key
-from ..store.files import _canonical, _parse, read_regular_file, write_atomic
+from ..store.files import canonical_json, parse_json, read_regular_file, write_atomic
 from .formats import format_of, suffix_list
 from .tokens import MAX_IDENTITY_CHARS, describe
 
@@ -85,7 +85,7 @@ class ShardIndex:
 def encode_index(body: dict[str, Any]) -> bytes:
     """The bytes of an index: ``body`` (sorted keys, one entry field per line for people reading it) plus
     ``"sha256"``, the checksum of the body's canonical JSON."""
-    signed = {**body, _SHA256: hashlib.sha256(_canonical(body)).hexdigest()}
+    signed = {**body, _SHA256: hashlib.sha256(canonical_json(body)).hexdigest()}
     return (json.dumps(signed, indent=1, sort_keys=True, ensure_ascii=True) + "\n").encode()
 
 
@@ -105,7 +105,7 @@ def read_index(directory: Path) -> ShardIndex:
     fix = f"Re-run `python -m torch_input_ckpt index {directory}` (between runs: a changed index changes the stream)."
     data = read_regular_file(path, MAX_INDEX_BYTES)  # the size bound, checked with fstat before reading
     try:
-        doc = _parse(data)
+        doc = parse_json(data)
     except (ValueError, RecursionError, MemoryError, OverflowError) as error:  # incl. UnicodeDecodeError
         reason = f"not JSON, truncated or garbled ({error})"
         raise InputStateError(f"{path}: not a valid shard index: {reason}. {fix}") from None
@@ -125,7 +125,7 @@ def _checked(path: Path, doc: Any, fix: str) -> ShardIndex:
     claimed = doc.pop(_SHA256, None)
     if not isinstance(claimed, str):
         raise bad("the index has no checksum (written by an older version, or edited by hand)")
-    if hashlib.sha256(_canonical(doc)).hexdigest() != claimed:
+    if hashlib.sha256(canonical_json(doc)).hexdigest() != claimed:
         raise bad("checksum mismatch: the index was edited by hand or partly written")
     field_name = _identity(doc, Key.INDEX_TOKENS_FIELD, bad)
     tokenizer = _identity(doc, Key.INDEX_TOKENIZER, bad)
