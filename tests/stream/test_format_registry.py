@@ -106,6 +106,8 @@ def csv_registered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 SIZES = (5, 0, 8, 3, 6)  # the last shard is JSON lines
 LENGTH = sum(SIZES)
+# Shard s's file name: not in the order of s (the index and the stream take files in name order).
+NAMES = ("web.csv", "code.csv", "math.csv", "news.csv", "books.jsonl")
 
 
 def token_ids(shard: int, k: int) -> list[int]:
@@ -117,10 +119,10 @@ def write_shards(root: Path) -> Path:
     *csv_sizes, jsonl_size = SIZES
     for shard, size in enumerate(csv_sizes):
         lines = [f"{shard}-{k},{' '.join(map(str, token_ids(shard, k)))}\n" for k in range(size)]
-        (root / f"part-{shard}.csv").write_text("\n".join(lines))  # blank lines between samples: skipped
+        (root / NAMES[shard]).write_text("\n".join(lines))  # blank lines between samples: skipped
     shard = len(csv_sizes)
     records = [{"id": f"{shard}-{k}", "tokens": token_ids(shard, k)} for k in range(jsonl_size)]
-    (root / f"part-{shard}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (root / NAMES[shard]).write_text("".join(json.dumps(r) + "\n" for r in records))
     return root
 
 
@@ -161,7 +163,7 @@ def test_the_longest_suffix_wins_whatever_the_registry_order(monkeypatch):
 
 def test_without_its_registry_entry_a_csv_file_is_no_shard(tmp_path):
     root = write_shards(tmp_path / "data")
-    (root / "part-4.jsonl").unlink()
+    (root / "books.jsonl").unlink()
     with pytest.raises(ValueError, match=re.escape("no shard files (names ending in .jsonl, .jsonl.gz, .npy or .tar)")):
         write_index(root)
     with pytest.raises(ValueError, match=r"a\.csv: not a shard of a known format .*'\.npy', '\.tar'\)\)$"):
@@ -182,28 +184,26 @@ def test_one_registry_entry_makes_csv_known_to_index_its_messages_and_help(csv_r
     tokens = sum(len(token_ids(s, k)) for s, n in enumerate(SIZES) for k in range(n))
     assert f"indexed 5 shards, {LENGTH} samples, {tokens} tokens" in capsys.readouterr().out
     index = json.loads((root / "torch_input_ckpt_index.json").read_text())
-    assert [(e["name"], e["count"]) for e in index["shards"]] == [
-        (f"part-{s}.csv", n) for s, n in enumerate(SIZES[:4])
-    ] + [("part-4.jsonl", SIZES[4])]
+    assert [(e["name"], e["count"]) for e in index["shards"]] == sorted(zip(NAMES, SIZES, strict=True))
 
 
 def test_a_registered_format_refuses_a_damaged_shard_naming_file_and_line(csv_registered, tmp_path, capsys):
     root = write_shards(tmp_path / "data")
-    (root / "part-2.csv").write_text("2-0,1 2\n2-1,1 x\n")
-    with pytest.raises(InputStateError, match=r"part-2\.csv: line 2: expected 'id,token token \.\.\.' \(invalid"):
-        count_samples(root / "part-2.csv")
+    (root / "math.csv").write_text("2-0,1 2\n2-1,1 x\n")
+    with pytest.raises(InputStateError, match=r"math\.csv: line 2: expected 'id,token token \.\.\.' \(invalid"):
+        count_samples(root / "math.csv")
     assert main(["index", str(root)]) == 2
-    assert "part-2.csv: line 2: expected 'id,token token ...'" in capsys.readouterr().err
+    assert "math.csv: line 2: expected 'id,token token ...'" in capsys.readouterr().err
 
 
 # -- streamed exactly once, resumed through the checkpoint file ----------------------------------------------
 
 
-def loader_factory(root: Path, pack_to: int | None):
+def loader_factory(root: Path, pack_to: int | None, num_workers: int = 0):
     def make() -> ResumableDataLoader:
         stream = ShardedStream(root, lanes=2, seed=5, window=3, pack_to=pack_to, tokens="tokens" if pack_to else None)
         collate = packed if pack_to else (lambda samples: [s["id"] for s in samples])
-        return ResumableDataLoader(stream, batch_size=2, collate_fn=collate, seed=7)
+        return ResumableDataLoader(stream, batch_size=2, collate_fn=collate, seed=7, num_workers=num_workers)
 
     return make
 
@@ -223,13 +223,17 @@ def test_a_registered_format_streams_exactly_once_and_resumes_through_the_checkp
     expected = list(epochs_of(make(), 2))
     per_epoch = -(-len(make().dataset) // 2)
     # Stops at the start, mid-window, mid-epoch, at the epoch's end and in the next epoch; each state goes
-    # through the checkpoint file's encoding and reading (resume.roundtrip) into a fresh loader.
-    stream, _ = resume_chain(make, [0, 1, 4, per_epoch, per_epoch + 3], 2)
+    # through the checkpoint file's encoding and reading (resume.roundtrip) into a fresh loader, which reads
+    # with 2 workers (forked: they inherit the registry entry).
+    stops = [0, 1, 4, per_epoch, per_epoch + 3]
+    stream, _ = resume_chain(make, stops, 2, resume_with=loader_factory(root, pack_to, num_workers=2))
     assert stream == expected
     if pack_to is None:
         check_exactly_once(stream, lambda ids: [all_ids().index(i) for i in ids], LENGTH)
         return
-    documents = {i: token_ids(*map(int, name.split("-"))) for i, name in enumerate(all_ids())}
+    # A packed sequence's document ids number the samples in the stream's shard order: by file name.
+    in_name_order = [(s, k) for s in sorted(range(len(NAMES)), key=NAMES.__getitem__) for k in range(SIZES[s])]
+    documents = {i: token_ids(s, k) for i, (s, k) in enumerate(in_name_order)}
     for epoch in (0, 1):
         got: dict[int, list[int]] = {}
         for _, batch in (item for item in stream if item[0] == epoch):
@@ -272,7 +276,7 @@ def test_npy_random_access_gives_the_samples_a_read_from_k_gives(tmp_path, array
 
 def test_a_format_read_forward_only_has_no_random_access_and_no_own_token_count(tmp_path):
     root = write_shards(tmp_path / "data")
-    path = str(root / "part-4.jsonl")
+    path = str(root / "books.jsonl")
     assert random_access(path) is None and format_of(path).tokens(path) is None
     assert random_access(("a", "description", "of", "the", "user's")) is None
 
