@@ -7,6 +7,11 @@ PY := $(VENV)/bin/python
 PINS := torch==2.13.0 torchdata==0.11.0 pytorch_lightning==2.6.6 pytest==9.0.3 hypothesis==6.155.2 ruff==0.17.6 radon==6.0.1
 # The Hugging Face integration's tested versions (they install against torch==2.13.0 without another torch).
 PINS += transformers==5.23.0 accelerate==1.15.0
+# Data where it lives and the trainers' checkpoints (Parquet/Arrow, Hugging Face datasets, object storage, DCP,
+# torchtitan). torchtitan 0.3.0 pins datasets<4.8 and an older fsspec, hence fsspec/s3fs 2026.2.0; boto3 is the
+# one aiobotocore 3.10 accepts; moto's standalone server is the S3-compatible server the tests start on loopback.
+PINS += pyarrow==26.0.1 datasets==4.7.0 fsspec==2026.2.0 s3fs==2026.2.0 boto3==1.43.117 obstore==0.12.1
+PINS += torchtitan==0.3.0 'moto[server]==5.2.6' matplotlib==3.11.2
 # The documentation site's tools (make docs), with the packages they pull in pinned too; installed with the set-up's
 # torch==2.13.0 in the same pip command, so that pip never moves torch.
 DOCS_PINS := mkdocs==1.6.1 mkdocs-material==9.8.1 'mkdocstrings[python]==1.0.8' mkdocstrings-python==2.0.11
