@@ -15,11 +15,20 @@ from typing import Any
 import pytest
 from torch.utils.data import Dataset
 
-from torch_input_ckpt import BadSampleError, InputCheckpointer, InputStateError, Mixture, ResumableDataLoader
+from torch_input_ckpt import (
+    BadSampleError,
+    InputCheckpointer,
+    InputStateError,
+    Mixture,
+    ResumableDataLoader,
+    ShardedStream,
+)
 from torch_input_ckpt.cli.inspection import format_report, inspect_directory
+from torch_input_ckpt.stream.shards import write_index
 
 from tests.support.examples import run_fresh, run_here
 from tests.support.resume import release
+from tests.support.stream_data import all_ids, write_shards
 
 N = 23
 BAD = {4: ValueError, 9: KeyError, 17: OSError}  # an OSError that is the sample's (a truncated file), not I/O's
@@ -76,7 +85,8 @@ def _logged(caplog: pytest.LogCaptureFixture) -> list[int]:
     return [r.args[0] for r in caplog.records if r.getMessage().startswith("skipped bad sample")]
 
 
-@pytest.mark.parametrize(("first", "then"), [(0, 2), (2, 0)])
+# 0 -> 2 workers: test_bad_samples_example_resumes_in_a_fresh_process (a fresh process, from the file).
+@pytest.mark.parametrize(("first", "then"), [(2, 0)])
 def test_resume_from_the_file_with_other_workers_delivers_the_uninterrupted_stream(tmp_path, caplog, first, then):
     caplog.set_level(logging.WARNING, logger="torch_input_ckpt")
     uninterrupted_loader = _loader(first)
@@ -199,6 +209,36 @@ def test_a_mixture_skips_its_bad_item_in_each_epoch_and_resumes_exactly(tmp_path
     assert head + rest == whole
     assert resumed.bad_samples == whole_loader.bad_samples
     assert len(_logged(caplog)) == 3
+
+
+def _rejecting(sample: dict[str, Any]) -> str:
+    """A stream's transform that fails on two documents (as a tokenizer may on a malformed one)."""
+    if sample["id"] in ("3-4", "5-0"):
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, f"document {sample['id']}")
+    return sample["id"]
+
+
+def _stream_loader(root: Path, workers: int) -> ResumableDataLoader:
+    stream = ShardedStream(root, lanes=3, seed=3, window=4, transform=_rejecting)
+    return ResumableDataLoader(stream, batch_size=3, collate_fn=list, num_workers=workers, seed=7, on_error="skip")
+
+
+def test_a_stream_skips_what_its_transform_rejects_and_resumes_exactly(tmp_path):
+    root = write_shards(tmp_path / "shards", "jsonl")
+    write_index(root)
+    whole_loader = _stream_loader(root, 0)
+    whole = _train(whole_loader, tmp_path / "whole", until=-1)
+    for epoch in (0, 1):  # a stream's order has no exclusion list: skipped in each epoch
+        delivered = [i for e, batch in whole if e == epoch for i in batch]
+        assert sorted(delivered) == sorted(set(all_ids()) - {"3-4", "5-0"}), f"epoch {epoch}"
+    assert sorted((e, error.split(":")[0]) for e, _, error in whole_loader.bad_samples) == [
+        (e, "UnicodeDecodeError") for e in (0, 0, 1, 1)
+    ]
+    head = _train(_stream_loader(root, 2), tmp_path / "run", until=7)
+    release()
+    resumed = _stream_loader(root, 0)
+    assert head + _train(resumed, tmp_path / "run", until=-1) == whole
+    assert resumed.bad_samples == whole_loader.bad_samples
 
 
 def test_stats_reports_waits_for_the_caller():
