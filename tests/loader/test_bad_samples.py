@@ -21,6 +21,7 @@ from torch_input_ckpt import (
     InputStateError,
     Mixture,
     ResumableDataLoader,
+    ResumableSampler,
     ShardedStream,
 )
 from torch_input_ckpt.cli.inspection import format_report, inspect_directory
@@ -28,7 +29,7 @@ from torch_input_ckpt.stream.shards import write_index
 
 from tests.support.examples import run_fresh, run_here
 from tests.support.resume import release
-from tests.support.stream_data import all_ids, write_shards
+from tests.support.stream_data import all_ids, deliver_all, write_shards
 
 N = 23
 BAD = {4: ValueError, 9: KeyError, 17: OSError}  # an OSError that is the sample's (a truncated file), not I/O's
@@ -137,11 +138,28 @@ def test_max_errors_raises_with_the_list_before_the_batch_counts(tmp_path):
     assert trained + rest == expected
 
 
+def test_two_ranks_skip_in_each_epoch_without_excluding(tmp_path):
+    # Exclusion lists must agree over the ranks, and each rank meets only its own bad samples: with several
+    # ranks a bad sample is skipped (and recorded, by the rank that met it) in each epoch, never excluded.
+    def rank_loader(rank: int) -> ResumableDataLoader:
+        sampler = ResumableSampler(Flaky(), shuffle=True, seed=11, num_replicas=2, rank=rank)
+        return ResumableDataLoader(Flaky(), batch_size=4, sampler=sampler, on_error="skip")
+
+    loaders = [rank_loader(0), rank_loader(1)]
+    for epoch in (0, 1):
+        delivered = [i for loader in loaders for batch in loader for i in batch.tolist()]
+        # 23 positions padded to 24 over 2 ranks: one good sample twice, or one bad one skipped twice.
+        assert set(delivered) == set(range(N)) - set(BAD), f"epoch {epoch}"
+    recorded = [(e, key) for loader in loaders for e, key, _ in loader.bad_samples]
+    assert sorted(recorded) == sorted((e, key) for e in (0, 1) for key in BAD)
+    assert all("excluded" not in loader.state_dict()["sampler"] for loader in loaders)
+
+
 def test_on_error_raise_is_torchs_behaviour():
     for workers in (0, 2):
         loader = _loader(workers, on_error="raise")
         with pytest.raises(tuple(BAD.values()), match="is corrupt"):
-            list(loader)
+            deliver_all(loader)  # releases torch's iterator before the error goes on (no 5 s join per worker)
         assert loader.bad_samples == [] and "bad_samples" not in loader.state_dict()
         release()
 
