@@ -18,6 +18,7 @@ Errors that are not a sample's fault are never skipped (:func:`is_sample_error`)
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,6 +69,7 @@ class BadSampleLog:
         self.exclude = exclude
         self.records: list[BadSample] = []
         self._seen: set[tuple[int, int]] = set()
+        self._per_epoch: Counter[int] = Counter()
         # Recorded since the last stats() call.
         self.new = 0
 
@@ -79,7 +81,7 @@ class BadSampleLog:
         """
         new = [BadSample(epoch, key, error) for key, error in failures if (epoch, key) not in self._seen]
         new = list({(b.epoch, b.key): b for b in new}.values())  # a padded epoch may repeat a key in one batch
-        count = sum(1 for b in self.records if b.epoch == epoch) + len(new)
+        count = self._per_epoch[epoch] + len(new)
         if self.max_errors is not None and count > self.max_errors:
             listed = [b for b in self.records if b.epoch == epoch] + new
             raise BadSampleError(
@@ -94,6 +96,9 @@ class BadSampleLog:
                 "build the dataset without them and start a new run",
                 [(b.epoch, b.key, b.error) for b in new],
             )
+        again = sorted({key for key, _ in failures if (epoch, key) in self._seen})
+        if again:  # a key met again in the same epoch: a position padded to divide over the ranks
+            log.info("skipped bad samples %s again in epoch %d (padded positions; recorded once)", again, epoch)
         return new
 
     def record(self, new: list[BadSample]) -> None:
@@ -101,6 +106,7 @@ class BadSampleLog:
         for bad in new:
             log.warning("skipped bad sample %d (epoch %d): %s", bad.key, bad.epoch, bad.error)
             self._seen.add((bad.epoch, bad.key))
+            self._per_epoch[bad.epoch] += 1
         self.records.extend(new)
         self.new += len(new)
         if new and self.exclude is not None:
@@ -112,6 +118,7 @@ class BadSampleLog:
     def load(self, records: list[BadSample]) -> None:
         self.records = list(records)
         self._seen = {(b.epoch, b.key) for b in records}
+        self._per_epoch = Counter(b.epoch for b in records)
 
 
 def _listing(bad: list[BadSample], limit: int = 20) -> str:
