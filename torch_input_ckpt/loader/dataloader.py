@@ -366,7 +366,7 @@ class ResumableDataLoader(HookedDataLoader):
 def _check_on_error(dataset: Any, batch_size: int | None, on_error: Any, max_errors: Any) -> None:
     if on_error not in ("raise", "skip"):
         raise ValueError(f'on_error must be "raise" or "skip" (got {on_error!r})')
-    check_int("max_errors", max_errors, minimum=0, none="no limit")
+    check_int("max_errors", max_errors, minimum=0, none="set no limit")
     if on_error == "skip" and isinstance(dataset, IterableDataset):
         raise ValueError(
             'on_error="skip" needs a map-style dataset: an IterableDataset yields its samples itself, so a '
