@@ -7,6 +7,7 @@ from torchdata.stateful_dataloader import Stateful
 from .base.world import World
 from .checkpoint.checkpointer import InputCheckpointer
 from .errors import (
+    BadSampleError,
     EpochMismatchWarning,
     ExternalStateWarning,
     InputCheckpointWarning,
@@ -16,6 +17,7 @@ from .errors import (
 )
 from .loader.dataloader import ResumableDataLoader
 from .loader.sampler import ResumableSampler
+from .loader.stats import LoaderStats
 from .mixture.mixture import Mixture, Origin
 from .order.dataset_order import DatasetOrder
 from .provenance.history import samples_at, steps_of_sample
@@ -23,12 +25,14 @@ from .stream.dataset import ShardedStream
 from .stream.shards import Shard
 
 __all__ = [
+    "BadSampleError",
     "DatasetOrder",
     "EpochMismatchWarning",
     "ExternalStateWarning",
     "InputCheckpointWarning",
     "InputCheckpointer",
     "InputStateError",
+    "LoaderStats",
     "Mixture",
     "Origin",
     "ResumableDataLoader",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BadSampleError",
     "EpochMismatchWarning",
     "ExternalStateWarning",
     "IncompleteCheckpointWarning",
@@ -19,6 +20,19 @@ class InputStateError(ValueError):
     The message names the file (when there is one), the value found and the value expected.
     It subclasses ``ValueError`` so that callers catching ``ValueError`` keep working.
     """
+
+
+class BadSampleError(RuntimeError):
+    """More samples failed to load in one epoch than ``ResumableDataLoader(max_errors=...)`` allows.
+
+    Attributes:
+        samples: Every bad sample of that epoch (on this rank), as ``(epoch, key, error)``: the epoch, the
+            sampler's key (a dataset index) and the error as ``"TypeName: message"``.
+    """
+
+    def __init__(self, message: str, samples: list[tuple[int, int, str]]) -> None:
+        super().__init__(message)
+        self.samples = samples
 
 
 class InputCheckpointWarning(UserWarning):

@@ -89,6 +89,7 @@ def test_json_report(two_ranks, capsys):
             "epoch": 1,
             "position": 12,
             "unit": "samples into the epoch, all ranks",
+            "bad_samples": [],
         }
     }
     assert newest["saved_at"].endswith("+00:00")

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import InputStateError
 from ..provenance.history import describe_checkpoint
-from ..state.schema import positions
+from ..state.schema import BadSample, positions
 from ..store import files
 from ..store.files import InputFile
 from ..store.planner import PlanError, plan_restore
@@ -83,7 +83,13 @@ def _rank_report(directory: Path, rank: int, steps: list[int]) -> dict[str, Any]
             "world_size": checkpoint.world_size,
             "external": checkpoint.external,
             "components": {
-                name: {"kind": p.kind, "epoch": p.epoch, "position": p.position, "unit": p.unit}
+                name: {
+                    "kind": p.kind,
+                    "epoch": p.epoch,
+                    "position": p.position,
+                    "unit": p.unit,
+                    "bad_samples": _bad_samples(checkpoint.states[name]),
+                }
                 for name, p in positions(checkpoint.states).items()
             },
             "provenance": describe_checkpoint(checkpoint),
@@ -109,6 +115,13 @@ def _newest(directory: Path, rank: int) -> tuple[files.InputCheckpoint | None, l
     if plan is None:
         return None, [], []
     return plan.checkpoint, list(plan.problems), [s for _, s in plan.uncommitted]
+
+
+def _bad_samples(state: Any) -> list[list[Any]]:
+    """A loader state's skipped samples, ``[[epoch, key, error], ...]`` (read already checked them)."""
+    if not isinstance(state, dict):
+        return []
+    return [bad.to_list() for bad in BadSample.list_from_state(state, "state")]
 
 
 def _saved_at(wall_time: float) -> str:
@@ -195,7 +208,19 @@ def _newest_lines(newest: dict[str, Any]) -> list[str]:
         where = "?" if comp["position"] is None else f"{comp['position']} ({comp['unit']})"
         lines.append(f"    {name} ({comp['kind']}): epoch {epoch}, position {where}")
         lines.extend(_configuration_lines(newest.get("provenance", {}).get(name)))
+        lines.extend(_bad_sample_lines(comp.get("bad_samples") or []))
     lines += [f"    not captured: {item}" for item in newest["external"]]
+    return lines
+
+
+def _bad_sample_lines(bad: list[list[Any]], shown: int = 10) -> list[str]:
+    """``bad samples: 3`` and one line per sample (the first ``shown``): epoch, key, error."""
+    if not bad:
+        return []
+    lines = [f"      bad samples: {len(bad)} (skipped, on_error='skip')"]
+    lines += [f"        epoch {epoch}, key {key}: {error}" for epoch, key, error in bad[:shown]]
+    if len(bad) > shown:
+        lines.append(f"        ... and {len(bad) - shown} more (--json lists them all)")
     return lines
 
 

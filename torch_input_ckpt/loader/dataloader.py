@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler
@@ -20,6 +20,7 @@ from .passes import MapBackend, MapOptions
 from .replay import ReplayBackend
 from .sampler import ResumableSampler
 from .seek import SeekBackend
+from .stats import LoaderStats, TimedBatches, WaitClock
 
 __all__ = ["ResumableDataLoader"]
 
@@ -85,9 +86,20 @@ class ResumableDataLoader(HookedDataLoader):
             one) and replaying its indices up to the position, without fetching samples.
         batch_sampler: Not supported: the loader batches itself so that it knows which samples
             each delivered batch holds.
+        on_error: ``"raise"`` (the default): an exception from a sample's fetch ends the loop, as in
+            torch. ``"skip"`` (map-style datasets with a ``batch_size``): the sample is left out of its
+            batch (which is shorter; a batch with no sample left is not delivered), logged once with its
+            key and error, recorded in the state (``"bad_samples"``) and, with one rank and a
+            :class:`ResumableSampler` over a dataset without its own order, excluded from later epochs.
+            Errors that are not a sample's fault (``MemoryError``, ``InputStateError``, connection
+            errors and timeouts, ``KeyboardInterrupt``) are raised. See the guide "Bad samples".
+        max_errors: With ``on_error="skip"``, the most bad samples one epoch may have on this rank (None:
+            no limit); one more raises :class:`~torch_input_ckpt.BadSampleError` listing them.
 
     Raises:
-        ValueError: for ``generator=`` or ``batch_sampler=``, and for everything ``DataLoader`` rejects.
+        ValueError: for ``generator=`` or ``batch_sampler=``, ``on_error="skip"`` with an
+            ``IterableDataset`` or ``batch_size=None``, a negative ``max_errors``, and for everything
+            ``DataLoader`` rejects.
     """
 
     def __init__(
@@ -112,8 +124,11 @@ class ResumableDataLoader(HookedDataLoader):
         in_order: bool = True,
         seed: int = 0,
         reseed_rng: bool | tuple[str, ...] = True,
+        on_error: Literal["raise", "skip"] = "raise",
+        max_errors: int | None = 100,
     ) -> None:
         _check_arguments(dataset, batch_size, batch_sampler, num_workers, generator, in_order, seed)
+        _check_on_error(dataset, batch_size, on_error, max_errors)
         parse_reseed_rng(reseed_rng)  # ValueError naming a bad value
         iterable = isinstance(dataset, IterableDataset)
         if sampler is None and not iterable:
@@ -136,7 +151,11 @@ class ResumableDataLoader(HookedDataLoader):
         super().__init__(dataset, shuffle=shuffle, sampler=sampler, **common)  # type: ignore[arg-type]
         self.seed = seed
         self.reseed_rng = reseed_rng
+        self.on_error = on_error
+        self.max_errors = max_errors
         self._backend: Backend = self._make_backend(iterable, common)
+        self._clock = WaitClock()
+        self._bad_reported = 0
         warm_base_seed_draw()
 
     def _make_backend(self, iterable: bool, common: dict[str, Any]) -> Backend:
@@ -151,10 +170,22 @@ class ResumableDataLoader(HookedDataLoader):
             # not, and then the hot path stays as torch's.
             tagged=not self.in_order and self.num_workers > 0,
             reseed=(self.reseed_rng or True) if resumable and self.reseed_rng is not False else False,
+            skip=self.on_error == "skip",
         )
+        backend: MapBackend
         if resumable:
-            return SeekBackend(self.dataset, self.collate_fn, options, self.sampler)  # type: ignore[arg-type]
-        return ReplayBackend(self.dataset, self.collate_fn, options, self.sampler, self.batch_sampler)
+            backend = SeekBackend(self.dataset, self.collate_fn, options, self.sampler)  # type: ignore[arg-type]
+        else:
+            backend = ReplayBackend(self.dataset, self.collate_fn, options, self.sampler, self.batch_sampler)
+        if options.skip:
+            sampler = self.sampler
+            # Exclusion lists must agree over the ranks, and a dataset with its own order has none: there the
+            # bad samples are skipped (and recorded) again in each epoch they fail.
+            excludable = isinstance(sampler, ResumableSampler) and sampler.dataset_order is None
+            exclude = sampler.exclude_after if excludable and sampler.num_replicas == 1 else None  # type: ignore[union-attr]
+            backend.bad_samples.max_errors = self.max_errors
+            backend.bad_samples.exclude = exclude
+        return backend
 
     # -- position ---------------------------------------------------------------------------------
 
@@ -218,7 +249,29 @@ class ResumableDataLoader(HookedDataLoader):
         backend = self._backend
         # A generator fixed by (seed, epoch) gives the workers reproducible base seeds.
         self.generator = worker_generator(self.seed, backend.epoch)
-        return backend.iterate(super().__iter__, in_process=self.num_workers == 0)
+        return TimedBatches(backend.iterate(super().__iter__, in_process=self.num_workers == 0), self._clock)
+
+    def stats(self) -> LoaderStats:
+        """How long the loop waited for batches since the last call (or its first batch), for your own logger.
+
+        ``wait_fraction`` is the share of the wall time between the two calls spent inside ``next()``: call it
+        every N steps and log it; near 1 the input pipeline is the bottleneck. Costs two ``perf_counter``
+        calls per batch.
+        """
+        backend = self._backend
+        recorded = backend.bad_samples.new if isinstance(backend, MapBackend) else 0
+        stats = self._clock.read(recorded - self._bad_reported)
+        self._bad_reported = recorded
+        return stats
+
+    @property
+    def bad_samples(self) -> list[tuple[int, int, str]]:
+        """Every sample skipped as bad so far (``on_error="skip"``; a resumed state's included), as
+        ``(epoch, key, "TypeName: message")`` in the order delivered."""
+        backend = self._backend
+        if not isinstance(backend, MapBackend):
+            return []
+        return [(b.epoch, b.key, b.error) for b in backend.bad_samples.records]
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -308,6 +361,19 @@ class ResumableDataLoader(HookedDataLoader):
         if isinstance(self.sampler, ResumableSampler) and saved < length:
             fix += " If data was appended, pass sampler=ResumableSampler(dataset, allow_growth=True)."
         check_same("dataset_length", saved, length, source, fix)
+
+
+def _check_on_error(dataset: Any, batch_size: int | None, on_error: Any, max_errors: Any) -> None:
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f'on_error must be "raise" or "skip" (got {on_error!r})')
+    check_int("max_errors", max_errors, minimum=0, none="set no limit")
+    if on_error == "skip" and isinstance(dataset, IterableDataset):
+        raise ValueError(
+            'on_error="skip" needs a map-style dataset: an IterableDataset yields its samples itself, so a '
+            "failing one cannot be told apart from its iterator's end (skip inside its __iter__ instead)"
+        )
+    if on_error == "skip" and batch_size is None:
+        raise ValueError('on_error="skip" needs a batch_size (got batch_size=None): a bad sample leaves its batch')
 
 
 def _check_arguments(

@@ -1,4 +1,5 @@
-"""What workers run per batch: per-sample RNG reseeding, and tags that say which batch a result is."""
+"""What workers run per batch: per-sample RNG reseeding, tags that say which batch a result is, and (with
+``on_error="skip"``) the samples whose fetch raised, carried to the main process beside the batch."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import torch
 
 from ..rng.fingerprints import prepare
 from ..rng.policy import Reseeding, parse_reseed_rng
+from .bad_samples import describe, is_sample_error
 
-__all__ = ["FetchDataset", "TaggedCollate", "TaggedKeys"]
+__all__ = ["FetchDataset", "SkippingCollate", "TaggedCollate", "TaggedKeys"]
 
 
 class TaggedKeys(list):
@@ -23,6 +25,8 @@ class TaggedKeys(list):
 
 class _TaggedSamples(list):
     number: int
+    # (key, "Type: message") of each sample whose fetch raised (skip mode only)
+    failures: tuple[tuple[int, str], ...] = ()
 
 
 class FetchDataset(torch.utils.data.Dataset):
@@ -41,9 +45,13 @@ class FetchDataset(torch.utils.data.Dataset):
         reseed: ``False``, ``True`` (find the RNGs in use) or the names of the RNGs to seed from the
             first sample (others are still found), as the loader's ``reseed_rng``.
         tagged: Keys are :class:`TaggedKeys`.
+        skip: ``on_error="skip"``: a batch whose fetch raises a sample's error (:func:`is_sample_error`) is
+            fetched again key by key (each with its own seed, so the others come out as they would have),
+            the keys that raise are left out, and the result carries them as ``failures`` for
+            :class:`SkippingCollate`. The same code runs in a worker and in the main process.
     """
 
-    def __init__(self, dataset: Any, *, reseed: bool | Sequence[str], tagged: bool) -> None:
+    def __init__(self, dataset: Any, *, reseed: bool | Sequence[str], tagged: bool, skip: bool = False) -> None:
         self.dataset = dataset
         # The dataset's batched read (ShardedStream, Mixture, ...): used whenever no sample is seeded.
         self._getitems = getattr(dataset, "__getitems__", None)
@@ -53,6 +61,7 @@ class FetchDataset(torch.utils.data.Dataset):
         if declared is not None:
             prepare()
         self.tagged = tagged
+        self.skip = skip
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -66,26 +75,56 @@ class FetchDataset(torch.utils.data.Dataset):
         return self.reseeding.fetch(self.dataset, [index], [seed])[0]
 
     def __getitems__(self, keys: Sequence[Any]) -> list[Any]:
+        if self.skip:
+            samples, failures = self._fetch_skipping(keys)
+        else:
+            samples, failures = self._fetch(keys), ()
+        if not self.tagged and not self.skip:
+            return samples
+        tagged = _TaggedSamples(samples)
+        tagged.number = keys.number if self.tagged else -1  # type: ignore[attr-defined]
+        tagged.failures = failures
+        return tagged
+
+    def _fetch(self, keys: Sequence[Any]) -> list[Any]:
         reseeding = self.reseeding
         if reseeding is not None:
             # Type checks, not getattr: a missing attribute costs an exception, and this runs per batch.
             getitems = self._getitems
             if type(keys) is TaggedKeys:
-                samples = reseeding.fetch(self.dataset, keys, keys.seeds, getitems)
-            elif keys and type(keys[0]) is tuple:  # keys of (index, seed) pairs
+                return reseeding.fetch(self.dataset, keys, keys.seeds, getitems)
+            if keys and type(keys[0]) is tuple:  # keys of (index, seed) pairs
                 pairs = [k[1] for k in keys]
-                samples = reseeding.fetch(self.dataset, [k[0] for k in keys], pairs, getitems)
-            else:  # without seeds: in process, with no RNG to seed (Reseeding.wants_seeds)
-                samples = reseeding.fetch(self.dataset, keys, None, getitems)
-        elif self._getitems is not None:
-            samples = self._getitems(list(keys))
-        else:
-            samples = [self.dataset[index] for index in keys]
-        if not self.tagged:
-            return samples
-        tagged = _TaggedSamples(samples)
-        tagged.number = keys.number  # type: ignore[attr-defined]
-        return tagged
+                return reseeding.fetch(self.dataset, [k[0] for k in keys], pairs, getitems)
+            # without seeds: in process, with no RNG to seed (Reseeding.wants_seeds)
+            return reseeding.fetch(self.dataset, keys, None, getitems)
+        if self._getitems is not None:
+            return self._getitems(list(keys))
+        return [self.dataset[index] for index in keys]
+
+    def _fetch_skipping(self, keys: Sequence[Any]) -> tuple[list[Any], tuple[tuple[int, str], ...]]:
+        """The batch's samples, less those whose fetch raised a sample's error, and those keys with their errors.
+
+        The batch is fetched whole first (a dataset's ``__getitems__`` may read it at once); only a batch
+        that raised is fetched again key by key, to find which samples are bad.
+        """
+        try:
+            return self._fetch(keys), ()
+        except Exception as error:
+            if not is_sample_error(error):
+                raise
+        samples: list[Any] = []
+        failures: list[tuple[int, str]] = []
+        for i in range(len(keys)):
+            single = _one_key(keys, i)
+            try:
+                samples.extend(self._fetch(single))
+            except Exception as error:
+                if not is_sample_error(error):
+                    raise
+                key = keys[i]
+                failures.append((key[0] if type(key) is tuple else int(key), describe(error)))
+        return samples, tuple(failures)
 
     def reseeded_rngs(self) -> list[str]:
         """The RNGs seeded before every sample so far, here or in the workers (sorted; [] without reseed)."""
@@ -100,6 +139,31 @@ class FetchDataset(torch.utils.data.Dataset):
         """Main process, once per delivered batch: take in (and warn for) what the workers found."""
         if self.reseeding is not None:
             self.reseeding.poll()
+
+
+def _one_key(keys: Sequence[Any], i: int) -> list[Any]:
+    """The ``i``-th key of a batch as a batch of one, with its seed when the batch carries seeds."""
+    if type(keys) is not TaggedKeys:
+        return [keys[i]]
+    single = TaggedKeys([keys[i]])
+    single.number = keys.number
+    single.seeds = None if keys.seeds is None else keys.seeds.part(i, 1)
+    return single
+
+
+class SkippingCollate:
+    """Collate with the user's function, returning ``(batch number or -1, failures, samples, batch)``: the keys
+    whose fetch raised (with their errors) travel beside the batch, so that the main process records them
+    when the batch is *delivered*, not when a worker fetched it ahead. A batch whose samples all failed is
+    not collated (``batch`` None, ``samples`` 0). A tuple survives pin-memory threads unchanged."""
+
+    def __init__(self, collate_fn: Callable[[Any], Any]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, samples: _TaggedSamples) -> tuple[int, tuple[tuple[int, str], ...], int, Any]:
+        count = len(samples)
+        batch = self.collate_fn(list(samples)) if count else None
+        return samples.number, samples.failures, count, batch
 
 
 class TaggedCollate:

@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import BadSampleError
 from ..order.cursor import Ledger
-from ..state.schema import Ahead, Key, field
-from .fetch import FetchDataset, TaggedCollate, TaggedKeys
+from ..state.schema import Ahead, BadSample, Key, field
+from .bad_samples import BadSampleLog
+from .fetch import FetchDataset, SkippingCollate, TaggedCollate, TaggedKeys
 
 __all__ = ["DeliveredBatches", "KeyBatches", "MapBackend", "MapOptions", "MapPass"]
 
@@ -32,12 +34,15 @@ class MapOptions:
         tagged: Batches may arrive out of order (``in_order=False`` with workers): tag each with its number.
         reseed: Reseed each sample's RNGs from its key's seed: False, True (the RNGs found in use) or the
             names of the RNGs declared (see ``rng/policy.py``).
+        skip: ``on_error="skip"``: samples whose fetch raises are left out of their batch and reported
+            beside it (``loader/bad_samples.py``).
     """
 
     batch_size: int | None
     drop_last: bool
     tagged: bool
     reseed: bool | tuple[str, ...]
+    skip: bool = False
 
     @property
     def unit(self) -> int:
@@ -71,11 +76,15 @@ class MapBackend(ABC):
         self.options = options
         self._keys = KeyBatches(self)
         self._worker_dataset = (
-            FetchDataset(dataset, reseed=options.reseed, tagged=options.tagged)
-            if options.reseed or options.tagged
+            FetchDataset(dataset, reseed=options.reseed, tagged=options.tagged, skip=options.skip)
+            if options.reseed or options.tagged or options.skip
             else None
         )
-        self._worker_collate = TaggedCollate(collate_fn) if options.tagged else collate_fn
+        self._worker_collate: Callable[[Any], Any] = (
+            SkippingCollate(collate_fn) if options.skip else TaggedCollate(collate_fn) if options.tagged else collate_fn
+        )
+        # Samples skipped so far (kept, and saved, also by a loader that raises: a resumed state's list).
+        self.bad_samples = BadSampleLog(None, None)
         # Batches delivered out of order beyond the committed position, and the generation they belong to.
         self._ahead: tuple[int, Ahead] = (0, Ahead())
         # Handed over while torch's iterator is built (it then asks KeyBatches for keys), and only then,
@@ -165,8 +174,14 @@ class MapBackend(ABC):
         # No workers, nothing to poll: the fetch in this process warns itself.
         return DeliveredBatches(self, run, batches, None if in_process else self.poll_workers)
 
-    def delivered(self, run: MapPass, number: int | None) -> None:
-        """Record that batch ``number`` (None: the next in order) reached the caller."""
+    def delivered(self, run: MapPass, number: int | None, failures: Any = ()) -> None:
+        """Record that batch ``number`` (None: the next in order) reached the caller, less the samples in
+        ``failures`` (``(key, error)`` pairs, skip mode), which are then recorded as bad.
+
+        Raises:
+            BadSampleError: past ``max_errors``, before anything is recorded (the batch does not count).
+        """
+        new = self.bad_samples.check(run.epoch, failures) if failures else None
         ledger = run.ledger
         if self.batches_total is not None:
             self.batches_total += 1
@@ -176,6 +191,8 @@ class MapBackend(ABC):
         self.commit(run, prefix)
         if ledger.holes or self._ahead[1].end:
             self._ahead = (run.generation, ledger.ahead())
+        if new:
+            self.bad_samples.record(new)
 
     # -- state -------------------------------------------------------------------------------------------
 
@@ -185,11 +202,19 @@ class MapBackend(ABC):
 
     def common_state(self) -> dict[str, Any]:
         total = {} if self.batches_total is None else {Key.BATCHES_TOTAL: self.batches_total}
-        return {Key.DATASET_LENGTH: len(self.dataset), Key.AHEAD: self.ahead().to_dict(), **total}
+        bad = self.bad_samples.state()
+        return {
+            Key.DATASET_LENGTH: len(self.dataset),
+            Key.AHEAD: self.ahead().to_dict(),
+            **total,
+            **({Key.BAD_SAMPLES: bad} if bad else {}),
+        }
 
     def load_ahead(self, state: Any, source: str) -> Ahead:
-        """The saved ``ahead`` (and, on the way, the saved batch count, which provenance reads)."""
+        """The saved ``ahead`` (and, on the way, the saved batch count, which provenance reads, and the bad
+        samples recorded so far)."""
         ahead = Ahead.from_dict(field(state, Key.AHEAD, dict, source), source)
+        self.bad_samples.load(BadSample.list_from_state(state, source))
         total = state.get(Key.BATCHES_TOTAL)
         self.batches_total = None if total is None else field(state, Key.BATCHES_TOTAL, int, source, low=0)
         return ahead
@@ -208,8 +233,11 @@ class DeliveredBatches:
         self._run = run
         self._batches = batches
         self._tagged = backend.options.tagged
+        self._skip = backend.options.skip
         # Workers report RNGs they found drawn from without a seed; the main process warns for them.
         self._poll = poll
+        # Set when max_errors was exceeded: the pass ends with that error (its ledger would miscount after).
+        self._error: BadSampleError | None = None
 
     def __iter__(self) -> DeliveredBatches:
         return self
@@ -218,6 +246,8 @@ class DeliveredBatches:
         return len(self._batches)  # type: ignore[arg-type]
 
     def __next__(self) -> Any:
+        if self._skip:
+            return self._next_skipping()
         try:
             item = next(self._batches)
         except StopIteration:
@@ -231,6 +261,27 @@ class DeliveredBatches:
         number, batch = item
         self._backend.delivered(self._run, number)
         return batch
+
+    def _next_skipping(self) -> Any:
+        """Skip mode: batches arrive as ``(number, failures, samples, batch)`` (``fetch.SkippingCollate``); a
+        batch whose samples all failed counts as delivered but is not handed over (the next one is)."""
+        if self._error is not None:
+            raise self._error
+        while True:
+            try:
+                number, failures, count, batch = next(self._batches)
+            except StopIteration:
+                self._backend.finished(self._run)
+                raise
+            if self._poll is not None:
+                self._poll()
+            try:
+                self._backend.delivered(self._run, number if self._tagged else None, failures)
+            except BadSampleError as error:
+                self._error = error
+                raise
+            if count:
+                return batch
 
 
 class KeyBatches:

@@ -206,6 +206,14 @@ class ResumableSampler(Sampler[int]):
         first = epoch if cursor == 0 else epoch + 1
         self._exclusions = self._exclusions.added(list(indices), first, self.length)
 
+    def exclude_after(self, indices: Any, epoch: int) -> None:
+        """Leave these indices out from epoch ``epoch + 1`` on (the loader's bad samples of ``epoch``): unlike
+        :meth:`exclude`, the first epoch does not depend on the position, which a batch delivered out of
+        order may not have moved yet."""
+        if self._dataset_order is not None:
+            raise ValueError("exclude() is not supported for a dataset with its own epoch order (a Mixture)")
+        self._exclusions = self._exclusions.added(list(indices), epoch + 1, self.length)
+
     def __len__(self) -> int:
         """Samples this rank takes in a whole epoch, as ``DistributedSampler.num_samples``."""
         return self.rank_count(0)

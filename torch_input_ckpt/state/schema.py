@@ -29,7 +29,9 @@ __all__ = [
     "SAMPLER_KIND",
     "SAMPLER_RANGES_VERSION",
     "STREAM_KIND",
+    "MAX_BAD_SAMPLES",
     "Ahead",
+    "BadSample",
     "Key",
     "LoaderHeader",
     "Position",
@@ -66,6 +68,10 @@ MIXTURE_KIND = "Mixture"
 MAX_LENGTH = 2**62
 MAX_EPOCH = 2**62
 MAX_WORLD_SIZE = 2**20
+# Bad samples one loader state records (all epochs), and the characters kept of each one's error text: at
+# most ~25 MB in a file (files.MAX_FILE_BYTES is 64 MiB). Past the count the loader raises instead.
+MAX_BAD_SAMPLES = 100_000
+MAX_ERROR_TEXT = 200
 
 
 class Key:
@@ -96,6 +102,8 @@ class Key:
     SAMPLER = "sampler"
     BATCHES_DELIVERED = "batches_delivered"
     EXTERNAL = "external"
+    # Samples whose fetch raised and were skipped (on_error="skip"): [[epoch, key, "Type: message"], ...]
+    BAD_SAMPLES = "bad_samples"
     # ResumableDataLoader over an IterableDataset
     INNER = "inner"
     WORLD_SIZE = "world_size"
@@ -408,6 +416,59 @@ class Ahead:
 
 
 @dataclass(frozen=True, slots=True)
+class BadSample:
+    """A sample whose fetch raised and that the loader skipped (``on_error="skip"``).
+
+    Saved in a loader state as ``[epoch, key, error]`` under ``"bad_samples"`` (absent when there is none),
+    in the order the batches holding them were delivered.
+
+    Attributes:
+        epoch: The epoch whose batch held it.
+        key: The sampler's key: the dataset index (for a ``Mixture`` or ``ShardedStream``, its own key).
+        error: ``"TypeName: message"``, cut to :data:`MAX_ERROR_TEXT` characters.
+    """
+
+    epoch: int
+    key: int
+    error: str
+
+    def to_list(self) -> list[Any]:
+        return [self.epoch, self.key, self.error]
+
+    @classmethod
+    def list_from_state(cls, state: Mapping[str, Any], source: str) -> list[BadSample]:
+        """The ``"bad_samples"`` entry of a loader state ([] when absent).
+
+        Raises:
+            InputStateError: for a malformed entry or more than :data:`MAX_BAD_SAMPLES` of them.
+        """
+        if Key.BAD_SAMPLES not in state:
+            return []
+        entries = field(state, Key.BAD_SAMPLES, list, source)
+        where = f"{source}: {Key.BAD_SAMPLES}"
+        if len(entries) > MAX_BAD_SAMPLES:
+            raise InputStateError(f"{where} holds {len(entries)} entries; expected at most {MAX_BAD_SAMPLES}")
+        result = []
+        for entry in entries:
+            if not (
+                isinstance(entry, list)
+                and len(entry) == 3
+                and type(entry[0]) is int
+                and 0 <= entry[0] <= MAX_EPOCH
+                and type(entry[1]) is int
+                and 0 <= entry[1] <= MAX_LENGTH
+                and isinstance(entry[2], str)
+                and len(entry[2]) <= MAX_ERROR_TEXT
+            ):
+                raise InputStateError(
+                    f"{where}: {short(entry)} should be [epoch, key, error] (two ints >= 0 and a string of at "
+                    f"most {MAX_ERROR_TEXT} characters)"
+                )
+            result.append(cls(*entry))
+        return result
+
+
+@dataclass(frozen=True, slots=True)
 class LoaderHeader:
     """The entries every :class:`~torch_input_ckpt.ResumableDataLoader` state has, whatever its backend.
 
@@ -484,6 +545,7 @@ def validate(state: Any, source: str) -> None:
             return
         field(state, Key.DATASET_LENGTH, int, source, low=1, high=MAX_LENGTH)
         Ahead.from_dict(field(state, Key.AHEAD, dict, source), source)
+        BadSample.list_from_state(state, source)
         if header.sampler_kind == SAMPLER_KIND:
             SamplerState.from_dict(field(state, Key.SAMPLER, dict, source), f"{source}: {Key.SAMPLER}")
         else:
