@@ -16,7 +16,7 @@ from .errors import (
 )
 from .loader.dataloader import ResumableDataLoader
 from .loader.sampler import ResumableSampler
-from .mixture.mixture import Mixture, Origin
+from .mixture.mixture import Mixture, Origin, Sourced
 from .order.dataset_order import DatasetOrder
 from .provenance.history import samples_at, steps_of_sample
 from .stream.dataset import ShardedStream
@@ -35,6 +35,7 @@ __all__ = [
     "ResumableSampler",
     "Shard",
     "ShardedStream",
+    "Sourced",
     "Stateful",
     "UnseededDrawWarning",
     "UnsupportedVersionError",
