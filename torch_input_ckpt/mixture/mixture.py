@@ -46,7 +46,9 @@ class Sourced(NamedTuple):
     """An item with the name of the source it came from (``Mixture(..., with_origin=True)``).
 
     A named tuple, so that torch's default collate keeps it: a batch is ``Sourced(item=<the items
-    collated as usual>, source=[names])``, and ``items, sources = batch`` unpacks it.
+    collated as usual>, source=(names...))`` (the default collate keeps strings as a sequence of them), and
+    ``items, sources = batch`` unpacks it. A dict would collide with items that are dicts themselves; a
+    named tuple wraps any item and is one field access away from it.
     """
 
     item: Any
