@@ -8,16 +8,19 @@ Source names are never sorted (web, code, math, books); books has one item."""
 from __future__ import annotations
 
 import json
+import os
 import runpy
 from collections import Counter
 from fractions import Fraction
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, Mixture, ResumableDataLoader, Sourced
 from torch_input_ckpt.provenance.history import Provenance
-from torch_input_ckpt.testing import assert_equal_output_after_checkpoint
+from torch_input_ckpt.testing import assert_equal_output_after_checkpoint, roundtrip_state
 
 from tests.support.examples import EXAMPLES, run_fresh, run_here
 from tests.support.provenance_runs import run as run_ranks
@@ -276,3 +279,62 @@ def test_a_malformed_saved_schedule_is_refused_naming_the_entry(tmp_path):
     order["schedule"][1] = {"from_sample": 52, "weights": {"web": 1}}
     with pytest.raises(InputStateError, match=r"schedule\[1\]: weights names \['web'\]"):
         make_loader().load_state_dict(state)
+
+
+# make test: a few examples from a fixed seed; make fuzz: HYPOTHESIS_FUZZ_EXAMPLES of them, from fresh seeds.
+FUZZ_EXAMPLES = os.environ.get("HYPOTHESIS_FUZZ_EXAMPLES")
+FUZZ = settings(
+    max_examples=int(FUZZ_EXAMPLES) if FUZZ_EXAMPLES else 25,
+    derandomize=not FUZZ_EXAMPLES,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+NAMES = tuple(LENGTHS)  # web, code, math, books: not sorted
+
+
+@st.composite
+def schedules(draw):
+    lengths = {name: draw(st.integers(1, 6)) for name in NAMES}  # a source of length 1 is likely
+    total = draw(st.integers(3, 17))
+    weights = st.lists(st.integers(0, 3), min_size=4, max_size=4).filter(any)  # 0 in a piece is likely
+    starts = sorted(draw(st.sets(st.integers(1, 3 * total - 1), max_size=3)))
+    schedule = [(start, dict(zip(NAMES, draw(weights), strict=True))) for start in [0, *starts]]
+    return lengths, total, schedule, draw(st.integers(0, 3 * total)), draw(st.integers(1, 4))
+
+
+@pytest.mark.fuzz
+@FUZZ
+@given(schedules())
+def test_random_schedules_are_exact_once_per_source_epoch_and_resume_anywhere(case):
+    lengths, total, schedule, stop, batch = case
+
+    def make():
+        mix = Mixture(
+            {name: [(name, i) for i in range(n)] for name, n in lengths.items()},
+            schedule=schedule,
+            samples_per_epoch=total,
+        )
+        return ResumableDataLoader(mix, batch_size=batch, shuffle=True, seed=11, collate_fn=list)
+
+    loader = make()
+    run = delivered(loader, 3)
+    for epoch, items in enumerate(run):
+        for start, end, counts in expected_pieces(schedule, epoch, total):
+            got = Counter(name for name, _ in items[start:end])
+            assert {name: got[name] for name in NAMES} == counts, f"epoch {epoch}, positions {start}..{end}"
+    flat = [item for items in run for item in items]
+    check_exactly_once_per_source_epoch(flat, lengths)
+    # Stop after `stop` samples (rounded down to a batch of its epoch), resume through the file.
+    epoch, within = divmod(stop, total)
+    if epoch < 3:
+        first = make()
+        for _ in range(epoch):
+            list(first)
+        batches = iter(first)
+        taken = [item for _ in range(within // batch) for item in next(batches)]
+        state = roundtrip_state(first.state_dict())
+        second = make()
+        second.load_state_dict(state)
+        rest = [item for b in second for item in b] + [item for _ in range(2 - epoch) for b in second for item in b]
+        assert taken + rest == flat[epoch * total :]
