@@ -108,21 +108,27 @@ def resume_plan(saved: Plan, now: Configuration, at: ResumePoint, source: str) -
     if same_layout:
         # Only lengths changed: the layout and the anchor stay, the cursors move to the resume point.
         return replace(saved, cursors=tuple(moved[name][1] for name in saved.names), retired=pool)
-    why, rounding = _why(replace(saved, weights=saved_rest[0]), replace(now, weights=now_rest[0]))
-    if _rest_shares(saved.names, *saved_rest)[1] != _rest_shares(now.names, *now_rest)[1]:
-        why = f"{why}; the schedule after this point changed to {_readable(now.names, now_rest[1])}"
+    _log_new_plan(replace(saved, weights=saved_rest[0], schedule=saved_rest[1]), now, now_rest, (epoch, cursor), source)
+    bases = tuple(moved[name][0] for name in now.names)
+    cursors = tuple(moved[name][1] for name in now.names)
+    return Plan(now.total, now.names, now_rest[0], epoch, cursor, bases, cursors, pool, schedule=now_rest[1])
+
+
+def _log_new_plan(
+    saved: Plan, now: Configuration, rest: tuple[Weights, tuple[Change, ...]], at: tuple[int, int], source: str
+) -> None:
+    """Log why a new plan starts at ``at``; ``saved`` and ``rest`` are the saved and the new weights from there."""
+    why, rounding = _why(saved, replace(now, weights=rest[0]))
+    if _rest_shares(saved.names, saved.weights, saved.schedule)[1] != _rest_shares(now.names, *rest)[1]:
+        why = f"{why}; the schedule after this point changed to {_readable(now.names, rest[1])}"
     # A difference of float rounding alone is most likely not meant: said louder than a deliberate change.
     _log.log(
         logging.WARNING if rounding else logging.INFO,
         "%s: the mixture's plan is new from epoch %d, position %d: %s",
         source,
-        epoch,
-        cursor,
+        *at,
         why,
     )
-    bases = tuple(moved[name][0] for name in now.names)
-    cursors = tuple(moved[name][1] for name in now.names)
-    return Plan(now.total, now.names, now_rest[0], epoch, cursor, bases, cursors, pool, schedule=now_rest[1])
 
 
 def _after(schedule: tuple[Change, ...], sample: int) -> tuple[Change, ...]:
