@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from torch_input_ckpt import InputCheckpointer, InputStateError, Mixture, ResumableDataLoader, Sourced
+from torch_input_ckpt.mixture.sources import SourceCursor, SourceTable, source_seed
 from torch_input_ckpt.provenance.history import Provenance
 from torch_input_ckpt.testing import assert_equal_output_after_checkpoint, roundtrip_state
 
@@ -95,15 +96,30 @@ def check_exactly_once_per_source_epoch(items: list[tuple[str, int]], lengths=LE
                 assert not missing, f"{name}, source epoch {at // n}: missing {missing}"
 
 
+def source_items(name: str, first: int, count: int) -> Counter:
+    """Source ``name``'s samples number ``first .. first + count - 1`` over the run: its own permutation of each
+    source epoch (the mixture's within-source order, at the loader's seed), whatever the weights."""
+    table = SourceTable([source_seed(5, name)], [SourceCursor.fresh(LENGTHS[name])])
+    g = torch.arange(first, first + count, dtype=torch.int64)
+    _, indices = table.locate(torch.zeros_like(g), g)
+    return Counter((name, i) for i in indices.tolist())
+
+
 def test_each_piece_has_its_exact_counts_and_each_source_is_exactly_once_across_changes():
     loader = make_loader()
     run = delivered(loader)
+    taken = dict.fromkeys(LENGTHS, 0)  # per source, its samples delivered before the piece (from the counts alone)
     for epoch, items in enumerate(run):
         want = expected_pieces(SCHEDULE, epoch)
         assert loader.dataset.pieces(epoch) == want
         for start, end, counts in want:
             got = Counter(name for name, _ in items[start:end])
             assert {name: got[name] for name in LENGTHS} == counts, f"epoch {epoch}, positions {start}..{end}"
+            # Each source continues from its exact cursor: the piece holds its next samples, no other.
+            for name, n in counts.items():
+                mine = Counter(item for item in items[start:end] if item[0] == name)
+                assert mine == source_items(name, taken[name], n), f"{name}, epoch {epoch}, piece at {start}"
+                taken[name] += n
     assert len(expected_pieces(SCHEDULE, 0)) == 2 and len(expected_pieces(SCHEDULE, 2)) == 2
     check_exactly_once_per_source_epoch([item for items in run for item in items])
 
