@@ -215,6 +215,15 @@ def test_samples_across_changes_after_2_to_3_ranks(tmp_path):
         assert not want - by_epoch[epoch], f"epoch {epoch}: missing {want - by_epoch[epoch]}"
         assert sum((by_epoch[epoch] - want).values()) <= 2, f"epoch {epoch}: more than the padding repeats"
     assert sum((by_epoch[0] - Counter(reference[0])).values()) == 0  # 2 ranks divide 26: no padding
+    # inspect's configuration: the counts of the weights in force at the newest checkpoint (step 20: sample 94,
+    # after the last change), and no change ahead.
+    configuration = provenance.configuration()
+    assert (
+        configuration["mixture_sources"]
+        == hamilton(SCHEDULE[-1][1], TOTAL)
+        == {"web": 0, "code": 0, "math": 13, "books": 13}
+    )
+    assert configuration["mixture_schedule"] is None
 
 
 @pytest.mark.slow

@@ -139,6 +139,10 @@ class Plan:
             weights = changed
         return weights
 
+    def counts_at(self, sample: int) -> list[int]:
+        """Per present source, its samples in a whole epoch with the weights in force at global ``sample``."""
+        return largest_remainder(integer_weights(self.weights_at(sample)), self.total)
+
     def _spans(self, end: int) -> list[tuple[int, int, Weights]]:
         """The runs ``[lo, hi)`` of global samples from the anchor to ``end`` with constant weights."""
         cuts = [(self.anchor_sample, self.weights), *((s, w) for s, w in self.schedule if s < end)]
@@ -221,10 +225,11 @@ class Plan:
             Key.MIXTURE_ORDER: list(self.names),
             Key.MIXTURE_SOURCES: sources,
             Key.MIXTURE_RETIRED: retired,
-            **self._schedule_state(),
+            **self.schedule_state(),
         }
 
-    def _schedule_state(self) -> dict[str, Any]:
+    def schedule_state(self) -> dict[str, Any]:
+        """The schedule's changes ahead as the state holds them (``{}`` without any)."""
         if not self.schedule:
             return {}  # the state of a mixture without a schedule is as before schedules
         return {
