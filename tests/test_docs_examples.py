@@ -31,6 +31,7 @@ RUN_BY = {
     "examples/rng_objects.py": "test_rng_objects_follow_the_sample",
     "examples/provenance.py": "test_provenance_example_computes_the_steps_and_skips_them",
     "examples/mixture_quickstart.py": "test_mixture_quickstart_resumes_from_the_file_in_a_fresh_process",
+    "examples/mixture_schedule.py": "test_a_fresh_process_resumes_the_example_exactly_at_a_change",
     "examples/stream_quickstart.py": "test_stream_quickstart_resumes_from_the_file_in_a_fresh_process_with_workers",
     "examples/testing_own_dataset.py": "test_testing_example_passes_the_reseeded_dataset_and_catches_its_own_generator",
     "examples/bad_samples.py": "test_bad_samples_example_resumes_in_a_fresh_process",

@@ -18,7 +18,7 @@ from .errors import (
 from .loader.dataloader import ResumableDataLoader
 from .loader.sampler import ResumableSampler
 from .loader.stats import LoaderStats
-from .mixture.mixture import Mixture, Origin
+from .mixture.mixture import Mixture, Origin, Sourced
 from .order.dataset_order import DatasetOrder
 from .provenance.history import samples_at, steps_of_sample
 from .stream.dataset import ShardedStream
@@ -39,6 +39,7 @@ __all__ = [
     "ResumableSampler",
     "Shard",
     "ShardedStream",
+    "Sourced",
     "Stateful",
     "UnseededDrawWarning",
     "UnsupportedVersionError",

@@ -164,6 +164,8 @@ def _configuration_lines(described: dict[str, Any] | None) -> list[str]:
     d = described
     sources = d["mixture_sources"]
     data = f"mixture {sources}" if sources else f"dataset length {d['dataset_length']}"
+    if d.get("mixture_schedule"):
+        data += f" (schedule ahead: {[(c['from_sample'], c['weights']) for c in d['mixture_schedule']]})"
     bps = d["batches_per_step"] if d["batches_per_step"] is not None else "? (not recorded yet)"
     lines = [
         f"      configuration: seed {d['seed']}, shuffle {d['shuffle']} ({d['order']}), world size {d['world_size']}, "

@@ -7,7 +7,10 @@ Guarantees (docs/guides/mixtures.md has the full table):
 - every source epoch is a permutation of that source: exactly once per source epoch, whatever the
   weights, across mixture epochs and across the changes on resume that ``mixture/resume.py`` accepts;
 - the order is computed, so the state is O(#sources) integers and a resume is a seek; resharding,
-  workers and per-sample reseeding are the :class:`~torch_input_ckpt.ResumableSampler`'s.
+  workers and per-sample reseeding are the :class:`~torch_input_ckpt.ResumableSampler`'s;
+- a weight schedule changes the weights at declared global sample numbers (``epoch * samples_per_epoch +
+  position``): each piece of an epoch between changes has exact counts, and every source continues from its
+  exact next sample across a change (``mixture/plan.py``).
 
 Limits: positions are shared by all ranks, so under several ranks the padding that
 ``DistributedSampler``'s rule adds at the end of a mixture epoch repeats a few samples, as for any
@@ -21,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import Dataset
@@ -29,11 +32,27 @@ from torch.utils.data import Dataset
 from ..base.arguments import check_int
 from ..errors import InputStateError
 from ..order.dataset_order import has_own_order
-from .plan import EpochOrder, Plan
+from .plan import Change, EpochOrder, Plan
 from .resume import Configuration, ResumePoint, check_source_orders, resume_plan
 from .sources import SourceOrder
 
-__all__ = ["Mixture", "Origin"]
+__all__ = ["Mixture", "Origin", "Sourced"]
+
+# A weight schedule as given: (the global sample the weights take effect at, name -> weight), ascending.
+Schedule = Sequence[tuple[int, Mapping[str, float]]]
+
+
+class Sourced(NamedTuple):
+    """An item with the name of the source it came from (``Mixture(..., with_origin=True)``).
+
+    A named tuple, so that torch's default collate keeps it: a batch is ``Sourced(item=<the items
+    collated as usual>, source=(names...))`` (the default collate keeps strings as a sequence of them), and
+    ``items, sources = batch`` unpacks it. A dict would collide with items that are dicts themselves; a
+    named tuple wraps any item and is one field access away from it.
+    """
+
+    item: Any
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,28 +77,43 @@ class Mixture(Dataset):
             the place, identifies a source in the saved state. A dataset with its own order (a
             :class:`~torch_input_ckpt.ShardedStream`) keeps it: its source epoch ``e`` is its epoch ``e``,
             read forward as alone; it may not grow, even with ``allow_growth``.
-        weights: Name -> non-negative number, one per source (normalised; at least one > 0).
+        weights: Name -> non-negative number, one per source (normalised; at least one > 0): the weights
+            from the run's first sample. None when ``schedule`` starts at sample 0.
         samples_per_epoch: Samples per mixture epoch; default the sum of the sources' lengths.
         allow_growth: Accept, on resume, a source longer than when the state was saved (data appended):
             its current source epoch finishes over the old length. Off by default, since a changed
             length usually means the wrong dataset.
+        schedule: Weight changes over the run: ``[(from_sample, weights), ...]``, ascending, each ``weights``
+            naming every source (0 allowed, one > 0) and in force from the run's global sample ``from_sample``
+            (``epoch * samples_per_epoch + position``, all ranks together) to the next change. The first may
+            be at 0 (then ``weights`` is None). On resume, the schedule given replaces the rest of the saved
+            one from the resume point on.
+        with_origin: Deliver each item as ``Sourced(item, source_name)`` (for a per-source loss).
 
     Raises:
         ValueError: for an empty or unsized source, weights that do not name exactly the sources or are
-            negative, not finite or all 0, or ``samples_per_epoch < 1``.
+            negative, not finite or all 0, a schedule not ascending or with an entry at 0 beside ``weights``,
+            or ``samples_per_epoch < 1``.
     """
 
     def __init__(
         self,
         sources: Mapping[str, Any],
-        weights: Mapping[str, float],
+        weights: Mapping[str, float] | None = None,
         *,
         samples_per_epoch: int | None = None,
         allow_growth: bool = False,
+        schedule: Schedule = (),
+        with_origin: bool = False,
     ) -> None:
+        weights, changes = _check_schedule(sources, weights, schedule)
         _check_sources(sources, weights)
+        for _, later in changes:
+            _check_sources(sources, later)
         self.sources = dict(sources)
         self._weights = dict(weights)
+        self._changes = changes
+        self.with_origin = with_origin
         self._in_order(tuple(sources))
         total = sum(self.lengths) if samples_per_epoch is None else samples_per_epoch
         check_int("samples_per_epoch", total, minimum=1)
@@ -87,7 +121,8 @@ class Mixture(Dataset):
         self.allow_growth = allow_growth
         # Sources with their own order (a ShardedStream) keep it: their source epoch e is their epoch e.
         self._own = {name: dataset for name, dataset in self.sources.items() if has_own_order(dataset)}
-        self._plan = self._with_orders(Plan.fresh(total, self.names, self.weights, self.lengths), {})
+        fresh = Plan.fresh(total, self.names, self.weights, self.lengths, self.schedule)
+        self._plan = self._with_orders(fresh, {})
         self._order: tuple[tuple[int, int, bool], EpochOrder] | None = None
 
     def _with_orders(self, plan: Plan, saved: Mapping[str, Mapping[str, Any]]) -> Plan:
@@ -100,6 +135,9 @@ class Mixture(Dataset):
         """Number the sources in this order (a key's source is its place in ``names``)."""
         self.names = names
         self.weights = tuple(self._weights[name] for name in names)
+        self.schedule: tuple[Change, ...] = tuple(
+            (start, tuple(later[name] for name in names)) for start, later in self._changes
+        )
         self.lengths = tuple(len(self.sources[name]) for name in names)
         self._getters = [self.sources[name].__getitem__ for name in names]
         # A source that fetches a batch at once (a ShardedStream reads a .npy shard's rows in one index).
@@ -129,11 +167,19 @@ class Mixture(Dataset):
     def __getitem__(self, key: int) -> Any:
         """The item a key refers to (the source's own item)."""
         name, index = self.locate_key(key)
+        if self.with_origin:
+            return Sourced(self.sources[name][index], name)
         return self.sources[name][index]
 
     def __getitems__(self, keys: Sequence[int]) -> list[Any]:
         """Fetch a batch (torch's fetcher calls this): one division routes a key to its source; the keys of a
         source that fetches batches (``__getitems__``) go to it together, in delivery order."""
+        if self.with_origin:
+            names, count = self.names, len(self.names)
+            return [Sourced(item, names[key % count]) for item, key in zip(self._fetch(keys), keys, strict=True)]
+        return self._fetch(keys)
+
+    def _fetch(self, keys: Sequence[int]) -> list[Any]:
         getters, count = self._getters, len(self._getters)
         if not any(self._batch_getters):
             return [getters[key % count](key // count) for key in keys]
@@ -195,7 +241,13 @@ class Mixture(Dataset):
         position = ResumePoint(seed, shuffle, epoch, cursor)
         check_source_orders(saved, self._own, self.sources, position, source)
         now = Configuration(
-            self.samples_per_epoch, self.names, self.weights, self.lengths, self.allow_growth, frozenset(self._own)
+            self.samples_per_epoch,
+            self.names,
+            self.weights,
+            self.lengths,
+            self.allow_growth,
+            frozenset(self._own),
+            self.schedule,
         )
         self._plan = self._with_orders(resume_plan(saved, now, position, source), saved.orders)
         self._in_order(self._plan.names)
@@ -216,8 +268,8 @@ class Mixture(Dataset):
         now = (at[0] + 1, 0) if at[1] >= plan.total else at
         nexts = plan.consumed(seed, shuffle, *now) if now >= (plan.anchor_epoch, plan.anchor_position) else plan.bases
         cursors = tuple(c.advance(g) for g, c in zip(nexts, plan.cursors, strict=True))
-        self._plan = Plan(
-            plan.total, plan.names, plan.weights, target[0], target[1], tuple(nexts), cursors, plan.retired, plan.orders
+        self._plan = replace(
+            plan, anchor_epoch=target[0], anchor_position=target[1], bases=tuple(nexts), cursors=cursors
         )
         self._order = None
 
@@ -241,8 +293,39 @@ class Mixture(Dataset):
         ]
 
     def counts(self) -> dict[str, int]:
-        """Samples of each source in a whole mixture epoch (exact; they sum to ``samples_per_epoch``)."""
+        """Samples of each source in a whole mixture epoch (exact; they sum to ``samples_per_epoch``), with the
+        weights in force at the plan's anchor (see :meth:`pieces` for an epoch a schedule cuts)."""
         return dict(zip(self.names, self._plan.counts, strict=True))
+
+    def pieces(self, epoch: int) -> list[tuple[int, int, dict[str, int]]]:
+        """Epoch ``epoch`` cut at the schedule's changes: ``(first position, end position, name -> samples)``
+        per piece, exact (largest remainder over each piece); one piece without a change inside the epoch."""
+        return [
+            (piece.start, piece.end, dict(zip(self.names, piece.counts, strict=True)))
+            for piece in self._plan.pieces(epoch)
+        ]
+
+
+def _check_schedule(
+    sources: Mapping[str, Any], weights: Mapping[str, float] | None, schedule: Schedule
+) -> tuple[Mapping[str, float], list[tuple[int, dict[str, float]]]]:
+    """The weights from sample 0 and the changes after it, from ``weights`` and ``schedule`` as given."""
+    entries = list(schedule)
+    previous = -1
+    for entry in entries:
+        if not isinstance(entry, tuple | list) or len(entry) != 2 or not isinstance(entry[1], Mapping):
+            raise ValueError(f"a schedule entry must be (from_sample, {{name: weight}}) (got {entry!r:.200})")
+        check_int("from_sample", entry[0], minimum=0)
+        if entry[0] <= previous:
+            raise ValueError(f"schedule must be strictly ascending in from_sample (got {entry[0]} after {previous})")
+        previous = entry[0]
+    if weights is None:
+        if not entries or entries[0][0] != 0:
+            raise ValueError("give weights, or a schedule whose first entry is at sample 0 (from_sample=0)")
+        weights, entries = entries[0][1], entries[1:]
+    elif entries and entries[0][0] == 0:
+        raise ValueError("weights and a schedule entry at sample 0 both give the first weights: give one of them")
+    return weights, [(start, dict(later)) for start, later in entries]
 
 
 def _check_sources(sources: Mapping[str, Any], weights: Mapping[str, float]) -> None:

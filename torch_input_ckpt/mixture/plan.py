@@ -7,6 +7,13 @@ a whole segment of ``samples_per_epoch``. So the number of source ``k``'s first 
 is O(1) arithmetic, and the plan is O(#sources) integers: the state is the plan, never a list.
 A weight or source change on resume starts a new plan anchored at the resume point (see
 ``mixture/resume.py``); a plain resume keeps the saved plan, so it reproduces the uninterrupted run.
+
+A weight schedule (``schedule``: the weights' changes after the anchor, at global sample numbers
+``epoch * samples_per_epoch + position``) cuts epochs further: an epoch is a run of *pieces*, cut at the
+anchor and at every change inside it, and each piece is laid out with the weights in force at its start,
+exact counts by largest remainder over the piece. Without a change inside it, an epoch is one piece: the
+same layout as without a schedule. The numbers of each source's first sample in a piece are sums of the
+pieces' counts before it, by whole epochs at a time (O(#changes) arithmetic, never a replay).
 """
 
 from __future__ import annotations
@@ -24,9 +31,47 @@ from ..state.schema import field as state_field
 from .layout import SegmentLayout, integer_weights, largest_remainder
 from .sources import SourceCursor, SourceOrder, SourceTable, source_seed
 
-__all__ = ["EpochOrder", "Plan"]
+__all__ = ["EpochOrder", "Piece", "Plan"]
+
+Weights = tuple[float, ...]
+# A weight change: (the global sample it takes effect at, the weights from then on, in the plan's order).
+Change = tuple[int, Weights]
 
 _BLOCK_SALT = 0xB10C
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A run of an epoch's positions laid out with one set of weights.
+
+    Attributes:
+        start: Its first position in the epoch.
+        end: The position after its last.
+        weights: The weights in force, in the plan's order.
+        counts: Per source, its samples in the piece (largest remainder over ``end - start``).
+        bases: Per source, the number of its first sample in the piece.
+    """
+
+    start: int
+    end: int
+    weights: Weights
+    counts: list[int]
+    bases: tuple[int, ...]
+
+
+def _span_counts(weights: Weights, lo: int, hi: int, total: int) -> list[int]:
+    """Per source, its samples in global samples ``[lo, hi)`` of constant ``weights``: the pieces the
+    epochs (of ``total``) cut it into, each by largest remainder; whole epochs by multiplication."""
+    integers = integer_weights(weights)
+    head_end = min(hi, (lo // total + 1) * total)
+    counts = largest_remainder(integers, head_end - lo)
+    if head_end == hi:
+        return counts
+    tail_start = max(head_end, (hi // total) * total)
+    whole = (tail_start - head_end) // total
+    full = largest_remainder(integers, total)
+    tail = largest_remainder(integers, hi - tail_start)
+    return [c + whole * f + t for c, f, t in zip(counts, full, tail, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -45,6 +90,8 @@ class Plan:
         orders: Per source with its own order (present or retired), that order's saved configuration.
         order_recorded: Whether ``names`` is the recorded order (False for a state saved before the order
             was recorded: ``names`` is then that of the ``sources`` dict, which a file sorts).
+        schedule: The weights' changes after the anchor, ascending: ``(global sample, weights)``, the weights
+            in the plan's order; ``weights`` are in force from the anchor to the first.
     """
 
     total: int
@@ -57,38 +104,89 @@ class Plan:
     retired: Mapping[str, tuple[int, SourceCursor]] = field(default_factory=dict)
     orders: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     order_recorded: bool = True
+    schedule: tuple[Change, ...] = ()
 
     def __post_init__(self) -> None:
-        integers = integer_weights(self.weights)
-        object.__setattr__(self, "counts", largest_remainder(integers, self.total))
-        rest = self.total - self.anchor_position
-        object.__setattr__(self, "segment_counts", largest_remainder(integers, rest))
+        object.__setattr__(self, "counts", largest_remainder(integer_weights(self.weights), self.total))
 
+    # Per present source, its samples in a whole epoch with the weights in force at the anchor.
     counts: list[int] = field(init=False, repr=False, compare=False)
-    segment_counts: list[int] = field(init=False, repr=False, compare=False)
 
     @classmethod
-    def fresh(cls, total: int, names: tuple[str, ...], weights: tuple[float, ...], lengths: tuple[int, ...]) -> Plan:
+    def fresh(
+        cls,
+        total: int,
+        names: tuple[str, ...],
+        weights: Weights,
+        lengths: tuple[int, ...],
+        schedule: tuple[Change, ...] = (),
+    ) -> Plan:
         """The plan of a run that starts now: every source at its sample 0."""
-        return cls(total, names, weights, 0, 0, (0,) * len(names), tuple(SourceCursor.fresh(n) for n in lengths))
+        cursors = tuple(SourceCursor.fresh(n) for n in lengths)
+        return cls(total, names, weights, 0, 0, (0,) * len(names), cursors, schedule=schedule)
+
+    @property
+    def anchor_sample(self) -> int:
+        """The anchor as a global sample number."""
+        return self.anchor_epoch * self.total + self.anchor_position
+
+    def weights_at(self, sample: int) -> Weights:
+        """The weights in force at global sample number ``sample`` (the anchor's before the first change)."""
+        weights = self.weights
+        for start, changed in self.schedule:
+            if start > sample:
+                break
+            weights = changed
+        return weights
+
+    def counts_at(self, sample: int) -> list[int]:
+        """Per present source, its samples in a whole epoch with the weights in force at global ``sample``."""
+        return largest_remainder(integer_weights(self.weights_at(sample)), self.total)
+
+    def _spans(self, end: int) -> list[tuple[int, int, Weights]]:
+        """The runs ``[lo, hi)`` of global samples from the anchor to ``end`` with constant weights."""
+        cuts = [(self.anchor_sample, self.weights), *((s, w) for s, w in self.schedule if s < end)]
+        ends = [s for s, _ in cuts[1:]] + [end]
+        return [(lo, hi, w) for (lo, w), hi in zip(cuts, ends, strict=True) if hi > lo]
 
     def epoch_bases(self, epoch: int) -> list[int]:
-        """Per present source, the number of its first sample in ``epoch`` (its anchor-epoch segment's
-        first, for the anchor epoch)."""
-        if epoch == self.anchor_epoch:
-            return list(self.bases)
-        if epoch > self.anchor_epoch:
-            later = epoch - self.anchor_epoch - 1
-            return [b + s + later * n for b, s, n in zip(self.bases, self.segment_counts, self.counts, strict=True)]
-        # An epoch before the anchor (set_epoch backwards after a change on resume): extrapolated with
-        # the current weights, so defined, but not what that epoch delivered before the change.
-        return [b - (self.anchor_epoch - epoch) * n for b, n in zip(self.bases, self.counts, strict=True)]
+        """Per present source, the number of its first sample in ``epoch`` (its anchor piece's first, for
+        the anchor epoch): the anchor's bases plus every piece's counts in between."""
+        if epoch <= self.anchor_epoch:
+            # An epoch before the anchor (set_epoch backwards after a change on resume): extrapolated with
+            # the anchor's weights, so defined, but not what that epoch delivered before the change.
+            return [b - (self.anchor_epoch - epoch) * n for b, n in zip(self.bases, self.counts, strict=True)]
+        bases = list(self.bases)
+        for lo, hi, weights in self._spans(epoch * self.total):
+            for k, n in enumerate(_span_counts(weights, lo, hi, self.total)):
+                bases[k] += n
+        return bases
 
-    def layout(self, seed: int, epoch: int, shuffle: bool) -> tuple[SegmentLayout, int]:
-        """The layout epoch ``epoch`` uses, and the position its segment starts at."""
-        start = self.anchor_position if epoch == self.anchor_epoch else 0
-        counts = self.segment_counts if epoch == self.anchor_epoch else self.counts
-        block_seed = mix64(seed, epoch, _BLOCK_SALT, start)
+    def pieces(self, epoch: int) -> list[Piece]:
+        """Epoch ``epoch``'s pieces in position order (one without a change inside the epoch)."""
+        first = self.anchor_position if epoch == self.anchor_epoch else 0
+        origin = epoch * self.total
+        if epoch < self.anchor_epoch:
+            starts, changes = [0], [self.weights]
+        else:
+            inside = [(s - origin, w) for s, w in self.schedule if origin + first < s < origin + self.total]
+            starts = [first, *(p for p, _ in inside)]
+            changes = [self.weights_at(origin + first), *(w for _, w in inside)]
+        ends = [*starts[1:], self.total]
+        bases = self.epoch_bases(epoch)
+        out = []
+        for start, end, weights in zip(starts, ends, changes, strict=True):
+            counts = largest_remainder(integer_weights(weights), end - start)
+            out.append(Piece(start, end, weights, counts, tuple(bases)))
+            bases = [b + n for b, n in zip(bases, counts, strict=True)]
+        return out
+
+    def layouts(self, seed: int, epoch: int, shuffle: bool) -> list[tuple[Piece, SegmentLayout]]:
+        """Each piece of epoch ``epoch`` with its layout."""
+        return [(piece, self._layout(seed, epoch, shuffle, piece)) for piece in self.pieces(epoch)]
+
+    def _layout(self, seed: int, epoch: int, shuffle: bool, piece: Piece) -> SegmentLayout:
+        block_seed = mix64(seed, epoch, _BLOCK_SALT, piece.start)
 
         def permute(b: int, size: int) -> torch.Tensor:
             # A block is small: torch's randperm (the algorithm DistributedSampler's order relies on) is
@@ -96,13 +194,15 @@ class Plan:
             generator = torch.Generator().manual_seed(mix64(block_seed, b) & (2**63 - 1))
             return torch.randperm(size, generator=generator)
 
-        return SegmentLayout(counts, permute if shuffle else None), start
+        return SegmentLayout(piece.counts, permute if shuffle else None)
 
     def consumed(self, seed: int, shuffle: bool, epoch: int, cursor: int) -> list[int]:
         """Per present source, the number of its next sample at position ``cursor`` of ``epoch``."""
-        layout, start = self.layout(seed, epoch, shuffle)
-        within = layout.consumed(min(max(cursor - start, 0), layout.total))
-        return [b + c for b, c in zip(self.epoch_bases(epoch), within, strict=True)]
+        pieces = self.pieces(epoch)
+        piece = next((p for p in reversed(pieces) if p.start <= cursor), pieces[0])
+        layout = self._layout(seed, epoch, shuffle, piece)
+        within = layout.consumed(min(max(cursor - piece.start, 0), layout.total))
+        return [b + c for b, c in zip(piece.bases, within, strict=True)]
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -125,6 +225,18 @@ class Plan:
             Key.MIXTURE_ORDER: list(self.names),
             Key.MIXTURE_SOURCES: sources,
             Key.MIXTURE_RETIRED: retired,
+            **self.schedule_state(),
+        }
+
+    def schedule_state(self) -> dict[str, Any]:
+        """The schedule's changes ahead as the state holds them (``{}`` without any)."""
+        if not self.schedule:
+            return {}  # the state of a mixture without a schedule is as before schedules
+        return {
+            Key.MIXTURE_SCHEDULE: [
+                {Key.SCHEDULE_FROM: start, Key.SCHEDULE_WEIGHTS: dict(zip(self.names, weights, strict=True))}
+                for start, weights in self.schedule
+            ]
         }
 
     def _nested(self, name: str) -> dict[str, Any]:
@@ -190,7 +302,43 @@ class Plan:
             retired,
             orders,
             order_recorded=Key.MIXTURE_ORDER in state,
+            schedule=_schedule(state, tuple(names), anchor_epoch * total + anchor_position, source),
         )
+
+
+def _schedule(state: Mapping[str, Any], names: tuple[str, ...], anchor: int, source: str) -> tuple[Change, ...]:
+    """The schedule's changes after the anchor, each checked: ascending global samples after ``anchor``,
+    weights naming exactly the present sources, finite, >= 0, one > 0."""
+    if Key.MIXTURE_SCHEDULE not in state:
+        return ()
+    entries = state_field(state, Key.MIXTURE_SCHEDULE, list, source)
+    changes: list[Change] = []
+    for i, entry in enumerate(entries):
+        where = f"{source}: {Key.MIXTURE_SCHEDULE}[{i}]"
+        if not isinstance(entry, Mapping):
+            raise InputStateError(f"{where}={entry!r:.100} is invalid; expected an object")
+        start = _natural(entry, Key.SCHEDULE_FROM, where)
+        previous = changes[-1][0] if changes else anchor
+        if start <= previous:
+            raise InputStateError(
+                f"{where}: {Key.SCHEDULE_FROM}={start} is invalid; expected > {previous} (after the anchor, ascending)"
+            )
+        table = state_field(entry, Key.SCHEDULE_WEIGHTS, dict, where)
+        if set(table) != set(names):
+            raise InputStateError(
+                f"{where}: {Key.SCHEDULE_WEIGHTS} names {sorted(map(str, table))}; expected the sources {sorted(names)}"
+            )
+        weights = tuple(table[name] for name in names)
+        if not all(_weight(w) for w in weights) or not any(weights):
+            raise InputStateError(
+                f"{where}: {Key.SCHEDULE_WEIGHTS}={table!r:.200} is invalid; expected finite numbers >= 0, one > 0"
+            )
+        changes.append((start, weights))
+    return tuple(changes)
+
+
+def _weight(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
 
 
 def _order(state: Mapping[str, Any], table: Mapping[str, Any], source: str) -> list[str]:
@@ -238,7 +386,7 @@ class EpochOrder:
     It is what :class:`~torch_input_ckpt.ResumableSampler` uses in place of its permutation. ``orders``:
     per source of the plan, its own order (see :class:`~torch_input_ckpt.mixture.sources.SourceTable`).
     Positions before the anchor in the anchor epoch (only the wrap-around padding of the epoch's end
-    reaches them) repeat samples of the anchor segment, as padding repeats samples.
+    reaches them) repeat samples of the anchor's piece onwards, as padding repeats samples.
     """
 
     def __init__(
@@ -246,17 +394,36 @@ class EpochOrder:
     ) -> None:
         self.plan = plan
         self.epoch = epoch
-        self._layout, self._start = plan.layout(seed, epoch, shuffle)
-        self._bases = torch.tensor(plan.epoch_bases(epoch), dtype=torch.int64)
+        self._pieces = [
+            (piece.start, piece.end, layout, torch.tensor(piece.bases, dtype=torch.int64))
+            for piece, layout in plan.layouts(seed, epoch, shuffle)
+        ]
+        self._start = self._pieces[0][0]
         seeds = [source_seed(seed, name) for name in plan.names]
         self._table = SourceTable(seeds, list(plan.cursors), orders)
 
     def origins(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(source numbers, source epochs, item indices)`` of int64 ``positions`` of this epoch."""
-        q = torch.remainder(positions - self._start, self._layout.total)
-        sources, numbers = self._layout.locate(q)
-        epochs, indices = self._table.locate(sources, self._bases.index_select(0, sources) + numbers)
-        return sources, epochs, indices
+        q = torch.remainder(positions - self._start, self.plan.total - self._start)
+        if len(self._pieces) == 1:
+            _, _, layout, bases = self._pieces[0]
+            sources, numbers = layout.locate(q)
+            epochs, indices = self._table.locate(sources, bases.index_select(0, sources) + numbers)
+            return sources, epochs, indices
+        return self._across(q + self._start)
+
+    def _across(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`origins` of positions (in the pieces' range) that may fall in several pieces."""
+        sources = torch.empty_like(positions)
+        numbers = torch.empty_like(positions)
+        for start, end, layout, bases in self._pieces:
+            mine = torch.nonzero((positions >= start) & (positions < end)).squeeze(1)
+            if not mine.numel():
+                continue
+            found, within = layout.locate(positions.index_select(0, mine) - start)
+            sources.index_copy_(0, mine, found)
+            numbers.index_copy_(0, mine, bases.index_select(0, found) + within)
+        return (sources, *self._table.locate(sources, numbers))
 
     def __call__(self, positions: torch.Tensor) -> torch.Tensor:
         """The mixture's keys (``index * #sources + source``) of int64 ``positions``."""

@@ -8,11 +8,16 @@ Rules (checked in this order; docs/guides/mixtures.md's table says the same):
 - a source shrank: refused (its current source epoch could not be finished);
 - a source grew: refused unless ``allow_growth``; then its current source epoch finishes over the old
   length and the next ones use the new length;
-- new weights (their exact proportions: ``0.1 + 0.2`` is not ``0.3``), a new source, or a removed source:
-  a new plan anchored at the resume point, logged with the reason (a warning when the weights differ only
-  by float rounding), each source continuing from its exact next sample; a new source starts at its
-  sample 0, a removed one is kept in the state (retired) with its next sample, and continues from it if
-  added back.
+- new weights (their exact proportions: ``0.1 + 0.2`` is not ``0.3``), a new weight schedule, a new
+  source, or a removed source: a new plan anchored at the resume point, logged with the reason (a warning
+  when the weights differ only by float rounding), each source continuing from its exact next sample; a
+  new source starts at its sample 0, a removed one is kept in the state (retired) with its next sample,
+  and continues from it if added back.
+
+With a weight schedule, "the weights" are the rest of the schedule from the resume point: the weights in
+force there and the changes after it. A schedule given now replaces the rest of the saved one (what it says
+about samples already delivered is history, not applied); the same rest (the same proportions from the same
+samples on) keeps the saved plan.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 
 from ..errors import InputStateError
 from .layout import integer_weights
-from .plan import Plan
+from .plan import Change, Plan, Weights
 from .sources import SourceCursor
 
 __all__ = ["Configuration", "ResumePoint", "check_source_orders", "resume_plan"]
@@ -43,6 +48,15 @@ class Configuration:
     lengths: tuple[int, ...]
     allow_growth: bool
     own_order: frozenset[str] = frozenset()
+    schedule: tuple[Change, ...] = ()
+
+    def rest(self, sample: int) -> tuple[Weights, tuple[Change, ...]]:
+        """The weights in force at global sample ``sample`` and the changes after it."""
+        weights = self.weights
+        for start, changed in self.schedule:
+            if start <= sample:
+                weights = changed
+        return weights, tuple(change for change in self.schedule if change[0] > sample)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +81,12 @@ def resume_plan(saved: Plan, now: Configuration, at: ResumePoint, source: str) -
             without ``allow_growth``, naming both values and the fix.
     """
     saved = _recorded_order(saved, now, source)
-    same_layout = saved.total == now.total and _shares(saved.names, saved.weights) == _shares(now.names, now.weights)
+    epoch, cursor = (at.epoch + 1, 0) if at.cursor >= saved.total else (at.epoch, at.cursor)
+    saved_rest = saved.weights_at(epoch * saved.total + cursor), _after(saved.schedule, epoch * saved.total + cursor)
+    now_rest = now.rest(epoch * now.total + cursor)
+    same_layout = saved.total == now.total and _rest_shares(saved.names, *saved_rest) == _rest_shares(
+        now.names, *now_rest
+    )
     lengths = {name: c.length for name, c in zip(saved.names, saved.cursors, strict=True)}
     if same_layout and lengths == dict(zip(now.names, now.lengths, strict=True)):
         return _kept(saved, now, source)
@@ -78,7 +97,6 @@ def resume_plan(saved: Plan, now: Configuration, at: ResumePoint, source: str) -
             f"Resume with samples_per_epoch={saved.total}, or change it at an epoch boundary (a state the "
             "loader saved after an epoch's last batch)."
         )
-    epoch, cursor = (at.epoch + 1, 0) if at.cursor >= saved.total else (at.epoch, at.cursor)
     nexts = saved.consumed(at.seed, at.shuffle, epoch, cursor)
     pool: dict[str, tuple[int, SourceCursor]] = dict(saved.retired)
     for name, g, c in zip(saved.names, nexts, saved.cursors, strict=True):
@@ -90,19 +108,42 @@ def resume_plan(saved: Plan, now: Configuration, at: ResumePoint, source: str) -
     if same_layout:
         # Only lengths changed: the layout and the anchor stay, the cursors move to the resume point.
         return replace(saved, cursors=tuple(moved[name][1] for name in saved.names), retired=pool)
-    why, rounding = _why(saved, now)
+    _log_new_plan(replace(saved, weights=saved_rest[0], schedule=saved_rest[1]), now, now_rest, (epoch, cursor), source)
+    bases = tuple(moved[name][0] for name in now.names)
+    cursors = tuple(moved[name][1] for name in now.names)
+    return Plan(now.total, now.names, now_rest[0], epoch, cursor, bases, cursors, pool, schedule=now_rest[1])
+
+
+def _log_new_plan(
+    saved: Plan, now: Configuration, rest: tuple[Weights, tuple[Change, ...]], at: tuple[int, int], source: str
+) -> None:
+    """Log why a new plan starts at ``at``; ``saved`` and ``rest`` are the saved and the new weights from there."""
+    why, rounding = _why(saved, replace(now, weights=rest[0]))
+    if _rest_shares(saved.names, saved.weights, saved.schedule)[1] != _rest_shares(now.names, *rest)[1]:
+        why = f"{why}; the schedule after this point changed to {_readable(now.names, rest[1])}"
     # A difference of float rounding alone is most likely not meant: said louder than a deliberate change.
     _log.log(
         logging.WARNING if rounding else logging.INFO,
         "%s: the mixture's plan is new from epoch %d, position %d: %s",
         source,
-        epoch,
-        cursor,
+        *at,
         why,
     )
-    bases = tuple(moved[name][0] for name in now.names)
-    cursors = tuple(moved[name][1] for name in now.names)
-    return Plan(now.total, now.names, now.weights, epoch, cursor, bases, cursors, pool)
+
+
+def _after(schedule: tuple[Change, ...], sample: int) -> tuple[Change, ...]:
+    return tuple(change for change in schedule if change[0] > sample)
+
+
+def _rest_shares(
+    names: tuple[str, ...], weights: Weights, changes: tuple[Change, ...]
+) -> tuple[dict[str, int], list[tuple[int, dict[str, int]]]]:
+    """The rest of a schedule by name and exact proportions, to compare two of them."""
+    return _shares(names, weights), [(start, _shares(names, changed)) for start, changed in changes]
+
+
+def _readable(names: tuple[str, ...], changes: tuple[Change, ...]) -> str:
+    return str([(start, dict(zip(names, changed, strict=True))) for start, changed in changes])
 
 
 def _kept(saved: Plan, now: Configuration, source: str) -> Plan:

@@ -349,7 +349,12 @@ class SavedPosition:
 
     def describe(self) -> Mapping[str, Any]:
         """The configuration provenance uses, for ``inspect`` and messages."""
-        sources = None if self.plan is None else dict(zip(self.plan.names, self.plan.counts, strict=True))
+        plan, sources, schedule = self.plan, None, None
+        if plan is not None:  # a weight schedule: the counts in force at the position, and the changes ahead
+            at = self.epoch * plan.total + self.cursor
+            sources = dict(zip(plan.names, plan.counts_at(at), strict=True))
+            ahead = plan.schedule_state().get(Key.MIXTURE_SCHEDULE, [])
+            schedule = [change for change in ahead if change[Key.SCHEDULE_FROM] > at] or None
         return {
             "epoch": self.epoch,
             "cursor": self.cursor,
@@ -362,5 +367,6 @@ class SavedPosition:
             "sampler_drop_last": self.sampler_drop_last,
             "dataset_length": self.next_length,
             "mixture_sources": sources,
+            "mixture_schedule": schedule,
             "excluded": self.exclusions.to_state(),
         }

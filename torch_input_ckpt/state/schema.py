@@ -120,6 +120,11 @@ class Key:
     # sorted keys, so the order of the `sources` dict does not survive a file.
     MIXTURE_ORDER = "order"
     MIXTURE_RETIRED = "retired"  # name -> its entry, for sources no longer mixed
+    # A weight schedule's changes after the anchor, ascending: [{SCHEDULE_FROM: global sample, SCHEDULE_WEIGHTS:
+    # {name: weight}}]; absent without a schedule (the weights in force at the anchor are the SOURCE_WEIGHTs)
+    MIXTURE_SCHEDULE = "schedule"
+    SCHEDULE_FROM = "from_sample"
+    SCHEDULE_WEIGHTS = "weights"
     # ... each source's entry (a source with its own order, a ShardedStream, also nests that order's
     # configuration under DATASET_ORDER, checked on resume)
     SOURCE_WEIGHT = "weight"
