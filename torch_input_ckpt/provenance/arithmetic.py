@@ -7,9 +7,10 @@ plan, world size, batch size, both ``drop_last`` rules, the exclusion list): bat
 position is located in O(1) (whole epochs are counted, not walked) and its keys are computed without
 the dataset. Limits: it knows batches, not optimizer steps (``provenance/history.py`` maps steps to batches with
 the counts the checkpoints record), and it refuses states it cannot answer for (another sampler kind,
-batches delivered out of order beyond the position, an epoch with no batch at all), naming why. Over a
-dataset whose order the state does not determine (a ``ShardedStream``, a ``Mixture`` with one as a
-source) the positions are still arithmetic, so a skip works; only the keys are refused. A mixture's keys
+batches delivered out of order beyond the position, an epoch with no batch at all), naming why. A
+``ShardedStream``'s keys come from the shard table its state records (``stream/table.py``: the counts,
+never the data); a state saved before tables were recorded, or a ``Mixture`` with a stream as a source,
+keeps arithmetic positions (so a skip works) and refuses only the keys. A mixture's keys
 after a checkpoint come from the plan of the run that continued from it (its next checkpoint's, when that
 run re-planned at this position on resume).
 """
@@ -26,32 +27,34 @@ from ..errors import InputStateError
 from ..mixture.plan import EpochOrder, Plan
 from ..order.exclusion import Exclusions
 from ..order.permutation import FeistelPermutation, IdentityPermutation, RandpermPermutation
-from ..state.schema import MIXTURE_KIND, SAMPLER_KIND, Ahead, Key, LoaderHeader, SamplerState, field
+from ..state.schema import MIXTURE_KIND, SAMPLER_KIND, STREAM_KIND, Ahead, Key, LoaderHeader, SamplerState, field
+from ..stream.dataset import ShardedStream
+from ..stream.table import ShardTable
+from .streams import matches, stream_keys, target_of
 
 __all__ = ["Spot", "SavedPosition"]
 
 _ORDERS: dict[str, type] = {"feistel": FeistelPermutation, "randperm": RandpermPermutation}
+_SCAN_CHUNK = 1 << 20
 
 
 def _dataset_order(
     sampler: SamplerState, later: Mapping[str, Any] | None, source: str
-) -> tuple[Plan | None, str | None, int]:
-    """A dataset order's mixture plan (None: no mixture), why its keys are not computable (None: they
+) -> tuple[Plan | ShardedStream | None, str | None, int]:
+    """A dataset order's mixture plan or stream (None: neither), why its keys are not computable (None: they
     are), and the saved plan's ``samples_per_epoch`` (0: no mixture)."""
     if sampler.dataset_order is None:
         return None, None, 0
     order_kind = sampler.dataset_order.get(Key.KIND)
+    if order_kind == STREAM_KIND:
+        # Positions are arithmetic whatever the table says (a skip is cursor arithmetic); the keys need it.
+        try:
+            table = ShardTable.from_state(sampler.dataset_order.get(Key.STREAM_TABLE), f"{source}: {Key.SAMPLER}")
+            return ShardedStream.from_table(sampler.dataset_order, table, source), None, 0
+        except InputStateError as error:
+            return None, str(error), 0
     if order_kind != MIXTURE_KIND:
-        # Positions are still arithmetic (a skip is cursor arithmetic); only the keys are not computable.
-        return (
-            None,
-            (
-                f"{source}: the sampler's order comes from a {order_kind!r} dataset; its order depends on each "
-                "shard's sample count, which the checkpoint does not record (only the number of shards and "
-                "a fingerprint), so which samples a step held is not computable from the checkpoint alone"
-            ),
-            0,
-        )
+        return None, f"{source}: the sampler's order comes from a {order_kind!r} dataset, not computable here", 0
     saved = Plan.from_state(sampler.dataset_order, f"{source}: {Key.DATASET_ORDER}")
     plan = _continued_plan(saved, sampler, later, source)
     return plan, _plan_unknown(plan, source), saved.total
@@ -122,6 +125,7 @@ class SavedPosition:
         batch_size: The loader's batch size (None: unbatched, each key a batch).
         drop_last: The loader's ``drop_last`` (a partial last batch per rank is dropped).
         plan: A mixture's plan (the sampler's ``dataset_order``), or None.
+        stream: A ``ShardedStream`` rebuilt from the checkpoint's shard table (it reads nothing), or None.
         exclusions: Dataset indices left out of epochs (``order/exclusion.py``).
         opaque: Why the keys are not computable from the state (positions still are: a skip works), or None.
     """
@@ -138,6 +142,7 @@ class SavedPosition:
     batch_size: int | None
     drop_last: bool
     plan: Plan | None = None
+    stream: ShardedStream | None = None
     exclusions: Exclusions = Exclusions()
     opaque: str | None = None
 
@@ -168,7 +173,8 @@ class SavedPosition:
                 "cursor; the batches after it are not a pure function of the position"
             )
         sampler = SamplerState.from_dict(field(state, Key.SAMPLER, dict, source), f"{source}: {Key.SAMPLER}")
-        plan, opaque, saved_total = _dataset_order(sampler, later, source)
+        order, opaque, saved_total = _dataset_order(sampler, later, source)
+        plan = order if isinstance(order, Plan) else None
         length = sampler.length if plan is None else saved_total
         next_length = field(state, Key.DATASET_LENGTH, int, source, low=1) if plan is None else plan.total
         world, batch_size, excluded = sampler.num_replicas, header.batch_size, sampler.excluded
@@ -189,6 +195,7 @@ class SavedPosition:
             batch_size=batch_size,
             drop_last=header.drop_last,
             plan=plan,
+            stream=order if isinstance(order, ShardedStream) else None,
             exclusions=Exclusions.from_state(excluded or [], next_length, f"{source}: {Key.SAMPLER}"),
             opaque=opaque,
         )
@@ -269,7 +276,8 @@ class SavedPosition:
         return torch.arange(lo, hi, dtype=torch.int64) * self.world + (spot.start + rank)
 
     def keys(self, epoch: int, positions: torch.Tensor) -> list[Any]:
-        """The keys at global ``positions`` of ``epoch``: dataset indices, or ``(source, index)`` of a mixture.
+        """The keys at global ``positions`` of ``epoch``: dataset indices, ``(source, index)`` of a mixture,
+        ``(shard file, sample number)`` of a stream, or a packed sequence's pieces (``provenance/streams.py``).
 
         Raises:
             InputStateError: when the state does not determine the keys (``opaque`` says why).
@@ -282,6 +290,8 @@ class SavedPosition:
             sources, _, indices = EpochOrder(self.plan, self.seed, epoch, self.shuffle).origins(wrapped)
             names = self.plan.names
             return [(names[k], i) for k, i in zip(sources.tolist(), indices.tolist(), strict=True)]
+        if self.stream is not None:
+            return stream_keys(self.stream, epoch, wrapped)
         keys = self.permutation(epoch)(wrapped)
         exclusion = self.exclusions.at(epoch)
         if exclusion is not None:
@@ -300,19 +310,42 @@ class SavedPosition:
 
     # -- the reverse question --------------------------------------------------------------------------
 
-    def occurrences(self, index: int, epoch: int) -> Iterator[tuple[int, int]]:
-        """Where dataset index ``index`` is delivered in ``epoch``: ``(rank, batch offset after the
-        position)``, padding repeats included; nothing for positions before the saved cursor.
+    def occurrences(self, key: int | tuple[str, int], epoch: int) -> Iterator[tuple[int, int]]:
+        """Where a sample is delivered in ``epoch``: ``(rank, batch offset after the position)``, padding
+        repeats included; nothing for positions before the saved cursor. ``key``: a dataset index, a
+        mixture's ``(source, index)`` or a stream's ``(shard file, sample number)``.
 
         Raises:
-            InputStateError: for a mixture (its keys are not inverted) or an epoch before the saved one.
+            InputStateError: when the keys are not computable, or for an epoch before the saved one.
+            ValueError: for a key of another kind than the loader's dataset, or an unknown source or file.
         """
-        if self.plan is not None:
-            raise InputStateError("finding a sample's steps is not supported for a Mixture (its keys are not inverted)")
         if self.opaque is not None:
             raise InputStateError(self.opaque)
         if epoch < self.epoch:
             raise InputStateError(f"epoch {epoch} is before the checkpoint's position (epoch {self.epoch})")
+        order = self.plan if self.plan is not None else self.stream
+        if (order is None) != isinstance(key, int):
+            wanted = "a dataset index" if order is None else "NAME:NUMBER (a source's or shard file's sample)"
+            raise ValueError(f"the loader's dataset takes {wanted} as the sample (got {key!r})")
+        length = self.epoch_length(epoch)
+        start = self.cursor if epoch == self.epoch else 0
+        count = self.rank_count(start, length)
+        padded = start + count * self.world
+        if order is not None:
+            assert isinstance(key, tuple)
+            found: Iterator[int] = self._scan(order, target_of(order, key), epoch, start, padded)
+        else:
+            assert isinstance(key, int)
+            found = self._positions_of(key, epoch, start, padded)
+        before = self._batches_before(epoch)
+        for global_position in found:
+            rank, k = (global_position - start) % self.world, (global_position - start) // self.world
+            number = k // self.unit
+            if k < count and number < self.batches(count):
+                yield rank, before + number
+
+    def _positions_of(self, index: int, epoch: int, start: int, padded: int) -> Iterator[int]:
+        """The global positions (padding repeats included) that deliver dataset index ``index``: inverted."""
         length = self.epoch_length(epoch)
         exclusion = self.exclusions.at(epoch)
         if exclusion is not None:
@@ -323,19 +356,18 @@ class SavedPosition:
         if not 0 <= index < length:
             return
         position = int(self.permutation(epoch).inverse(torch.tensor([index], dtype=torch.int64))[0])
-        start = self.cursor if epoch == self.epoch else 0
-        before = self._batches_before(epoch)
-        count = self.rank_count(start, length)
-        padded = start + count * self.world
         # The padding repeats the epoch's first positions at position + length (+ 2 length, ... when
         # the world exceeds the length).
-        for global_position in range(position, padded, length):
-            if global_position < start:
-                continue
-            rank, k = (global_position - start) % self.world, (global_position - start) // self.world
-            number = k // self.unit
-            if k < count and number < self.batches(count):
-                yield rank, before + number
+        yield from (p for p in range(position, padded, length) if p >= start)
+
+    def _scan(self, order: Any, target: tuple[int, int], epoch: int, start: int, padded: int) -> Iterator[int]:
+        """The global positions in ``[start, padded)`` that deliver ``target``: keys computed chunk by chunk
+        (a mixture's and a stream's orders are not inverted)."""
+        length = self.epoch_length(epoch)
+        for lo in range(start, padded, _SCAN_CHUNK):
+            positions = torch.arange(lo, min(lo + _SCAN_CHUNK, padded), dtype=torch.int64)
+            hits = matches(order, self.seed, epoch, self.shuffle, positions % length, target)
+            yield from positions[hits].tolist()
 
     def _batches_before(self, epoch: int) -> int:
         """Batches after the position and before ``epoch`` starts."""
