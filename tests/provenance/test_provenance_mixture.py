@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from torch_input_ckpt import InputStateError, Mixture
+from torch_input_ckpt import Mixture
 from torch_input_ckpt.provenance.history import Provenance
 
 from tests.support.provenance_runs import run
