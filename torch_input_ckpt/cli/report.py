@@ -134,7 +134,7 @@ def plot_report(report: Consumption, path: str | os.PathLike[str]) -> dict[str, 
             values = [p.progress[name]["source_epoch"] + p.progress[name]["fraction"] for p in report.points]
             progress.plot(steps, values, marker="o", label=name)
         shares.set_ylabel("share of samples so far")
-        shares.set_title(f"{report.directory}: {report.component} ({report.kind})")
+        shares.set_title(f"{Path(report.directory).name}: {report.component} ({report.kind})")
         shares.legend(loc="best")
         progress.set_ylabel("source epochs consumed")
         progress.set_xlabel("step")
