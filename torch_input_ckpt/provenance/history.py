@@ -307,16 +307,7 @@ class Provenance:
             ValueError: for a key or epochs out of range, more than ``MAX_EPOCHS_PER_QUERY`` epochs, or (a
                 mixture's or stream's key, found by a scan) more than ``MAX_SCANNED_POSITIONS`` positions.
         """
-        number = key if isinstance(key, int) else key[1] if isinstance(key, tuple) and len(key) == 2 else None
-        if type(number) is not int or not 0 <= number < MAX_LENGTH:
-            raise ValueError(f"a sample must be an index in [0, {MAX_LENGTH}), or (name, index) (got {short(key)})")
-        if not 0 <= epochs.start < epochs.stop <= MAX_EPOCH + 1 or epochs.step != 1:
-            raise ValueError(f"epochs must be a range A:B with 0 <= A < B <= {MAX_EPOCH + 1} (got {epochs})")
-        if len(epochs) > MAX_EPOCHS_PER_QUERY:
-            raise ValueError(
-                f"{len(epochs)} epochs asked ({epochs.start}:{epochs.stop}), more than the bound of "
-                f"{MAX_EPOCHS_PER_QUERY} per question (MAX_EPOCHS_PER_QUERY); ask in parts"
-            )
+        _check_question(key, epochs)
         segments = self.segments
         if not isinstance(key, int):
             _check_scan(segments, epochs)
@@ -433,6 +424,20 @@ def _loader_component(checkpoint: InputCheckpoint, wanted: str | None) -> str:
             checkpoint.states[loaders[0]], f"{checkpoint.path}: component {loaders[0]!r}"
         )  # raises
     return loaders[0]
+
+
+def _check_question(key: Any, epochs: range) -> None:
+    """A sample and epochs within their bounds, before any work."""
+    number = key if isinstance(key, int) else key[1] if isinstance(key, tuple) and len(key) == 2 else None
+    if type(number) is not int or not 0 <= number < MAX_LENGTH:
+        raise ValueError(f"a sample must be an index in [0, {MAX_LENGTH}), or (name, index) (got {short(key)})")
+    if not 0 <= epochs.start < epochs.stop <= MAX_EPOCH + 1 or epochs.step != 1:
+        raise ValueError(f"epochs must be a range A:B with 0 <= A < B <= {MAX_EPOCH + 1} (got {epochs})")
+    if len(epochs) > MAX_EPOCHS_PER_QUERY:
+        raise ValueError(
+            f"{len(epochs)} epochs asked ({epochs.start}:{epochs.stop}), more than the bound of "
+            f"{MAX_EPOCHS_PER_QUERY} per question (MAX_EPOCHS_PER_QUERY); ask in parts"
+        )
 
 
 def _check_scan(segments: list[Segment], epochs: range) -> None:

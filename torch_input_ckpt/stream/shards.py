@@ -321,8 +321,12 @@ def resolve_shards(shards: Any, needs_tokens: bool, tokens: Tokens = None) -> Re
     if not any(shard.count for shard in resolved):
         where = f"{os.fspath(shards)}: " if isinstance(shards, (str, os.PathLike)) else ""
         raise ValueError(f"{where}all {len(resolved)} shards are empty: a stream needs at least one sample")
-    index = os.path.abspath(os.path.join(shards, INDEX_FILE)) if isinstance(shards, (str, os.PathLike)) else None
-    return ResolvedShards(resolved, fingerprint(items), index)
+    return ResolvedShards(resolved, fingerprint(items), _index_of(shards))
+
+
+def _index_of(shards: Any) -> str | None:
+    """The index file a directory's shards came from (absolute), or None for a list of shards."""
+    return os.path.abspath(os.path.join(shards, INDEX_FILE)) if isinstance(shards, (str, os.PathLike)) else None
 
 
 def _check_counts(shard: Shard, needs_tokens: bool) -> None:
