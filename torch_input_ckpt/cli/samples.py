@@ -212,8 +212,9 @@ def _key(key: Any) -> str:
             else f"{p['file']}@tokens[{p['shard_tokens'][0]}:{p['shard_tokens'][1]}]"
             for p in key["pieces"]
         ]
-        return f"seq{key['sequence']}=" + "+".join(pieces)
-    return f"{key[0]}:{key[1]}" if isinstance(key, tuple) else str(key)
+        source = f"{key['source']}:" if "source" in key else ""
+        return f"{source}seq{key['sequence']}=" + "+".join(pieces)
+    return ":".join(map(str, key)) if isinstance(key, tuple) else str(key)
 
 
 def _occurrences(index: Any, epochs: range, found: list[Occurrence], as_json: bool) -> str:

@@ -8,9 +8,9 @@ position is located in O(1) (whole epochs are counted, not walked) and its keys 
 the dataset. Limits: it knows batches, not optimizer steps (``provenance/history.py`` maps steps to batches with
 the counts the checkpoints record), and it refuses states it cannot answer for (another sampler kind,
 batches delivered out of order beyond the position, an epoch with no batch at all), naming why. A
-``ShardedStream``'s keys come from the shard table its state records (``stream/table.py``: the counts,
-never the data); a state saved before tables were recorded, or a ``Mixture`` with a stream as a source,
-keeps arithmetic positions (so a skip works) and refuses only the keys. A mixture's keys
+``ShardedStream``'s keys (alone, or as a ``Mixture``'s source) come from the shard table its state records
+(``stream/table.py``: the counts, never the data); a state saved before tables were recorded keeps
+arithmetic positions (so a skip works) and refuses only the keys. A mixture's keys
 after a checkpoint come from the plan of the run that continued from it (its next checkpoint's, when that
 run re-planned at this position on resume).
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from ..order.permutation import FeistelPermutation, IdentityPermutation, Randper
 from ..state.schema import MIXTURE_KIND, SAMPLER_KIND, STREAM_KIND, Ahead, Key, LoaderHeader, SamplerState, field
 from ..stream.dataset import ShardedStream
 from ..stream.table import ShardTable
-from .streams import matches, stream_keys, target_of
+from .streams import matches, stream_key, stream_keys, target_of
 
 __all__ = ["Spot", "SavedPosition"]
 
@@ -81,14 +82,32 @@ def _plan_unknown(plan: Plan, source: str) -> str | None:
             f"{source}: {Key.DATASET_ORDER}: the mixture's state does not record the order of its sources (saved "
             "before that was recorded; a checkpoint file sorts them by name), so a key's source is not known"
         )
-    own = sorted(name for name in plan.names if name in plan.orders)
-    if own:
-        return (
-            f"{source}: {Key.DATASET_ORDER}: the mixture's sources {own} have their own order (a ShardedStream's "
-            "depends on each shard's sample count, which the checkpoint does not record), so which samples a step "
-            "held is not computable from the checkpoint alone"
-        )
+    for name in sorted(n for n in plan.names if n in plan.orders):
+        try:
+            _source_stream(plan, name, source)
+        except InputStateError as error:
+            return f"{source}: the mixture's source {name!r}: {error}"
     return None
+
+
+def _source_stream(plan: Plan, name: str, source: str) -> ShardedStream:
+    """A mixture source's own order, a ``ShardedStream`` rebuilt from the shard table its state records.
+
+    Raises:
+        InputStateError: for another kind of own order, or a stream without a usable table.
+    """
+    order = plan.orders[name]
+    where = f"{source}: {Key.DATASET_ORDER}: source {name!r}"
+    if order.get(Key.KIND) != STREAM_KIND:
+        raise InputStateError(f"{where}: its own order is a {order.get(Key.KIND)!r}, not computable here")
+    return ShardedStream.from_table(order, ShardTable.from_state(order.get(Key.STREAM_TABLE), where), where)
+
+
+def _own_order(stream: ShardedStream | None, seed: int, shuffle: bool) -> Any:
+    """A mixture source's own order as ``EpochOrder`` takes it (source epoch -> positions -> keys), or None."""
+    if stream is None:
+        return None
+    return lambda source_epoch: stream.epoch_order(seed, source_epoch, shuffle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +145,7 @@ class SavedPosition:
         drop_last: The loader's ``drop_last`` (a partial last batch per rank is dropped).
         plan: A mixture's plan (the sampler's ``dataset_order``), or None.
         stream: A ``ShardedStream`` rebuilt from the checkpoint's shard table (it reads nothing), or None.
+        source_streams: A mixture's sources that are streams, rebuilt the same way, by name.
         exclusions: Dataset indices left out of epochs (``order/exclusion.py``).
         opaque: Why the keys are not computable from the state (positions still are: a skip works), or None.
     """
@@ -143,6 +163,7 @@ class SavedPosition:
     drop_last: bool
     plan: Plan | None = None
     stream: ShardedStream | None = None
+    source_streams: Mapping[str, ShardedStream] = dataclass_field(default_factory=dict)
     exclusions: Exclusions = Exclusions()
     opaque: str | None = None
 
@@ -175,6 +196,8 @@ class SavedPosition:
         sampler = SamplerState.from_dict(field(state, Key.SAMPLER, dict, source), f"{source}: {Key.SAMPLER}")
         order, opaque, saved_total = _dataset_order(sampler, later, source)
         plan = order if isinstance(order, Plan) else None
+        own = [] if plan is None or opaque else [n for n in plan.names if n in plan.orders]
+        streams = {n: _source_stream(plan, n, source) for n in own}  # type: ignore[arg-type]
         length = sampler.length if plan is None else saved_total
         next_length = field(state, Key.DATASET_LENGTH, int, source, low=1) if plan is None else plan.total
         world, batch_size, excluded = sampler.num_replicas, header.batch_size, sampler.excluded
@@ -196,6 +219,7 @@ class SavedPosition:
             drop_last=header.drop_last,
             plan=plan,
             stream=order if isinstance(order, ShardedStream) else None,
+            source_streams=streams,
             exclusions=Exclusions.from_state(excluded or [], next_length, f"{source}: {Key.SAMPLER}"),
             opaque=opaque,
         )
@@ -287,9 +311,14 @@ class SavedPosition:
         length = self.epoch_length(epoch)
         wrapped = positions % length
         if self.plan is not None:
-            sources, _, indices = EpochOrder(self.plan, self.seed, epoch, self.shuffle).origins(wrapped)
+            streams = self.source_streams
+            orders = [_own_order(streams.get(n), self.seed, self.shuffle) for n in self.plan.names]
+            sources, _, indices = EpochOrder(self.plan, self.seed, epoch, self.shuffle, orders).origins(wrapped)
             names = self.plan.names
-            return [(names[k], i) for k, i in zip(sources.tolist(), indices.tolist(), strict=True)]
+            return [
+                (names[k], i) if names[k] not in streams else stream_key(names[k], streams[names[k]], i)
+                for k, i in zip(sources.tolist(), indices.tolist(), strict=True)
+            ]
         if self.stream is not None:
             return stream_keys(self.stream, epoch, wrapped)
         keys = self.permutation(epoch)(wrapped)

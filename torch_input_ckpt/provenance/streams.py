@@ -19,7 +19,7 @@ from ..errors import InputStateError
 from ..mixture.plan import EpochOrder, Plan
 from ..stream.dataset import ShardedStream, StreamOrder
 
-__all__ = ["MAX_SCANNED_POSITIONS", "matches", "stream_keys", "target_of"]
+__all__ = ["MAX_SCANNED_POSITIONS", "matches", "stream_key", "stream_keys", "target_of"]
 
 # The reverse question scans positions, vectorised in chunks; past this many per question, ask in parts.
 MAX_SCANNED_POSITIONS = 50_000_000
@@ -35,6 +35,15 @@ def stream_keys(stream: ShardedStream, epoch: int, wrapped: torch.Tensor) -> lis
             out.append((stream.shards[shard].name, k))
         return out
     return [packed_sequence(stream, key) for key in keys]
+
+
+def stream_key(name: str, stream: ShardedStream, key: int) -> Any:
+    """A mixture's key from a stream source: ``(source, shard file, sample number)``, or a packed sequence's
+    pieces with ``"source"``."""
+    if stream.pack_to is None:
+        shard, k = stream.locate(key)
+        return (name, stream.shards[shard].name, k)
+    return {"source": name, **packed_sequence(stream, key)}
 
 
 def packed_sequence(stream: ShardedStream, key: int) -> dict[str, Any]:
@@ -73,6 +82,11 @@ def target_of(order: Plan | ShardedStream, key: tuple[str, int]) -> tuple[int, i
     if isinstance(order, Plan):
         if name not in order.names:
             raise ValueError(f"source {name!r} is not one of the mixture's sources {list(order.names)}")
+        if name in order.orders:
+            raise InputStateError(
+                f"source {name!r} is a stream with its own order: finding one of its samples is not supported "
+                "inside a mixture; ask which samples the steps held (--step, --steps) instead"
+            )
         return order.names.index(name), number
     names = [s.name for s in order.shards]
     if name not in names:
