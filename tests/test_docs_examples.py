@@ -181,7 +181,8 @@ def test_steering_example_finds_the_documents_of_a_step_and_reports_the_anneal(t
     assert lines[1:3] == ["True", "45 True"], "samples_at(43) named the step's documents; the skip resumed at 46"
     assert "skipped steps 41..45" in caplog.text
     before, after = (line for line in lines if line.startswith("  segment samples"))
-    assert before.startswith("  segment samples 0..240 (earlier weights): web 5") and "books 9." in before
+    assert before.startswith("  segment samples 0..240 (weights {'web': 6, 'code': 3, 'books': 1}): web 5")
+    assert "books 9." in before
     assert "(weights {'web': 2, 'code': 2, 'books': 6}): web 2" in after and "books 5" in after
     assert (tmp_path / "mixture.png").stat().st_size > 20_000
 

@@ -68,7 +68,7 @@ def test_report_of_a_mixture_run_equals_the_log_and_its_plot_draws_it(mixture_ru
         assert (source["source_epoch"], source["index"]) == divmod(final[name], LENGTHS[name])
     # Two segments: the first weights up to the restore at step 12, the new ones after it.
     early, late = data["segments"]
-    assert early["samples"] == counted(delivered, 12) and early["weights"] is None
+    assert early["samples"] == counted(delivered, 12) and early["weights"] == FIRST
     assert late["samples"] == counted(delivered, 28, first=13) and late["weights"] == SECOND
     assert late["from_sample"] == early["to_sample"] == sum(counted(delivered, 12).values())
     assert [r["rank"] for r in data["ranks"]] == [0, 1, 2] and data["skipped_steps"] == []

@@ -101,7 +101,7 @@ def format_report(report: Consumption) -> str:
         )
     for segment in data["segments"]:
         shares = ", ".join(f"{n} {p:.2%}" for n, p in segment["proportions"].items())
-        weights = "earlier weights" if segment["weights"] is None else f"weights {segment['weights']}"
+        weights = "earlier weights: history pruned" if segment["weights"] is None else f"weights {segment['weights']}"
         lines.append(f"  segment samples {segment['from_sample']}..{segment['to_sample']} ({weights}): {shares}")
     lines.append(f"  skipped steps: {data['skipped_steps'] or 'none'}")
     for rank in data["ranks"]:

@@ -159,7 +159,7 @@ def consumption(directory: str | os.PathLike[str], component: str | None = None)
         kind=_kind(newest.states[name]),
         points=points,
         history_complete=complete,
-        segments=_segments(newest.states[name], str(newest.path)),
+        segments=_segments(_plans(chain, name)),
         ranks=[_rank(root, rank, steps, name) for rank, steps in sorted(by_rank.items())],
         skipped_steps=[list(r) for r in record.get(Key.SKIPPED, [])],
     )
@@ -285,44 +285,57 @@ def _point(checkpoint: InputCheckpoint, name: str, raw: dict[str, int], skipped:
     )
 
 
-def _segments(state: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
-    """A mixture's realised segments, from its newest plan: before the plan's anchor (earlier weights: the
-    sample numbers at the anchor), then each piece of its schedule (one piece without a schedule)."""
-    sampler = _sampler(state, path)
-    order = sampler.dataset_order
-    if order is None or order.get(Key.KIND) != MIXTURE_KIND:
-        return []
-    plan = Plan.from_state(order, f"{path}: {Key.DATASET_ORDER}")
-    now = sampler.epoch * plan.total + min(sampler.cursor, plan.total)
+def _plans(chain: list[InputCheckpoint], name: str) -> list[tuple[Plan, SamplerState]]:
+    """The distinct mixture plans along the lineage (a resume with new weights or sources starts one), oldest
+    first, each with the sampler state of the newest checkpoint that holds it."""
+    found: dict[tuple[int, int], tuple[Plan, SamplerState]] = {}
+    for checkpoint in chain:
+        path = f"{checkpoint.path}: component {name!r}"
+        sampler = _sampler(checkpoint.states[name], path)
+        order = sampler.dataset_order
+        if order is None or order.get(Key.KIND) != MIXTURE_KIND:
+            return []
+        plan = Plan.from_state(order, f"{path}: {Key.DATASET_ORDER}")
+        found[(plan.anchor_epoch, plan.anchor_position)] = (plan, sampler)
+    return [found[anchor] for anchor in sorted(found)]
 
-    def at(g: int) -> list[int]:
-        return plan.consumed(sampler.seed, sampler.shuffle, g // plan.total, g % plan.total)
 
-    anchor = plan.anchor_epoch * plan.total + plan.anchor_position
-    # A schedule (helper "schedule"'s Plan.schedule: ((from_sample, weights), ...)): one piece each.
-    changes = [(anchor, tuple(plan.weights))] + [(g, tuple(w)) for g, w in getattr(plan, "schedule", ()) if g > anchor]
-    bounds: list[tuple[int, int, tuple[Any, ...] | None, list[int]]] = []
-    if anchor > 0:
-        bounds.append((0, anchor, None, list(plan.bases)))
-    for i, (start, weights) in enumerate(changes):
-        end = changes[i + 1][0] if i + 1 < len(changes) else now
-        if start >= now:
-            break
-        end = min(end, now)
-        bounds.append((start, end, weights, [b - a for a, b in zip(at(start), at(end), strict=True)]))
-    out = []
-    for start, end, weights, counts in bounds:
-        total = sum(counts)
-        out.append(
-            {
-                "from_sample": start,
-                "to_sample": end,
-                "weights": None if weights is None else dict(zip(plan.names, weights, strict=True)),
-                "samples": dict(zip(plan.names, counts, strict=True)),
-                "proportions": {n: (c / total if total else 0.0) for n, c in zip(plan.names, counts, strict=True)},
-            }
-        )
-    return out
+def _segments(plans: list[tuple[Plan, SamplerState]]) -> list[dict[str, Any]]:
+    """A mixture's realised segments: each plan on the lineage from its anchor to the next plan's, cut at each
+    change of its schedule (helper "schedule"'s ``Plan.schedule``); before the first plan's anchor (history
+    pruned), one segment of earlier weights (the sample numbers at that anchor)."""
+    bounds: list[tuple[Plan, int, int, tuple[Any, ...] | None, list[int]]] = []
+    for i, (plan, sampler) in enumerate(plans):
+
+        def at(g: int, plan: Plan = plan, sampler: SamplerState = sampler) -> list[int]:
+            return plan.consumed(sampler.seed, sampler.shuffle, g // plan.total, g % plan.total)
+
+        anchor = plan.anchor_epoch * plan.total + plan.anchor_position
+        if i + 1 < len(plans):
+            following = plans[i + 1][0]
+            stop = following.anchor_epoch * following.total + following.anchor_position
+        else:
+            stop = sampler.epoch * plan.total + min(sampler.cursor, plan.total)
+        if i == 0 and anchor > 0:
+            bounds.append((plan, 0, anchor, None, list(plan.bases)))
+        schedule = [(g, tuple(w)) for g, w in getattr(plan, "schedule", ()) if anchor < g < stop]
+        changes = [(anchor, tuple(plan.weights)), *schedule]
+        for k, (start, weights) in enumerate(changes):
+            end = changes[k + 1][0] if k + 1 < len(changes) else stop
+            if start < end:
+                bounds.append((plan, start, end, weights, [b - a for a, b in zip(at(start), at(end), strict=True)]))
+    return [_segment(*bound) for bound in bounds]
+
+
+def _segment(plan: Plan, start: int, end: int, weights: tuple[Any, ...] | None, counts: list[int]) -> dict[str, Any]:
+    total = sum(counts)
+    return {
+        "from_sample": start,
+        "to_sample": end,
+        "weights": None if weights is None else dict(zip(plan.names, weights, strict=True)),
+        "samples": dict(zip(plan.names, counts, strict=True)),
+        "proportions": {n: (c / total if total else 0.0) for n, c in zip(plan.names, counts, strict=True)},
+    }
 
 
 # -- per rank ---------------------------------------------------------------------------------------------
