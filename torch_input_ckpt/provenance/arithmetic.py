@@ -29,9 +29,7 @@ from ..mixture.plan import EpochOrder, Plan
 from ..order.exclusion import Exclusions
 from ..order.permutation import FeistelPermutation, IdentityPermutation, RandpermPermutation
 from ..state.schema import MIXTURE_KIND, SAMPLER_KIND, STREAM_KIND, Ahead, Key, LoaderHeader, SamplerState, field
-from ..stream.dataset import ShardedStream
-from ..stream.table import ShardTable
-from .streams import matches, stream_key, stream_keys, target_of
+from .streams import RecordedStream, matches, stream_key, stream_keys, target_of
 
 __all__ = ["Spot", "SavedPosition"]
 
@@ -41,7 +39,7 @@ _SCAN_CHUNK = 1 << 20
 
 def _dataset_order(
     sampler: SamplerState, later: Mapping[str, Any] | None, source: str
-) -> tuple[Plan | ShardedStream | None, str | None, int]:
+) -> tuple[Plan | RecordedStream | None, str | None, int]:
     """A dataset order's mixture plan or stream (None: neither), why its keys are not computable (None: they
     are), and the saved plan's ``samples_per_epoch`` (0: no mixture)."""
     if sampler.dataset_order is None:
@@ -49,11 +47,7 @@ def _dataset_order(
     order_kind = sampler.dataset_order.get(Key.KIND)
     if order_kind == STREAM_KIND:
         # Positions are arithmetic whatever the table says (a skip is cursor arithmetic); the keys need it.
-        try:
-            table = ShardTable.from_state(sampler.dataset_order.get(Key.STREAM_TABLE), f"{source}: {Key.SAMPLER}")
-            return ShardedStream.from_table(sampler.dataset_order, table, source), None, 0
-        except InputStateError as error:
-            return None, str(error), 0
+        return RecordedStream(sampler.dataset_order, f"{source}: {Key.SAMPLER}"), None, 0
     if order_kind != MIXTURE_KIND:
         return None, f"{source}: the sampler's order comes from a {order_kind!r} dataset, not computable here", 0
     saved = Plan.from_state(sampler.dataset_order, f"{source}: {Key.DATASET_ORDER}")
@@ -82,32 +76,21 @@ def _plan_unknown(plan: Plan, source: str) -> str | None:
             f"{source}: {Key.DATASET_ORDER}: the mixture's state does not record the order of its sources (saved "
             "before that was recorded; a checkpoint file sorts them by name), so a key's source is not known"
         )
-    for name in sorted(n for n in plan.names if n in plan.orders):
-        try:
-            _source_stream(plan, name, source)
-        except InputStateError as error:
-            return f"{source}: the mixture's source {name!r}: {error}"
+    others = {n: plan.orders[n].get(Key.KIND) for n in plan.names if n in plan.orders}
+    others = {n: kind for n, kind in others.items() if kind != STREAM_KIND}
+    if others:
+        return (
+            f"{source}: {Key.DATASET_ORDER}: the mixture's sources {others} have their own order, not computable here"
+        )
     return None
 
 
-def _source_stream(plan: Plan, name: str, source: str) -> ShardedStream:
-    """A mixture source's own order, a ``ShardedStream`` rebuilt from the shard table its state records.
-
-    Raises:
-        InputStateError: for another kind of own order, or a stream without a usable table.
-    """
-    order = plan.orders[name]
-    where = f"{source}: {Key.DATASET_ORDER}: source {name!r}"
-    if order.get(Key.KIND) != STREAM_KIND:
-        raise InputStateError(f"{where}: its own order is a {order.get(Key.KIND)!r}, not computable here")
-    return ShardedStream.from_table(order, ShardTable.from_state(order.get(Key.STREAM_TABLE), where), where)
-
-
-def _own_order(stream: ShardedStream | None, seed: int, shuffle: bool) -> Any:
+def _own_order(stream: RecordedStream | None, seed: int, shuffle: bool) -> Any:
     """A mixture source's own order as ``EpochOrder`` takes it (source epoch -> positions -> keys), or None."""
     if stream is None:
         return None
-    return lambda source_epoch: stream.epoch_order(seed, source_epoch, shuffle)
+    rebuilt = stream.get()
+    return lambda source_epoch: rebuilt.epoch_order(seed, source_epoch, shuffle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +127,8 @@ class SavedPosition:
         batch_size: The loader's batch size (None: unbatched, each key a batch).
         drop_last: The loader's ``drop_last`` (a partial last batch per rank is dropped).
         plan: A mixture's plan (the sampler's ``dataset_order``), or None.
-        stream: A ``ShardedStream`` rebuilt from the checkpoint's shard table (it reads nothing), or None.
-        source_streams: A mixture's sources that are streams, rebuilt the same way, by name.
+        stream: A ``ShardedStream``'s saved order, rebuilt from its shard table when keys are asked for, or None.
+        source_streams: A mixture's sources that are streams, the same way, by name.
         exclusions: Dataset indices left out of epochs (``order/exclusion.py``).
         opaque: Why the keys are not computable from the state (positions still are: a skip works), or None.
     """
@@ -162,8 +145,8 @@ class SavedPosition:
     batch_size: int | None
     drop_last: bool
     plan: Plan | None = None
-    stream: ShardedStream | None = None
-    source_streams: Mapping[str, ShardedStream] = dataclass_field(default_factory=dict)
+    stream: RecordedStream | None = None
+    source_streams: Mapping[str, RecordedStream] = dataclass_field(default_factory=dict)
     exclusions: Exclusions = Exclusions()
     opaque: str | None = None
 
@@ -197,7 +180,8 @@ class SavedPosition:
         order, opaque, saved_total = _dataset_order(sampler, later, source)
         plan = order if isinstance(order, Plan) else None
         own = [] if plan is None or opaque else [n for n in plan.names if n in plan.orders]
-        streams = {n: _source_stream(plan, n, source) for n in own}  # type: ignore[arg-type]
+        where = f"{source}: {Key.DATASET_ORDER}: source"
+        streams = {n: RecordedStream(plan.orders[n], f"{where} {n!r}") for n in own}  # type: ignore[union-attr]
         length = sampler.length if plan is None else saved_total
         next_length = field(state, Key.DATASET_LENGTH, int, source, low=1) if plan is None else plan.total
         world, batch_size, excluded = sampler.num_replicas, header.batch_size, sampler.excluded
@@ -218,7 +202,7 @@ class SavedPosition:
             batch_size=batch_size,
             drop_last=header.drop_last,
             plan=plan,
-            stream=order if isinstance(order, ShardedStream) else None,
+            stream=order if isinstance(order, RecordedStream) else None,
             source_streams=streams,
             exclusions=Exclusions.from_state(excluded or [], next_length, f"{source}: {Key.SAMPLER}"),
             opaque=opaque,
@@ -316,11 +300,11 @@ class SavedPosition:
             sources, _, indices = EpochOrder(self.plan, self.seed, epoch, self.shuffle, orders).origins(wrapped)
             names = self.plan.names
             return [
-                (names[k], i) if names[k] not in streams else stream_key(names[k], streams[names[k]], i)
+                (names[k], i) if names[k] not in streams else stream_key(names[k], streams[names[k]].get(), i)
                 for k, i in zip(sources.tolist(), indices.tolist(), strict=True)
             ]
         if self.stream is not None:
-            return stream_keys(self.stream, epoch, wrapped)
+            return stream_keys(self.stream.get(), epoch, wrapped)
         keys = self.permutation(epoch)(wrapped)
         exclusion = self.exclusions.at(epoch)
         if exclusion is not None:
@@ -352,7 +336,7 @@ class SavedPosition:
             raise InputStateError(self.opaque)
         if epoch < self.epoch:
             raise InputStateError(f"epoch {epoch} is before the checkpoint's position (epoch {self.epoch})")
-        order = self.plan if self.plan is not None else self.stream
+        order = self.plan if self.plan is not None else self.stream.get() if self.stream is not None else None
         if (order is None) != isinstance(key, int):
             wanted = "a dataset index" if order is None else "NAME:NUMBER (a source's or shard file's sample)"
             raise ValueError(f"the loader's dataset takes {wanted} as the sample (got {key!r})")

@@ -17,12 +17,40 @@ import torch
 
 from ..errors import InputStateError
 from ..mixture.plan import EpochOrder, Plan
+from ..state.schema import Key
 from ..stream.dataset import ShardedStream, StreamOrder
+from ..stream.table import ShardTable
 
-__all__ = ["MAX_SCANNED_POSITIONS", "matches", "stream_key", "stream_keys", "target_of"]
+__all__ = ["MAX_SCANNED_POSITIONS", "RecordedStream", "matches", "stream_key", "stream_keys", "target_of"]
 
 # The reverse question scans positions, vectorised in chunks; past this many per question, ask in parts.
 MAX_SCANNED_POSITIONS = 50_000_000
+
+
+class RecordedStream:
+    """A stream's saved order state, rebuilt into a ``ShardedStream`` (from its shard table: the index may be
+    read, never a shard) only when keys are asked for: a skip or ``inspect`` needs positions alone.
+
+    Args:
+        state: The stream's ``order_state()`` as saved.
+        where: Where it came from, for messages.
+    """
+
+    def __init__(self, state: Any, where: str) -> None:
+        self.state, self.where = state, where
+        self._stream: ShardedStream | None = None
+
+    def get(self) -> ShardedStream:
+        """The rebuilt stream.
+
+        Raises:
+            InputStateError: for a state without a usable shard table (saved before tables were recorded, an
+                index missing or changed since), naming why.
+        """
+        if self._stream is None:
+            table = ShardTable.from_state(self.state.get(Key.STREAM_TABLE), self.where)
+            self._stream = ShardedStream.from_table(self.state, table, self.where)
+        return self._stream
 
 
 def stream_keys(stream: ShardedStream, epoch: int, wrapped: torch.Tensor) -> list[Any]:
