@@ -72,6 +72,8 @@ def test_report_of_a_mixture_run_equals_the_log_and_its_plot_draws_it(mixture_ru
     assert late["samples"] == counted(delivered, 28, first=13) and late["weights"] == SECOND
     assert late["from_sample"] == early["to_sample"] == sum(counted(delivered, 12).values())
     assert [r["rank"] for r in data["ranks"]] == [0, 1, 2] and data["skipped_steps"] == []
+    per_rank = [sum(len(ranks.get(r, [])) for s, ranks in delivered.items() if s <= 28) for r in range(3)]
+    assert [r["samples"] for r in data["ranks"]] == per_rank and per_rank[2] < per_rank[0]
     # The PNG: a real image with the four sources' colours; the lines drawn are the JSON's numbers.
     assert png.stat().st_size > 20_000
     image = __import__("matplotlib.image", fromlist=["imread"]).imread(png)[..., :3]
@@ -106,6 +108,8 @@ def test_report_of_a_packed_stream_with_a_skip(tmp_path, capsys):
     sequences = sum(len(keys) for step, ranks in trained.items() if step <= 12 for keys in ranks.values())
     assert data["kind"] == "stream" and data["step"] == 12 and data["skipped_steps"] == [[7, 8]]
     assert data["samples"] == sequences and data["tokens"] == 5 * sequences
+    per_rank = [sum(len(ranks[r]) for step, ranks in trained.items() if step <= 12) for r in range(2)]
+    assert [r["samples"] for r in data["ranks"]] == per_rank
     assert main(["report", str(tmp_path / "run")]) == 0
     text = capsys.readouterr().out
     assert f"{sequences} samples consumed, {5 * sequences} tokens" in text and "skipped steps: [[7, 8]]" in text

@@ -107,7 +107,7 @@ def format_report(report: Consumption) -> str:
     for rank in data["ranks"]:
         bad = "; ".join(f"epoch {b['epoch']} index {b['index']}: {b['error']}" for b in rank["bad_samples"])
         lines.append(
-            f"  rank {rank['rank']}: step {rank['step']}, {rank['batches']} batches, "
+            f"  rank {rank['rank']}: step {rank['step']}, {rank['samples']} samples in {rank['batches']} batches, "
             f"bad samples: {bad or 'none'}, excluded: {rank['excluded'] or 'none'}"
         )
     return "\n".join(lines)

@@ -95,7 +95,9 @@ class Consumption:
         history_complete: Whether the lineage reaches the run's first save (else older files were pruned).
         segments: A mixture's realised segments: ``{"from_sample", "to_sample", "weights", "samples",
             "proportions"}`` (empty for other kinds).
-        ranks: Per rank, its newest checkpoint: ``{"rank", "step", "batches", "bad_samples", "excluded"}``.
+        ranks: Per rank, its newest checkpoint: ``{"rank", "step", "batches", "bad_samples", "excluded"}``, and
+            ``"samples"``: what its loader delivered along the lineage (padding repeats included; None with
+            the loader's ``drop_last``).
         skipped_steps: ``[[first, last], ...]``: steps skipped on a restore.
     """
 
@@ -160,7 +162,7 @@ def consumption(directory: str | os.PathLike[str], component: str | None = None)
         points=points,
         history_complete=complete,
         segments=_segments(_plans(chain, name)),
-        ranks=[_rank(root, rank, steps, name) for rank, steps in sorted(by_rank.items())],
+        ranks=_ranks(root, by_rank, name, _rank_samples(chain, name)),
         skipped_steps=[list(r) for r in record.get(Key.SKIPPED, [])],
     )
 
@@ -339,6 +341,55 @@ def _segment(plan: Plan, start: int, end: int, weights: tuple[Any, ...] | None, 
 
 
 # -- per rank ---------------------------------------------------------------------------------------------
+
+
+def _rank_samples(chain: list[InputCheckpoint], name: str) -> dict[int, int] | None:
+    """Per rank, the samples its loader delivered along the lineage (padding repeats included, skipped steps
+    not), from each interval's positions and world size; None with the loader's ``drop_last`` (partial
+    batches dropped per rank: not positions)."""
+    counts: dict[int, int] = {}
+    previous = (0, 0)
+    for i, checkpoint in enumerate(chain):
+        state = checkpoint.states[name]
+        path = f"{checkpoint.path}: component {name!r}"
+        header = LoaderHeader.from_dict(state, path)
+        if header.drop_last and header.batch_size:
+            return None
+        sampler = _sampler(state, path)
+        here = (sampler.epoch, sampler.cursor)
+        if not (i and _is_skip_save(checkpoint)):  # a skip-save's interval was skipped, never delivered
+            for rank in range(sampler.num_replicas):
+                share = _share(previous, here, sampler.length, sampler.num_replicas, rank, sampler.drop_last)
+                counts[rank] = counts.get(rank, 0) + share
+        previous = here
+    return counts
+
+
+def _share(start: tuple[int, int], end: tuple[int, int], length: int, world: int, rank: int, tail_dropped: bool) -> int:
+    """Positions rank ``rank`` takes from ``start`` to ``end`` (each ``(epoch, cursor)``): a pass from cursor
+    ``s`` gives it ``s + rank``, ``s + rank + world``, ... up to the pass's end (padded unless dropped)."""
+
+    def pass_end(s: int) -> int:
+        remaining = max(length - s, 0)
+        return s + (remaining // world if tail_dropped else -(-remaining // world)) * world
+
+    def taken(s: int, stop: int) -> int:
+        return max(0, -(-(stop - s - rank) // world))
+
+    (first, cursor), (last, stop) = start, end
+    if first == last:
+        return taken(cursor, min(stop, max(pass_end(cursor), cursor)))
+    whole = (last - first - 1) * taken(0, pass_end(0))
+    return taken(cursor, max(pass_end(cursor), cursor)) + whole + taken(0, min(stop, pass_end(0)))
+
+
+def _ranks(root: Path, by_rank: Mapping[int, list[int]], name: str, samples: dict[int, int] | None) -> list[Any]:
+    out = []
+    for rank, steps in sorted(by_rank.items()):
+        found = _rank(root, rank, steps, name)
+        found["samples"] = None if samples is None else samples.get(rank, 0)
+        out.append(found)
+    return out
 
 
 def _rank(root: Path, rank: int, steps: list[int], name: str) -> dict[str, Any]:
