@@ -83,6 +83,17 @@ def test_unpacked_stream_resharded_2_to_3(tmp_path, jsonl_dir, capsys):
     # The command (a fresh process runs it in examples/steering_provenance.py): the same keys, as FILE:ROW.
     assert main(["samples", str(tmp_path), "--step", "9", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["keys"] == {str(r): [list(k) for k in ks] for r, ks in named[9].items()}
+    # A bad --sample: one line naming it, exit 2 (usage), before or without a scan.
+    for sample, message in [
+        ("nope.jsonl:1", "'nope.jsonl' is not one of the stream's shards"),
+        ("web.jsonl:7", "web.jsonl holds 7 samples: there is no sample 7"),
+        ("x" * 5000 + ":1", "at most 4096 characters"),
+        ("web.jsonl:x", "--sample takes INDEX or NAME:INDEX"),
+        ("3", "takes NAME:NUMBER"),
+    ]:
+        assert main(["samples", str(tmp_path), "--sample", sample]) == 2, sample
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (sample, err)
 
 
 def document_pieces(stream: ShardedStream, item) -> list[dict]:
