@@ -90,7 +90,11 @@ class ShardTable:
         elif isinstance(index, str) and index:
             table, origin = cls._from_index(index, where), index
         else:
-            raise InputStateError(f"{where}: neither rows nor an index file recorded (index={short(index)})")
+            raise InputStateError(
+                f"{where}: neither rows nor an index file recorded (index={short(index)}): a stream of more than "
+                f"{MAX_INLINE_SHARDS} shards given as a list, not as a directory with its index, so its shard table "
+                "is not in the checkpoint; which samples a step held is not computable from it"
+            )
         if table.sha256 != digest:
             raise InputStateError(
                 f"{where}: the shard table from {origin} does not match the sha256 the run recorded ({digest}): "
