@@ -67,10 +67,10 @@ def arguments(help_output: str) -> tuple[set[str], set[str]]:
 
 
 def test_the_program_lists_the_commands():
-    assert commands() == ["inspect", "samples", "index"]
+    assert commands() == ["inspect", "samples", "report", "index"]
 
 
-@pytest.mark.parametrize("command", ["inspect", "samples", "index"])
+@pytest.mark.parametrize("command", ["inspect", "samples", "report", "index"])
 def test_every_option_of_the_command_is_documented(command):
     assert command in commands(), f"{command} is no longer a command: update docs/reference/cli.md and this test"
     options, positionals = arguments(help_text(command))

@@ -35,6 +35,7 @@ RUN_BY = {
     "examples/stream_quickstart.py": "test_stream_quickstart_resumes_from_the_file_in_a_fresh_process_with_workers",
     "examples/testing_own_dataset.py": "test_testing_example_passes_the_reseeded_dataset_and_catches_its_own_generator",
     "examples/bad_samples.py": "test_bad_samples_example_resumes_in_a_fresh_process",
+    "examples/steering_provenance.py": "test_steering_example_finds_the_documents_of_a_step_and_reports_the_anneal",
 }
 
 
@@ -173,6 +174,20 @@ def test_provenance_example_computes_the_steps_and_skips_them(tmp_path, capfd, c
     assert not set(ast.literal_eval(first)) & set(trained), "a sample of a skipped step came back in epoch 0"
     assert "(SKIPPED on a restore" in lines[5], "samples marks the skipped step"
     assert "skipped steps 101..120" in log
+
+
+@pytest.mark.slow
+def test_steering_example_finds_the_documents_of_a_step_and_reports_the_anneal(tmp_path):
+    lines, stderr = run("steering_provenance.py", tmp_path)  # a fresh process: computed from the files alone
+    documents = ast.literal_eval(lines[0])
+    assert len(documents) == 4 and all(name.startswith("part") for name, _ in documents)
+    assert lines[1:3] == ["True", "45 True"], "samples_at(43) named the step's documents; the skip resumed at 46"
+    assert "skipped steps 41..45" in stderr
+    before, after = (line for line in lines if line.startswith("  segment samples"))
+    assert before.startswith("  segment samples 0..240 (weights {'web': 6, 'code': 3, 'books': 1}): web 5")
+    assert "books 9." in before
+    assert "(weights {'web': 2, 'code': 2, 'books': 6}): web 2" in after and "books 5" in after
+    assert (tmp_path / "mixture.png").stat().st_size > 20_000
 
 
 @pytest.mark.slow

@@ -76,9 +76,16 @@ def test_skip_steps_on_a_sharded_stream_is_cursor_arithmetic(tmp_path):
     resumed = run(tmp_path / "a", config, world=2, steps=range(1, 40), restore=True, skip_steps=9)  # over an epoch end
     assert min(resumed) == 20
     assert resumed == {step: keys for step, keys in uninterrupted.items() if step >= 20}
-    # Which samples a step held still needs the shard counts, which the checkpoint does not record.
-    with pytest.raises(InputStateError, match="'ShardedStream' dataset.*each shard's sample count"):
-        Provenance(tmp_path / "a").step(21)
+    # Which samples a step held: from the shard table the checkpoints record, after the skip as before it.
+    provenance = Provenance(tmp_path / "a")
+    for step in (3, 21, 30):
+        delivered = (uninterrupted if step >= 20 else resumed | uninterrupted)[step]
+        named = {
+            r: [(f"shard-{int(i['id'].split('-')[0]):03d}.jsonl.gz", int(i["id"].split("-")[1])) for i in items]
+            for r, items in delivered.items()
+        }
+        assert dict(provenance.step(step).keys) == named, step
+    assert provenance.step(15).skipped
 
 
 def test_the_samples_command_in_a_fresh_process_uses_the_new_plan(tmp_path):

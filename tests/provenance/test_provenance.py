@@ -141,10 +141,14 @@ def test_given_batches_per_step_is_checked_against_the_record(tmp_path):
     assert samples_at(tmp_path, 5, batches_per_step=2).batches_per_step == 2
 
 
-def test_refuses_a_sharded_stream_and_names_what_is_missing(tmp_path):
+def test_a_sharded_stream_saved_without_its_shard_table_is_refused_naming_it(tmp_path):
+    import json
+
     from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, ShardedStream
+    from torch_input_ckpt.store.files import InputFile
     from torch_input_ckpt.stream.shards import write_index
 
+    from tests.support.mixture_files import rewrite
     from tests.support.stream_data import write_shards
 
     shards = write_shards(tmp_path / "shards", "jsonl")
@@ -153,5 +157,11 @@ def test_refuses_a_sharded_stream_and_names_what_is_missing(tmp_path):
     loader = ResumableDataLoader(stream, batch_size=2, collate_fn=list)
     with InputCheckpointer(tmp_path / "ckpt", loader) as ckpt:
         ckpt.save(0)
-    with pytest.raises(InputStateError, match="'ShardedStream' dataset.*each shard's sample count.*not record"):
+    assert samples_at(tmp_path / "ckpt", 1, batches_per_step=1).keys[0]  # answered from the shard table
+    path = tmp_path / "ckpt" / InputFile(0, 0).name
+    document = json.loads(path.read_text())
+    for state in document["states"].values():
+        del state["sampler"]["dataset_order"]["shard_table"]  # as a version before shard tables saved it
+    rewrite(path, document)
+    with pytest.raises(InputStateError, match="records no shard table.*each shard's sample count"):
         samples_at(tmp_path / "ckpt", 1, batches_per_step=1)

@@ -1,11 +1,12 @@
 """``samples`` for a Mixture: ``(source, index)`` per key, equal to what the real loader delivered, across
-mixture epochs, on 1 and 3 ranks and after a resharding restore; ``--sample`` refuses naming why."""
+mixture epochs, on 1 and 3 ranks and after a resharding restore; ``--sample SOURCE:INDEX`` equal to the steps
+the loop logged."""
 
 from __future__ import annotations
 
 import pytest
 
-from torch_input_ckpt import InputStateError, Mixture
+from torch_input_ckpt import Mixture
 from torch_input_ckpt.provenance.history import Provenance
 
 from tests.support.provenance_runs import run
@@ -38,8 +39,15 @@ def test_mixture_samples_equal_the_recorded_run(tmp_path, world):
     delivered = run(tmp_path, CONFIG, world=world, steps=range(1, 31 if world == 3 else 50))
     provenance = check(tmp_path, delivered)
     assert provenance.configuration()["mixture_sources"] == make_mixture().counts()
-    with pytest.raises(InputStateError, match="not supported for a Mixture"):
+    last = max(delivered)
+    for key in [("b", 3), ("c", 12), ("a", 0)]:
+        logged = sorted((s, r) for s, ranks in delivered.items() for r, keys in ranks.items() for k in keys if k == key)
+        found = sorted((o.step, o.rank) for o in provenance.sample(key, range(0, 8)) if o.step <= last)
+        assert logged and found == logged, key
+    with pytest.raises(ValueError, match="NAME:NUMBER"):
         provenance.sample(3, range(0, 2))
+    with pytest.raises(ValueError, match="not one of the mixture's sources"):
+        provenance.sample(("web", 3), range(0, 2))
 
 
 def test_mixture_resharded_2_to_3(tmp_path):

@@ -1,6 +1,6 @@
 """The ``torch-input-ckpt`` command line (``python -m torch_input_ckpt``): one parser, one module per command.
 
-Each command module (``inspection``, ``samples``, ``index``) adds its subparser (``add_parser``) and
+Each command module (``inspection``, ``samples``, ``report``, ``index``) adds its subparser (``add_parser``) and
 answers with an exit status (``run``); this module builds the parser and turns anything unexpected into
 one line and an exit status, never a traceback.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import index, inspection, samples
+from . import index, inspection, report, samples
 
 __all__ = ["main"]
 
 # In the order `--help` lists them.
-_COMMANDS = {"inspect": inspection, "samples": samples, "index": index}
+_COMMANDS = {"inspect": inspection, "samples": samples, "report": report, "index": index}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,9 +23,10 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit status: ``inspect``: 0 if every rank has a valid checkpoint, 1 if not, 2 for a usage error or a
     missing or unreadable directory. ``samples``: 0 an answer, 1 the checkpoints do not record what it
-    needs, 2 a usage error (see ``cli/samples.py``). ``index``: 0 written, 2 a missing directory or bad
-    shards (see ``cli/index.py``). Every command: 3 for an internal error (a bug to report, one line),
-    130 when interrupted.
+    needs, 2 a usage error (see ``cli/samples.py``). ``report``: 0 a report, 1 the checkpoints do not
+    record what it needs, 2 a usage error or ``--plot`` without matplotlib (see ``cli/report.py``).
+    ``index``: 0 written, 2 a missing directory or bad shards (see ``cli/index.py``). Every command: 3 for
+    an internal error (a bug to report, one line), 130 when interrupted.
     """
     try:
         return _command(argv)

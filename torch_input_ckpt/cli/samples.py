@@ -32,6 +32,7 @@ from ..store import files
 __all__ = ["EXIT_ANSWER", "EXIT_INTERNAL", "EXIT_NOT_RECORDED", "EXIT_USAGE", "add_parser", "run"]
 
 EXIT_ANSWER, EXIT_NOT_RECORDED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+MAX_SAMPLE_CHARS = 4096  # --sample NAME:INDEX: a shard's relative path and a number
 
 
 def add_parser(commands: Any) -> None:
@@ -51,7 +52,11 @@ def add_parser(commands: Any) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--step", type=int, help="one optimizer step")
     what.add_argument("--steps", help=f"a range of steps A:B (A to B-1; at most {MAX_STEPS_PER_QUERY} steps)")
-    what.add_argument("--sample", type=int, help="a dataset index: the steps at which it was delivered")
+    what.add_argument(
+        "--sample",
+        help="the steps at which a sample was delivered: a dataset index, a mixture's SOURCE:INDEX, or a stream's "
+        "FILE:ROW (the shard file as `samples --step` prints it)",
+    )
     parser.add_argument(
         "--epochs",
         help=f"with --sample: the epochs A:B to look in (default: the checkpoint's; at most {MAX_EPOCHS_PER_QUERY})",
@@ -114,7 +119,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
     """The integer arguments within their bounds, before any file is read."""
     bounds = {
         "--step": (args.step, 1, files.MAX_STEP),
-        "--sample": (args.sample, 0, MAX_LENGTH - 1),
         "--rank": (args.rank, 0, MAX_WORLD_SIZE - 1),
         "--batches-per-step": (args.batches_per_step, 1, MAX_KEYS_PER_QUERY),
     }
@@ -123,6 +127,21 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise ValueError(f"{option} {_number(value)} is out of range; expected {low} <= {option[2:]} <= {high}")
     if args.epochs and args.sample is None:
         raise ValueError("--epochs goes with --sample")
+    if args.sample is not None:
+        args.sample = _sample_key(args.sample)
+
+
+def _sample_key(text: str) -> int | tuple[str, int]:
+    """``--sample``: ``INDEX``, or ``NAME:INDEX`` (the name may hold ``:``; the last one splits), bounded."""
+    name, sep, number = text.rpartition(":")
+    if not _integer(number) or len(text) > MAX_SAMPLE_CHARS or (sep and not name):
+        raise ValueError(
+            f"--sample takes INDEX or NAME:INDEX (a mixture's source, a stream's shard file), at most "
+            f"{MAX_SAMPLE_CHARS} characters (got {_number(text)})"
+        )
+    if len(number) > 25 or not 0 <= int(number) < MAX_LENGTH:
+        raise ValueError(f"--sample {_number(text)} is out of range; expected 0 <= index < {MAX_LENGTH}")
+    return (name, int(number)) if sep else int(number)
 
 
 def _steps(args: argparse.Namespace) -> range:
@@ -186,16 +205,25 @@ def _text(answer: StepSamples) -> str:
 
 
 def _key(key: Any) -> str:
-    return f"{key[0]}:{key[1]}" if isinstance(key, tuple) else str(key)
+    if isinstance(key, dict):  # a packed sequence: its pieces, FILE#DOCUMENT[a:b] or FILE@tokens[a:b]
+        pieces = [
+            f"{p['file']}#{p['document']}[{p['tokens'][0]}:{p['tokens'][1]}]"
+            if p["document"] is not None
+            else f"{p['file']}@tokens[{p['shard_tokens'][0]}:{p['shard_tokens'][1]}]"
+            for p in key["pieces"]
+        ]
+        source = f"{key['source']}:" if "source" in key else ""
+        return f"{source}seq{key['sequence']}=" + "+".join(pieces)
+    return ":".join(map(str, key)) if isinstance(key, tuple) else str(key)
 
 
-def _occurrences(index: int, epochs: range, found: list[Occurrence], as_json: bool) -> str:
+def _occurrences(index: Any, epochs: range, found: list[Occurrence], as_json: bool) -> str:
     if as_json:
         return json.dumps(
             [{"epoch": o.epoch, "step": o.step, "rank": o.rank, "batch": o.batch, "skipped": o.skipped} for o in found]
         )
     plural = "y" if len(found) == 1 else "ies"
-    lines = [f"sample {index} in epochs {epochs.start}..{epochs.stop - 1}: {len(found)} deliver{plural}"]
+    lines = [f"sample {_key(index)} in epochs {epochs.start}..{epochs.stop - 1}: {len(found)} deliver{plural}"]
     for o in found:
         skipped = " (skipped on a restore)" if o.skipped else ""
         lines.append(f"  epoch {o.epoch}: step {o.step}, rank {o.rank}, batch {o.batch} of the step{skipped}")

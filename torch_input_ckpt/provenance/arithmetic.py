@@ -7,9 +7,10 @@ plan, world size, batch size, both ``drop_last`` rules, the exclusion list): bat
 position is located in O(1) (whole epochs are counted, not walked) and its keys are computed without
 the dataset. Limits: it knows batches, not optimizer steps (``provenance/history.py`` maps steps to batches with
 the counts the checkpoints record), and it refuses states it cannot answer for (another sampler kind,
-batches delivered out of order beyond the position, an epoch with no batch at all), naming why. Over a
-dataset whose order the state does not determine (a ``ShardedStream``, a ``Mixture`` with one as a
-source) the positions are still arithmetic, so a skip works; only the keys are refused. A mixture's keys
+batches delivered out of order beyond the position, an epoch with no batch at all), naming why. A
+``ShardedStream``'s keys (alone, or as a ``Mixture``'s source) come from the shard table its state records
+(``stream/table.py``: the counts, never the data); a state saved before tables were recorded keeps
+arithmetic positions (so a skip works) and refuses only the keys. A mixture's keys
 after a checkpoint come from the plan of the run that continued from it (its next checkpoint's, when that
 run re-planned at this position on resume).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import torch
@@ -26,32 +28,28 @@ from ..errors import InputStateError
 from ..mixture.plan import EpochOrder, Plan
 from ..order.exclusion import Exclusions
 from ..order.permutation import FeistelPermutation, IdentityPermutation, RandpermPermutation
-from ..state.schema import MIXTURE_KIND, SAMPLER_KIND, Ahead, Key, LoaderHeader, SamplerState, field
+from ..state.schema import MIXTURE_KIND, SAMPLER_KIND, STREAM_KIND, Ahead, Key, LoaderHeader, SamplerState, field
+from .streams import RecordedStream, matches, stream_key, stream_keys, target_of
 
 __all__ = ["Spot", "SavedPosition"]
 
 _ORDERS: dict[str, type] = {"feistel": FeistelPermutation, "randperm": RandpermPermutation}
+_SCAN_CHUNK = 1 << 20
 
 
 def _dataset_order(
     sampler: SamplerState, later: Mapping[str, Any] | None, source: str
-) -> tuple[Plan | None, str | None, int]:
-    """A dataset order's mixture plan (None: no mixture), why its keys are not computable (None: they
+) -> tuple[Plan | RecordedStream | None, str | None, int]:
+    """A dataset order's mixture plan or stream (None: neither), why its keys are not computable (None: they
     are), and the saved plan's ``samples_per_epoch`` (0: no mixture)."""
     if sampler.dataset_order is None:
         return None, None, 0
     order_kind = sampler.dataset_order.get(Key.KIND)
+    if order_kind == STREAM_KIND:
+        # Positions are arithmetic whatever the table says (a skip is cursor arithmetic); the keys need it.
+        return RecordedStream(sampler.dataset_order, f"{source}: {Key.SAMPLER}"), None, 0
     if order_kind != MIXTURE_KIND:
-        # Positions are still arithmetic (a skip is cursor arithmetic); only the keys are not computable.
-        return (
-            None,
-            (
-                f"{source}: the sampler's order comes from a {order_kind!r} dataset; its order depends on each "
-                "shard's sample count, which the checkpoint does not record (only the number of shards and "
-                "a fingerprint), so which samples a step held is not computable from the checkpoint alone"
-            ),
-            0,
-        )
+        return None, f"{source}: the sampler's order comes from a {order_kind!r} dataset, not computable here", 0
     saved = Plan.from_state(sampler.dataset_order, f"{source}: {Key.DATASET_ORDER}")
     plan = _continued_plan(saved, sampler, later, source)
     return plan, _plan_unknown(plan, source), saved.total
@@ -78,14 +76,21 @@ def _plan_unknown(plan: Plan, source: str) -> str | None:
             f"{source}: {Key.DATASET_ORDER}: the mixture's state does not record the order of its sources (saved "
             "before that was recorded; a checkpoint file sorts them by name), so a key's source is not known"
         )
-    own = sorted(name for name in plan.names if name in plan.orders)
-    if own:
+    others = {n: plan.orders[n].get(Key.KIND) for n in plan.names if n in plan.orders}
+    others = {n: kind for n, kind in others.items() if kind != STREAM_KIND}
+    if others:
         return (
-            f"{source}: {Key.DATASET_ORDER}: the mixture's sources {own} have their own order (a ShardedStream's "
-            "depends on each shard's sample count, which the checkpoint does not record), so which samples a step "
-            "held is not computable from the checkpoint alone"
+            f"{source}: {Key.DATASET_ORDER}: the mixture's sources {others} have their own order, not computable here"
         )
     return None
+
+
+def _own_order(stream: RecordedStream | None, seed: int, shuffle: bool) -> Any:
+    """A mixture source's own order as ``EpochOrder`` takes it (source epoch -> positions -> keys), or None."""
+    if stream is None:
+        return None
+    rebuilt = stream.get()
+    return lambda source_epoch: rebuilt.epoch_order(seed, source_epoch, shuffle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,8 @@ class SavedPosition:
         batch_size: The loader's batch size (None: unbatched, each key a batch).
         drop_last: The loader's ``drop_last`` (a partial last batch per rank is dropped).
         plan: A mixture's plan (the sampler's ``dataset_order``), or None.
+        stream: A ``ShardedStream``'s saved order, rebuilt from its shard table when keys are asked for, or None.
+        source_streams: A mixture's sources that are streams, the same way, by name.
         exclusions: Dataset indices left out of epochs (``order/exclusion.py``).
         opaque: Why the keys are not computable from the state (positions still are: a skip works), or None.
     """
@@ -138,6 +145,8 @@ class SavedPosition:
     batch_size: int | None
     drop_last: bool
     plan: Plan | None = None
+    stream: RecordedStream | None = None
+    source_streams: Mapping[str, RecordedStream] = dataclass_field(default_factory=dict)
     exclusions: Exclusions = Exclusions()
     opaque: str | None = None
 
@@ -168,7 +177,11 @@ class SavedPosition:
                 "cursor; the batches after it are not a pure function of the position"
             )
         sampler = SamplerState.from_dict(field(state, Key.SAMPLER, dict, source), f"{source}: {Key.SAMPLER}")
-        plan, opaque, saved_total = _dataset_order(sampler, later, source)
+        order, opaque, saved_total = _dataset_order(sampler, later, source)
+        plan = order if isinstance(order, Plan) else None
+        own = [] if plan is None or opaque else [n for n in plan.names if n in plan.orders]
+        where = f"{source}: {Key.DATASET_ORDER}: source"
+        streams = {n: RecordedStream(plan.orders[n], f"{where} {n!r}") for n in own}  # type: ignore[union-attr]
         length = sampler.length if plan is None else saved_total
         next_length = field(state, Key.DATASET_LENGTH, int, source, low=1) if plan is None else plan.total
         world, batch_size, excluded = sampler.num_replicas, header.batch_size, sampler.excluded
@@ -189,6 +202,8 @@ class SavedPosition:
             batch_size=batch_size,
             drop_last=header.drop_last,
             plan=plan,
+            stream=order if isinstance(order, RecordedStream) else None,
+            source_streams=streams,
             exclusions=Exclusions.from_state(excluded or [], next_length, f"{source}: {Key.SAMPLER}"),
             opaque=opaque,
         )
@@ -269,7 +284,8 @@ class SavedPosition:
         return torch.arange(lo, hi, dtype=torch.int64) * self.world + (spot.start + rank)
 
     def keys(self, epoch: int, positions: torch.Tensor) -> list[Any]:
-        """The keys at global ``positions`` of ``epoch``: dataset indices, or ``(source, index)`` of a mixture.
+        """The keys at global ``positions`` of ``epoch``: dataset indices, ``(source, index)`` of a mixture,
+        ``(shard file, sample number)`` of a stream, or a packed sequence's pieces (``provenance/streams.py``).
 
         Raises:
             InputStateError: when the state does not determine the keys (``opaque`` says why).
@@ -279,9 +295,16 @@ class SavedPosition:
         length = self.epoch_length(epoch)
         wrapped = positions % length
         if self.plan is not None:
-            sources, _, indices = EpochOrder(self.plan, self.seed, epoch, self.shuffle).origins(wrapped)
+            streams = self.source_streams
+            orders = [_own_order(streams.get(n), self.seed, self.shuffle) for n in self.plan.names]
+            sources, _, indices = EpochOrder(self.plan, self.seed, epoch, self.shuffle, orders).origins(wrapped)
             names = self.plan.names
-            return [(names[k], i) for k, i in zip(sources.tolist(), indices.tolist(), strict=True)]
+            return [
+                (names[k], i) if names[k] not in streams else stream_key(names[k], streams[names[k]].get(), i)
+                for k, i in zip(sources.tolist(), indices.tolist(), strict=True)
+            ]
+        if self.stream is not None:
+            return stream_keys(self.stream.get(), epoch, wrapped)
         keys = self.permutation(epoch)(wrapped)
         exclusion = self.exclusions.at(epoch)
         if exclusion is not None:
@@ -300,19 +323,42 @@ class SavedPosition:
 
     # -- the reverse question --------------------------------------------------------------------------
 
-    def occurrences(self, index: int, epoch: int) -> Iterator[tuple[int, int]]:
-        """Where dataset index ``index`` is delivered in ``epoch``: ``(rank, batch offset after the
-        position)``, padding repeats included; nothing for positions before the saved cursor.
+    def occurrences(self, key: int | tuple[str, int], epoch: int) -> Iterator[tuple[int, int]]:
+        """Where a sample is delivered in ``epoch``: ``(rank, batch offset after the position)``, padding
+        repeats included; nothing for positions before the saved cursor. ``key``: a dataset index, a
+        mixture's ``(source, index)`` or a stream's ``(shard file, sample number)``.
 
         Raises:
-            InputStateError: for a mixture (its keys are not inverted) or an epoch before the saved one.
+            InputStateError: when the keys are not computable, or for an epoch before the saved one.
+            ValueError: for a key of another kind than the loader's dataset, or an unknown source or file.
         """
-        if self.plan is not None:
-            raise InputStateError("finding a sample's steps is not supported for a Mixture (its keys are not inverted)")
         if self.opaque is not None:
             raise InputStateError(self.opaque)
         if epoch < self.epoch:
             raise InputStateError(f"epoch {epoch} is before the checkpoint's position (epoch {self.epoch})")
+        order = self.plan if self.plan is not None else self.stream.get() if self.stream is not None else None
+        if (order is None) != isinstance(key, int):
+            wanted = "a dataset index" if order is None else "NAME:NUMBER (a source's or shard file's sample)"
+            raise ValueError(f"the loader's dataset takes {wanted} as the sample (got {key!r})")
+        length = self.epoch_length(epoch)
+        start = self.cursor if epoch == self.epoch else 0
+        count = self.rank_count(start, length)
+        padded = start + count * self.world
+        if order is not None:
+            assert isinstance(key, tuple)
+            found: Iterator[int] = self._scan(order, target_of(order, key), epoch, start, padded)
+        else:
+            assert isinstance(key, int)
+            found = self._positions_of(key, epoch, start, padded)
+        before = self._batches_before(epoch)
+        for global_position in found:
+            rank, k = (global_position - start) % self.world, (global_position - start) // self.world
+            number = k // self.unit
+            if k < count and number < self.batches(count):
+                yield rank, before + number
+
+    def _positions_of(self, index: int, epoch: int, start: int, padded: int) -> Iterator[int]:
+        """The global positions (padding repeats included) that deliver dataset index ``index``: inverted."""
         length = self.epoch_length(epoch)
         exclusion = self.exclusions.at(epoch)
         if exclusion is not None:
@@ -323,19 +369,18 @@ class SavedPosition:
         if not 0 <= index < length:
             return
         position = int(self.permutation(epoch).inverse(torch.tensor([index], dtype=torch.int64))[0])
-        start = self.cursor if epoch == self.epoch else 0
-        before = self._batches_before(epoch)
-        count = self.rank_count(start, length)
-        padded = start + count * self.world
         # The padding repeats the epoch's first positions at position + length (+ 2 length, ... when
         # the world exceeds the length).
-        for global_position in range(position, padded, length):
-            if global_position < start:
-                continue
-            rank, k = (global_position - start) % self.world, (global_position - start) // self.world
-            number = k // self.unit
-            if k < count and number < self.batches(count):
-                yield rank, before + number
+        yield from (p for p in range(position, padded, length) if p >= start)
+
+    def _scan(self, order: Any, target: tuple[int, int], epoch: int, start: int, padded: int) -> Iterator[int]:
+        """The global positions in ``[start, padded)`` that deliver ``target``: keys computed chunk by chunk
+        (a mixture's and a stream's orders are not inverted)."""
+        length = self.epoch_length(epoch)
+        for lo in range(start, padded, _SCAN_CHUNK):
+            positions = torch.arange(lo, min(lo + _SCAN_CHUNK, padded), dtype=torch.int64)
+            hits = matches(order, self.seed, epoch, self.shuffle, positions % length, target)
+            yield from positions[hits].tolist()
 
     def _batches_before(self, epoch: int) -> int:
         """Batches after the position and before ``epoch`` starts."""

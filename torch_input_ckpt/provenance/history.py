@@ -26,6 +26,7 @@ from ..store import files
 from ..store.files import InputCheckpoint, InputFile
 from ..store.lineage import check_record
 from .arithmetic import SavedPosition
+from .streams import MAX_SCANNED_POSITIONS
 
 __all__ = [
     "MAX_EPOCHS_PER_QUERY",
@@ -59,8 +60,9 @@ class StepSamples:
         skipped: The step was skipped on a restore: these keys were delivered by the run that was rolled
             back, and never by the run that continued.
         epochs: The epoch of each of the step's batches.
-        keys: Rank -> the step's keys on that rank, batch after batch (dataset indices, or
-            ``(source, index)`` of a mixture).
+        keys: Rank -> the step's keys on that rank, batch after batch (dataset indices, ``(source, index)``
+            of a mixture, ``(shard file, sample number)`` of a stream, or a packed sequence's pieces as
+            ``{"sequence", "pieces"}``: see ``provenance/streams.py``).
     """
 
     step: int
@@ -295,32 +297,29 @@ class Provenance:
         _check_reach(step, segment, segment.batches_per_step)  # refused before a range prints anything
         return segment.batches_per_step * segment.saved.unit * (1 if one_rank else segment.saved.world)
 
-    def sample(self, index: int, epochs: range) -> list[Occurrence]:
-        """The steps at which dataset index ``index`` was (or will be) delivered in ``epochs``, from the oldest
-        checkpoint on disk on (deliveries before it are not reported).
+    def sample(self, key: int | tuple[str, int], epochs: range) -> list[Occurrence]:
+        """The steps at which a sample was (or will be) delivered in ``epochs``, from the oldest checkpoint on
+        disk on (deliveries before it are not reported). ``key``: a dataset index; a mixture's
+        ``(source, index)``; a stream's ``(shard file, sample number)`` (file as ``samples`` prints it).
 
         Raises:
-            InputStateError: for a mixture, or when batches per step are not recorded.
-            ValueError: for an index or epochs out of range, or more than ``MAX_EPOCHS_PER_QUERY`` epochs.
+            InputStateError: when the keys are not computable, or batches per step are not recorded.
+            ValueError: for a key or epochs out of range, more than ``MAX_EPOCHS_PER_QUERY`` epochs, or (a
+                mixture's or stream's key, found by a scan) more than ``MAX_SCANNED_POSITIONS`` positions.
         """
-        if type(index) is not int or not 0 <= index < MAX_LENGTH:
-            raise ValueError(f"a dataset index must be an int in [0, {MAX_LENGTH}) (got {short(index)})")
-        if not 0 <= epochs.start < epochs.stop <= MAX_EPOCH + 1 or epochs.step != 1:
-            raise ValueError(f"epochs must be a range A:B with 0 <= A < B <= {MAX_EPOCH + 1} (got {epochs})")
-        if len(epochs) > MAX_EPOCHS_PER_QUERY:
-            raise ValueError(
-                f"{len(epochs)} epochs asked ({epochs.start}:{epochs.stop}), more than the bound of "
-                f"{MAX_EPOCHS_PER_QUERY} per question (MAX_EPOCHS_PER_QUERY); ask in parts"
-            )
+        _check_question(key, epochs)
+        segments = self.segments
+        if not isinstance(key, int):
+            _check_scan(segments, epochs)
         found: list[Occurrence] = []
-        for segment in self.segments:
+        for segment in segments:
             saved, bps = segment.saved, segment.batches_per_step
             for epoch in epochs:
                 if epoch < saved.epoch:
                     continue
                 if bps is None:
                     raise InputStateError(segment.why_unknown)
-                for rank, offset in saved.occurrences(index, epoch):
+                for rank, offset in saved.occurrences(key, epoch):
                     step = segment.start + 1 + offset // bps
                     if (segment.end is not None and step > segment.end) or step > files.MAX_STEP:
                         break
@@ -358,9 +357,13 @@ def samples_at(
 
 
 def steps_of_sample(
-    directory: str | os.PathLike[str], index: int, epochs: range, *, batches_per_step: int | None = None
+    directory: str | os.PathLike[str],
+    index: int | tuple[str, int],
+    epochs: range,
+    *,
+    batches_per_step: int | None = None,
 ) -> list[Occurrence]:
-    """At which steps (and ranks) dataset index ``index`` is delivered in ``epochs`` (see :meth:`Provenance.sample`)."""
+    """At which steps (and ranks) a sample is delivered in ``epochs`` (see :meth:`Provenance.sample`)."""
     return Provenance(directory, batches_per_step=batches_per_step).sample(index, epochs)
 
 
@@ -421,6 +424,31 @@ def _loader_component(checkpoint: InputCheckpoint, wanted: str | None) -> str:
             checkpoint.states[loaders[0]], f"{checkpoint.path}: component {loaders[0]!r}"
         )  # raises
     return loaders[0]
+
+
+def _check_question(key: Any, epochs: range) -> None:
+    """A sample and epochs within their bounds, before any work."""
+    number = key if isinstance(key, int) else key[1] if isinstance(key, tuple) and len(key) == 2 else None
+    if type(number) is not int or not 0 <= number < MAX_LENGTH:
+        raise ValueError(f"a sample must be an index in [0, {MAX_LENGTH}), or (name, index) (got {short(key)})")
+    if not 0 <= epochs.start < epochs.stop <= MAX_EPOCH + 1 or epochs.step != 1:
+        raise ValueError(f"epochs must be a range A:B with 0 <= A < B <= {MAX_EPOCH + 1} (got {epochs})")
+    if len(epochs) > MAX_EPOCHS_PER_QUERY:
+        raise ValueError(
+            f"{len(epochs)} epochs asked ({epochs.start}:{epochs.stop}), more than the bound of "
+            f"{MAX_EPOCHS_PER_QUERY} per question (MAX_EPOCHS_PER_QUERY); ask in parts"
+        )
+
+
+def _check_scan(segments: list[Segment], epochs: range) -> None:
+    """Refuse a scan (a mixture's or stream's sample) past ``MAX_SCANNED_POSITIONS`` before it starts."""
+    total = sum(s.saved.epoch_length(e) for s in segments for e in epochs if e >= s.saved.epoch)
+    if total > MAX_SCANNED_POSITIONS:
+        raise ValueError(
+            f"finding a mixture's or stream's sample scans each epoch's positions: {total} for epochs "
+            f"{epochs.start}:{epochs.stop} over {len(segments)} checkpoint(s), more than the bound of "
+            f"{MAX_SCANNED_POSITIONS} (MAX_SCANNED_POSITIONS); ask for fewer epochs"
+        )
 
 
 def _check_reach(step: int, segment: Segment, bps: int) -> None:

@@ -153,6 +153,12 @@ class Key:
     STREAM_SHARDS = "shards"
     STREAM_SAMPLES = "samples"
     STREAM_FINGERPRINT = "fingerprint"
+    # The shard table provenance computes the order from (stream/table.py): its sha256, the index file it
+    # came from (or None), and its rows [[name, count, tokens], ...] inline when small (else None: in the index).
+    STREAM_TABLE = "shard_table"
+    TABLE_SHA256 = "sha256"
+    TABLE_INDEX = "index"
+    TABLE_ROWS = "rows"
     # The index file `python -m torch_input_ckpt index DIR` writes: one entry per shard.
     INDEX_SHARDS = "shards"
     INDEX_NAME = "name"

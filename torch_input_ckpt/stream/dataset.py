@@ -34,13 +34,14 @@ import torch
 from torch.utils.data import Dataset
 
 from ..base.arguments import check_int
-from ..errors import InputCheckpointWarning
+from ..errors import InputCheckpointWarning, InputStateError
 from ..state.schema import FORMAT_VERSION, STREAM_KIND, Key, check_header, check_same, field
 from .formats import open_samples, random_access
 from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
 from .packing import PackedReader, assemble
 from .readers import ShardReaders
 from .shards import Shard, legacy_fingerprint, resolve_shards
+from .table import ShardTable
 
 __all__ = ["ShardedStream", "StreamOrder"]
 
@@ -124,6 +125,8 @@ class ShardedStream(Dataset):
         self.length = sum(self.lane_lengths)
         self.interleave = Interleave(self.lane_lengths)
         self.fingerprint = resolved.fingerprint  # relative paths, order, counts, content identity
+        # What provenance computes the order from (stream/table.py): recorded in every checkpoint.
+        self._table_state = ShardTable.of(self.shards).to_state(resolved.index)
         self.open_shards = _open_budget(weights, self.lanes, window, pack_to)
         self._caches: dict[str, Any] = {}
 
@@ -217,7 +220,41 @@ class ShardedStream(Dataset):
             Key.STREAM_SHARDS: len(self.shards),
             Key.STREAM_SAMPLES: self.length,
             Key.STREAM_FINGERPRINT: self.fingerprint,
+            Key.STREAM_TABLE: self._table_state,
         }
+
+    @classmethod
+    def from_table(cls, state: Any, table: ShardTable, source: str) -> ShardedStream:
+        """A stream of a saved configuration (``order_state()``) over a shard table: it computes the order and
+        locates samples and packed sequences, and never reads a shard (provenance uses it).
+
+        Raises:
+            InputStateError: for a malformed configuration, or a table that does not give the saved length.
+        """
+        where = f"{source}: dataset_order"
+        check_header(state, STREAM_KIND, where)
+        pack_to = state.get(Key.STREAM_PACK_TO)
+        shards = [Shard(_Recorded(n), c, t) for n, c, t in zip(table.names, table.counts, table.tokens, strict=True)]
+        try:
+            stream = cls(
+                shards,
+                _unreadable,
+                lanes=field(state, Key.STREAM_LANES, int, where, low=1),
+                seed=field(state, Key.SEED, int, where),
+                shuffle=field(state, Key.SHUFFLE, bool, where),
+                window=field(state, Key.STREAM_WINDOW, int, where, low=0),
+                pack_to=None if pack_to is None else field(state, Key.STREAM_PACK_TO, int, where, low=1),
+            )
+        except ValueError as error:
+            raise InputStateError(f"{where}: {error}") from None
+        check_same(
+            f"ShardedStream {Key.STREAM_SAMPLES} (from the shard table)",
+            state.get(Key.STREAM_SAMPLES),
+            stream.length,
+            where,
+            "The shard table does not give the order the run read; restore the index the run read.",
+        )
+        return stream
 
     def load_order_state(
         self, state: Any, *, seed: int, shuffle: bool, epoch: int, cursor: int, source: str = "state_dict"
@@ -261,8 +298,10 @@ class ShardedStream(Dataset):
 
     # -- packing ---------------------------------------------------------------------------------------
 
-    def _packed(self, key: int) -> dict[str, torch.Tensor]:
-        length = int(self.pack_to or 0)  # set: _packed is only called with pack_to
+    def token_ranges(self, key: int) -> list[tuple[int, int, int]]:
+        """The tokens packed sequence ``key`` holds, in order: ``(shard number, first token, end token)``, token
+        offsets in the shard's concatenated documents (computed from the token counts; nothing is read)."""
+        length = int(self.pack_to or 0)  # set: only called with pack_to
         epoch, rest = divmod(key, self.length)
         lane = bisect.bisect_right(self.lane_base, rest) - 1
         n = rest - self.lane_base[lane]
@@ -271,21 +310,24 @@ class ShardedStream(Dataset):
         lo = lane_start + n * length
         hi = min(lo + length, lane_start + self.lane_units[lane])
         first = int(torch.searchsorted(starts, torch.tensor(lo), right=True)) - 1
-        pieces = []
-        reader = self._packed_reader()
+        ranges = []
         for index in range(first, len(order)):
             start = int(starts[index])
             if start >= hi:
                 break
             shard = int(order[index])
             end = start + self.units[shard]
-            if end <= lo:
-                continue
-            for k, offset, tokens in reader.pieces(
-                shard, self.shards[shard].source, max(lo, start) - start, min(hi, end) - start
-            ):
+            if end > lo:
+                ranges.append((shard, max(lo, start) - start, min(hi, end) - start))
+        return ranges
+
+    def _packed(self, key: int) -> dict[str, torch.Tensor]:
+        pieces = []
+        reader = self._packed_reader()
+        for shard, lo, hi in self.token_ranges(key):
+            for k, offset, tokens in reader.pieces(shard, self.shards[shard].source, lo, hi):
                 pieces.append((self.sample_base[shard] + k, offset, tokens))
-        return assemble(pieces, length, self.pad_id)
+        return assemble(pieces, int(self.pack_to or 0), self.pad_id)
 
     def _lane_token_start(self, order: torch.Tensor, starts: torch.Tensor, lane: int) -> int:
         # Lane-major order: the lane's first token is the sum of the tokens of the lanes before it.
@@ -339,6 +381,22 @@ class StreamOrder:
             return self.epoch * self.stream.length + flat
         index = torch.searchsorted(self.starts, flat, right=True) - 1
         return self.sample_base[self.order[index]] + (flat - self.starts[index])
+
+
+class _Recorded:
+    """A shard known only by its recorded name: not a path, so nothing is opened or ``stat``-ed."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _unreadable(source: Any, start: int) -> Iterator[Any]:
+    raise InputStateError(f"{source}: a stream rebuilt from a checkpoint's shard table computes its order only")
 
 
 def _lane_totals(lane_of: Sequence[int], weights: Sequence[int], lanes: int) -> list[int]:

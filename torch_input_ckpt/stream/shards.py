@@ -38,6 +38,7 @@ __all__ = [
     "build_index",
     "fingerprint",
     "legacy_fingerprint",
+    "relative_names",
     "resolve_shards",
     "write_index",
 ]
@@ -78,6 +79,7 @@ class ResolvedShards:
 
     shards: list[Shard]
     fingerprint: str
+    index: str | None = None  # the index file the shards came from (a directory given), or None
 
 
 # -- following links inside the data directory ------------------------------------------------------------
@@ -319,7 +321,12 @@ def resolve_shards(shards: Any, needs_tokens: bool, tokens: Tokens = None) -> Re
     if not any(shard.count for shard in resolved):
         where = f"{os.fspath(shards)}: " if isinstance(shards, (str, os.PathLike)) else ""
         raise ValueError(f"{where}all {len(resolved)} shards are empty: a stream needs at least one sample")
-    return ResolvedShards(resolved, fingerprint(items))
+    return ResolvedShards(resolved, fingerprint(items), _index_of(shards))
+
+
+def _index_of(shards: Any) -> str | None:
+    """The index file a directory's shards came from (absolute), or None for a list of shards."""
+    return os.path.abspath(os.path.join(shards, INDEX_FILE)) if isinstance(shards, (str, os.PathLike)) else None
 
 
 def _check_counts(shard: Shard, needs_tokens: bool) -> None:
@@ -388,25 +395,35 @@ def _file_identity(source: Any) -> str:
     return ""
 
 
+def relative_names(shards: Sequence[Shard]) -> list[str]:
+    """Each shard's name as the stream's identity records it: its path relative to the shards' common
+    directory (the data directory), with ``/`` separators; ``repr`` of a source that is not a path."""
+    paths = [os.path.abspath(s.source) if isinstance(s.source, (str, os.PathLike)) else None for s in shards]
+    directories = {os.path.dirname(p) for p in paths if p is not None}
+    root = os.path.commonpath(sorted(directories)) if directories else ""
+    prefix = os.path.join(root, "")  # with its trailing separator
+    names = []
+    for shard, path in zip(shards, paths, strict=True):
+        if path is None:
+            names.append(repr(shard.source))
+            continue
+        # The shards of one directory: a prefix cut (relpath costs 60 us a shard).
+        name = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
+        names.append(name.replace(os.sep, "/"))
+    return names
+
+
 def fingerprint(items: Sequence[tuple[Shard, str]]) -> str:
     """A short hash of the shard list, in order: each shard's path relative to the shards' common directory
-    (the data directory), its counts and its content identity (size and digest from the index; size and
-    mtime for a ``.npy`` path given alone).
+    (the data directory, :func:`relative_names`), its counts and its content identity (size and digest from
+    the index; size and mtime for a ``.npy`` path given alone).
 
     Relative paths, so that the same files mounted elsewhere after a restart still match; full relative
     paths, so that ``web/part-0.npy`` and ``code/part-0.npy`` are told apart.
     """
-    paths = [os.path.abspath(s.source) if isinstance(s.source, (str, os.PathLike)) else None for s, _ in items]
-    directories = {os.path.dirname(p) for p in paths if p is not None}
-    root = os.path.commonpath(sorted(directories)) if directories else ""
-    prefix = os.path.join(root, "")  # with its trailing separator
+    names = relative_names([shard for shard, _ in items])
     digest = hashlib.sha256()
-    for (shard, identity), path in zip(items, paths, strict=True):
-        if path is None:
-            name = repr(shard.source)
-        else:  # the shards of one directory: a prefix cut (relpath costs 60 us a shard)
-            name = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
-            name = name.replace(os.sep, "/")
+    for (shard, identity), name in zip(items, names, strict=True):
         digest.update(f"{name}\0{shard.count}\0{shard.tokens}\0{identity}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
