@@ -134,3 +134,26 @@ def test_report_bad_input_is_one_line_and_an_exit_status(mixture_run, tmp_path, 
     monkeypatch.setattr(report.importlib.util, "find_spec", lambda name: None)  # as without the extra
     assert main(["report", str(directory), "--plot", str(tmp_path / "x.png")]) == 2
     assert "pip install 'torch-input-ckpt[plot]'" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_report_of_a_scheduled_mixture_has_one_segment_per_weights_in_force(tmp_path, capsys):
+    third = {"web": 0, "code": 3, "math": 1, "books": 2}
+    # 6 samples a step on 2 ranks: the changes at samples 30 (inside epoch 1) and 54 (inside epoch 2) fall after
+    # steps 5 and 9; the run's last checkpoint is step 12 (72 samples).
+    schedule = [(0, FIRST), (30, SECOND), (54, third)]
+
+    def make():
+        return Mixture({name: [(name, i) for i in range(n)] for name, n in LENGTHS.items()}, schedule=schedule)
+
+    delivered = run(
+        tmp_path / "run", dict(make_dataset=make, batch_size=3, shuffle=True, every=4), world=2, steps=range(1, 15)
+    )
+    assert main(["report", str(tmp_path / "run"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["step"] == 12
+    bounds = [(s["from_sample"], s["to_sample"]) for s in data["segments"]]
+    assert bounds == [(0, 30), (30, 54), (54, 72)], bounds
+    assert [s["weights"] for s in data["segments"]] == [FIRST, SECOND, third]
+    for segment, (first, last) in zip(data["segments"], [(1, 5), (6, 9), (10, 12)], strict=True):
+        assert segment["samples"] == counted(delivered, last, first=first), segment
+    assert data["segments"][2]["samples"]["web"] == 0  # a weight of 0 in force: none read

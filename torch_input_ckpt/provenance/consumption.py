@@ -304,7 +304,7 @@ def _plans(chain: list[InputCheckpoint], name: str) -> list[tuple[Plan, SamplerS
 
 def _segments(plans: list[tuple[Plan, SamplerState]]) -> list[dict[str, Any]]:
     """A mixture's realised segments: each plan on the lineage from its anchor to the next plan's, cut at each
-    change of its schedule (helper "schedule"'s ``Plan.schedule``); before the first plan's anchor (history
+    change of its schedule (``Plan.schedule``); before the first plan's anchor (history
     pruned), one segment of earlier weights (the sample numbers at that anchor)."""
     bounds: list[tuple[Plan, int, int, tuple[Any, ...] | None, list[int]]] = []
     for i, (plan, sampler) in enumerate(plans):
@@ -320,7 +320,7 @@ def _segments(plans: list[tuple[Plan, SamplerState]]) -> list[dict[str, Any]]:
             stop = sampler.epoch * plan.total + min(sampler.cursor, plan.total)
         if i == 0 and anchor > 0:
             bounds.append((plan, 0, anchor, None, list(plan.bases)))
-        schedule = [(g, tuple(w)) for g, w in getattr(plan, "schedule", ()) if anchor < g < stop]
+        schedule = [(g, tuple(w)) for g, w in plan.schedule if anchor < g < stop]
         changes = [(anchor, tuple(plan.weights)), *schedule]
         for k, (start, weights) in enumerate(changes):
             end = changes[k + 1][0] if k + 1 < len(changes) else stop
