@@ -117,7 +117,8 @@ def test_index_command_counts_from_metadata_and_tokens_from_a_column(tmp_path, c
     total = sum(len(record(s, k)["tokens"]) for s, n in enumerate(SIZES) for k in range(n))
     assert f"indexed 4 shards, {sum(SIZES)} samples, {total} tokens" in capsys.readouterr().out
     entries = build_index(root, "tokens")["shards"]
-    assert [(e["name"], e["count"]) for e in entries] == sorted((f"{n}{suffix}", s) for n, s in zip(NAMES, SIZES))
+    named = sorted((f"{n}{suffix}", s) for n, s in zip(NAMES, SIZES, strict=True))
+    assert [(e["name"], e["count"]) for e in entries] == named
     (root / "web.parquet").write_bytes(b"PAR1 not parquet")
     (root / "code.arrow").write_bytes(b"not arrow at all")
     assert main(["index", str(root)]) == 2

@@ -355,7 +355,7 @@ def _selected_columns(stream: ShardedStream, columns: Any) -> tuple[str, ...] | 
     if columns is None:
         return None
     if not stream._builtin:
-        raise ValueError("columns= selects columns for the built-in Parquet and Arrow readers; open_shard reads its own")
+        raise ValueError("columns= selects columns of the built-in Parquet and Arrow readers; open_shard reads its own")
     names = check_columns([shard.source for shard in stream.shards], columns)
     if stream.pack_to is not None and isinstance(stream.tokens, str) and stream.tokens not in (names or ()):
         raise ValueError(f"columns={list(columns)} leaves out tokens={stream.tokens!r}, the column packing reads")

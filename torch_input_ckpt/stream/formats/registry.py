@@ -37,12 +37,12 @@ FORMATS: tuple[ShardFormat, ...] = (JSONL, NPY, TAR, PARQUET, ARROW)
 
 
 def suffixes() -> tuple[str, ...]:
-    """Every known suffix, in the registry's order (``(".jsonl", ".jsonl.gz", ".npy", ".tar", ".parquet", ".arrow")``)."""
+    """Every known suffix, in the registry's order (``(".jsonl", ".jsonl.gz", ".npy", ".tar", ...)``)."""
     return tuple(suffix for form in FORMATS for suffix in form.suffixes)
 
 
 def suffix_list() -> str:
-    """The known suffixes as messages and help texts name them: ``.jsonl, .jsonl.gz, .npy, .tar, .parquet or .arrow``."""
+    """The known suffixes as messages and help texts name them: ``.jsonl, .jsonl.gz, ..., .parquet or .arrow``."""
     *rest, last = suffixes()
     return f"{', '.join(rest)} or {last}" if rest else last
 
