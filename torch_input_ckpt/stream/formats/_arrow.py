@@ -32,6 +32,12 @@ __all__ = [
 
 # Rows converted to Python objects at once: bounds the Python memory of a sequential read of a large group.
 ROW_CHUNK = 1024
+# Rows converted to Python at once by random access, and how many such chunks each open shard keeps: a window
+# shuffle of up to CHUNK_ROWS * (KEEP_CHUNKS - 1) rows of a shard converts each row once (to_pylist has a fixed
+# cost per call: a batch's few rows of a shard, converted alone, cost 5x more). At most 2,048 rows per open shard
+# are kept as Python objects, as JSON lines keeps the last `window` samples of each.
+CHUNK_ROWS = 256
+KEEP_CHUNKS = 8
 # Decoded groups kept per open shard: a window shuffle within a lane spans at most two groups of a shard
 # when the window is no larger than a group; a larger window re-decodes groups (docs/guides/streams.md).
 KEEP_GROUPS = 2
@@ -112,7 +118,7 @@ class GroupedShard:
         read_group: ``read_group(g)`` -> group ``g`` as an Arrow table or record batch, its rows checked.
     """
 
-    __slots__ = ("_groups", "_read_group", "bases", "lengths", "path")
+    __slots__ = ("_chunks", "_groups", "_read_group", "bases", "lengths", "path")
 
     def __init__(self, path: str, lengths: Sequence[int], read_group: Callable[[int], Any]) -> None:
         self.path = path
@@ -122,6 +128,7 @@ class GroupedShard:
             self.bases.append(self.bases[-1] + n)
         self._read_group = read_group
         self._groups: OrderedDict[int, Any] = OrderedDict()
+        self._chunks: OrderedDict[tuple[int, int], list[dict[str, Any]]] = OrderedDict()
 
     def __len__(self) -> int:
         return self.bases[-1]
@@ -154,29 +161,34 @@ class GroupedShard:
 
     def sample(self, k: int) -> Any:
         """Row ``k`` as a dict."""
-        group, row = self.locate(k)
-        return self.group(group).slice(row, 1).to_pylist()[0]
+        return self.samples([k])[0]
 
     def samples(self, ks: Sequence[int]) -> list[Any]:
-        """Rows ``ks``: one ``take`` and one conversion per group they fall in."""
-        places: dict[int, tuple[list[int], list[int]]] = {}
-        for i, k in enumerate(ks):
-            group, row = self.locate(k)
-            where, rows = places.setdefault(group, ([], []))
-            where.append(i)
-            rows.append(row)
-        out: list[Any] = [None] * len(ks)
-        for group, (where, rows) in places.items():
-            table = self.group(group)
-            taken = table.slice(rows[0], len(rows)) if _consecutive(rows) else table.take(rows)
-            for i, row in zip(where, taken.to_pylist(), strict=True):
-                out[i] = row
+        """Rows ``ks`` as dicts (each a new dict: a transform may change it), from the converted chunks kept."""
+        out = []
+        first = end = 0
+        rows: list[dict[str, Any]] = []
+        for k in ks:
+            if not first <= k < end:
+                rows, first = self._chunk_of(k)
+                end = first + len(rows)
+            out.append(dict(rows[k - first]))
         return out
+
+    def _chunk_of(self, k: int) -> tuple[list[dict[str, Any]], int]:
+        """The converted rows of the chunk holding row ``k``, and the number of its first row."""
+        group, row = self.locate(k)
+        key = (group, row // CHUNK_ROWS)
+        rows = self._chunks.get(key)
+        if rows is None:
+            rows = self.group(group).slice(key[1] * CHUNK_ROWS, CHUNK_ROWS).to_pylist()
+            self._chunks[key] = rows
+            while len(self._chunks) > KEEP_CHUNKS:
+                self._chunks.popitem(last=False)
+        else:
+            self._chunks.move_to_end(key)
+        return rows, self.bases[group] + key[1] * CHUNK_ROWS
 
     def token_rows(self) -> None:
         """None: rows are dicts (packing reads a token column row by row)."""
         return None
-
-
-def _consecutive(rows: list[int]) -> bool:
-    return all(b == a + 1 for a, b in zip(rows, rows[1:], strict=False))
