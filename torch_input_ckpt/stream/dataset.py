@@ -130,7 +130,7 @@ class ShardedStream(Dataset):
         self.fingerprint = resolved.fingerprint  # relative paths, order, counts, content identity
         self.open_shards = _open_budget(weights, self.lanes, window, pack_to)
         self._caches: dict[str, Any] = {}
-        self.columns = _selected_columns(self, columns)
+        self.columns = _selected_columns(columns, self._builtin, self.shards, pack_to, tokens)
 
     # -- dataset -------------------------------------------------------------------------------------
 
@@ -350,15 +350,17 @@ class StreamOrder:
         return self.sample_base[self.order[index]] + (flat - self.starts[index])
 
 
-def _selected_columns(stream: ShardedStream, columns: Any) -> tuple[str, ...] | None:
+def _selected_columns(
+    columns: Any, builtin: bool, shards: Sequence[Shard], pack_to: int | None, tokens: Any
+) -> tuple[str, ...] | None:
     """``columns=`` checked against the shards' formats, the opener and the token field (formats/registry.py)."""
     if columns is None:
         return None
-    if not stream._builtin:
+    if not builtin:
         raise ValueError("columns= selects columns of the built-in Parquet and Arrow readers; open_shard reads its own")
-    names = check_columns([shard.source for shard in stream.shards], columns)
-    if stream.pack_to is not None and isinstance(stream.tokens, str) and stream.tokens not in (names or ()):
-        raise ValueError(f"columns={list(columns)} leaves out tokens={stream.tokens!r}, the column packing reads")
+    names = check_columns([shard.source for shard in shards], columns)
+    if pack_to is not None and isinstance(tokens, str) and tokens not in (names or ()):
+        raise ValueError(f"columns={list(columns)} leaves out tokens={tokens!r}, the column packing reads")
     return names
 
 
