@@ -115,6 +115,15 @@ def test_what_is_not_its_files_rows_is_refused_with_the_fix(saved):
     for dataset, match in cases:
         with pytest.raises(ValueError, match=match):
             stream_hf_dataset(dataset)
+    bad = saved.parent / "bad"
+    bad.mkdir(exist_ok=True)
+    for text, match in (
+        ("[]", "not the state.json save_to_disk writes"),
+        ('{"_data_files": [{"filename": "../x.arrow"}]}', "not a plain file name"),
+    ):
+        (bad / "state.json").write_text(text)
+        with pytest.raises(ValueError, match=match):
+            stream_hf_dataset(bad)
     flat = ds.shuffle(seed=0).flatten_indices(cache_file_name=str(saved.parent / "flat.arrow"))
     assert [r["n"] for r in stream_hf_dataset(flat, shuffle=False)] == flat["n"]
 

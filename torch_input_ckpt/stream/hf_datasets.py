@@ -104,18 +104,38 @@ def _dataset_files(dataset: Any) -> list[str]:
 
 
 def _directory_files(root: Path) -> list[str]:
+    if root.is_file() and getattr(format_of(root.name), "columnar", False):
+        return [os.fspath(root)]  # one Parquet or Arrow file
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a directory of Parquet or Arrow files, nor one such file")
     state = root / _STATE
     if state.is_file():  # a save_to_disk directory: its data files, in the order it lists them
-        with open(state, "rb") as file:
-            listed = json.loads(file.read(_MAX_STATE_BYTES))
-        names = [entry["filename"] for entry in listed.get("_data_files", [])]
-        if any(os.path.basename(name) != name for name in names):
-            raise ValueError(f"{state}: a data file name that is not a plain file name: {names}")
+        names = _listed_files(state)
     else:
         names = sorted(entry.name for entry in root.iterdir() if getattr(format_of(entry.name), "columnar", False))
     if not names:
         raise ValueError(f"{root}: no .parquet or .arrow files (and no {_STATE} listing them)")
     return [os.fspath(root / name) for name in names]
+
+
+def _listed_files(state: Path) -> list[str]:
+    """The data file names a ``save_to_disk`` directory's ``state.json`` lists, checked as plain file names."""
+    with open(state, "rb") as file:
+        data = file.read(_MAX_STATE_BYTES + 1)
+    try:
+        listed = json.loads(data) if len(data) <= _MAX_STATE_BYTES else None
+        names = [entry["filename"] for entry in listed["_data_files"]]  # type: ignore[index]
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(
+            f"{state}: not the state.json save_to_disk writes (at most {_MAX_STATE_BYTES} bytes, with _data_files "
+            f"[{{'filename': ...}}]): {type(error).__name__}: {error}"
+        ) from None
+    for name in names:
+        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+            raise ValueError(f"{state}: data file name {name!r} is not a plain file name in its directory")
+        if not getattr(format_of(name), "columnar", False):
+            raise ValueError(f"{state}: data file {name!r} is not a .arrow or .parquet file")
+    return names
 
 
 def _shard(path: str, field: Any) -> Shard:
