@@ -15,4 +15,6 @@ def test_parquet_figure_structure(tmp_path) -> None:
     assert len(fig.rows) == 4 and all(len(row) == len(fig.columns) for row in fig.rows)
     assert len(fig.targets) == 1 and fig.targets[0].met in (True, False)
     assert set(fig.data["rates"]) == {"plain", "plain_batches", "ours", "ours_window"}
-    assert "| reader | rows/s | ratio |" in render(figures, "python -m benchmarks --only parquet", 1.0, quick=True)
+    assert "| reader | rows/s | ratio to the row-group loop | ratio to iter_batches |" in render(
+        figures, "python -m benchmarks --only parquet", 1.0, quick=True
+    )

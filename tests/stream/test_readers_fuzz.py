@@ -15,6 +15,7 @@ not detectable without a content checksum, so only the count is checked there.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import io
 import json
@@ -86,6 +87,7 @@ def records_table(n: int) -> Any:
     return pa.Table.from_pylist(records(n), schema=schema)
 
 
+@functools.cache  # the same 6 files for every example: writing them is not what is tested
 def parquet_bytes(n: int) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -95,6 +97,7 @@ def parquet_bytes(n: int) -> bytes:
     return out.getvalue().to_pybytes()
 
 
+@functools.cache
 def arrow_bytes(n: int) -> bytes:
     """An Arrow IPC stream, as Hugging Face datasets writes its .arrow files, of record batches of 2 rows."""
     import pyarrow as pa
