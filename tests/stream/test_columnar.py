@@ -276,3 +276,13 @@ def test_columns_are_checked_when_the_stream_is_built(tmp_path, suffix):
     with pytest.raises(ValueError, match="distinct non-empty"):
         ShardedStream(root, columns=["id", "id"])
     assert ShardedStream(root, columns=["text"], shuffle=False)[0] == {"text": record(3, 0)["text"]}  # books: first
+
+
+def test_a_group_past_the_member_bound_is_refused_before_it_is_decoded(tmp_path, suffix, monkeypatch):
+    path = tmp_path / f"web{suffix}"
+    write_table(path, [record(0, k) for k in range(7)])
+    assert count_samples(path) == 7  # counting reads metadata only: no group is decoded
+    monkeypatch.setenv("TORCH_INPUT_CKPT_MAX_MEMBER_BYTES", "50")
+    unit = "row group" if suffix == ".parquet" else "record batch"
+    with pytest.raises(InputStateError, match=rf"web\{suffix}: {unit} 0 holds \d+ bytes decoded, more than the bound"):
+        list(open_samples(path, 0))
