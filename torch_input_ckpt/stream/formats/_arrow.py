@@ -12,6 +12,7 @@ file is an :class:`~torch_input_ckpt.InputStateError` naming the file; a missing
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "check_group_bytes",
     "damaged",
     "pyarrow",
+    "reraise_missing",
     "rows_of",
 ]
 
@@ -135,8 +137,6 @@ class GroupedShard:
 
     def locate(self, k: int) -> tuple[int, int]:
         """``(group, row in group)`` of row ``k``."""
-        import bisect
-
         if not 0 <= k < len(self):
             raise IndexError(f"{self.path}: sample {k} of a shard of {len(self)} samples")
         group = bisect.bisect_right(self.bases, k) - 1
