@@ -15,6 +15,7 @@ from . import (
     ddp_sync,
     hf_resume,
     mixture,
+    parquet,
     provenance,
     realistic,
     restore_scale,
@@ -43,6 +44,7 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "provenance": provenance.run,
     "hf_resume": hf_resume.run,
     "stream": stream.run,
+    "parquet": parquet.run,
 }
 _ORDER = [
     "throughput",
@@ -57,7 +59,7 @@ _ORDER = [
     "ddp_sync",
 ]
 _ORDER += ["mixture_resume", "mixture_throughput", "mixture_streams", "restore_scale", "hf_resume"]
-_ORDER += ["stream", "stream_throughput", "provenance", "exclusion"]
+_ORDER += ["stream", "stream_throughput", "parquet", "provenance", "exclusion"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
 

@@ -36,6 +36,7 @@ RUN_BY = {
     "examples/testing_own_dataset.py": "test_testing_example_passes_the_reseeded_dataset_and_catches_its_own_generator",
     "examples/bad_samples.py": "test_bad_samples_example_resumes_in_a_fresh_process",
     "examples/steering_provenance.py": "test_steering_example_finds_the_documents_of_a_step_and_reports_the_anneal",
+    "examples/hf_datasets.py": "test_hf_datasets_example_resumes_both_loaders_in_a_fresh_process",
 }
 
 

@@ -22,6 +22,7 @@ from .mixture.mixture import Mixture, Origin, Sourced
 from .order.dataset_order import DatasetOrder
 from .provenance.history import samples_at, steps_of_sample
 from .stream.dataset import ShardedStream
+from .stream.hf_datasets import stream_hf_dataset
 from .stream.shards import Shard
 
 __all__ = [
@@ -46,4 +47,5 @@ __all__ = [
     "World",
     "samples_at",
     "steps_of_sample",
+    "stream_hf_dataset",
 ]

@@ -136,13 +136,16 @@ def all_ids() -> list[str]:
 def test_every_registered_format_is_a_shard_format_and_the_suffixes_derive_from_the_registry():
     assert all(isinstance(form, ShardFormat) for form in registry.FORMATS)
     assert isinstance(CSV, ShardFormat)
-    assert registry.suffixes() == (".jsonl", ".jsonl.gz", ".npy", ".tar")
-    assert suffix_list() == ".jsonl, .jsonl.gz, .npy or .tar"
-    assert [format_of(name).name for name in ("a.JSONL", "a.jsonl.gz", "a.npy", "a.tar")] == [
+    assert registry.suffixes() == (".jsonl", ".jsonl.gz", ".npy", ".tar", ".parquet", ".arrow")
+    assert suffix_list() == ".jsonl, .jsonl.gz, .npy, .tar, .parquet or .arrow"
+    names = ("a.JSONL", "a.jsonl.gz", "a.npy", "a.tar", "a.Parquet", "a.arrow")
+    assert [format_of(name).name for name in names] == [
         "JSON lines",
         "JSON lines",
         ".npy array",
         "webdataset tar",
+        "Parquet",
+        "Arrow IPC",
     ]
     assert format_of("a.csv") is None and format_of("a.tar.gz") is None
 
@@ -164,20 +167,22 @@ def test_the_longest_suffix_wins_whatever_the_registry_order(monkeypatch):
 def test_without_its_registry_entry_a_csv_file_is_no_shard(tmp_path):
     root = write_shards(tmp_path / "data")
     (root / "books.jsonl").unlink()
-    with pytest.raises(ValueError, match=re.escape("no shard files (names ending in .jsonl, .jsonl.gz, .npy or .tar)")):
+    known = ".jsonl, .jsonl.gz, .npy, .tar, .parquet or .arrow"
+    with pytest.raises(ValueError, match=re.escape(f"no shard files (names ending in {known})")):
         write_index(root)
-    with pytest.raises(ValueError, match=r"a\.csv: not a shard of a known format .*'\.npy', '\.tar'\)\)$"):
+    with pytest.raises(ValueError, match=r"a\.csv: not a shard of a known format .*'\.parquet', '\.arrow'\)\)$"):
         count_samples(root / "a.csv")
 
 
 def test_one_registry_entry_makes_csv_known_to_index_its_messages_and_help(csv_registered, tmp_path, capsys):
     assert format_of("x.CSV") is CSV
-    assert suffix_list() == ".jsonl, .jsonl.gz, .npy, .tar or .csv"
+    assert suffix_list() == ".jsonl, .jsonl.gz, .npy, .tar, .parquet, .arrow or .csv"
     assert main(["index", "--help"]) == 0
-    assert ".npy, .tar or .csv" in " ".join(capsys.readouterr().out.split())
+    assert ".parquet, .arrow or .csv" in " ".join(capsys.readouterr().out.split())
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match=re.escape("(names ending in .jsonl, .jsonl.gz, .npy, .tar or .csv)")):
+    known = ".jsonl, .jsonl.gz, .npy, .tar, .parquet, .arrow or .csv"
+    with pytest.raises(ValueError, match=re.escape(f"(names ending in {known})")):
         write_index(empty)
     root = write_shards(tmp_path / "data")
     assert main(["index", str(root), "--tokens", "tokens"]) == 0

@@ -1,4 +1,5 @@
-"""Fuzzed shards: random bytes, truncations and mutations of valid JSON lines, gzip, tar and ``.npy`` shards.
+"""Fuzzed shards: random bytes, truncations and mutations of valid JSON lines, gzip, tar, ``.npy``, Parquet and Arrow
+shards.
 
 The only outcomes allowed are a correct read or an ``InputStateError`` (the one error type the readers document),
 within a time bound: never another exception type, never a hang, never a silent short read. "Correct" is as much as
@@ -14,6 +15,7 @@ not detectable without a content checksum, so only the count is checked there.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import io
 import json
@@ -78,11 +80,43 @@ def tar_bytes(n: int) -> bytes:
     return out.getvalue()
 
 
+def records_table(n: int) -> Any:
+    import pyarrow as pa
+
+    schema = pa.schema([("id", pa.string()), ("tokens", pa.list_(pa.int64()))])
+    return pa.Table.from_pylist(records(n), schema=schema)
+
+
+@functools.cache  # the same 6 files for every example: writing them is not what is tested
+def parquet_bytes(n: int) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = pa.BufferOutputStream()
+    pq.write_table(records_table(n), out, row_group_size=2)  # several row groups: starts land in each
+    return out.getvalue().to_pybytes()
+
+
+@functools.cache
+def arrow_bytes(n: int) -> bytes:
+    """An Arrow IPC stream, as Hugging Face datasets writes its .arrow files, of record batches of 2 rows."""
+    import pyarrow as pa
+
+    table = records_table(n)
+    out = pa.BufferOutputStream()
+    with pa.ipc.new_stream(out, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=2):
+            writer.write_batch(batch)
+    return out.getvalue().to_pybytes()
+
+
 VALID = {
     ".jsonl": jsonl_bytes,
     ".jsonl.gz": lambda n: gzip.compress(jsonl_bytes(n), mtime=0),
     ".npy": npy_bytes,
     ".tar": tar_bytes,
+    ".parquet": parquet_bytes,
+    ".arrow": arrow_bytes,
 }
 
 

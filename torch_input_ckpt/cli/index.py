@@ -51,7 +51,7 @@ def index_directory(directory: str, tokens: str | None, tokenizer: str | None = 
         how = load_tokenizer(tokenizer) if tokenizer is not None else tokens
         body = build_index(root, how)
         write_index_file(root / INDEX_FILE, body)
-    except (ValueError, OSError) as error:  # InputStateError is a ValueError
+    except (ValueError, OSError, ImportError) as error:  # InputStateError is a ValueError; ImportError: pyarrow
         print(f"torch-input-ckpt: error: {' '.join(str(error).splitlines())}", file=sys.stderr)
         return 2
     entries = body[Key.INDEX_SHARDS]

@@ -26,6 +26,7 @@ document cut between sequences may arrive in either order.
 from __future__ import annotations
 
 import bisect
+import functools
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -36,7 +37,7 @@ from torch.utils.data import Dataset
 from ..base.arguments import check_int
 from ..errors import InputCheckpointWarning, InputStateError
 from ..state.schema import FORMAT_VERSION, STREAM_KIND, Key, check_header, check_same, field
-from .formats import open_samples, random_access
+from .formats import check_columns, open_samples, random_access
 from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
 from .packing import PackedReader, assemble
 from .readers import ShardReaders
@@ -77,6 +78,8 @@ class ShardedStream(Dataset):
             An index's token counts must have been made the same way (``index --tokens FIELD`` or
             ``--tokenizer module:callable``, recorded in the index).
         pad_id: The token that pads a lane's last packed sequence.
+        columns: Read only these columns of Parquet and Arrow shards (each sample a dict of them); None: all.
+            Not part of the order: it may change between runs. Refused for shards of other formats.
         transform: Applied to each sample (or packed sequence) as it is fetched. Its random draws from
             torch's, NumPy's and Python's global RNGs are reseeded per sample from ``(loader seed, epoch,
             global position)`` by the loader (``reseed_rng=True``), so they survive resumes and changes of
@@ -102,6 +105,7 @@ class ShardedStream(Dataset):
         tokens: str | Callable[[Any], Any] | None = None,
         pad_id: int = 0,
         transform: Callable[[Any], Any] | None = None,
+        columns: Sequence[str] | None = None,
     ) -> None:
         _check_arguments(open_shard, lanes, seed, window, pack_to)
         if transform is not None and not callable(transform):
@@ -129,6 +133,7 @@ class ShardedStream(Dataset):
         self._table_state = ShardTable.of(self.shards).to_state(resolved.index)
         self.open_shards = _open_budget(weights, self.lanes, window, pack_to)
         self._caches: dict[str, Any] = {}
+        self.columns = _selected_columns(columns, self._builtin, self.shards, pack_to, tokens)
 
     # -- dataset -------------------------------------------------------------------------------------
 
@@ -177,10 +182,14 @@ class ShardedStream(Dataset):
     def _readers(self) -> ShardReaders:
         readers = self._caches.get("readers")
         if readers is None:
+            opener, access = self._opener, random_access
+            if self.columns is not None:  # the built-in readers of Parquet and Arrow, these columns only
+                opener = functools.partial(open_samples, columns=self.columns)
+                access = functools.partial(random_access, columns=self.columns)
             readers = self._caches["readers"] = ShardReaders(
-                self._opener,
+                opener,
                 self.open_shards,
-                random_access if self._builtin else None,
+                access if self._builtin else None,
                 keep=self.window if self.shuffle else 0,
                 counts=[s.count for s in self.shards],
             )
@@ -397,6 +406,20 @@ class _Recorded:
 
 def _unreadable(source: Any, start: int) -> Iterator[Any]:
     raise InputStateError(f"{source}: a stream rebuilt from a checkpoint's shard table computes its order only")
+
+
+def _selected_columns(
+    columns: Any, builtin: bool, shards: Sequence[Shard], pack_to: int | None, tokens: Any
+) -> tuple[str, ...] | None:
+    """``columns=`` checked against the shards' formats, the opener and the token field (formats/registry.py)."""
+    if columns is None:
+        return None
+    if not builtin:
+        raise ValueError("columns= selects columns of the built-in Parquet and Arrow readers; open_shard reads its own")
+    names = check_columns([shard.source for shard in shards], columns)
+    if pack_to is not None and isinstance(tokens, str) and tokens not in (names or ()):
+        raise ValueError(f"columns={list(columns)} leaves out tokens={tokens!r}, the column packing reads")
+    return names
 
 
 def _lane_totals(lane_of: Sequence[int], weights: Sequence[int], lanes: int) -> list[int]:

@@ -144,6 +144,12 @@ def _digest(path: Path, size: int) -> str:
 
 
 def _token_total(path: Path, tokens: Tokens) -> int:
+    form = format_of(path)
+    by_column = getattr(form, "field_tokens", None)  # a columnar format sums a column of integer lists alone
+    if isinstance(tokens, str) and by_column is not None:
+        total = by_column(os.fspath(path), tokens)
+        if total is not None:
+            return int(total)
     return sum(
         count_tokens(sample, tokens, f"{path}: sample {k}") for k, sample in enumerate(open_samples(os.fspath(path)))
     )

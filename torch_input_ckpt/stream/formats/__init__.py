@@ -1,4 +1,5 @@
-"""Shard file formats: the :class:`ShardFormat` protocol, the one registry by suffix, JSON lines, ``.npy``, tar.
+"""Shard file formats: the :class:`ShardFormat` protocol, the one registry by suffix, JSON lines, ``.npy``, tar,
+Parquet and Arrow IPC.
 
 The registry is ``registry.FORMATS``; a new format is one module here plus one entry there
 (``docs/writing-a-format.md``). ``open_regular`` and ``bound`` are what a format's reader builds on.
@@ -14,7 +15,7 @@ from ._bounds import (
     refuse_special,
 )
 from .protocol import RandomAccess, ShardFormat
-from .registry import count_samples, format_of, open_samples, random_access, suffix_list, suffixes
+from .registry import check_columns, count_samples, format_of, open_samples, random_access, suffix_list, suffixes
 
 __all__ = [
     "LINE_CHARS_ENV",
@@ -24,6 +25,7 @@ __all__ = [
     "RandomAccess",
     "ShardFormat",
     "bound",
+    "check_columns",
     "count_samples",
     "format_of",
     "open_regular",

@@ -12,6 +12,11 @@ The two optional parts are methods that may answer None: a format without random
 only, as JSON lines and tar) answers None from :meth:`ShardFormat.random_access`, and the stream keeps
 the last ``window`` samples of each open shard instead; a format that cannot count a shard's tokens
 without being told which field holds them answers None from :meth:`ShardFormat.tokens`.
+
+Two optional members, outside the protocol (found with ``getattr``, so that a format without them stays
+one): ``columnar = True``, with ``open(path, start, columns=None)`` and ``random_access(path, columns=None)``
+reading only the columns named (``ShardedStream(columns=)``: Parquet, Arrow); and ``field_tokens(path, field)``,
+the token count of a field read without whole samples, or None (then ``index --tokens`` reads every sample).
 """
 
 from __future__ import annotations
