@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "CacheFullError",
     "EpochMismatchWarning",
     "ExternalStateWarning",
     "IncompleteCheckpointWarning",
@@ -19,6 +20,12 @@ class InputStateError(ValueError):
     The message names the file (when there is one), the value found and the value expected.
     It subclasses ``ValueError`` so that callers catching ``ValueError`` keep working.
     """
+
+
+class CacheFullError(OSError):
+    """A node's shard cache has no room for a shard it must hold: its disk is full (``ENOSPC``), or its
+    ``cache_limit`` is smaller than the shards that must be on disk at once. The message names the cache
+    directory, the limit, the shard and what holds the space; nothing half-written is left to be read."""
 
 
 class InputCheckpointWarning(UserWarning):
