@@ -327,7 +327,7 @@ class ShardCache:
             if fd is None and key != mine:
                 continue
             try:
-                for stale in (self.root / "partial").glob(f"{key}.*.part"):
+                for stale in (self.root / "partial").glob(f"*{key}.*"):
                     stale.unlink(missing_ok=True)
                 del body["flight"][key]
             finally:
