@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cache_sources import copy_download, digest, full_disk_download, make_objects, slow_download
 from torch_input_ckpt.errors import CacheFullError
 from torch_input_ckpt.stream.cache import ShardCache
+
+from tests.support.cache_sources import copy_download, digest, full_disk_download, make_objects, slow_download
 
 NAMES = ["web", "code", "math", "books", "news", "wiki"]
 SIZE = 4096
@@ -52,7 +53,7 @@ def _reference(trace: list[int], capacity: int, policy: str) -> list[set[int]]:
     for t, item in enumerate(trace):
         if item not in resident and len(resident) == capacity:
 
-            def rank(other: int) -> tuple[float, int]:
+            def rank(other: int, t: int = t) -> tuple[float, int]:
                 later = [u for u in range(t + 1, len(trace)) if trace[u] == other]
                 return (-(later[0] if later else math.inf), resident[other])
 

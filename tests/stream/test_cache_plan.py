@@ -8,11 +8,12 @@ import math
 import pytest
 import torch
 
-from tests.support.cache_sources import LocalObject, copy_download
 from torch_input_ckpt import Shard, ShardedStream
 from torch_input_ckpt.stream.cache import ShardCache
 from torch_input_ckpt.stream.cache.plan import EpochSchedule, ShardPlanner, lane_positions
 from torch_input_ckpt.stream.lanes import Interleave
+
+from tests.support.cache_sources import LocalObject, copy_download
 
 NAMES = {"web": 9, "code": 4, "math": 12, "books": 7, "news": 3, "wiki": 10, "law": 6}
 
