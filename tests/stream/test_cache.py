@@ -114,7 +114,7 @@ def test_eviction_deletes_only_what_the_cache_downloaded(tmp_path, objects):
 
 
 def test_held_shards_are_never_evicted_and_a_limit_too_small_is_a_clear_error(tmp_path, objects):
-    cache = ShardCache(tmp_path / "cache", 2 * SIZE, copy_download)
+    cache = ShardCache(tmp_path / "cache", 2 * SIZE, copy_download, wait_s=0.2)
     held = [cache.open_path(objects[0]), cache.open_path(objects[1])]
     with pytest.raises(CacheFullError) as error:
         cache.open_path(objects[2])

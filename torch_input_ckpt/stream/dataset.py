@@ -26,8 +26,10 @@ document cut between sequences may arrive in either order.
 from __future__ import annotations
 
 import bisect
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +38,8 @@ from torch.utils.data import Dataset
 from ..base.arguments import check_int
 from ..errors import InputCheckpointWarning
 from ..state.schema import FORMAT_VERSION, STREAM_KIND, Key, check_header, check_same, field
+from .cache import ShardCache, copy_file, local_object
+from .cache.plan import ShardPlanner
 from .formats import open_samples, random_access
 from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
 from .packing import PackedReader, assemble
@@ -80,6 +84,11 @@ class ShardedStream(Dataset):
             torch's, NumPy's and Python's global RNGs are reseeded per sample from ``(loader seed, epoch,
             global position)`` by the loader (``reseed_rng=True``), so they survive resumes and changes of
             ``num_workers`` and world size.
+        cache_dir: A node-local directory (new, empty, or made by this option) where every rank and worker of
+            the node keeps copies of the shards (:mod:`~torch_input_ckpt.stream.cache`): read ahead in the
+            stream's order, evicted by next use. It must not be, hold or lie inside a source directory.
+        cache_limit: With ``cache_dir``, the most bytes of shards it keeps (default: no limit).
+        cache_policy: ``"next-use"`` (evict the shard read furthest ahead; the default) or ``"lru"``.
 
     Raises:
         ValueError: for bad arguments, a shard whose count is unknown, or (packing) no token counts.
@@ -101,6 +110,9 @@ class ShardedStream(Dataset):
         tokens: str | Callable[[Any], Any] | None = None,
         pad_id: int = 0,
         transform: Callable[[Any], Any] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | None = None,
+        cache_policy: str = "next-use",
     ) -> None:
         _check_arguments(open_shard, lanes, seed, window, pack_to)
         if transform is not None and not callable(transform):
@@ -126,6 +138,21 @@ class ShardedStream(Dataset):
         self.fingerprint = resolved.fingerprint  # relative paths, order, counts, content identity
         self.open_shards = _open_budget(weights, self.lanes, window, pack_to)
         self._caches: dict[str, Any] = {}
+        self._planner = None if cache_dir is None else self._shard_cache(cache_dir, cache_limit, cache_policy)
+
+    def _shard_cache(self, cache_dir: str | os.PathLike[str], limit: int | None, policy: str) -> ShardPlanner:
+        """The node's shard cache over these shards' files (local or network paths), and this stream's plan."""
+        objects = [local_object(shard.source) for shard in self.shards]
+        sources = sorted({str(Path(o.url).parent) for o in objects})
+        total = sum(o.size for o in objects)
+        cache = ShardCache(cache_dir, total if limit is None else limit, copy_file, sources=sources, policy=policy)
+        return ShardPlanner(self, cache, objects)
+
+    def _source(self, shard: int, sample: int, key: int) -> Any:
+        """What the reader opens: the shard's source, or its copy in the node's cache."""
+        if self._planner is None:
+            return self.shards[shard].source
+        return self._planner.local_path(shard, sample, key)
 
     # -- dataset -------------------------------------------------------------------------------------
 
@@ -149,7 +176,7 @@ class ShardedStream(Dataset):
             sample = self._packed(int(key))
         else:
             shard, k = self.locate(int(key))
-            sample = self._readers().read(shard, self.shards[shard].source, k)
+            sample = self._readers().read(shard, self._source(shard, k, int(key)), k)
         return sample if self.transform is None else self.transform(sample)
 
     def __getitems__(self, keys: Sequence[int]) -> list[Any]:
@@ -162,10 +189,11 @@ class ShardedStream(Dataset):
         for i, (shard, _) in enumerate(shards):
             groups.setdefault(shard, []).append(i)
         for shard, places in groups.items():
-            access = self._readers().random_access(shard, self.shards[shard].source)
+            source = self._source(shard, shards[places[0]][1], int(keys[places[0]]))
+            access = self._readers().random_access(shard, source)
             if access is None:
                 for i in places:
-                    out[i] = self._readers().read(shard, self.shards[shard].source, shards[i][1])
+                    out[i] = self._readers().read(shard, source, shards[i][1])
                 continue
             for sample, i in zip(access.samples([shards[i][1] for i in places]), places, strict=True):
                 out[i] = sample
@@ -282,7 +310,7 @@ class ShardedStream(Dataset):
             if end <= lo:
                 continue
             for k, offset, tokens in reader.pieces(
-                shard, self.shards[shard].source, max(lo, start) - start, min(hi, end) - start
+                shard, self._source(shard, 0, key), max(lo, start) - start, min(hi, end) - start
             ):
                 pieces.append((self.sample_base[shard] + k, offset, tokens))
         return assemble(pieces, length, self.pad_id)
@@ -302,7 +330,8 @@ class ShardedStream(Dataset):
     def _row_length(self, shard: int) -> int | None:
         rows = self._caches.setdefault("rows", {})
         if shard not in rows:
-            access = random_access(self.shards[shard].source) if self._builtin else None
+            held = self._planner.held(shard) if self._planner is not None else None
+            access = random_access(held or self.shards[shard].source) if self._builtin else None
             array = access.token_rows() if access is not None else None
             rows[shard] = int(array.shape[1]) if array is not None else None
         return rows[shard]
@@ -314,6 +343,8 @@ class StreamOrder:
     def __init__(self, stream: ShardedStream, epoch: int) -> None:
         self.stream = stream
         self.epoch = epoch
+        if stream._planner is not None:
+            stream._planner.note_epoch(epoch)  # the workers learn the epoch from the cache (they see only keys)
         self.lane_lengths = torch.tensor(stream.lane_lengths, dtype=torch.int64)
         self.lane_base = torch.tensor(stream.lane_base, dtype=torch.int64)
         if stream.pack_to is None:

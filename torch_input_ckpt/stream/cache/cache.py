@@ -23,16 +23,19 @@ import fcntl
 import logging
 import math
 import os
+import shutil
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from ...errors import CacheFullError, InputStateError
 from .files import CacheLayout, flock, key_of, read_json, refuse_overlap, try_exclusive, write_json
 
-__all__ = ["POLICIES", "ObjectRef", "ShardCache"]
+__all__ = ["POLICIES", "LocalObject", "ObjectRef", "ShardCache", "copy_file", "local_object"]
 
 log = logging.getLogger("torch_input_ckpt")
 POLICIES = ("next-use", "lru")
@@ -61,6 +64,8 @@ class ShardCache:
             is refused.
         policy: ``"next-use"`` (Belady's rule, by the published next uses) or ``"lru"``.
         max_downloads: How many prefetches run at once (in a background thread pool of this process).
+        wait_s: How long a read waits for room (shards held by other processes, downloads in flight)
+            before :class:`~torch_input_ckpt.CacheFullError`.
 
     Raises:
         ValueError: for a ``cache_dir`` that overlaps a source, or holds files and is not a cache; bad arguments.
@@ -75,6 +80,7 @@ class ShardCache:
         sources: Iterable[str | os.PathLike[str]] = (),
         policy: str = "next-use",
         max_downloads: int = 2,
+        wait_s: float = 10.0,
     ) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"cache_limit must be an int >= 1 (bytes) (got {limit!r})")
@@ -85,7 +91,7 @@ class ShardCache:
         root = Path(cache_dir)
         refuse_overlap(root, [Path(s) for s in sources])
         self.layout = CacheLayout(root)
-        self.limit, self.policy, self.max_downloads = limit, policy, max_downloads
+        self.limit, self.policy, self.max_downloads, self.wait_s = limit, policy, max_downloads, float(wait_s)
         self._download = download
         self.stats = {"downloads": 0, "bytes": 0, "evictions": 0}
         self._reset_process()
@@ -101,7 +107,19 @@ class ShardCache:
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
+            # A forked child: close its copies of the parent's lock descriptors (the parent's locks stay
+            # held by the parent's own; a copy left open would keep a shard locked after the parent let go).
+            for fd, _ in self._held.values():
+                os.close(fd)
             self._reset_process()
+
+    def __del__(self) -> None:
+        # The shared locks of a cache dropped without close(): released with it (never a forked copy's).
+        held = getattr(self, "_held", None)
+        if held and os.getpid() == self._pid:
+            for fd, _ in held.values():
+                os.close(fd)
+            held.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -112,6 +130,12 @@ class ShardCache:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._reset_process()
+
+    def node_totals(self) -> dict[str, int]:
+        """What every process of the node downloaded into this cache so far: ``downloads`` and ``downloaded_bytes``."""
+        with flock(self.layout.bookkeeping):
+            body = self._load()
+        return {"downloads": int(body.get("downloads", 0)), "downloaded_bytes": int(body.get("downloaded_bytes", 0))}
 
     @property
     def root(self) -> Path:
@@ -297,12 +321,26 @@ class ShardCache:
             body = self._load()
             body["flight"].pop(key, None)
             if done:
+                body["downloads"] = body.get("downloads", 0) + 1  # the node's totals, for reports and tests
+                body["downloaded_bytes"] = body.get("downloaded_bytes", 0) + info.size
                 body["clock"] += 1
                 body["entries"][key] = {"url": info.url, "etag": info.etag, "size": info.size, "used": body["clock"]}
             write_json(self.layout.manifest, body)
 
     def _reserve(self, key: str, info: ObjectRef, use: float, *, demand: bool) -> bool:
-        """Count ``info.size`` bytes in flight, evicting to fit; False if a prefetch finds no room."""
+        """Count ``info.size`` bytes in flight, evicting to fit; False if a prefetch finds no room. A read
+        waits up to ``wait_s`` for room: other processes release shards and finish downloads as they go."""
+        deadline, pause = time.monotonic() + self.wait_s, 0.01
+        while True:
+            try:
+                return self._reserve_once(key, info, use, demand=demand)
+            except CacheFullError:
+                if time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    def _reserve_once(self, key: str, info: ObjectRef, use: float, *, demand: bool) -> bool:
         with flock(self.layout.bookkeeping):
             body = self._load()
             self._drop_dead_flights(body, key)
@@ -402,3 +440,39 @@ def _alive(stem: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@dataclass(frozen=True)
+class LocalObject:
+    """A shard file on a local or network file system, as the cache sees it (its ETag: modification time and size).
+
+    Attributes:
+        url: The file's path.
+        size: Its size in bytes.
+        etag: ``"<mtime_ns>-<size>"`` when described: a rewritten file is another object.
+    """
+
+    url: str
+    size: int
+    etag: str | None
+
+
+def local_object(source: Any) -> LocalObject:
+    """Describe a shard file for the cache.
+
+    Raises:
+        ValueError: for a source that is not a file path (a custom opener's description cannot be cached).
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"cache_dir caches shard files; the shard {source!r} is not a path")
+    path = Path(source)
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise InputStateError(f"{path}: cannot read the shard to cache it ({error.strerror})") from None
+    return LocalObject(str(path), stat.st_size, f"{stat.st_mtime_ns}-{stat.st_size}")
+
+
+def copy_file(info: LocalObject, dest: Path) -> None:
+    """The download of a :class:`LocalObject`: a copy of the file (e.g. from a network file system)."""
+    shutil.copyfile(info.url, dest)

@@ -45,6 +45,15 @@ _VERSION = 1
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+_FOLDERS = ("objects", "partial", "locks", "needs")
+
+
+def _own(name: str) -> bool:
+    """A name the cache itself makes at its top level (a temporary name of its JSON files included)."""
+    own = {MARKER, "cache.lock", "manifest.json", *_FOLDERS}
+    return name in own or (name.startswith(".") and name.endswith(".tmp"))
+
+
 def key_of(url: str) -> str:
     """The cache's file name for an object: a hash of its URL (unique), then its base name (readable, suffix kept)."""
     digest = hashlib.sha256(url.encode()).hexdigest()[:24]
@@ -129,20 +138,24 @@ class CacheLayout:
         marker = root / MARKER
         if root.exists() and not root.is_dir():
             raise ValueError(f"cache_dir {root} is not a directory")
-        if root.is_dir() and not marker.exists() and any(root.iterdir()):
+        foreign = [p.name for p in root.iterdir() if not _own(p.name)] if root.is_dir() else []
+        if foreign and not marker.exists():
             raise ValueError(
-                f"cache_dir {root} already holds files and is not a shard cache (no {MARKER} marker): the cache "
-                "deletes what it evicts, so it only runs in an empty or new directory. Choose another cache_dir."
+                f"cache_dir {root} already holds files ({', '.join(sorted(foreign)[:3])}, ...) and is not a shard "
+                f"cache (no {MARKER} marker): the cache deletes what it evicts, so it only runs in an empty or new "
+                "directory. Choose another cache_dir."
             )
-        for folder in ("objects", "partial", "locks", "needs"):
-            (root / folder).mkdir(parents=True, exist_ok=True)
-        body = read_json(marker)
-        if body is None:
-            write_json(marker, {"kind": _KIND, "version": _VERSION})
-        elif body.get("kind") != _KIND or body.get("version") != _VERSION:
-            raise ValueError(f"{marker}: found {body!r}, expected kind {_KIND!r} version {_VERSION}")
         self.manifest = root / "manifest.json"
         self.bookkeeping = root / "cache.lock"
+        root.mkdir(parents=True, exist_ok=True)
+        with flock(self.bookkeeping):  # processes of a node starting together: one creates, the others find
+            for folder in _FOLDERS:
+                (root / folder).mkdir(exist_ok=True)
+            body = read_json(marker)
+            if body is None:
+                write_json(marker, {"kind": _KIND, "version": _VERSION})
+            elif body.get("kind") != _KIND or body.get("version") != _VERSION:
+                raise ValueError(f"{marker}: found {body!r}, expected kind {_KIND!r} version {_VERSION}")
 
     def object(self, key: str) -> Path:
         """Where a complete shard lives."""

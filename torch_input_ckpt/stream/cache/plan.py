@@ -141,10 +141,14 @@ class ShardPlanner:
         uses = self._uses(self.position)
         self.cache.publish(uses, epoch=self.position // self.stream.length)
         path = self._held[shard] = self.cache.open_path(self.objects[shard], next_use=self.position)
-        self._release_done(self.position)
+        self._release_done(self.position, shard)
         soon = sorted((use, s) for s, use in self._use_by_shard(self.position).items() if s not in self._held)
         self.cache.prefetch([(self.objects[s], use) for use, s in soon[: self.horizon] if use < math.inf])
         return path
+
+    def held(self, shard: int) -> Path | None:
+        """The cached path of ``shard`` if this process holds it."""
+        return self._held.get(shard)
 
     def _use_by_shard(self, position: int) -> dict[int, float]:
         epoch = position // self.stream.length
@@ -160,8 +164,13 @@ class ShardPlanner:
         ranked = sorted(self._use_by_shard(position).items(), key=lambda pair: pair[1])
         return {self.objects[s].url: use for s, use in ranked[: max(self.horizon, len(self._held)) * 2]}
 
-    def _release_done(self, position: int) -> None:
+    def _release_done(self, position: int, opened: int) -> None:
+        """Release the shards read for the last time this epoch, and the one before ``opened`` in its lane: a
+        process holds at most one shard per lane (its reader keeps its open file; a later read of a released
+        shard, a window going back across the boundary, opens it from the cache again)."""
         schedule = self.schedule(position // self.stream.length)
-        for shard in [s for s in self._held if int(schedule.last[s]) < position]:
-            del self._held[shard]
-            self.cache.release(self.objects[shard])
+        lane = self.stream.lane_of[opened]
+        for shard in list(self._held):
+            if shard != opened and (int(schedule.last[shard]) < position or self.stream.lane_of[shard] == lane):
+                del self._held[shard]
+                self.cache.release(self.objects[shard])
