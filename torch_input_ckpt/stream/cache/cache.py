@@ -27,7 +27,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -101,8 +101,10 @@ class ShardCache:
         self._pid = os.getpid()
         self._held: dict[str, tuple[int, int]] = {}  # key -> (descriptor holding the shared lock, opens)
         self._pool: ThreadPoolExecutor | None = None
-        self._queued: dict[str, Future[Any]] = {}
-        self._mutex = threading.Lock()
+        self._plan: list[tuple[float, str, Any]] = []  # prefetches to run, soonest first (the latest plan)
+        self._active: set[str] = set()
+        self._drainers = 0
+        self._mutex = threading.Condition()
         self.stats = dict.fromkeys(self.stats, 0)
 
     def _check_process(self) -> None:
@@ -116,14 +118,14 @@ class ShardCache:
     def __del__(self) -> None:
         # The shared locks of a cache dropped without close(): released with it (never a forked copy's).
         held = getattr(self, "_held", None)
-        if held and os.getpid() == self._pid:
+        if held and os is not None and os.getpid() == self._pid:
             for fd, _ in held.values():
                 os.close(fd)
             held.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_held", "_pool", "_queued", "_mutex"):
+        for name in ("_held", "_pool", "_plan", "_active", "_drainers", "_mutex"):
             state.pop(name)
         return state
 
@@ -199,7 +201,9 @@ class ShardCache:
         """Release every shard held, stop the prefetches and withdraw this process's published needs."""
         self._check_process()
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            with self._mutex:
+                self._plan.clear()
+            self._pool.shutdown(wait=True)
             self._pool = None
         for fd, _ in self._held.values():
             os.close(fd)
@@ -223,37 +227,55 @@ class ShardCache:
     def prefetch(self, upcoming: Iterable[tuple[ObjectRef, float]]) -> None:
         """Download these objects ahead, soonest first, at most ``max_downloads`` at once, in the background.
 
-        A prefetch never waits for a lock (a shard being read or downloaded is skipped) and never evicts a
-        shard needed sooner than the one it fetches; a prefetch that finds no room is dropped.
+        The list replaces the previous one (what is not started yet is dropped). A prefetch never waits for a
+        lock (a shard being read or downloaded is skipped) and never evicts a shard needed sooner than the one
+        it fetches; the first one that finds no room ends the list (the later ones would find none either).
         """
         self._check_process()
         with self._mutex:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.max_downloads, thread_name_prefix="shard-prefetch")
-            for info, use in sorted(upcoming, key=lambda pair: pair[1]):
-                key = key_of(info.url)
-                if key in self._queued and not self._queued[key].done():
-                    continue
-                self._queued[key] = self._pool.submit(self._prefetch_one, key, info, use)
+            plan = sorted((use, key_of(info.url), info) for info, use in upcoming)
+            self._plan = [item for item in plan if item[1] not in self._active]
+            while self._drainers < min(self.max_downloads, len(self._plan)):
+                self._drainers += 1
+                self._pool.submit(self._drain)
 
     def wait_prefetches(self) -> None:
-        """Wait for the prefetches submitted so far (their errors are logged, not raised)."""
+        """Wait until the prefetches planned so far have run (their errors are logged, not raised)."""
         with self._mutex:
-            futures = list(self._queued.values())
-        for future in futures:
-            future.exception()
+            self._mutex.wait_for(lambda: self._drainers == 0)
 
-    def _prefetch_one(self, key: str, info: ObjectRef, use: float) -> None:
+    def _drain(self) -> None:
+        while True:
+            with self._mutex:
+                if not self._plan:
+                    self._drainers -= 1
+                    self._mutex.notify_all()
+                    return
+                use, key, info = self._plan.pop(0)
+                self._active.add(key)
+            try:
+                if not self._prefetch_one(key, info, use):
+                    with self._mutex:
+                        self._plan.clear()
+            finally:
+                with self._mutex:
+                    self._active.discard(key)
+
+    def _prefetch_one(self, key: str, info: ObjectRef, use: float) -> bool:
+        """Fetch one shard ahead; False if it found no room."""
         fd = try_exclusive(self.layout.lock(key))
         if fd is None:
-            return  # read or downloaded by someone right now: present, or soon
+            return True  # read or downloaded by someone right now: present, or soon
         try:
             if not self._complete(key, info, touch=False):
-                self._fetch(key, info, use, demand=False)
+                return self._fetch(key, info, use, demand=False)
         except (OSError, InputStateError) as error:
             log.warning("shard cache %s: prefetch of %s failed (%s); read on demand", self.root, info.url, error)
         finally:
             os.close(fd)
+        return True
 
     # -- the manifest -----------------------------------------------------------------------------------
 
@@ -373,12 +395,18 @@ class ShardCache:
                     os.close(fd)
 
     def _evict(self, body: dict[str, Any], need: int, beyond: float | None) -> bool:
-        """Delete unheld shards, in the policy's order, until ``need`` bytes are free; only shards used later
-        than ``beyond`` (a prefetch's own next use) when it is given. True if enough was freed."""
+        """Delete unheld shards, in the policy's order, until ``need`` bytes are free. True if enough was freed.
+
+        A prefetch (``beyond``: its own next use) evicts only shards used later than it, and only while the
+        policy's next victim is not held: a shard held now is released before that prefetched one is read,
+        and would then be the better victim (evicting another instead would cost a download that
+        eviction on demand avoids)."""
         freed = 0
         for key in self._victims(body, beyond):
             fd = try_exclusive(self.layout.lock(key))
             if fd is None:
+                if beyond is not None:
+                    return False
                 continue  # held open by a reader (or being replaced): never deleted under it
             try:
                 self.layout.object(key).unlink(missing_ok=True)

@@ -24,6 +24,9 @@ from .cache import ObjectRef, ShardCache
 
 __all__ = ["EpochSchedule", "ShardPlanner", "lane_positions"]
 
+# How many next uses a process publishes (the soonest): a cache holds far fewer shards than this.
+_PUBLISHED = 4096
+
 
 def lane_positions(interleave: Interleave, lane: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """The global positions of ``(lane, q)`` pairs: the inverse of :class:`~.lanes.Interleave`."""
@@ -88,7 +91,7 @@ class ShardPlanner:
         self.horizon = horizon if horizon is not None else max(4, 2 * stream.lanes)
         self._pid = os.getpid()
         self._schedules: dict[int, EpochSchedule] = {}
-        self._held: dict[int, Path] = {}
+        self._held: dict[int, tuple[Path, int]] = {}  # shard -> (its cached path, the last read of this hold)
         self.epoch_hint: int | None = None
         self.position = 0
 
@@ -134,21 +137,24 @@ class ShardPlanner:
         """The cached path of ``shard``: held by this process until its last read this epoch is past."""
         if os.getpid() != self._pid:
             self._pid, self._held, self.epoch_hint = os.getpid(), {}, None
-        path = self._held.get(shard)
-        if path is not None:
-            return path
+        held = self._held.get(shard)
+        if held is not None:
+            return held[0]
         self.position = self.position_of(shard, sample, key)
         uses = self._uses(self.position)
         self.cache.publish(uses, epoch=self.position // self.stream.length)
-        path = self._held[shard] = self.cache.open_path(self.objects[shard], next_use=self.position)
-        self._release_done(self.position, shard)
+        self._release_done(self.position, shard)  # first: the shard this one follows in its lane makes room
+        path = self.cache.open_path(self.objects[shard], next_use=self.position)
+        epoch = self.position // self.stream.length
+        self._held[shard] = (path, int(self.schedule(epoch).last[shard]))
         soon = sorted((use, s) for s, use in self._use_by_shard(self.position).items() if s not in self._held)
         self.cache.prefetch([(self.objects[s], use) for use, s in soon[: self.horizon] if use < math.inf])
         return path
 
     def held(self, shard: int) -> Path | None:
         """The cached path of ``shard`` if this process holds it."""
-        return self._held.get(shard)
+        held = self._held.get(shard)
+        return held[0] if held is not None else None
 
     def _use_by_shard(self, position: int) -> dict[int, float]:
         epoch = position // self.stream.length
@@ -157,20 +163,22 @@ class ShardPlanner:
         for shard, (first, last, following) in enumerate(
             zip(now.first.tolist(), now.last.tolist(), after.first.tolist(), strict=True)
         ):
-            uses[shard] = float(following if last < position else max(first, position))
+            # A shard this process holds cannot be evicted while it does: it is ranked by its use after that.
+            done = last < position or (shard in self._held and first <= position)
+            uses[shard] = float(following if done else max(first, position))
         return uses
 
     def _uses(self, position: int) -> dict[str, float]:
         ranked = sorted(self._use_by_shard(position).items(), key=lambda pair: pair[1])
-        return {self.objects[s].url: use for s, use in ranked[: max(self.horizon, len(self._held)) * 2]}
+        # Every shard's next use (the soonest _PUBLISHED of a bigger stream): a shard left out ranks as never read.
+        return {self.objects[s].url: use for s, use in ranked[:_PUBLISHED]}
 
     def _release_done(self, position: int, opened: int) -> None:
         """Release the shards read for the last time this epoch, and the one before ``opened`` in its lane: a
         process holds at most one shard per lane (its reader keeps its open file; a later read of a released
         shard, a window going back across the boundary, opens it from the cache again)."""
-        schedule = self.schedule(position // self.stream.length)
         lane = self.stream.lane_of[opened]
-        for shard in list(self._held):
-            if shard != opened and (int(schedule.last[shard]) < position or self.stream.lane_of[shard] == lane):
+        for shard, (_, last) in list(self._held.items()):
+            if shard != opened and (last < position or self.stream.lane_of[shard] == lane):
                 del self._held[shard]
                 self.cache.release(self.objects[shard])
