@@ -92,3 +92,20 @@ def test_two_ranks_share_one_cache_and_download_each_shard_once(tmp_path):
     assert sorted(set(everything)) == expected  # together the ranks read every sample (with the sampler's padding)
     assert _node(tmp_path / "cache")["downloads"] == len(COUNTS)
     torch.distributed.is_available()
+
+
+@pytest.mark.slow
+def test_cache_example_resumes_in_a_fresh_process_through_the_same_cache(tmp_path, capfd):
+    import ast
+
+    from tests.support.examples import run_fresh, run_here
+
+    capfd.readouterr()
+    run_here("stream_cache.py", tmp_path)
+    first, second = (ast.literal_eval(line) for line in capfd.readouterr().out.splitlines())
+    rest, uninterrupted = (ast.literal_eval(line) for line in run_fresh("stream_cache.py", tmp_path)[0])
+    assert [first, second, *rest] == uninterrupted, "the resumed epoch differs from the uninterrupted one"
+    ids = [i for batch in uninterrupted for i in batch]
+    counts = {"web": 6, "code": 4, "math": 7, "books": 5, "news": 3, "wiki": 6, "law": 4, "chat": 5}
+    assert sorted(ids) == sorted(f"{n}-{k}" for n, c in counts.items() for k in range(c)), "not exactly once"
+    assert sorted(p.name for p in (tmp_path / "shared-fs").iterdir()) == sorted(f"{n}.jsonl" for n in counts)
