@@ -18,7 +18,7 @@ from torch_input_ckpt.stream.index import INDEX_FILE, parse_index
 from torch_input_ckpt.stream.shards import write_index
 
 from tests.support.resume import check_exactly_once, release, to_py
-from tests.support.stream_data import all_ids, ids_collate, sample_id, write_shards
+from tests.support.stream_data import SIZES, all_ids, ids_collate, sample_id, write_shards
 
 LANES, SEED, BATCH = 3, 5, 2
 FAST_RETRY = {"attempts": 8, "base_delay_s": 0.01, "max_delay_s": 0.05, "total_s": 20.0}
@@ -26,25 +26,43 @@ FAST_RETRY = {"attempts": 8, "base_delay_s": 0.01, "max_delay_s": 0.05, "total_s
 NAMES = ("web", "code", "math", "books", "news", "wiki", "chat", "law")
 
 
-def _shards(root, kind):
-    write_shards(root, kind)
+def _shards(root, kind, sizes=SIZES):
+    write_shards(root, kind, sizes)
     for number, path in enumerate(sorted(root.iterdir())):
         path.rename(root / f"{NAMES[number]}.{kind}")
     return root
 
 
-@pytest.fixture(scope="module", params=["npy", "jsonl"])
-def corpus(request, s3_server, tmp_path_factory):
-    """The same shards on local disk (indexed there) and under s3://BUCKET/corpus/ (indexed by the command)."""
-    kind = request.param
-    root = _shards(tmp_path_factory.mktemp(kind), kind)
-    write_index(root)
-    bucket = s3_server.bucket(kind)
-    s3_server.upload_dir(root, bucket, "corpus")
-    s3_server.client().delete_object(Bucket=bucket, Key=f"corpus/{INDEX_FILE}")  # the local index, not the store's
-    url = f"s3://{bucket}/corpus/"
-    assert main(["index", url, "--storage-options", json.dumps(s3_server.storage_options())]) == 0
-    return kind, root, url
+@pytest.fixture(scope="module")
+def corpora(s3_server, tmp_path_factory):
+    """For each format: the same shards on local disk (indexed there) and under s3://BUCKET/corpus/ (indexed by
+    the command)."""
+    made = {}
+    for kind in ("npy", "jsonl"):
+        root = _shards(tmp_path_factory.mktemp(kind), kind)
+        write_index(root)
+        bucket = s3_server.bucket(kind)
+        s3_server.upload_dir(root, bucket, "corpus")
+        s3_server.client().delete_object(Bucket=bucket, Key=f"corpus/{INDEX_FILE}")  # the local index
+        url = f"s3://{bucket}/corpus/"
+        assert main(["index", url, "--storage-options", json.dumps(s3_server.storage_options())]) == 0
+        made[kind] = (kind, root, url)
+    return made
+
+
+@pytest.fixture(params=["npy", "jsonl"])
+def corpus(request, corpora):
+    return corpora[request.param]
+
+
+@pytest.fixture
+def npy_corpus(corpora):
+    return corpora["npy"]
+
+
+@pytest.fixture
+def jsonl_corpus(corpora):
+    return corpora["jsonl"]
 
 
 def _stream(shards, **kw):
@@ -84,9 +102,11 @@ def test_the_index_beside_the_shards_records_etags_and_counts_npy_by_range_reads
         assert len(whole) == len(local.entries)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_an_epoch_from_the_store_is_the_epoch_from_local_disk(corpus, s3_server, tmp_path, workers):
-    kind, root, url = corpus
+# A format read by random access (.npy, memory-mapped) with 2 workers; one read forward (JSON lines) with none.
+@pytest.mark.slow  # DataLoader worker processes
+@pytest.mark.parametrize("kind,workers", [("npy", 2), ("jsonl", 0)])
+def test_an_epoch_from_the_store_is_the_epoch_from_local_disk(corpora, s3_server, tmp_path, kind, workers):
+    kind, root, url = corpora[kind]
     local = _stream(root)
     remote = _stream(url, storage_options=_options(s3_server), cache_dir=tmp_path / "cache")
     assert remote.fingerprint == local.fingerprint  # the same data, wherever it is read from
@@ -106,10 +126,11 @@ def _needed_shards(stream, position):
     return {stream.shards[stream.locate(int(key))[0]].source.rsplit("/", 1)[1] for key in keys}
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_a_resume_through_the_file_downloads_only_the_shards_from_its_position(
-    corpus, s3_server, fault_proxy, tmp_path
+    jsonl_corpus, s3_server, fault_proxy, tmp_path
 ):
-    kind, root, url = corpus
+    kind, root, url = jsonl_corpus
     options = _options(s3_server, fault_proxy.endpoint_url)
     first = _loader(_stream(url, storage_options=options, cache_dir=tmp_path / "first"))
     batches = iter(first)
@@ -136,8 +157,8 @@ def test_a_resume_through_the_file_downloads_only_the_shards_from_its_position(
     assert len(needed) < len(NAMES)
 
 
-def test_faults_are_retried_and_the_epoch_is_exact(corpus, s3_server, fault_proxy, tmp_path):
-    kind, root, url = corpus
+def test_faults_are_retried_and_the_epoch_is_exact(jsonl_corpus, s3_server, fault_proxy, tmp_path):
+    kind, root, url = jsonl_corpus
     fault_proxy.stall_s = 1.0
     options = _options(s3_server, fault_proxy.endpoint_url, config_kwargs={"read_timeout": 0.5})
     stream = _stream(url, storage_options=options, cache_dir=tmp_path / "cache")
@@ -148,8 +169,7 @@ def test_faults_are_retried_and_the_epoch_is_exact(corpus, s3_server, fault_prox
     fault_proxy.inject("503", times=3, match=shard)
     fault_proxy.inject("reset", times=1, match=shard)
     fault_proxy.inject("stall", times=1, match=shard)
-    got = [to_py(batch) for batch in _loader(stream, workers=2)]
-    release()
+    got = [to_py(batch) for batch in _loader(stream)]
     assert got == [to_py(batch) for batch in _loader(_stream(root))]
     assert sorted(r.fault for r in fault_proxy.requests() if r.fault) == ["503"] * 3 + [
         "reset"
@@ -157,14 +177,15 @@ def test_faults_are_retried_and_the_epoch_is_exact(corpus, s3_server, fault_prox
 
 
 def test_a_changed_object_is_refused_when_the_stream_opens_and_when_it_reads(s3_server, tmp_path):
-    root = _shards(tmp_path / "data", "npy")
+    root = _shards(tmp_path / "data", "npy", (3, 2))
     bucket = s3_server.bucket("changed")
     s3_server.upload_dir(root, bucket, "corpus")
     url = f"s3://{bucket}/corpus/"
     assert main(["index", url, "--storage-options", json.dumps(s3_server.storage_options())]) == 0
     stream = _stream(url, storage_options=_options(s3_server), cache_dir=tmp_path / "cache")
     first = stream.shards[0].source
-    s3_server.client().upload_file(str(root / "law.npy"), bucket, first.split("/", 3)[3])  # rewritten in place
+    other = next(name for name in ("web.npy", "code.npy") if not first.endswith(name))
+    s3_server.client().upload_file(str(root / other), bucket, first.split("/", 3)[3])  # rewritten in place
     with pytest.raises(ObjectChangedError, match=rf"{first} changed.*ETag.*re-index"):
         [stream[key] for key in range(len(stream))]
     with pytest.raises(ObjectChangedError, match=rf"{first}: changed since it was indexed in {url}{INDEX_FILE}"):
@@ -179,7 +200,7 @@ def test_missing_index_bucket_and_object_are_named_with_the_fix(s3_server, tmp_p
     with pytest.raises(ObjectStoreError, match=r"no bucket 'no-such-bucket'"):
         _stream("s3://no-such-bucket/corpus/", storage_options=options)
     with pytest.raises(InputStateError, match=r"not in s3://.*/corpus/torch_input_ckpt_index\.json"):
-        root = _shards(tmp_path / "data", "npy")
+        root = _shards(tmp_path / "data", "npy", (3, 2))
         s3_server.upload_dir(root, bucket, "corpus")
         main(["index", f"s3://{bucket}/corpus/", "--storage-options", json.dumps(s3_server.storage_options())])
         _stream([f"s3://{bucket}/corpus/web.npy", f"s3://{bucket}/corpus/nothing.npy"], storage_options=options)
@@ -189,8 +210,8 @@ def test_missing_index_bucket_and_object_are_named_with_the_fix(s3_server, tmp_p
     assert err.count("\n") == 1 and "no bucket 'no-such-bucket'" in err and "Traceback" not in err
 
 
-def test_a_list_of_urls_reads_those_shards(corpus, s3_server, tmp_path):
-    kind, root, url = corpus
+def test_a_list_of_urls_reads_those_shards(npy_corpus, s3_server, tmp_path):
+    kind, root, url = npy_corpus
     picked = [f"{url}math.{kind}", f"{url}web.{kind}"]
     stream = ShardedStream(picked, lanes=1, shuffle=False, storage_options=_options(s3_server), cache_dir=tmp_path)
     local = ShardedStream([root / f"math.{kind}", root / f"web.{kind}"], lanes=1, shuffle=False)
