@@ -31,8 +31,9 @@ def _ids(samples):
     return [s["id"] for s in samples]
 
 
-def _loader(shards, cache_dir, workers, limit=None, lanes=3, window=4):
+def _loader(shards, cache_dir, workers, limit=10**9, lanes=3, window=4):
     release()  # the loaders of earlier runs, and the shards their streams hold, go now rather than at a later GC
+    limit = None if cache_dir is None else limit
     stream = ShardedStream(shards, lanes=lanes, seed=3, window=window, cache_dir=cache_dir, cache_limit=limit)
     return ResumableDataLoader(stream, batch_size=4, collate_fn=_ids, num_workers=workers, seed=7)
 
@@ -109,3 +110,39 @@ def test_cache_example_resumes_in_a_fresh_process_through_the_same_cache(tmp_pat
     counts = {"web": 6, "code": 4, "math": 7, "books": 5, "news": 3, "wiki": 6, "law": 4, "chat": 5}
     assert sorted(ids) == sorted(f"{n}-{k}" for n, c in counts.items() for k in range(c)), "not exactly once"
     assert sorted(p.name for p in (tmp_path / "shared-fs").iterdir()) == sorted(f"{n}.jsonl" for n in counts)
+
+
+# In process: workers with S3 clients cost seconds to start on 2 busy cores; test_remote_stream covers workers.
+def test_shards_on_object_storage_through_a_half_size_cache_read_exactly(s3_server, tmp_path):
+    from torch_input_ckpt.cli.main import main
+    from torch_input_ckpt.stream.index import INDEX_FILE
+
+    shards = _shards(tmp_path / "data")
+    bucket = s3_server.bucket("cached")
+    s3_server.upload_dir(tmp_path / "data", bucket, "corpus")
+    url = f"s3://{bucket}/corpus/"
+    options = {**s3_server.storage_options(), "retry": {"attempts": 4, "base_delay_s": 0.01, "total_s": 10.0}}
+    assert main(["index", url, "--storage-options", json.dumps(s3_server.storage_options())]) == 0
+    total = sum((tmp_path / "data" / f"{n}.jsonl").stat().st_size for n in COUNTS)
+    by_name = sorted(shards, key=lambda shard: shard.source.rsplit("/", 1)[1])  # the index's order
+    local = [i for batch in _loader(by_name, None, 0, lanes=2) for i in batch]
+
+    def remote(epoch_workers):
+        stream = ShardedStream(
+            url,
+            lanes=2,
+            seed=3,
+            window=4,
+            storage_options=options,
+            cache_dir=tmp_path / "cache",
+            cache_limit=total // 2,
+        )
+        return ResumableDataLoader(stream, batch_size=4, collate_fn=_ids, num_workers=epoch_workers, seed=7)
+
+    got = [i for batch in remote(0) for i in batch]
+    assert got == local  # the same order and samples as the shards on local disk
+    totals = _node(tmp_path / "cache")
+    assert len(COUNTS) <= totals["downloads"] and totals["downloaded_bytes"] <= 2 * total
+    cached = [p.name for p in (tmp_path / "cache" / "objects").iterdir()]
+    assert sum((tmp_path / "cache" / "objects" / n).stat().st_size for n in cached) <= total // 2
+    assert not any(INDEX_FILE in name for name in cached)

@@ -38,12 +38,13 @@ from torch.utils.data import Dataset
 from ..base.arguments import check_int
 from ..errors import InputCheckpointWarning
 from ..state.schema import FORMAT_VERSION, STREAM_KIND, Key, check_header, check_same, field
-from .cache import ShardCache, copy_file, local_object
+from .cache import ShardCache, StoreDownload, copy_file, local_object
 from .cache.plan import ShardPlanner
 from .formats import open_samples, random_access
 from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
 from .packing import PackedReader, assemble
 from .readers import ShardReaders
+from .remote import ShardFetcher
 from .shards import Shard, legacy_fingerprint, resolve_shards
 
 __all__ = ["ShardedStream", "StreamOrder"]
@@ -80,21 +81,32 @@ class ShardedStream(Dataset):
             An index's token counts must have been made the same way (``index --tokens FIELD`` or
             ``--tokenizer module:callable``, recorded in the index).
         pad_id: The token that pads a lane's last packed sequence.
+        storage_options: For shards on object storage (``shards="s3://bucket/prefix/"`` with an index written
+            by ``python -m torch_input_ckpt index s3://bucket/prefix/``, or a list of shard URLs): the client's
+            fsspec/s3fs options (``endpoint_url``, ``key``, ``secret``, ``anon``, ``client_kwargs``,
+            ``config_kwargs``, and ``retry``: see :class:`~torch_input_ckpt.remote.RetryPolicy`).
+        cache_dir: Without ``cache_limit``: where shards on object storage are downloaded (each once, shared
+            by the loader's workers); None: a temporary directory, removed when the process exits. A shard is
+            downloaded when it is first read: a resume downloads only the shards it reads from its position on.
         transform: Applied to each sample (or packed sequence) as it is fetched. Its random draws from
             torch's, NumPy's and Python's global RNGs are reseeded per sample from ``(loader seed, epoch,
             global position)`` by the loader (``reseed_rng=True``), so they survive resumes and changes of
             ``num_workers`` and world size.
-        cache_dir: A node-local directory (new, empty, or made by this option) where every rank and worker of
-            the node keeps copies of the shards (:mod:`~torch_input_ckpt.stream.cache`): read ahead in the
-            stream's order, evicted by next use. It must not be, hold or lie inside a source directory.
-        cache_limit: With ``cache_dir``, the most bytes of shards it keeps (default: no limit).
-        cache_policy: ``"next-use"`` (evict the shard read furthest ahead; the default) or ``"lru"``.
+        cache_limit: With ``cache_dir``: the node-local shard cache (:mod:`~torch_input_ckpt.stream.cache`),
+            for shards on object storage or on a shared file system, keeping at most this many bytes: every rank
+            and worker of the node shares it, shards are read ahead in the stream's order and evicted by next
+            use. ``cache_dir`` must then be new, empty or made by it, and not be, hold or lie inside a source
+            directory.
+        cache_policy: With ``cache_limit``: ``"next-use"`` (evict the shard read furthest ahead; the default)
+            or ``"lru"``.
 
     Raises:
         ValueError: for bad arguments, a shard whose count is unknown, or (packing) no token counts.
-        InputStateError: for an indexed shard that is missing or changed since it was indexed, a damaged
-            index, or (packing) an index whose token counts came from another field or tokenizer than
-            ``tokens``; when reading, for a shard whose documents do not hold the tokens recorded for it.
+        InputStateError: for an indexed shard (file or object) that is missing or changed since it was indexed
+            (:class:`~torch_input_ckpt.errors.ObjectChangedError` for an object), a damaged index, an object
+            store that refuses (no credentials, no such bucket: :class:`~torch_input_ckpt.errors.ObjectStoreError`),
+            or (packing) an index whose token counts came from another field or tokenizer than ``tokens``; when
+            reading, for a shard whose documents do not hold the tokens recorded for it.
     """
 
     def __init__(
@@ -110,6 +122,7 @@ class ShardedStream(Dataset):
         tokens: str | Callable[[Any], Any] | None = None,
         pad_id: int = 0,
         transform: Callable[[Any], Any] | None = None,
+        storage_options: dict[str, Any] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         cache_limit: int | None = None,
         cache_policy: str = "next-use",
@@ -118,13 +131,14 @@ class ShardedStream(Dataset):
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be callable(sample) (got {transform!r})")
         self.transform = transform
-        resolved = resolve_shards(shards, needs_tokens=pack_to is not None, tokens=tokens)
+        resolved = resolve_shards(shards, pack_to is not None, tokens, storage_options)
         self.shards: list[Shard] = resolved.shards
         self.lanes = min(64, len(self.shards)) if lanes is None else lanes
         self.seed, self.shuffle, self.window = seed, bool(shuffle), window
         self.pack_to, self.tokens, self.pad_id = pack_to, tokens, pad_id
         self._opener = open_shard or _default_opener
         self._builtin = open_shard is None
+        self._remote(resolved, cache_dir)
         counts = [s.count for s in self.shards]
         weights = counts if pack_to is None else [int(s.tokens or 0) for s in self.shards]
         self.lane_of = assign_lanes(weights, self.lanes, seed, self.shuffle)
@@ -138,14 +152,26 @@ class ShardedStream(Dataset):
         self.fingerprint = resolved.fingerprint  # relative paths, order, counts, content identity
         self.open_shards = _open_budget(weights, self.lanes, window, pack_to)
         self._caches: dict[str, Any] = {}
-        self._planner = None if cache_dir is None else self._shard_cache(cache_dir, cache_limit, cache_policy)
+        self._planner = None
+        if cache_limit is not None:
+            if cache_dir is None:
+                raise ValueError("cache_limit needs cache_dir (the node-local directory of the shard cache)")
+            self._planner = self._shard_cache(resolved, cache_dir, cache_limit, cache_policy)
 
-    def _shard_cache(self, cache_dir: str | os.PathLike[str], limit: int | None, policy: str) -> ShardPlanner:
-        """The node's shard cache over these shards' files (local or network paths), and this stream's plan."""
-        objects = [local_object(shard.source) for shard in self.shards]
-        sources = sorted({str(Path(o.url).parent) for o in objects})
-        total = sum(o.size for o in objects)
-        cache = ShardCache(cache_dir, total if limit is None else limit, copy_file, sources=sources, policy=policy)
+    def _shard_cache(self, resolved: Any, cache_dir: str | os.PathLike[str], limit: int, policy: str) -> ShardPlanner:
+        """The node's shard cache over these shards (objects, or files of a shared file system), and this stream's
+        plan."""
+        download: Callable[[Any, Path], None]
+        if resolved.store is not None:
+            objects, download, sources = (
+                [resolved.objects[s.source] for s in self.shards],
+                StoreDownload(resolved.store),
+                [],
+            )
+        else:
+            objects = [local_object(shard.source) for shard in self.shards]
+            download, sources = copy_file, sorted({str(Path(o.url).parent) for o in objects})
+        cache = ShardCache(cache_dir, limit, download, sources=sources, policy=policy)
         return ShardPlanner(self, cache, objects)
 
     def _source(self, shard: int, sample: int, key: int) -> Any:
@@ -199,13 +225,36 @@ class ShardedStream(Dataset):
                 out[i] = sample
         return out
 
+    # -- shards on object storage: read from the local file the fetcher gives ----------------------------
+
+    def _remote(self, resolved: Any, cache_dir: str | os.PathLike[str] | None) -> None:
+        """Set up the fetcher of shards on object storage (none for local shards)."""
+        self.fetcher = ShardFetcher(resolved.store, cache_dir) if resolved.store is not None else None
+        objects = resolved.objects
+        self._objects = {s.source: (n, objects[s.source]) for n, s in enumerate(self.shards)} if objects else {}
+        if self.fetcher is not None and self._builtin:
+            self._opener = self._open_remote
+
+    def _local(self, source: Any) -> Any:
+        """The local file of a shard (downloaded by the fetcher for a shard on object storage)."""
+        if self.fetcher is None or source not in self._objects:
+            return source
+        shard, info = self._objects[source]
+        return self.fetcher.local_path(shard, source, info)
+
+    def _open_remote(self, source: Any, start: int) -> Iterator[Any]:
+        return open_samples(self._local(source), start)
+
+    def _random_access(self, source: Any) -> Any:
+        return random_access(self._local(source))
+
     def _readers(self) -> ShardReaders:
         readers = self._caches.get("readers")
         if readers is None:
             readers = self._caches["readers"] = ShardReaders(
                 self._opener,
                 self.open_shards,
-                random_access if self._builtin else None,
+                self._random_access if self._builtin else None,
                 keep=self.window if self.shuffle else 0,
                 counts=[s.count for s in self.shards],
             )
@@ -331,7 +380,7 @@ class ShardedStream(Dataset):
         rows = self._caches.setdefault("rows", {})
         if shard not in rows:
             held = self._planner.held(shard) if self._planner is not None else None
-            access = random_access(held or self.shards[shard].source) if self._builtin else None
+            access = self._random_access(held or self.shards[shard].source) if self._builtin else None
             array = access.token_rows() if access is not None else None
             rows[shard] = int(array.shape[1]) if array is not None else None
         return rows[shard]

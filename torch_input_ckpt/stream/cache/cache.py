@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from ...errors import CacheFullError, InputStateError
 from .files import CacheLayout, flock, key_of, read_json, refuse_overlap, try_exclusive, write_json
 
-__all__ = ["POLICIES", "LocalObject", "ObjectRef", "ShardCache", "copy_file", "local_object"]
+__all__ = ["POLICIES", "LocalObject", "ObjectRef", "ShardCache", "StoreDownload", "copy_file", "local_object"]
 
 log = logging.getLogger("torch_input_ckpt")
 POLICIES = ("next-use", "lru")
@@ -504,3 +504,19 @@ def local_object(source: Any) -> LocalObject:
 def copy_file(info: LocalObject, dest: Path) -> None:
     """The download of a :class:`LocalObject`: a copy of the file (e.g. from a network file system)."""
     shutil.copyfile(info.url, dest)
+
+
+class StoreDownload:
+    """The download of an object on object storage: ``ObjectStore.download`` of exactly the version ``info``
+    names (``If-Match``: a rewritten object is refused by the store, never read). Picklable, for workers.
+
+    Args:
+        store: The client (:class:`~torch_input_ckpt.remote.ObjectStore`).
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __call__(self, info: Any, dest: Path) -> None:
+        """Download ``info`` to ``dest``."""
+        self.store.download(info.url, dest, expect=info)
