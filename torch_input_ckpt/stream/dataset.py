@@ -174,6 +174,12 @@ class ShardedStream(Dataset):
         cache = ShardCache(cache_dir, limit, download, sources=sources, policy=policy)
         return ShardPlanner(self, cache, objects)
 
+    def note_epoch(self, epoch: int) -> None:
+        """The sampler of this process is in ``epoch``: told to the node cache, where this process's
+        ``DataLoader`` workers read it (they see only keys). Nothing without ``cache_limit``."""
+        if self._planner is not None:
+            self._planner.note_epoch(epoch)
+
     def _source(self, shard: int, sample: int, key: int) -> Any:
         """What the reader opens: the shard's source, or its copy in the node's cache."""
         if self._planner is None:
@@ -392,8 +398,7 @@ class StreamOrder:
     def __init__(self, stream: ShardedStream, epoch: int) -> None:
         self.stream = stream
         self.epoch = epoch
-        if stream._planner is not None:
-            stream._planner.note_epoch(epoch)  # the workers learn the epoch from the cache (they see only keys)
+        stream.note_epoch(epoch)
         self.lane_lengths = torch.tensor(stream.lane_lengths, dtype=torch.int64)
         self.lane_base = torch.tensor(stream.lane_base, dtype=torch.int64)
         if stream.pack_to is None:

@@ -105,6 +105,7 @@ class ShardCache:
         self._active: set[str] = set()
         self._drainers = 0
         self._mutex = threading.Condition()
+        self._in_order = threading.Lock()  # prefetches reserve their room in the plan's order
         self.stats = dict.fromkeys(self.stats, 0)
 
     def _check_process(self) -> None:
@@ -125,7 +126,7 @@ class ShardCache:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_held", "_pool", "_plan", "_active", "_drainers", "_mutex"):
+        for name in ("_held", "_pool", "_plan", "_active", "_drainers", "_mutex", "_in_order"):
             state.pop(name)
         return state
 
@@ -248,34 +249,43 @@ class ShardCache:
 
     def _drain(self) -> None:
         while True:
+            self._in_order.acquire()  # released once this prefetch has its room (or none): the next may go
             with self._mutex:
                 if not self._plan:
                     self._drainers -= 1
                     self._mutex.notify_all()
+                    self._in_order.release()
                     return
                 use, key, info = self._plan.pop(0)
                 self._active.add(key)
             try:
-                if not self._prefetch_one(key, info, use):
+                if not self._prefetch_one(key, info, use, self._in_order):
                     with self._mutex:
                         self._plan.clear()
             finally:
                 with self._mutex:
                     self._active.discard(key)
 
-    def _prefetch_one(self, key: str, info: ObjectRef, use: float) -> bool:
-        """Fetch one shard ahead; False if it found no room."""
+    def _prefetch_one(self, key: str, info: ObjectRef, use: float, in_order: threading.Lock) -> bool:
+        """Fetch one shard ahead; False if it found no room. Releases ``in_order`` once its room is settled."""
+        released = [False]
+
+        def settled() -> None:
+            if not released[0]:
+                released[0] = True
+                in_order.release()
+
         fd = try_exclusive(self.layout.lock(key))
-        if fd is None:
-            return True  # read or downloaded by someone right now: present, or soon
         try:
-            if not self._complete(key, info, touch=False):
-                return self._fetch(key, info, use, demand=False)
+            if fd is not None and not self._complete(key, info, touch=False):
+                return self._fetch(key, info, use, demand=False, reserved=settled)
         except (OSError, InputStateError) as error:
             log.warning("shard cache %s: prefetch of %s failed (%s); read on demand", self.root, info.url, error)
         finally:
-            os.close(fd)
-        return True
+            settled()
+            if fd is not None:
+                os.close(fd)
+        return True  # present, or read or downloaded by someone right now
 
     # -- the manifest -----------------------------------------------------------------------------------
 
@@ -309,9 +319,17 @@ class ShardCache:
 
     # -- downloads ---------------------------------------------------------------------------------------
 
-    def _fetch(self, key: str, info: ObjectRef, use: float, *, demand: bool) -> bool:
-        """Download ``info`` into ``objects/<key>``; the caller holds the shard's lock exclusive."""
-        if not self._reserve(key, info, use, demand=demand):
+    def _fetch(
+        self, key: str, info: ObjectRef, use: float, *, demand: bool, reserved: Callable[[], None] | None = None
+    ) -> bool:
+        """Download ``info`` into ``objects/<key>``; the caller holds the shard's lock exclusive. ``reserved`` is
+        called once its room is counted (or found missing)."""
+        try:
+            room = self._reserve(key, info, use, demand=demand)
+        finally:
+            if reserved is not None:
+                reserved()
+        if not room:
             return False
         partial = self.layout.partial(key)
         done = False
