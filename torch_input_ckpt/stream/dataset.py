@@ -138,7 +138,8 @@ class ShardedStream(Dataset):
         self.pack_to, self.tokens, self.pad_id = pack_to, tokens, pad_id
         self._opener = open_shard or _default_opener
         self._builtin = open_shard is None
-        self._remote(resolved, cache_dir)
+        # With cache_limit the node cache owns cache_dir; the fetcher (then unused for reads) keeps out of it.
+        self._remote(resolved, cache_dir if cache_limit is None else None)
         counts = [s.count for s in self.shards]
         weights = counts if pack_to is None else [int(s.tokens or 0) for s in self.shards]
         self.lane_of = assign_lanes(weights, self.lanes, seed, self.shuffle)
