@@ -1,5 +1,5 @@
 """The shard cache example (docs/guides/shard-cache.md): shards on a shared file system (a network mount, say) read
-through a node-local cache half their size. Run it twice: the first run is preempted after two batches; the second,
+through a node-local cache two thirds their size. Run it twice: the first run is preempted after two batches; the second,
 a fresh process with 2 workers, resumes from the checkpoint file and reads through the same cache."""
 
 import json
@@ -17,7 +17,7 @@ if not os.path.isdir(shared):  # the first run writes the data
         with open(os.path.join(shared, f"{name}.jsonl"), "w") as f:
             f.writelines(json.dumps({"id": f"{name}-{k}"}) + "\n" for k in range(n))
 shards = [Shard(os.path.join(shared, f"{name}.jsonl"), n) for name, n in counts.items()]
-half = sum(os.path.getsize(shard.source) for shard in shards) // 2
+limit = sum(os.path.getsize(shard.source) for shard in shards) * 2 // 3
 
 
 def ids(batch):
@@ -27,7 +27,7 @@ def ids(batch):
 def make_loader(num_workers=0):
     # Every rank and worker of the node shares cache_dir: a shard is downloaded (here: copied) once while it
     # is needed, read ahead in the stream's order, and evicted by next use when the cache is full.
-    stream = ShardedStream(shards, lanes=2, seed=0, window=4, cache_dir=cache_dir, cache_limit=half)
+    stream = ShardedStream(shards, lanes=2, seed=0, window=4, cache_dir=cache_dir, cache_limit=limit)
     return ResumableDataLoader(stream, batch_size=3, num_workers=num_workers, collate_fn=ids)
 
 

@@ -174,11 +174,19 @@ class ShardPlanner:
         return {self.objects[s].url: use for s, use in ranked[:_PUBLISHED]}
 
     def _release_done(self, position: int, opened: int) -> None:
-        """Release the shards read for the last time this epoch, and the one before ``opened`` in its lane: a
-        process holds at most one shard per lane (its reader keeps its open file; a later read of a released
-        shard, a window going back across the boundary, opens it from the cache again)."""
+        """Release the shards whose last read this epoch is past, and in ``opened``'s lane all but the one before
+        it: a process holds at most two shards per lane (a shuffle window can span a lane's boundary between
+        shards; the reader keeps its open file, and a later read of a released shard opens it from the cache)."""
         lane = self.stream.lane_of[opened]
+        same_lane = sorted(
+            (last, shard)
+            for shard, (_, last) in self._held.items()
+            if shard != opened and self.stream.lane_of[shard] == lane
+        )
+        keep = {same_lane[-1][1]} if same_lane and same_lane[-1][0] >= position else set()
         for shard, (_, last) in list(self._held.items()):
-            if shard != opened and (last < position or self.stream.lane_of[shard] == lane):
+            if shard == opened or shard in keep:
+                continue
+            if last < position or self.stream.lane_of[shard] == lane:
                 del self._held[shard]
                 self.cache.release(self.objects[shard])
