@@ -216,3 +216,23 @@ def test_a_list_of_urls_reads_those_shards(npy_corpus, s3_server, tmp_path):
     stream = ShardedStream(picked, lanes=1, shuffle=False, storage_options=_options(s3_server), cache_dir=tmp_path)
     local = ShardedStream([root / f"math.{kind}", root / f"web.{kind}"], lanes=1, shuffle=False)
     assert [sample_id(stream[k]) for k in range(len(stream))] == [sample_id(local[k]) for k in range(len(local))]
+
+
+@pytest.mark.slow  # a fresh process, with DataLoader workers
+def test_object_storage_example_resumes_downloading_only_the_shards_left(s3_server, tmp_path, capfd, monkeypatch):
+    from tests.support.examples import run_fresh, run_here
+    from tests.test_readme_examples import literals
+
+    for name, value in s3_server.env().items():  # the standard AWS_* environment, as a user's shell has it
+        monkeypatch.setenv(name, value)
+    bucket_url = f"s3://{s3_server.bucket('example')}"
+    capfd.readouterr()
+    run_here("object_storage.py", bucket_url, tmp_path)
+    indexed, *first = literals(capfd.readouterr().out.splitlines())
+    assert str(indexed).startswith("indexed 4 shards, 16 samples, 64 tokens") and len(first) == 2
+    rest, downloaded, uninterrupted = literals(run_fresh("object_storage.py", bucket_url, tmp_path)[0])
+    assert [*first, *rest] == uninterrupted, "the resumed epoch differs from the uninterrupted one"
+    assert sorted(t for batch in uninterrupted for t in batch) == sorted(
+        1000 * shard + 4 * row for shard, rows in enumerate((6, 2, 5, 3)) for row in range(rows)
+    ), "not exactly once"
+    assert downloaded == ["books", "math", "web"]  # "code" was read up before the checkpoint: never downloaded
