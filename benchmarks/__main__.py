@@ -17,6 +17,7 @@ from . import (
     mixture,
     provenance,
     realistic,
+    remote,
     restore_scale,
     resume,
     sampler_cost,
@@ -43,6 +44,7 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "provenance": provenance.run,
     "hf_resume": hf_resume.run,
     "stream": stream.run,
+    "remote": remote.run,
 }
 _ORDER = [
     "throughput",
@@ -57,7 +59,7 @@ _ORDER = [
     "ddp_sync",
 ]
 _ORDER += ["mixture_resume", "mixture_throughput", "mixture_streams", "restore_scale", "hf_resume"]
-_ORDER += ["stream", "stream_throughput", "provenance", "exclusion"]
+_ORDER += ["stream", "stream_throughput", "remote", "provenance", "exclusion"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
 
