@@ -134,7 +134,8 @@ def test_transient_faults_are_retried_and_logged_once(s3_server, bucket, fault_p
         store.download(info.url, tmp_path / "web.bin", expect=info)
     assert (tmp_path / "web.bin").read_bytes() == b"w" * 3000
     gets = [entry for entry in settled(fault_proxy).requests("GET") if "web.bin" in entry.path]
-    assert [entry.fault for entry in gets] == ["503", "500", "reset", None]  # the stalled one is not logged
+    # The stalled request is logged when the proxy gives up stalling, maybe after the retry that succeeded.
+    assert [entry.fault for entry in gets if entry.fault != "stall"] == ["503", "500", "reset", None]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and info.url in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
 

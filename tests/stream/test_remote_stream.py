@@ -173,9 +173,8 @@ def test_faults_are_retried_and_the_epoch_is_exact(jsonl_corpus, s3_server, faul
     fault_proxy.inject("stall", times=1, match=shard)
     got = [to_py(batch) for batch in _loader(stream)]
     assert got == [to_py(batch) for batch in _loader(_stream(root))]
-    assert sorted(r.fault for r in settled(fault_proxy).requests() if r.fault) == ["503"] * 3 + [
-        "reset"
-    ]  # a stall is not logged
+    faults = sorted(r.fault for r in settled(fault_proxy).requests() if r.fault not in (None, "stall"))
+    assert faults == ["503"] * 3 + ["reset"]  # the stall: logged when the proxy gives up, maybe after the retry
 
 
 def test_a_changed_object_is_refused_when_the_stream_opens_and_when_it_reads(s3_server, tmp_path):
