@@ -205,6 +205,8 @@ def test_missing_index_bucket_and_object_are_named_with_the_fix(s3_server, tmp_p
         s3_server.upload_dir(root, bucket, "corpus")
         main(["index", f"s3://{bucket}/corpus/", "--storage-options", json.dumps(s3_server.storage_options())])
         _stream([f"s3://{bucket}/corpus/web.npy", f"s3://{bucket}/corpus/nothing.npy"], storage_options=options)
+    with pytest.raises(ValueError, match="storage_options is for shards on object storage"):
+        _stream(root, storage_options=options)
     capsys.readouterr()
     assert main(["index", "s3://no-such-bucket/corpus/", "--storage-options", json.dumps(options)]) == 2
     err = capsys.readouterr().err
