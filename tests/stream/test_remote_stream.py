@@ -239,3 +239,13 @@ def test_object_storage_example_resumes_downloading_only_the_shards_left(s3_serv
         1000 * shard + 4 * row for shard, rows in enumerate((6, 2, 5, 3)) for row in range(rows)
     ), "not exactly once"
     assert downloaded == ["books", "math", "web"]  # "code" was read up before the checkpoint: never downloaded
+
+
+def test_packing_from_the_store_is_packing_from_local_disk(npy_corpus, s3_server, tmp_path):
+    kind, root, url = npy_corpus  # .npy token counts come from the headers: the index has them
+
+    def packed(shards, **kw):
+        stream = ShardedStream(shards, lanes=LANES, seed=SEED, window=2, pack_to=5, **kw)
+        return [s["input_ids"].tolist() for k in range(len(stream)) for s in [stream[k]]]
+
+    assert packed(url, storage_options=_options(s3_server), cache_dir=tmp_path) == packed(root)
