@@ -34,6 +34,7 @@ RUN_BY = {
     "examples/stream_quickstart.py": "test_stream_quickstart_resumes_from_the_file_in_a_fresh_process_with_workers",
     "examples/stream_cache.py": "test_cache_example_resumes_in_a_fresh_process_through_the_same_cache",
     "examples/testing_own_dataset.py": "test_testing_example_passes_the_reseeded_dataset_and_catches_its_own_generator",
+    "examples/object_storage.py": "test_object_storage_example_resumes_downloading_only_the_shards_left",
 }
 
 

@@ -65,6 +65,7 @@ class ObjectStore:
         self.retry = retry if retry is not None else RetryPolicy.from_options(policy)
         self.storage_options = options
         self._client_lock = threading.Lock()
+        self._lock_pid = os.getpid()
         self._filesystem: Any = None
         self._client_pid = -1
 
@@ -100,6 +101,8 @@ class ObjectStore:
     # --- the client, once per process ---------------------------------------------------------------------
 
     def _s3fs(self) -> Any:
+        if self._lock_pid != os.getpid():  # a forked child: its copy of the lock may be held by a thread it lacks
+            self._client_lock, self._lock_pid = threading.Lock(), os.getpid()
         with self._client_lock:
             if self._filesystem is None or self._client_pid != os.getpid():
                 import s3fs
@@ -304,7 +307,7 @@ class ObjectStore:
         self._call(where, "DELETE", lambda client: s3.delete(client, where.bucket, where.key))
 
 
-_SESSIONS: dict[int, Any] = {}
+_SESSION: list[Any] = []  # the one shared aiobotocore session, made on first use
 
 
 def _explicit_credentials(options: dict[str, Any]) -> bool:
@@ -314,15 +317,15 @@ def _explicit_credentials(options: dict[str, Any]) -> bool:
 
 
 def _shared_session() -> Any:
-    # One aiobotocore session per process: it caches the loaded S3 service model, which costs 0.3-1 s to load
-    # per client otherwise (each ObjectStore, each DataLoader worker).
+    # One aiobotocore session for the stores that name their credentials: it caches the loaded S3 service model,
+    # which costs 0.3-1 s per client otherwise (each ObjectStore). A forked DataLoader worker inherits it: a
+    # session holds no connection, event loop or lock that a fork could break (clients do, and each process makes
+    # its own), and the credentials it could cache are not used (the client is given them).
     import aiobotocore.session
 
-    pid = os.getpid()
-    if pid not in _SESSIONS:
-        _SESSIONS.clear()
-        _SESSIONS[pid] = aiobotocore.session.AioSession()
-    return _SESSIONS[pid]
+    if not _SESSION:
+        _SESSION.append(aiobotocore.session.AioSession())
+    return _SESSION[0]
 
 
 def _changed(url: str, expect: ObjectInfo, size: int | None, etag: str) -> ObjectChangedError:
