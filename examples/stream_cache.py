@@ -1,6 +1,6 @@
 """The shard cache example (docs/guides/shard-cache.md): shards on a shared file system (a network mount, say) read
-through a node-local cache two thirds their size. Run it twice: the first run is preempted after two batches; the second,
-a fresh process with 2 workers, resumes from the checkpoint file and reads through the same cache."""
+through a node-local cache two thirds their size. Run it twice: the first run is preempted after two batches; the
+second, a fresh process with 2 workers, resumes from the checkpoint file and reads through the same cache."""
 
 import json
 import os
