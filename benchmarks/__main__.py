@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from . import (
     blocking,
+    cache,
     cold_resume,
     ddp_sync,
     hf_resume,
@@ -18,6 +19,7 @@ from . import (
     parquet,
     provenance,
     realistic,
+    remote,
     restore_scale,
     resume,
     sampler_cost,
@@ -45,6 +47,8 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "hf_resume": hf_resume.run,
     "stream": stream.run,
     "parquet": parquet.run,
+    "remote": remote.run,
+    "cache": cache.run,
 }
 _ORDER = [
     "throughput",
@@ -59,7 +63,7 @@ _ORDER = [
     "ddp_sync",
 ]
 _ORDER += ["mixture_resume", "mixture_throughput", "mixture_streams", "restore_scale", "hf_resume"]
-_ORDER += ["stream", "stream_throughput", "parquet", "provenance", "exclusion"]
+_ORDER += ["stream", "stream_throughput", "parquet", "remote", "provenance", "exclusion", "cache"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
 

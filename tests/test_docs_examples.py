@@ -33,10 +33,12 @@ RUN_BY = {
     "examples/mixture_quickstart.py": "test_mixture_quickstart_resumes_from_the_file_in_a_fresh_process",
     "examples/mixture_schedule.py": "test_a_fresh_process_resumes_the_example_exactly_at_a_change",
     "examples/stream_quickstart.py": "test_stream_quickstart_resumes_from_the_file_in_a_fresh_process_with_workers",
+    "examples/stream_cache.py": "test_cache_example_resumes_in_a_fresh_process_through_the_same_cache",
     "examples/testing_own_dataset.py": "test_testing_example_passes_the_reseeded_dataset_and_catches_its_own_generator",
     "examples/bad_samples.py": "test_bad_samples_example_resumes_in_a_fresh_process",
     "examples/steering_provenance.py": "test_steering_example_finds_the_documents_of_a_step_and_reports_the_anneal",
     "examples/hf_datasets.py": "test_hf_datasets_example_resumes_both_loaders_in_a_fresh_process",
+    "examples/object_storage.py": "test_object_storage_example_resumes_downloading_only_the_shards_left",
 }
 
 

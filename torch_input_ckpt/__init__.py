@@ -12,6 +12,8 @@ from .errors import (
     ExternalStateWarning,
     InputCheckpointWarning,
     InputStateError,
+    ObjectChangedError,
+    ObjectStoreError,
     UnseededDrawWarning,
     UnsupportedVersionError,
 )
@@ -35,6 +37,8 @@ __all__ = [
     "InputStateError",
     "LoaderStats",
     "Mixture",
+    "ObjectChangedError",
+    "ObjectStoreError",
     "Origin",
     "ResumableDataLoader",
     "ResumableSampler",

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 __all__ = [
     "BadSampleError",
+    "CacheFullError",
     "EpochMismatchWarning",
     "ExternalStateWarning",
     "IncompleteCheckpointWarning",
     "InputCheckpointWarning",
     "InputStateError",
+    "ObjectChangedError",
+    "ObjectExistsError",
+    "ObjectStoreError",
+    "ObjectStoreUnavailableError",
     "UnseededDrawWarning",
     "UnsupportedVersionError",
 ]
@@ -33,6 +38,38 @@ class BadSampleError(RuntimeError):
     def __init__(self, message: str, samples: list[tuple[int, int, str]]) -> None:
         super().__init__(message)
         self.samples = samples
+
+
+class CacheFullError(OSError):
+    """A node's shard cache has no room for a shard it must hold: its disk is full (``ENOSPC``), or its
+    ``cache_limit`` is smaller than the shards that must be on disk at once. The message names the cache
+    directory, the limit, the shard and what holds the space; nothing half-written is left to be read."""
+
+
+class ObjectStoreError(InputStateError):
+    """An object store cannot give what was asked: no credentials, access denied, no such bucket or object.
+
+    The message names the URL, what the store answered and what to fix (credentials, bucket, endpoint, path).
+    """
+
+
+class ObjectChangedError(ObjectStoreError):
+    """An object is not the one recorded (its ETag or size changed since it was indexed or first read).
+
+    Reading it would silently give other samples than the recorded order names, so it is refused; the message
+    names the URL, the recorded and the found ETag and size, and the fix (re-index, or restore the object).
+    """
+
+
+class ObjectExistsError(ObjectStoreError):
+    """A conditional write (``if_absent=True``) found the object already there: another writer was first."""
+
+
+class ObjectStoreUnavailableError(ObjectStoreError, ConnectionError):
+    """Transient failures (timeouts, 5xx, throttling, connection resets) went on past the retry bound.
+
+    The message names the URL, the attempts, the time spent and the last failure.
+    """
 
 
 class InputCheckpointWarning(UserWarning):

@@ -26,9 +26,10 @@ document cut between sequences may arrive in either order.
 from __future__ import annotations
 
 import bisect
-import functools
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,11 +37,15 @@ from torch.utils.data import Dataset
 
 from ..base.arguments import check_int
 from ..errors import InputCheckpointWarning, InputStateError
+from ..remote import is_url
 from ..state.schema import FORMAT_VERSION, STREAM_KIND, Key, check_header, check_same, field
+from .cache import ShardCache, StoreDownload, copy_file, local_object
+from .cache.plan import ShardPlanner
 from .formats import check_columns, open_samples, random_access
 from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
 from .packing import PackedReader, assemble
 from .readers import ShardReaders
+from .remote import ShardFetcher
 from .shards import Shard, legacy_fingerprint, resolve_shards
 from .table import ShardTable
 
@@ -80,16 +85,32 @@ class ShardedStream(Dataset):
         pad_id: The token that pads a lane's last packed sequence.
         columns: Read only these columns of Parquet and Arrow shards (each sample a dict of them); None: all.
             Not part of the order: it may change between runs. Refused for shards of other formats.
+        storage_options: For shards on object storage (``shards="s3://bucket/prefix/"`` with an index written
+            by ``python -m torch_input_ckpt index s3://bucket/prefix/``, or a list of shard URLs): the client's
+            fsspec/s3fs options (``endpoint_url``, ``key``, ``secret``, ``anon``, ``client_kwargs``,
+            ``config_kwargs``, and ``retry``: see :class:`~torch_input_ckpt.remote.RetryPolicy`).
+        cache_dir: Without ``cache_limit``: where shards on object storage are downloaded (each once, shared
+            by the loader's workers); None: a temporary directory, removed when the process exits. A shard is
+            downloaded when it is first read: a resume downloads only the shards it reads from its position on.
         transform: Applied to each sample (or packed sequence) as it is fetched. Its random draws from
             torch's, NumPy's and Python's global RNGs are reseeded per sample from ``(loader seed, epoch,
             global position)`` by the loader (``reseed_rng=True``), so they survive resumes and changes of
             ``num_workers`` and world size.
+        cache_limit: With ``cache_dir``: the node-local shard cache (:mod:`~torch_input_ckpt.stream.cache`),
+            for shards on object storage or on a shared file system, keeping at most this many bytes: every rank
+            and worker of the node shares it, shards are read ahead in the stream's order and evicted by next
+            use. ``cache_dir`` must then be new, empty or made by it, and not be, hold or lie inside a source
+            directory.
+        cache_policy: With ``cache_limit``: ``"next-use"`` (evict the shard read furthest ahead; the default)
+            or ``"lru"``.
 
     Raises:
         ValueError: for bad arguments, a shard whose count is unknown, or (packing) no token counts.
-        InputStateError: for an indexed shard that is missing or changed since it was indexed, a damaged
-            index, or (packing) an index whose token counts came from another field or tokenizer than
-            ``tokens``; when reading, for a shard whose documents do not hold the tokens recorded for it.
+        InputStateError: for an indexed shard (file or object) that is missing or changed since it was indexed
+            (:class:`~torch_input_ckpt.errors.ObjectChangedError` for an object), a damaged index, an object
+            store that refuses (no credentials, no such bucket: :class:`~torch_input_ckpt.errors.ObjectStoreError`),
+            or (packing) an index whose token counts came from another field or tokenizer than ``tokens``; when
+            reading, for a shard whose documents do not hold the tokens recorded for it.
     """
 
     def __init__(
@@ -106,18 +127,24 @@ class ShardedStream(Dataset):
         pad_id: int = 0,
         transform: Callable[[Any], Any] | None = None,
         columns: Sequence[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | None = None,
+        cache_policy: str = "next-use",
     ) -> None:
         _check_arguments(open_shard, lanes, seed, window, pack_to)
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be callable(sample) (got {transform!r})")
         self.transform = transform
-        resolved = resolve_shards(shards, needs_tokens=pack_to is not None, tokens=tokens)
+        resolved = resolve_shards(shards, pack_to is not None, tokens, storage_options)
         self.shards: list[Shard] = resolved.shards
         self.lanes = min(64, len(self.shards)) if lanes is None else lanes
         self.seed, self.shuffle, self.window = seed, bool(shuffle), window
         self.pack_to, self.tokens, self.pad_id = pack_to, tokens, pad_id
         self._opener = open_shard or _default_opener
         self._builtin = open_shard is None
+        # With cache_limit the node cache owns cache_dir; the fetcher (then unused for reads) keeps out of it.
+        self._remote(resolved, cache_dir if cache_limit is None else None)
         counts = [s.count for s in self.shards]
         weights = counts if pack_to is None else [int(s.tokens or 0) for s in self.shards]
         self.lane_of = assign_lanes(weights, self.lanes, seed, self.shuffle)
@@ -134,6 +161,39 @@ class ShardedStream(Dataset):
         self.open_shards = _open_budget(weights, self.lanes, window, pack_to)
         self._caches: dict[str, Any] = {}
         self.columns = _selected_columns(columns, self._builtin, self.shards, pack_to, tokens)
+        self._planner = None
+        if cache_limit is not None:
+            if cache_dir is None:
+                raise ValueError("cache_limit needs cache_dir (the node-local directory of the shard cache)")
+            self._planner = self._shard_cache(resolved, cache_dir, cache_limit, cache_policy)
+
+    def _shard_cache(self, resolved: Any, cache_dir: str | os.PathLike[str], limit: int, policy: str) -> ShardPlanner:
+        """The node's shard cache over these shards (objects, or files of a shared file system), and this stream's
+        plan."""
+        download: Callable[[Any, Path], None]
+        if resolved.store is not None:
+            objects, download, sources = (
+                [resolved.objects[s.source] for s in self.shards],
+                StoreDownload(resolved.store),
+                [],
+            )
+        else:
+            objects = [local_object(shard.source) for shard in self.shards]
+            download, sources = copy_file, sorted({str(Path(o.url).parent) for o in objects})
+        cache = ShardCache(cache_dir, limit, download, sources=sources, policy=policy)
+        return ShardPlanner(self, cache, objects)
+
+    def note_epoch(self, epoch: int) -> None:
+        """The sampler of this process is in ``epoch``: told to the node cache, where this process's
+        ``DataLoader`` workers read it (they see only keys). Nothing without ``cache_limit``."""
+        if self._planner is not None:
+            self._planner.note_epoch(epoch)
+
+    def _source(self, shard: int, sample: int, key: int) -> Any:
+        """What the reader opens: the shard's source, or its copy in the node's cache."""
+        if self._planner is None:
+            return self.shards[shard].source
+        return self._planner.local_path(shard, sample, key)
 
     # -- dataset -------------------------------------------------------------------------------------
 
@@ -157,7 +217,7 @@ class ShardedStream(Dataset):
             sample = self._packed(int(key))
         else:
             shard, k = self.locate(int(key))
-            sample = self._readers().read(shard, self.shards[shard].source, k)
+            sample = self._readers().read(shard, self._source(shard, k, int(key)), k)
         return sample if self.transform is None else self.transform(sample)
 
     def __getitems__(self, keys: Sequence[int]) -> list[Any]:
@@ -170,26 +230,54 @@ class ShardedStream(Dataset):
         for i, (shard, _) in enumerate(shards):
             groups.setdefault(shard, []).append(i)
         for shard, places in groups.items():
-            access = self._readers().random_access(shard, self.shards[shard].source)
+            source = self._source(shard, shards[places[0]][1], int(keys[places[0]]))
+            access = self._readers().random_access(shard, source)
             if access is None:
                 for i in places:
-                    out[i] = self._readers().read(shard, self.shards[shard].source, shards[i][1])
+                    out[i] = self._readers().read(shard, source, shards[i][1])
                 continue
             for sample, i in zip(access.samples([shards[i][1] for i in places]), places, strict=True):
                 out[i] = sample
         return out
 
+    # -- shards on object storage: read from the local file the fetcher gives ----------------------------
+
+    def _remote(self, resolved: Any, cache_dir: str | os.PathLike[str] | None) -> None:
+        """Set up the fetcher of shards on object storage (none for local shards)."""
+        self.fetcher = ShardFetcher(resolved.store, cache_dir) if resolved.store is not None else None
+        objects = resolved.objects
+        self._objects = {s.source: (n, objects[s.source]) for n, s in enumerate(self.shards)} if objects else {}
+        if self._builtin and self.fetcher is None and any(is_url(shard.source) for shard in self.shards):
+            url = next(shard.source for shard in self.shards if is_url(shard.source))
+            raise ValueError(
+                f"Shard({url!r}, ...): the built-in readers read a shard on object storage given by its URL alone "
+                "(its count and version come from the index beside it), or give open_shard= that reads it"
+            )
+
+    def _local(self, source: Any) -> Any:
+        """The local file of a shard (downloaded by the fetcher for a shard on object storage)."""
+        if self.fetcher is None or source not in self._objects:
+            return source
+        shard, info = self._objects[source]
+        return self.fetcher.local_path(shard, source, info)
+
+    def _open_builtin(self, source: Any, start: int) -> Iterator[Any]:
+        """The built-in readers on the shard's local file, only the selected columns (Parquet, Arrow)."""
+        return open_samples(self._local(source), start, **self._column_args())
+
+    def _random_access(self, source: Any) -> Any:
+        return random_access(self._local(source), **self._column_args())
+
+    def _column_args(self) -> dict[str, Any]:
+        return {} if self.columns is None else {"columns": self.columns}
+
     def _readers(self) -> ShardReaders:
         readers = self._caches.get("readers")
         if readers is None:
-            opener, access = self._opener, random_access
-            if self.columns is not None:  # the built-in readers of Parquet and Arrow, these columns only
-                opener = functools.partial(open_samples, columns=self.columns)
-                access = functools.partial(random_access, columns=self.columns)
             readers = self._caches["readers"] = ShardReaders(
-                opener,
+                self._open_builtin if self._builtin else self._opener,
                 self.open_shards,
-                access if self._builtin else None,
+                self._random_access if self._builtin else None,
                 keep=self.window if self.shuffle else 0,
                 counts=[s.count for s in self.shards],
             )
@@ -334,7 +422,7 @@ class ShardedStream(Dataset):
         pieces = []
         reader = self._packed_reader()
         for shard, lo, hi in self.token_ranges(key):
-            for k, offset, tokens in reader.pieces(shard, self.shards[shard].source, lo, hi):
+            for k, offset, tokens in reader.pieces(shard, self._source(shard, 0, key), lo, hi):
                 pieces.append((self.sample_base[shard] + k, offset, tokens))
         return assemble(pieces, int(self.pack_to or 0), self.pad_id)
 
@@ -353,7 +441,8 @@ class ShardedStream(Dataset):
     def _row_length(self, shard: int) -> int | None:
         rows = self._caches.setdefault("rows", {})
         if shard not in rows:
-            access = random_access(self.shards[shard].source) if self._builtin else None
+            held = self._planner.held(shard) if self._planner is not None else None
+            access = self._random_access(held or self.shards[shard].source) if self._builtin else None
             array = access.token_rows() if access is not None else None
             rows[shard] = int(array.shape[1]) if array is not None else None
         return rows[shard]
@@ -365,6 +454,7 @@ class StreamOrder:
     def __init__(self, stream: ShardedStream, epoch: int) -> None:
         self.stream = stream
         self.epoch = epoch
+        stream.note_epoch(epoch)
         self.lane_lengths = torch.tensor(stream.lane_lengths, dtype=torch.int64)
         self.lane_base = torch.tensor(stream.lane_base, dtype=torch.int64)
         if stream.pack_to is None:
