@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import InputStateError
 from ..state.schema import positions, reshard_blocker
 from . import files
+from .directory import Location, ObjectDirectory, ObjectPath, as_directory, entry_names
 from .files import InputCheckpoint, InputFile
 
 __all__ = ["PlanError", "RestorePlan", "plan_restore"]
@@ -64,9 +65,9 @@ class RestorePlan:
         """The old rank whose file new rank ``rank`` loads."""
         return rank if rank < self.saved_world else 0
 
-    def path(self, directory: str | os.PathLike[str], rank: int) -> Path:
+    def path(self, directory: str | os.PathLike[str] | ObjectDirectory, rank: int) -> Path | ObjectPath:
         """The file new rank ``rank`` loads."""
-        return Path(directory) / InputFile(self.source_rank(rank), self.step).name
+        return as_directory(directory) / InputFile(self.source_rank(rank), self.step).name
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as plain values, without the file already read: what is sent to the other ranks."""
@@ -91,7 +92,7 @@ class RestorePlan:
 
 
 def plan_restore(
-    directory: str | os.PathLike[str],
+    directory: str | os.PathLike[str] | ObjectDirectory,
     world_size: int,
     step: int | None = None,
     *,
@@ -115,7 +116,7 @@ def plan_restore(
         InputStateError: naming the directory, the ranks and steps, and every problem met, when no step
             fits (``step`` missing or damaged on some rank, nothing valid) or the state cannot be resharded.
     """
-    directory = Path(directory)
+    directory = as_directory(directory)
     seen = None
     for attempt in range(files.READ_ATTEMPTS):
         reader = _Reader(directory)
@@ -142,7 +143,7 @@ def _again(reader: _Reader, planner: _Planner, seen: object, attempt: int) -> bo
 class _Reader:
     """Reads and verifies each file at most once, remembering what was wrong with the damaged ones."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Location) -> None:
         self.directory = directory
         self.problems: list[str] = []
         self.reads = 0
@@ -174,7 +175,9 @@ class _Reader:
 
 
 class _Planner:
-    def __init__(self, directory: Path, reader: _Reader, world_size: int, rank: int, alone: bool, exact: bool) -> None:
+    def __init__(
+        self, directory: Location, reader: _Reader, world_size: int, rank: int, alone: bool, exact: bool
+    ) -> None:
         self.directory, self.reader, self.world, self.rank, self.alone = directory, reader, world_size, rank, alone
         listing, pointer_ranks = _scan(directory)
         if alone:
@@ -285,15 +288,15 @@ class _Planner:
         )
 
 
-def _scan(directory: Path) -> tuple[dict[int, list[int]], set[int]]:
+def _scan(directory: Location) -> tuple[dict[int, list[int]], set[int]]:
     """One listing: rank -> sorted steps of its files, and the ranks that have a pointer."""
     found: dict[int, list[int]] = {}
     pointers: set[int] = set()
-    for entry in os.scandir(directory):
-        parsed = InputFile.parse(entry.name)
-        if parsed is not None and (entry.is_symlink() or entry.is_file(follow_symlinks=False)):
+    for name, is_file in entry_names(directory):
+        parsed = InputFile.parse(name)
+        if parsed is not None and is_file:
             found.setdefault(parsed.rank, []).append(parsed.step)
-        elif (rank := InputFile.parse_pointer_name(entry.name)) is not None:
+        elif (rank := InputFile.parse_pointer_name(name)) is not None:
             pointers.add(rank)
     return {rank: sorted(steps) for rank, steps in sorted(found.items())}, pointers
 
