@@ -20,6 +20,7 @@ from .._compat.torchdata import FastForwardNoticeFilter
 from ..base.arguments import check_choice, check_int, check_positive_number
 from ..base.world import World
 from ..errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
+from ..remote import ObjectStore, is_url
 from ..state.encoding import decode_tensors
 from ..state.schema import is_stateful, positions
 from ..store import files
@@ -148,7 +149,7 @@ class InputCheckpointer:
     def _start_writing(self) -> None:
         # One writer per (directory, rank): taken first, so that a second job fails before touching anything.
         self._lock: WriterLock | ObjectWriterLease = (
-            _object_lease(self.directory, self.rank)
+            ObjectWriterLease(self.directory, self.rank)
             if isinstance(self.directory, ObjectDirectory)
             else WriterLock(self.directory, self.rank)
         )
@@ -647,7 +648,7 @@ def _components(stateful: Any) -> dict[str, Any]:
 def _usable_directory(directory: str | os.PathLike[str], storage_options: Mapping[str, Any] | None) -> Location:
     if not isinstance(directory, (str, os.PathLike)) or not str(directory):
         raise ValueError(f"directory must be a non-empty path (got {directory=})")
-    if isinstance(directory, str) and "://" in directory:
+    if is_url(directory):
         return _object_directory(directory, storage_options)
     if storage_options is not None:
         raise ValueError(
@@ -667,15 +668,20 @@ def _usable_directory(directory: str | os.PathLike[str], storage_options: Mappin
 
 
 def _object_directory(url: str, storage_options: Mapping[str, Any] | None) -> ObjectDirectory:
-    """The object prefix of ``url``, with its client (errors name the URL)."""
-    from ..remote import ObjectStore
-
+    """The object prefix of ``url``, with its client (errors name the URL). Checkpointers given the same options
+    share one client: making one (a session, the service's model) takes 0.1-1 s."""
     if storage_options is not None and not isinstance(storage_options, Mapping):
         raise ValueError(f"storage_options must be a dict of the client's options (got {storage_options!r})")
-    return ObjectDirectory(url, ObjectStore.for_url(url, dict(storage_options or {})))
+    options = dict(storage_options or {})
+    key = repr(sorted(options.items()))
+    made = ObjectStore.for_url(url, options)  # refuses an unsupported URL by name; its client is made lazily
+    store = _STORES.pop(key, None) or made
+    _STORES[key] = store  # the most recently used last
+    while len(_STORES) > _MAX_STORES:
+        _STORES.pop(next(iter(_STORES)))
+    return ObjectDirectory(url, store)
 
 
-def _object_lease(directory: ObjectDirectory, rank: int) -> ObjectWriterLease:
-    from ..remote import ObjectExistsError
-
-    return ObjectWriterLease(directory, rank, exists_errors=(ObjectExistsError,))
+# Object-store clients by their options, the most recently used last (a few: one per store a job writes to).
+_STORES: dict[str, ObjectStore] = {}
+_MAX_STORES = 8

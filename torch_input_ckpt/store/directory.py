@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import InputStateError
+from ..errors import InputStateError, ObjectStoreError
 
 __all__ = [
     "Location",
@@ -29,6 +29,7 @@ __all__ = [
     "ObjectStoreClient",
     "as_directory",
     "entry_names",
+    "is_missing",
     "is_remote",
 ]
 
@@ -116,8 +117,10 @@ class ObjectPath:
         """Whether the object exists (one HEAD request)."""
         try:
             self.parent.store.head(str(self))
-        except FileNotFoundError:
-            return False
+        except ObjectStoreError as error:
+            if is_missing(error):
+                return False
+            raise
         return True
 
     def unlink(self, missing_ok: bool = False) -> None:
@@ -125,21 +128,36 @@ class ObjectPath:
         self.parent.store.delete(str(self))
 
     def read_bounded(self, limit: int) -> bytes:
-        """The object's bytes, at most ``limit`` of them: the size is checked before the bytes are fetched.
+        """The object's bytes, at most ``limit`` of them: one ranged GET of ``limit + 1`` bytes, so an object
+        past the bound is never held whole.
 
         Raises:
             FileNotFoundError: if the object does not exist.
             InputStateError: naming the URL, for an object past the bound.
+            ObjectStoreError: the store's own failures (outage past the retries, access denied), naming the URL.
         """
         store, url = self.parent.store, str(self)
-        size = int(store.head(url).size)
-        if size > limit:
-            raise InputStateError(f"{url}: {size} bytes, more than the bound of {limit} bytes")
-        # At most limit + 1 bytes whatever the object became since the HEAD (replaced by a larger one).
-        data = store.read_range(url, 0, size) if size else b""
+        try:
+            data = store.read_range(url, 0, limit + 1)
+        except ObjectStoreError as error:
+            if is_missing(error):
+                raise FileNotFoundError(url) from error
+            if _empty(store, url):  # a range of an empty object is "not satisfiable": the object is just empty
+                return b""
+            raise
         if len(data) > limit:
             raise InputStateError(f"{url}: more than the bound of {limit} bytes")
         return bytes(data)
+
+    def exists(self) -> bool:
+        """Whether the object exists, by a GET of its first byte (a missing object then costs one request)."""
+        try:
+            self.parent.store.read_range(str(self), 0, 1)
+        except ObjectStoreError as error:
+            if is_missing(error):
+                return False
+            raise
+        return True
 
     def write_whole(self, data: bytes) -> None:
         """Write the object in one request: readers see the old object or this one, never a part."""
@@ -147,6 +165,20 @@ class ObjectPath:
 
 
 Location = Path | ObjectDirectory
+
+
+def is_missing(error: BaseException) -> bool:
+    """Whether a store's error says the object does not exist (and nothing worse: a missing bucket, no access)."""
+    return isinstance(error, FileNotFoundError) or (
+        isinstance(error, ObjectStoreError) and str(error).startswith("no object at ")
+    )
+
+
+def _empty(store: ObjectStoreClient, url: str) -> bool:
+    try:
+        return int(store.head(url).size) == 0
+    except ObjectStoreError:
+        return False
 
 
 def as_directory(directory: str | os.PathLike[str] | ObjectDirectory) -> Location:

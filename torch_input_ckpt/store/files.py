@@ -316,8 +316,7 @@ def prune(directory: Location, rank: int, newest: int, keep_last: int | None) ->
         ``"<file>: <error>"`` for each file that could not be deleted. The save itself is committed, so a
         failed deletion is not a failed save: the caller warns.
     """
-    steps = list_steps(directory).get(rank, [])
-    pinned = set(pinned_steps(directory, rank))
+    steps, pinned = _steps_and_pins(directory, rank)
     kept = [s for s in steps if s <= newest and s not in pinned]
     if keep_last is not None:
         kept = kept[-keep_last:]
@@ -331,6 +330,19 @@ def prune(directory: Location, rank: int, newest: int, keep_last: int | None) ->
             except OSError as error:
                 failed.append(f"{path}: {error}")
     return failed
+
+
+def _steps_and_pins(directory: Location, rank: int) -> tuple[list[int], set[int]]:
+    """``rank``'s steps (as :func:`list_steps`) and pinned steps (as :func:`pinned_steps`), from one listing."""
+    steps, pinned = [], set()
+    for name, is_file in entry_names(directory):
+        parsed = InputFile.parse(name)
+        if parsed is not None and parsed.rank == rank and is_file:
+            steps.append(parsed.step)
+        match = _PIN_NAME.fullmatch(name)
+        if match is not None and int(match[1]) == rank and InputFile(rank, int(match[2])).pin_name == name:
+            pinned.add(int(match[2]))
+    return sorted(steps), pinned
 
 
 # -- reading -------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import time
 import warnings
 from typing import Any
 
-from ..errors import InputCheckpointWarning
+from ..errors import InputCheckpointWarning, ObjectExistsError, ObjectStoreError
 from .directory import ObjectDirectory, ObjectPath
 
 __all__ = ["LEASE_SECONDS", "ObjectWriterLease"]
@@ -49,15 +49,8 @@ class ObjectWriterLease:
         ValueError: if the store does not honour conditional writes (naming the store).
     """
 
-    def __init__(
-        self,
-        directory: ObjectDirectory,
-        rank: int,
-        seconds: float = LEASE_SECONDS,
-        exists_errors: tuple[type[BaseException], ...] = (FileExistsError,),
-    ) -> None:
+    def __init__(self, directory: ObjectDirectory, rank: int, seconds: float = LEASE_SECONDS) -> None:
         self.directory, self.rank, self.seconds = directory, rank, seconds
-        self._exists_errors = exists_errors
         self._pid = os.getpid()
         self._token = secrets.token_hex(8)
         self._lost: str | None = None
@@ -111,7 +104,7 @@ class ObjectWriterLease:
         target, body = self._object(generation), self._body(released=False)
         try:
             self.directory.store.put(str(target), body, if_absent=True)
-        except self._exists_errors:
+        except ObjectExistsError:
             raise RuntimeError(
                 f"{target}: another checkpointer took the writer lease of rank {self.rank} at the same moment; "
                 "give each job its own prefix"
@@ -121,7 +114,7 @@ class ObjectWriterLease:
         # The same creation again must be refused; a store that accepts it ignores If-None-Match.
         try:
             self.directory.store.put(str(target), body, if_absent=True)
-        except self._exists_errors:
+        except ObjectExistsError:
             return
         self._delete_quietly(target)
         raise _no_guarantee(self.directory, "a second creation of the same object with If-None-Match: * succeeded")
@@ -143,8 +136,10 @@ class ObjectWriterLease:
         path = self._object(generation)
         try:
             doc = json.loads(path.read_bounded(_MAX_LEASE_BYTES))
-        except FileNotFoundError:
+        except FileNotFoundError:  # deleted since the listing: superseded by a newer generation
             return {"released": True}
+        except ObjectStoreError:
+            raise  # an outage or no access: never a reason to take the lease
         except (ValueError, OSError) as error:
             return {"unreadable": str(error)[:200]}
         if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
@@ -153,7 +148,7 @@ class ObjectWriterLease:
 
     def check(self) -> None:
         """Before a commit: raise if the lease was taken over by another writer (or could not be renewed)."""
-        if self._lost is None and self._object(self.generation + 1).is_file():
+        if self._lost is None and self._object(self.generation + 1).exists():
             self._lost = f"another checkpointer took it over (lease {self._object(self.generation + 1)})"
         if self._lost is not None:
             raise RuntimeError(
@@ -164,7 +159,7 @@ class ObjectWriterLease:
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.seconds / 3):
             try:
-                if self._object(self.generation + 1).is_file():
+                if self._object(self.generation + 1).exists():
                     self._lost = f"another checkpointer took it over (lease {self._object(self.generation + 1)})"
                     return
                 self.path.write_whole(self._body(released=False))
