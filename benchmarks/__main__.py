@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from . import (
     blocking,
+    checkpoint_s3,
     cold_resume,
     ddp_sync,
     hf_resume,
@@ -43,6 +44,7 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "provenance": provenance.run,
     "hf_resume": hf_resume.run,
     "stream": stream.run,
+    "checkpoint_s3": checkpoint_s3.run,
 }
 _ORDER = [
     "throughput",
@@ -58,6 +60,7 @@ _ORDER = [
 ]
 _ORDER += ["mixture_resume", "mixture_throughput", "mixture_streams", "restore_scale", "hf_resume"]
 _ORDER += ["stream", "stream_throughput", "provenance", "exclusion"]
+_ORDER += ["checkpoint_s3_blocking", "checkpoint_s3_restore"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
 

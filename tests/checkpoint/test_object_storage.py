@@ -23,6 +23,7 @@ from torch_input_ckpt.store.directory import ObjectDirectory
 from torch_input_ckpt.store.files import InputFile
 from torch_input_ckpt.store.planner import plan_restore
 
+from tests.support.examples import run_fresh, run_here
 from tests.support.resume import epochs_of, to_py
 from tests.support.s3server import FaultProxy
 
@@ -259,3 +260,17 @@ def test_storage_options_belong_to_urls():
     with pytest.raises(ValueError, match="storage_options are for an object-store URL"):
         InputCheckpointer("local-dir", make_loader(), storage_options={"anon": True})
     assert InputFile(0, 3).name == "input_0-00000003.json"
+
+
+def test_object_store_example_resumes_from_the_objects_in_a_fresh_process(s3_server, monkeypatch, capfd):
+    for name, value in s3_server.env().items():  # how the example finds the server: the standard AWS_* variables
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.bucket("example")
+    run_here("object_store.py", f"s3://{bucket}/whole/input")
+    uninterrupted = capfd.readouterr().out.splitlines()
+    assert len(uninterrupted) == 12 and uninterrupted[0].startswith("1 0 ")  # 2 epochs of 6 batches
+    run_here("object_store.py", f"s3://{bucket}/stopped/input", 5)
+    assert capfd.readouterr().out.splitlines() == uninterrupted[:5]
+    resumed, log = run_fresh("object_store.py", f"s3://{bucket}/stopped/input")
+    assert f"s3://{bucket}/stopped/input/input_0-00000004.json at step 4" in log
+    assert resumed == uninterrupted[4:]

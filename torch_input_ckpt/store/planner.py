@@ -28,8 +28,9 @@ from .files import InputCheckpoint, InputFile
 
 __all__ = ["PARALLEL_READS", "PlanError", "RestorePlan", "plan_restore"]
 
-#: On an object store, how many of a plan's reads are in flight at once.
-PARALLEL_READS = 32
+#: On an object store, how many of a plan's reads are in flight at once (below the S3 client's pool of 10
+#: connections, so that no read waits for a connection past its connect timeout).
+PARALLEL_READS = 8
 
 
 class PlanError(InputStateError):
