@@ -21,6 +21,7 @@ LAYERS = [
     "errors",
     "_compat",
     "base",
+    "remote",
     "state",
     "order",
     "rng",

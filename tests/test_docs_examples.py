@@ -33,7 +33,8 @@ RUN_BY = {
     "examples/mixture_quickstart.py": "test_mixture_quickstart_resumes_from_the_file_in_a_fresh_process",
     "examples/stream_quickstart.py": "test_stream_quickstart_resumes_from_the_file_in_a_fresh_process_with_workers",
     "examples/testing_own_dataset.py": "test_testing_example_passes_the_reseeded_dataset_and_catches_its_own_generator",
-    "examples/object_store.py": "test_object_store_example_resumes_from_the_objects_in_a_fresh_process",
+    "examples/object_storage.py": "test_object_storage_example_resumes_downloading_only_the_shards_left",
+    "examples/checkpoint_s3.py": "test_checkpoint_s3_example_resumes_from_the_objects_in_a_fresh_process",
 }
 
 

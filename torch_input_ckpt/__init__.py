@@ -11,6 +11,8 @@ from .errors import (
     ExternalStateWarning,
     InputCheckpointWarning,
     InputStateError,
+    ObjectChangedError,
+    ObjectStoreError,
     UnseededDrawWarning,
     UnsupportedVersionError,
 )
@@ -30,6 +32,8 @@ __all__ = [
     "InputCheckpointer",
     "InputStateError",
     "Mixture",
+    "ObjectChangedError",
+    "ObjectStoreError",
     "Origin",
     "ResumableDataLoader",
     "ResumableSampler",

@@ -8,6 +8,10 @@ __all__ = [
     "IncompleteCheckpointWarning",
     "InputCheckpointWarning",
     "InputStateError",
+    "ObjectChangedError",
+    "ObjectExistsError",
+    "ObjectStoreError",
+    "ObjectStoreUnavailableError",
     "UnseededDrawWarning",
     "UnsupportedVersionError",
 ]
@@ -18,6 +22,32 @@ class InputStateError(ValueError):
 
     The message names the file (when there is one), the value found and the value expected.
     It subclasses ``ValueError`` so that callers catching ``ValueError`` keep working.
+    """
+
+
+class ObjectStoreError(InputStateError):
+    """An object store cannot give what was asked: no credentials, access denied, no such bucket or object.
+
+    The message names the URL, what the store answered and what to fix (credentials, bucket, endpoint, path).
+    """
+
+
+class ObjectChangedError(ObjectStoreError):
+    """An object is not the one recorded (its ETag or size changed since it was indexed or first read).
+
+    Reading it would silently give other samples than the recorded order names, so it is refused; the message
+    names the URL, the recorded and the found ETag and size, and the fix (re-index, or restore the object).
+    """
+
+
+class ObjectExistsError(ObjectStoreError):
+    """A conditional write (``if_absent=True``) found the object already there: another writer was first."""
+
+
+class ObjectStoreUnavailableError(ObjectStoreError, ConnectionError):
+    """Transient failures (timeouts, 5xx, throttling, connection resets) went on past the retry bound.
+
+    The message names the URL, the attempts, the time spent and the last failure.
     """
 
 

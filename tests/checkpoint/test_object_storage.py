@@ -262,15 +262,15 @@ def test_storage_options_belong_to_urls():
     assert InputFile(0, 3).name == "input_0-00000003.json"
 
 
-def test_object_store_example_resumes_from_the_objects_in_a_fresh_process(s3_server, monkeypatch, capfd):
+def test_checkpoint_s3_example_resumes_from_the_objects_in_a_fresh_process(s3_server, monkeypatch, capfd):
     for name, value in s3_server.env().items():  # how the example finds the server: the standard AWS_* variables
         monkeypatch.setenv(name, value)
     bucket = s3_server.bucket("example")
-    run_here("object_store.py", f"s3://{bucket}/whole/input")
+    run_here("checkpoint_s3.py", f"s3://{bucket}/whole/input")
     uninterrupted = capfd.readouterr().out.splitlines()
     assert len(uninterrupted) == 12 and uninterrupted[0].startswith("1 0 ")  # 2 epochs of 6 batches
-    run_here("object_store.py", f"s3://{bucket}/stopped/input", 5)
+    run_here("checkpoint_s3.py", f"s3://{bucket}/stopped/input", 5)
     assert capfd.readouterr().out.splitlines() == uninterrupted[:5]
-    resumed, log = run_fresh("object_store.py", f"s3://{bucket}/stopped/input")
+    resumed, log = run_fresh("checkpoint_s3.py", f"s3://{bucket}/stopped/input")
     assert f"s3://{bucket}/stopped/input/input_0-00000004.json at step 4" in log
     assert resumed == uninterrupted[4:]

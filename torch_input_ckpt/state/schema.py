@@ -150,6 +150,7 @@ class Key:
     INDEX_MTIME_NS = "mtime_ns"
     INDEX_TOKENIZER = "tokenizer"  # "module:qualname" of the callable that counted the tokens, or None
     INDEX_DIGEST = "digest"  # sha256 of the shard's first and last 64 KiB (its content identity)
+    INDEX_ETAG = "etag"  # an object's ETag, in the index of shards on object storage (instead of mtime_ns)
 
 
 def is_stateful(obj: Any) -> bool:

@@ -26,6 +26,7 @@ document cut between sequences may arrive in either order.
 from __future__ import annotations
 
 import bisect
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -40,6 +41,7 @@ from .formats import open_samples, random_access
 from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
 from .packing import PackedReader, assemble
 from .readers import ShardReaders
+from .remote import ShardFetcher
 from .shards import Shard, legacy_fingerprint, resolve_shards
 
 __all__ = ["ShardedStream", "StreamOrder"]
@@ -76,6 +78,13 @@ class ShardedStream(Dataset):
             An index's token counts must have been made the same way (``index --tokens FIELD`` or
             ``--tokenizer module:callable``, recorded in the index).
         pad_id: The token that pads a lane's last packed sequence.
+        storage_options: For shards on object storage (``shards="s3://bucket/prefix/"`` with an index written
+            by ``python -m torch_input_ckpt index s3://bucket/prefix/``, or a list of shard URLs): the client's
+            fsspec/s3fs options (``endpoint_url``, ``key``, ``secret``, ``anon``, ``client_kwargs``,
+            ``config_kwargs``, and ``retry``: see :class:`~torch_input_ckpt.remote.RetryPolicy`).
+        cache_dir: Where shards on object storage are downloaded (each once, shared by the loader's workers);
+            None: a temporary directory, removed when the process exits. A shard is downloaded when it is
+            first read: a resume downloads only the shards it reads from its position on.
         transform: Applied to each sample (or packed sequence) as it is fetched. Its random draws from
             torch's, NumPy's and Python's global RNGs are reseeded per sample from ``(loader seed, epoch,
             global position)`` by the loader (``reseed_rng=True``), so they survive resumes and changes of
@@ -83,9 +92,11 @@ class ShardedStream(Dataset):
 
     Raises:
         ValueError: for bad arguments, a shard whose count is unknown, or (packing) no token counts.
-        InputStateError: for an indexed shard that is missing or changed since it was indexed, a damaged
-            index, or (packing) an index whose token counts came from another field or tokenizer than
-            ``tokens``; when reading, for a shard whose documents do not hold the tokens recorded for it.
+        InputStateError: for an indexed shard (file or object) that is missing or changed since it was indexed
+            (:class:`~torch_input_ckpt.errors.ObjectChangedError` for an object), a damaged index, an object
+            store that refuses (no credentials, no such bucket: :class:`~torch_input_ckpt.errors.ObjectStoreError`),
+            or (packing) an index whose token counts came from another field or tokenizer than ``tokens``; when
+            reading, for a shard whose documents do not hold the tokens recorded for it.
     """
 
     def __init__(
@@ -101,18 +112,21 @@ class ShardedStream(Dataset):
         tokens: str | Callable[[Any], Any] | None = None,
         pad_id: int = 0,
         transform: Callable[[Any], Any] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         _check_arguments(open_shard, lanes, seed, window, pack_to)
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be callable(sample) (got {transform!r})")
         self.transform = transform
-        resolved = resolve_shards(shards, needs_tokens=pack_to is not None, tokens=tokens)
+        resolved = resolve_shards(shards, pack_to is not None, tokens, storage_options)
         self.shards: list[Shard] = resolved.shards
         self.lanes = min(64, len(self.shards)) if lanes is None else lanes
         self.seed, self.shuffle, self.window = seed, bool(shuffle), window
         self.pack_to, self.tokens, self.pad_id = pack_to, tokens, pad_id
         self._opener = open_shard or _default_opener
         self._builtin = open_shard is None
+        self._remote(resolved, cache_dir)
         counts = [s.count for s in self.shards]
         weights = counts if pack_to is None else [int(s.tokens or 0) for s in self.shards]
         self.lane_of = assign_lanes(weights, self.lanes, seed, self.shuffle)
@@ -171,13 +185,36 @@ class ShardedStream(Dataset):
                 out[i] = sample
         return out
 
+    # -- shards on object storage: read from the local file the fetcher gives ----------------------------
+
+    def _remote(self, resolved: Any, cache_dir: str | os.PathLike[str] | None) -> None:
+        """Set up the fetcher of shards on object storage (none for local shards)."""
+        self.fetcher = ShardFetcher(resolved.store, cache_dir) if resolved.store is not None else None
+        objects = resolved.objects
+        self._objects = {s.source: (n, objects[s.source]) for n, s in enumerate(self.shards)} if objects else {}
+        if self.fetcher is not None and self._builtin:
+            self._opener = self._open_remote
+
+    def _local(self, source: Any) -> Any:
+        """The local file of a shard (downloaded by the fetcher for a shard on object storage)."""
+        if self.fetcher is None or source not in self._objects:
+            return source
+        shard, info = self._objects[source]
+        return self.fetcher.local_path(shard, source, info)
+
+    def _open_remote(self, source: Any, start: int) -> Iterator[Any]:
+        return open_samples(self._local(source), start)
+
+    def _random_access(self, source: Any) -> Any:
+        return random_access(self._local(source))
+
     def _readers(self) -> ShardReaders:
         readers = self._caches.get("readers")
         if readers is None:
             readers = self._caches["readers"] = ShardReaders(
                 self._opener,
                 self.open_shards,
-                random_access if self._builtin else None,
+                self._random_access if self._builtin else None,
                 keep=self.window if self.shuffle else 0,
                 counts=[s.count for s in self.shards],
             )
@@ -302,7 +339,7 @@ class ShardedStream(Dataset):
     def _row_length(self, shard: int) -> int | None:
         rows = self._caches.setdefault("rows", {})
         if shard not in rows:
-            access = random_access(self.shards[shard].source) if self._builtin else None
+            access = self._random_access(self.shards[shard].source) if self._builtin else None
             array = access.token_rows() if access is not None else None
             rows[shard] = int(array.shape[1]) if array is not None else None
         return rows[shard]

@@ -34,6 +34,7 @@ __all__ = [
     "IndexEntry",
     "ShardIndex",
     "encode_index",
+    "parse_index",
     "read_index",
 ]
 
@@ -51,27 +52,32 @@ _SEPARATORS = "/\0" + ("\\" if os.name == "nt" else "")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _SHA256 = "sha256"
-_REQUIRED = (Key.INDEX_NAME, Key.INDEX_COUNT, Key.INDEX_SIZE, Key.INDEX_MTIME_NS, Key.INDEX_DIGEST)
-_ALLOWED = frozenset((*_REQUIRED, Key.INDEX_TOKENS))
+# A local shard's version is its mtime; an object's (on object storage) its ETag.
+_COMMON = (Key.INDEX_NAME, Key.INDEX_COUNT, Key.INDEX_SIZE, Key.INDEX_DIGEST)
+_REQUIRED_LOCAL = (*_COMMON, Key.INDEX_MTIME_NS)
+_REQUIRED_REMOTE = (*_COMMON, Key.INDEX_ETAG)
+MAX_ETAG_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True)
 class IndexEntry:
-    """One shard of an index: its file name, counts and content identity (size, mtime, head/tail digest)."""
+    """One shard of an index: its file name, counts and content identity (size, head/tail digest) and version
+    (a local file's mtime, or an object's ETag)."""
 
     name: str
     count: int
     tokens: int | None
     size: int
-    mtime_ns: int
+    mtime_ns: int | None
     digest: str
+    etag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ShardIndex:
     """A checked index: its file, what its token counts came from, and its entries in shard order."""
 
-    path: Path
+    path: Path | str  # the index file, or its URL
     tokens_field: str | None
     tokenizer: str | None
     entries: list[IndexEntry]
@@ -102,17 +108,29 @@ def read_index(directory: Path) -> ShardIndex:
         InputStateError: naming the file (and entry, value and expectation) for anything but a valid index.
     """
     path = directory / INDEX_FILE
-    fix = f"Re-run `python -m torch_input_ckpt index {directory}` (between runs: a changed index changes the stream)."
     data = read_regular_file(path, MAX_INDEX_BYTES)  # the size bound, checked with fstat before reading
+    return parse_index(data, path, str(directory))
+
+
+def parse_index(data: bytes, path: Path | str, directory: str, *, remote: bool = False) -> ShardIndex:
+    """Check the bytes of an index file (read from ``path``, the index of ``directory``; ``remote``: of objects
+    in a store, whose entries carry ETags instead of mtimes).
+
+    Raises:
+        InputStateError: naming ``path`` (and entry, value and expectation) for anything but a valid index.
+    """
+    fix = f"Re-run `python -m torch_input_ckpt index {directory}` (between runs: a changed index changes the stream)."
+    if len(data) > MAX_INDEX_BYTES:
+        raise InputStateError(f"{path}: {len(data)} bytes, more than the bound of {MAX_INDEX_BYTES} for an index")
     try:
         doc = parse_json(data)
     except (ValueError, RecursionError, MemoryError, OverflowError) as error:  # incl. UnicodeDecodeError
         reason = f"not JSON, truncated or garbled ({error})"
         raise InputStateError(f"{path}: not a valid shard index: {reason}. {fix}") from None
-    return _checked(path, doc, fix)
+    return _checked(path, doc, fix, remote)
 
 
-def _checked(path: Path, doc: Any, fix: str) -> ShardIndex:
+def _checked(path: Path | str, doc: Any, fix: str, remote: bool) -> ShardIndex:
     def bad(text: str) -> InputStateError:
         return InputStateError(f"{path}: {text}. {fix}")
 
@@ -136,7 +154,8 @@ def _checked(path: Path, doc: Any, fix: str) -> ShardIndex:
         raise bad(f"shards={short(raw)} (expected a list of entries)")
     if len(raw) > MAX_INDEX_SHARDS:
         raise bad(f"{len(raw)} shard entries, more than the bound of {MAX_INDEX_SHARDS}")
-    entries = [_entry(item, i, bad) for i, item in enumerate(raw)]
+    required = _REQUIRED_REMOTE if remote else _REQUIRED_LOCAL
+    entries = [_entry(item, i, bad, required) for i, item in enumerate(raw)]
     _check_totals(entries, bad)
     return ShardIndex(path, field_name, tokenizer, entries)
 
@@ -150,13 +169,13 @@ def _identity(doc: dict[str, Any], key: str, bad: Any) -> str | None:
     return value
 
 
-def _entry(item: Any, i: int, bad: Any) -> IndexEntry:
+def _entry(item: Any, i: int, bad: Any, required: tuple[str, ...]) -> IndexEntry:
     where = f"shards[{i}]"
     if not isinstance(item, dict):
-        raise bad(f"{where}={short(item)} (expected an object with keys {sorted(_REQUIRED)})")
+        raise bad(f"{where}={short(item)} (expected an object with keys {sorted(required)})")
     keys = set(item)
-    if not keys >= set(_REQUIRED) or not keys <= _ALLOWED:
-        raise bad(f"{where} has keys {sorted(keys)} (expected {sorted(_REQUIRED)}, and optionally 'tokens')")
+    if not keys >= set(required) or not keys <= {*required, Key.INDEX_TOKENS}:
+        raise bad(f"{where} has keys {sorted(keys)} (expected {sorted(required)}, and optionally 'tokens')")
     name = item[Key.INDEX_NAME]
     if not _plain_name(name):
         raise bad(
@@ -167,13 +186,17 @@ def _entry(item: Any, i: int, bad: Any) -> IndexEntry:
     digest = item[Key.INDEX_DIGEST]
     if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
         raise bad(f"{where}.digest={short(digest)} (expected 64 lowercase hex digits)")
+    etag = item.get(Key.INDEX_ETAG)
+    if Key.INDEX_ETAG in required and (not isinstance(etag, str) or not 0 < len(etag) <= MAX_ETAG_CHARS):
+        raise bad(f"{where}.etag={short(etag)} (expected the object's ETag, 1 to {MAX_ETAG_CHARS} characters)")
     return IndexEntry(
         name=name,
         count=_int(item, Key.INDEX_COUNT, 0, MAX_UNITS, where, bad),
         tokens=None if tokens is None else _int(item, Key.INDEX_TOKENS, 0, MAX_UNITS, where, bad),
         size=_int(item, Key.INDEX_SIZE, 0, _INT64[1], where, bad),
-        mtime_ns=_int(item, Key.INDEX_MTIME_NS, *_INT64, where, bad),
+        mtime_ns=_int(item, Key.INDEX_MTIME_NS, *_INT64, where, bad) if Key.INDEX_MTIME_NS in required else None,
         digest=digest,
+        etag=etag,
     )
 
 

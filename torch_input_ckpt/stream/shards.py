@@ -21,14 +21,16 @@ import stat
 import tarfile
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import InputStateError
+from ..remote import ObjectInfo, ObjectStore, is_url
 from ..state.schema import FORMAT_VERSION, INDEX_KIND, Key
 from .formats import ShardFormat, format_of, open_samples, refuse_special, suffix_list
 from .index import INDEX_FILE, MAX_UNITS, IndexEntry, ShardIndex, read_index, write_index_file
+from .remote import entries_of_urls, remote_entries
 from .tokens import count_tokens, describe, token_identity
 
 __all__ = [
@@ -74,10 +76,13 @@ class Shard:
 @dataclass(frozen=True, slots=True)
 class ResolvedShards:
     """The shards a stream reads, and its identity: a hash of each shard's path relative to the data
-    directory, counts and content identity (size and digest), in order."""
+    directory, counts and content identity (size and digest), in order. For shards on object storage, the
+    client and each shard's object as indexed (by URL)."""
 
     shards: list[Shard]
     fingerprint: str
+    store: ObjectStore | None = None
+    objects: dict[str, ObjectInfo] = field(default_factory=dict)
 
 
 # -- following links inside the data directory ------------------------------------------------------------
@@ -286,7 +291,42 @@ def _read_directory(directory: Path, tokens: Any) -> list[tuple[Shard, str]]:
 _UNUSED = object()  # tokens= of a stream that does not pack: its token counts are not used
 
 
-def resolve_shards(shards: Any, needs_tokens: bool, tokens: Tokens = None) -> ResolvedShards:
+def _remote_items(
+    shards: Any, tokens: Any, storage_options: dict[str, Any] | None
+) -> tuple[list[tuple[Shard, str]], ObjectStore, dict[str, ObjectInfo]]:
+    """The shards of a prefix URL's index, or of a list of URLs (each in its prefix's index), checked against
+    the store's listing; each with its content identity (size and digest, as for a local shard)."""
+    first = shards if isinstance(shards, str) else shards[0]
+    store = ObjectStore.for_url(first, storage_options)
+    if isinstance(shards, str):
+        index, found = remote_entries(shards, store)
+        if tokens is not _UNUSED:
+            _check_token_source(index, tokens)
+    else:
+        if not all(isinstance(item, str) and is_url(item) for item in shards):
+            raise ValueError(f"shards mixes URLs and local paths or Shard values (got {shards!r}): give one kind")
+        found = entries_of_urls(shards, store)
+    items = [(Shard(url, entry.count, entry.tokens), f"{entry.size}\0{entry.digest}") for url, entry, _ in found]
+    return items, store, {url: info for url, _, info in found}
+
+
+def _items(
+    shards: Any, how: Any, storage_options: dict[str, Any] | None
+) -> tuple[list[tuple[Shard, str]], ObjectStore | None, dict[str, ObjectInfo]]:
+    """Each shard with its content identity (and, on object storage, the client and the objects)."""
+    listed = isinstance(shards, Sequence) and not isinstance(shards, str)
+    if is_url(shards) or (listed and any(map(is_url, shards))):
+        return _remote_items(shards, how, storage_options)
+    if isinstance(shards, (str, os.PathLike)):
+        return _read_directory(Path(shards), how), None, {}
+    if listed and shards:
+        return _from_items(shards, how), None, {}
+    raise ValueError(f"shards must be a directory or a non-empty sequence of paths or Shard (got {shards!r})")
+
+
+def resolve_shards(
+    shards: Any, needs_tokens: bool, tokens: Tokens = None, storage_options: dict[str, Any] | None = None
+) -> ResolvedShards:
     """The :class:`Shard` list a stream reads (from a directory's index, paths, or ``Shard`` values) and its
     fingerprint.
 
@@ -296,6 +336,8 @@ def resolve_shards(shards: Any, needs_tokens: bool, tokens: Tokens = None) -> Re
         needs_tokens: Whether token counts are required (packing).
         tokens: The stream's ``tokens=``: with packing, an index's counts must come from the same field or
             tokenizer.
+        storage_options: For shards on object storage (a prefix URL ``s3://bucket/prefix/`` with an index, or
+            a list of shard URLs): the client's options (:class:`~torch_input_ckpt.remote.ObjectStore`).
 
     Raises:
         InputStateError: for a missing or changed indexed shard, a damaged index, or token counts of another
@@ -303,13 +345,7 @@ def resolve_shards(shards: Any, needs_tokens: bool, tokens: Tokens = None) -> Re
         ValueError: for a shard whose count cannot be known, or a missing token count with packing.
     """
     token_identity(tokens)  # a bad tokens= is named here, before any file is read
-    how = tokens if needs_tokens else _UNUSED
-    if isinstance(shards, (str, os.PathLike)):
-        items = _read_directory(Path(shards), how)
-    elif isinstance(shards, Sequence) and shards:
-        items = _from_items(shards, how)
-    else:
-        raise ValueError(f"shards must be a directory or a non-empty sequence of paths or Shard (got {shards!r})")
+    items, store, objects = _items(shards, tokens if needs_tokens else _UNUSED, storage_options)
     resolved = [shard for shard, _ in items]
     for shard in resolved:
         _check_counts(shard, needs_tokens)
@@ -319,7 +355,7 @@ def resolve_shards(shards: Any, needs_tokens: bool, tokens: Tokens = None) -> Re
     if not any(shard.count for shard in resolved):
         where = f"{os.fspath(shards)}: " if isinstance(shards, (str, os.PathLike)) else ""
         raise ValueError(f"{where}all {len(resolved)} shards are empty: a stream needs at least one sample")
-    return ResolvedShards(resolved, fingerprint(items))
+    return ResolvedShards(resolved, fingerprint(items), store, objects)
 
 
 def _check_counts(shard: Shard, needs_tokens: bool) -> None:

@@ -1,6 +1,6 @@
 """Input checkpoints on object storage: the same checkpointer, given an s3:// URL. Each save is one object written
 whole; one writer per rank is a lease object taken by a conditional write. Run it with a prefix and, to stop early,
-a step: `python examples/object_store.py s3://BUCKET/run-42/input 5`, then again without the step: it continues
+a step: `python examples/checkpoint_s3.py s3://BUCKET/run-42/input 5`, then again without the step: it continues
 after the newest input checkpoint (step 4) with the same samples and draws as an uninterrupted run."""
 
 import os
