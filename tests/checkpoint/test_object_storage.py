@@ -242,7 +242,7 @@ def test_a_reader_racing_a_saver_always_plans_a_committed_step(prefix):
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        for step in range(1, 25):
+        for step in range(1, 13):
             next(stream)
             ckpt.after_step(step)
             ckpt.flush()
@@ -262,6 +262,7 @@ def test_storage_options_belong_to_urls():
     assert InputFile(0, 3).name == "input_0-00000003.json"
 
 
+@pytest.mark.slow
 def test_checkpoint_s3_example_resumes_from_the_objects_in_a_fresh_process(s3_server, monkeypatch, capfd):
     for name, value in s3_server.env().items():  # how the example finds the server: the standard AWS_* variables
         monkeypatch.setenv(name, value)

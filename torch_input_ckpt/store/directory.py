@@ -8,8 +8,10 @@ by one request (atomic by the protocol: a reader sees the old object or the new 
 
 Hostile input on an object prefix: only keys directly under the prefix whose remainder is a name this library
 writes are ever listed, read or deleted (a key with another ``/``, ``..`` or any other spelling is ignored), so
-nothing outside the prefix is touched; a read is bounded before its bytes are held (the listed or announced
-size first, then at most ``limit + 1`` bytes); the bytes are JSON, parsed with the same bounds as on disk.
+nothing outside the prefix is touched; a read is one ranged GET of at most ``limit + 1`` bytes, so an oversized
+object is never held whole; the bytes are JSON, parsed with the same bounds as on disk. A failure of the store
+itself (an outage past the retries, no access, no bucket) is raised as the client's ``ObjectStoreError``, never
+turned into "missing" or "damaged".
 """
 
 from __future__ import annotations

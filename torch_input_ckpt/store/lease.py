@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import InputCheckpointWarning, ObjectExistsError, ObjectStoreError
 from .directory import ObjectDirectory, ObjectPath
+from .lock import _outside_the_package
 
 __all__ = ["LEASE_SECONDS", "ObjectWriterLease"]
 
@@ -92,7 +93,7 @@ class ObjectWriterLease:
                     f"{self._object(newest)}: taking over the writer lease of rank {self.rank} left by pid "
                     f"{holder.get('pid', '?')} on host {holder.get('host', '?')}, {fate}",
                     InputCheckpointWarning,
-                    stacklevel=4,
+                    stacklevel=_outside_the_package(),
                 )
         generation = 0 if newest is None else newest + 1
         self._create(generation)
