@@ -18,6 +18,7 @@ from . import (
     mixture,
     provenance,
     realistic,
+    remote,
     restore_scale,
     resume,
     sampler_cost,
@@ -44,6 +45,7 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "provenance": provenance.run,
     "hf_resume": hf_resume.run,
     "stream": stream.run,
+    "remote": remote.run,
     "checkpoint_s3": checkpoint_s3.run,
 }
 _ORDER = [
@@ -59,7 +61,7 @@ _ORDER = [
     "ddp_sync",
 ]
 _ORDER += ["mixture_resume", "mixture_throughput", "mixture_streams", "restore_scale", "hf_resume"]
-_ORDER += ["stream", "stream_throughput", "provenance", "exclusion"]
+_ORDER += ["stream", "stream_throughput", "remote", "provenance", "exclusion"]
 _ORDER += ["checkpoint_s3_blocking", "checkpoint_s3_restore"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")

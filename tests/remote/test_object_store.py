@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
+import signal
+import time
 
 import pytest
 
@@ -18,6 +21,8 @@ from torch_input_ckpt.errors import (
     ObjectStoreUnavailableError,
 )
 from torch_input_ckpt.remote import ObjectInfo, ObjectStore, RetryPolicy, is_url
+
+from tests.support.remote import settled
 
 FAST_RETRY = {"attempts": 6, "base_delay_s": 0.01, "max_delay_s": 0.05, "total_s": 10.0}
 
@@ -128,8 +133,9 @@ def test_transient_faults_are_retried_and_logged_once(s3_server, bucket, fault_p
     with caplog.at_level(logging.DEBUG, logger="torch_input_ckpt"):
         store.download(info.url, tmp_path / "web.bin", expect=info)
     assert (tmp_path / "web.bin").read_bytes() == b"w" * 3000
-    gets = [entry for entry in fault_proxy.requests("GET") if "web.bin" in entry.path]
-    assert [entry.fault for entry in gets] == ["503", "500", "reset", None]  # the stalled one is not logged
+    gets = [entry for entry in settled(fault_proxy).requests("GET") if "web.bin" in entry.path]
+    # The stalled request is logged when the proxy gives up stalling, maybe after the retry that succeeded.
+    assert [entry.fault for entry in gets if entry.fault != "stall"] == ["503", "500", "reset", None]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and info.url in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
 
@@ -140,7 +146,7 @@ def test_retries_stop_at_the_bound_with_an_error_naming_the_url(s3_server, bucke
     url = f"s3://{bucket}/corpus/code.bin"
     with pytest.raises(ObjectStoreUnavailableError, match=rf"GET {url} failed 3 times .*SlowDown.*'retry'"):
         store.read(url)
-    assert len(fault_proxy.requests("GET")) == 3
+    assert len(settled(fault_proxy).requests("GET")) == 3
 
 
 def _child_reads(store: ObjectStore, url: str, queue) -> None:
@@ -164,3 +170,50 @@ def test_the_store_pickles_and_works_in_a_forked_child_after_the_parent_used_it(
 
 def test_object_info_is_a_value():
     assert ObjectInfo("s3://b/k", 3, '"e"') == ObjectInfo("s3://b/k", 3, '"e"')
+
+
+def _child_downloads(store: ObjectStore, url: str, dest) -> None:
+    store.download(url, dest)
+
+
+@pytest.mark.slow  # a forked child, killed
+def test_a_download_killed_midway_leaves_no_file_a_reader_takes(s3_server, bucket, fault_proxy, tmp_path):
+    # The answer's body comes slowly (the proxy stalls it): the child is killed while the temporary file is open.
+    fault_proxy.stall_s = 30.0
+    store = _store(s3_server, fault_proxy.endpoint_url, config_kwargs={"read_timeout": 60})
+    url = f"s3://{bucket}/corpus/web.bin"
+    fault_proxy.inject("stall", times=1, match=lambda method, path: method == "GET")
+    dest = tmp_path / "web.bin"
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_child_downloads, args=(store, url, dest))
+    child.start()
+    deadline = time.monotonic() + 20
+    while not list(tmp_path.glob(".web.bin.*.part")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    assert list(tmp_path.glob(".web.bin.*.part")), "the child was killed before it opened its temporary file"
+    assert not dest.exists()  # only the temporary name: nothing a reader would take as the shard
+    fault_proxy.clear()
+    assert _store(s3_server).download(url, dest).size == 3000 and dest.read_bytes() == b"w" * 3000
+
+
+def test_a_parquet_footer_is_read_by_ranges_only(s3_server, bucket, fault_proxy, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from torch_input_ckpt.stream.remote import _parquet_footer_count
+
+    path = tmp_path / "books.parquet"
+    import numpy as np
+
+    tokens = np.random.default_rng(0).integers(0, 2**40, size=(3000, 64))  # incompressible: 1.5 MB of row groups
+    table = pa.table({"tokens": list(tokens), "n": list(range(3000))})
+    pq.write_table(table, path, row_group_size=500)
+    s3_server.client().upload_file(str(path), bucket, "parquet/books.parquet")
+    store = _store(s3_server, fault_proxy.endpoint_url)
+    info = store.head(f"s3://{bucket}/parquet/books.parquet")
+    assert _parquet_footer_count(store, info) == 3000
+    gets = settled(fault_proxy).requests("GET")
+    assert gets and all(entry.range for entry in gets)
+    assert sum(entry.body_bytes for entry in gets) < info.size // 4  # the footer, not the row groups

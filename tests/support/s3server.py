@@ -292,12 +292,13 @@ class _ForwardingHandler(http.server.BaseHTTPRequestHandler):
             f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{name}</Code>'
             f"<Message>injected by the test proxy</Message></Error>"
         ).encode()
+        # Logged before answering: a test reads the log as soon as its client has the answer.
+        self.owner._record(Logged(self.command, self.path, self.headers.get("Range"), code, 0, fault))
         self.send_response(code)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
-        self.owner._record(Logged(self.command, self.path, self.headers.get("Range"), code, 0, fault))
 
     def _forward(self, body: bytes, fault: str | None) -> None:
         upstream = http.client.HTTPConnection(self.owner.upstream, timeout=60)
@@ -313,6 +314,9 @@ class _ForwardingHandler(http.server.BaseHTTPRequestHandler):
             data = response.read()
         finally:
             upstream.close()
+        self.owner._record(
+            Logged(self.command, self.path, self.headers.get("Range"), response.status, len(data), fault)
+        )
         self.send_response_only(response.status, response.reason)
         for name, value in response.getheaders():
             if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
@@ -324,8 +328,5 @@ class _ForwardingHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
-        self.owner._record(
-            Logged(self.command, self.path, self.headers.get("Range"), response.status, len(data), fault)
-        )
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle  # noqa: N815 - BaseHTTPRequestHandler's names

@@ -304,7 +304,7 @@ class ObjectStore:
         self._call(where, "DELETE", lambda client: s3.delete(client, where.bucket, where.key))
 
 
-_SESSIONS: dict[int, Any] = {}
+_SESSION: list[Any] = []  # the one shared aiobotocore session, made on first use
 
 
 def _explicit_credentials(options: dict[str, Any]) -> bool:
@@ -314,15 +314,15 @@ def _explicit_credentials(options: dict[str, Any]) -> bool:
 
 
 def _shared_session() -> Any:
-    # One aiobotocore session per process: it caches the loaded S3 service model, which costs 0.3-1 s to load
-    # per client otherwise (each ObjectStore, each DataLoader worker).
+    # One aiobotocore session for the stores that name their credentials: it caches the loaded S3 service model,
+    # which costs 0.3-1 s per client otherwise (each ObjectStore). A forked DataLoader worker inherits it: a
+    # session holds no connection, event loop or lock that a fork could break (clients do, and each process makes
+    # its own), and the credentials it could cache are not used (the client is given them).
     import aiobotocore.session
 
-    pid = os.getpid()
-    if pid not in _SESSIONS:
-        _SESSIONS.clear()
-        _SESSIONS[pid] = aiobotocore.session.AioSession()
-    return _SESSIONS[pid]
+    if not _SESSION:
+        _SESSION.append(aiobotocore.session.AioSession())
+    return _SESSION[0]
 
 
 def _changed(url: str, expect: ObjectInfo, size: int | None, etag: str) -> ObjectChangedError:

@@ -317,6 +317,10 @@ def _items(
     listed = isinstance(shards, Sequence) and not isinstance(shards, str)
     if is_url(shards) or (listed and any(map(is_url, shards))):
         return _remote_items(shards, how, storage_options)
+    if storage_options is not None:
+        raise ValueError(
+            f"storage_options is for shards on object storage (s3://...), not {shards!r}: leave it out for local files"
+        )
     if isinstance(shards, (str, os.PathLike)):
         return _read_directory(Path(shards), how), None, {}
     if listed and shards:
