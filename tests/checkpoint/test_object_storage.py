@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import threading
+import time
 import warnings
 
 import pytest
@@ -20,6 +21,7 @@ from torch_input_ckpt.errors import ObjectStoreUnavailableError
 from torch_input_ckpt.remote import ObjectStore
 from torch_input_ckpt.store import files
 from torch_input_ckpt.store.directory import ObjectDirectory
+from torch_input_ckpt.store.lease import ObjectWriterLease
 from torch_input_ckpt.store.planner import plan_restore
 
 from tests.support.examples import run_fresh, run_here
@@ -278,3 +280,24 @@ def test_checkpoint_s3_example_resumes_from_the_objects_in_a_fresh_process(s3_se
     resumed, log = run_fresh("checkpoint_s3.py", f"s3://{bucket}/stopped/input")
     assert f"s3://{bucket}/stopped/input/input_0-00000004.json at step 4" in log
     assert resumed == uninterrupted[4:]
+
+
+def test_the_lease_is_renewed_and_its_loss_seen_by_the_renewal(prefix):
+    url, options, client, bucket = prefix
+    lease = ObjectWriterLease(ObjectDirectory(url, ObjectStore(options)), 5, seconds=0.6)
+    key = "run-7/input/input_5.lease-00000000"
+
+    def expires() -> float:
+        return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())["expires"]
+
+    first = expires()
+    deadline = time.monotonic() + 10
+    while expires() == first:  # renewed every seconds / 3
+        assert time.monotonic() < deadline, "the lease was never renewed"
+        time.sleep(0.05)
+    lease.check()  # still held
+    client.put_object(Bucket=bucket, Key="run-7/input/input_5.lease-00000001", Body=b"{}")
+    with pytest.raises(RuntimeError, match=r"lost the writer lease of rank 5: another checkpointer took it over"):
+        lease.check()
+    lease.release()
+    assert json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())["released"] is False  # not its own

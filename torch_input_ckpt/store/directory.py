@@ -65,7 +65,9 @@ class ObjectDirectory:
     store: ObjectStoreClient = field(compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "url", self.url.rstrip("/"))
+        # As the client spells the URLs it lists (scheme in lower case), so that listed keys match the prefix.
+        scheme, sep, rest = self.url.rstrip("/").partition("://")
+        object.__setattr__(self, "url", scheme.lower() + sep + rest)
 
     def __str__(self) -> str:
         return self.url
