@@ -5,6 +5,7 @@ stalls) retried off the training step or surfaced at the next call."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -24,6 +25,11 @@ from torch_input_ckpt.store.directory import ObjectDirectory
 from torch_input_ckpt.store.lease import ObjectWriterLease
 from torch_input_ckpt.store.planner import plan_restore
 
+from tests.checkpoint.test_ddp_checkpointer import BATCH as DDP_BATCH
+from tests.checkpoint.test_ddp_checkpointer import N as DDP_N
+from tests.checkpoint.test_ddp_checkpointer import _samples as ddp_samples
+from tests.checkpoint.test_ddp_checkpointer import _train as ddp_train
+from tests.support.distributed import run_world
 from tests.support.examples import run_fresh, run_here
 from tests.support.resume import epochs_of, to_py
 from tests.support.s3server import FaultProxy
@@ -301,3 +307,20 @@ def test_the_lease_is_renewed_and_its_loss_seen_by_the_renewal(prefix):
         lease.check()
     lease.release()
     assert json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())["released"] is False  # not its own
+
+
+@pytest.mark.slow
+def test_a_job_of_2_ranks_resumes_on_3_from_the_objects_exactly_once(prefix):
+    """torch.distributed (gloo) on both jobs: each rank its own lease; rank 0 plans from the prefix and shares it."""
+    url, options, client, bucket = prefix
+    train = functools.partial(ddp_train, every_n_steps=1, storage_options=options)
+    first = run_world(train, 2, url, 5, None)
+    second = run_world(train, 3, url, None, 3)
+    assert all(restored == 3 for restored, _, _ in second)
+    seen = ddp_samples(first, up_to=3) + ddp_samples(second)
+    remaining = DDP_N - 3 * 2 * DDP_BATCH
+    padding = -(-remaining // 3) * 3 - remaining
+    assert set(seen) == set(range(DDP_N)), "nothing missing"
+    assert sum(seen.values()) == DDP_N + padding, "nothing twice but DistributedSampler's padding"
+    leases = sorted(name for name in keys(client, bucket) if ".lease-" in name)
+    assert leases == ["input_0.lease-00000001", "input_1.lease-00000001", "input_2.lease-00000000"]
