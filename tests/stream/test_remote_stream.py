@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, ShardedStream
+from torch_input_ckpt import InputCheckpointer, ResumableDataLoader, Shard, ShardedStream
 from torch_input_ckpt.cli.main import main
 from torch_input_ckpt.errors import InputStateError, ObjectChangedError, ObjectStoreError
 from torch_input_ckpt.remote import ObjectStore
@@ -205,6 +205,8 @@ def test_missing_index_bucket_and_object_are_named_with_the_fix(s3_server, tmp_p
         s3_server.upload_dir(root, bucket, "corpus")
         main(["index", f"s3://{bucket}/corpus/", "--storage-options", json.dumps(s3_server.storage_options())])
         _stream([f"s3://{bucket}/corpus/web.npy", f"s3://{bucket}/corpus/nothing.npy"], storage_options=options)
+    with pytest.raises(ValueError, match=r"Shard\('s3://b/web\.npy', \.\.\.\): the built-in readers read"):
+        ShardedStream([Shard("s3://b/web.npy", 3)])
     with pytest.raises(ValueError, match="storage_options is for shards on object storage"):
         _stream(root, storage_options=options)
     capsys.readouterr()
@@ -239,3 +241,13 @@ def test_object_storage_example_resumes_downloading_only_the_shards_left(s3_serv
         1000 * shard + 4 * row for shard, rows in enumerate((6, 2, 5, 3)) for row in range(rows)
     ), "not exactly once"
     assert downloaded == ["books", "math", "web"]  # "code" was read up before the checkpoint: never downloaded
+
+
+def test_packing_from_the_store_is_packing_from_local_disk(npy_corpus, s3_server, tmp_path):
+    kind, root, url = npy_corpus  # .npy token counts come from the headers: the index has them
+
+    def packed(shards, **kw):
+        stream = ShardedStream(shards, lanes=LANES, seed=SEED, window=2, pack_to=5, **kw)
+        return [s["input_ids"].tolist() for k in range(len(stream)) for s in [stream[k]]]
+
+    assert packed(url, storage_options=_options(s3_server), cache_dir=tmp_path) == packed(root)

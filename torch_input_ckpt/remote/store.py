@@ -65,6 +65,7 @@ class ObjectStore:
         self.retry = retry if retry is not None else RetryPolicy.from_options(policy)
         self.storage_options = options
         self._client_lock = threading.Lock()
+        self._lock_pid = os.getpid()
         self._filesystem: Any = None
         self._client_pid = -1
 
@@ -100,6 +101,8 @@ class ObjectStore:
     # --- the client, once per process ---------------------------------------------------------------------
 
     def _s3fs(self) -> Any:
+        if self._lock_pid != os.getpid():  # a forked child: its copy of the lock may be held by a thread it lacks
+            self._client_lock, self._lock_pid = threading.Lock(), os.getpid()
         with self._client_lock:
             if self._filesystem is None or self._client_pid != os.getpid():
                 import s3fs

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from ..base.arguments import check_int
 from ..errors import InputCheckpointWarning
+from ..remote import is_url
 from ..state.schema import FORMAT_VERSION, STREAM_KIND, Key, check_header, check_same, field
 from .formats import open_samples, random_access
 from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
@@ -194,6 +195,12 @@ class ShardedStream(Dataset):
         self._objects = {s.source: (n, objects[s.source]) for n, s in enumerate(self.shards)} if objects else {}
         if self.fetcher is not None and self._builtin:
             self._opener = self._open_remote
+        elif self._builtin and self.fetcher is None and any(is_url(shard.source) for shard in self.shards):
+            url = next(shard.source for shard in self.shards if is_url(shard.source))
+            raise ValueError(
+                f"Shard({url!r}, ...): the built-in readers read a shard on object storage given by its URL alone "
+                "(its count and version come from the index beside it), or give open_shard= that reads it"
+            )
 
     def _local(self, source: Any) -> Any:
         """The local file of a shard (downloaded by the fetcher for a shard on object storage)."""

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ __all__ = [
 # As stream/shards.py's _DIGEST_BLOCK: the same digest for the same bytes, local or remote, so the same data
 # has the same stream identity wherever it is read from (a run may move from a local copy to the store).
 DIGEST_BLOCK = 64 * 1024
+# Objects indexed at once (each by its own thread: the requests wait on the network, not on the GIL).
+INDEX_THREADS = 16
 _REINDEX = "re-index with `python -m torch_input_ckpt index {}` (that changes the stream: do it between runs)"
 
 
@@ -217,8 +220,10 @@ def build_remote_index(prefix_url: str, store: ObjectStore, tokens: Any = None) 
     objects = [info for info in store.list(prefix_url) if format_of(info.url.rpartition("/")[2]) is not None]
     if not objects:
         raise ValueError(f"{prefix_url}: no shard objects (names ending in {suffix_list()})")
-    with tempfile.TemporaryDirectory(prefix="tic-index-") as scratch:
-        entries = [_remote_entry(store, info, tokens, Path(scratch)) for info in objects]
+    with tempfile.TemporaryDirectory(prefix="tic-index-") as scratch, ThreadPoolExecutor(INDEX_THREADS) as pool:
+        # Concurrent requests: per-request latency, not bandwidth, bounds indexing by range reads (10,000 shards
+        # at 2 ranges x 20 ms each would take 400 s one at a time). map() keeps the name order.
+        entries = list(pool.map(lambda info: _remote_entry(store, info, tokens, Path(scratch)), objects))
     return {
         Key.KIND: INDEX_KIND,
         Key.VERSION: FORMAT_VERSION,
