@@ -12,6 +12,7 @@ from collections.abc import Callable
 from . import (
     blocking,
     cache,
+    checkpoint_s3,
     cold_resume,
     ddp_sync,
     hf_resume,
@@ -49,6 +50,7 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "parquet": parquet.run,
     "remote": remote.run,
     "cache": cache.run,
+    "checkpoint_s3": checkpoint_s3.run,
 }
 _ORDER = [
     "throughput",
@@ -64,6 +66,7 @@ _ORDER = [
 ]
 _ORDER += ["mixture_resume", "mixture_throughput", "mixture_streams", "restore_scale", "hf_resume"]
 _ORDER += ["stream", "stream_throughput", "parquet", "remote", "provenance", "exclusion", "cache"]
+_ORDER += ["checkpoint_s3_blocking", "checkpoint_s3_restore"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
 

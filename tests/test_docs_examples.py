@@ -39,6 +39,7 @@ RUN_BY = {
     "examples/steering_provenance.py": "test_steering_example_finds_the_documents_of_a_step_and_reports_the_anneal",
     "examples/hf_datasets.py": "test_hf_datasets_example_resumes_both_loaders_in_a_fresh_process",
     "examples/object_storage.py": "test_object_storage_example_resumes_downloading_only_the_shards_left",
+    "examples/checkpoint_s3.py": "test_checkpoint_s3_example_resumes_from_the_objects_in_a_fresh_process",
 }
 
 

@@ -5,8 +5,9 @@ from tests.support.forked import ForkServer
 
 @pytest.fixture(scope="session")
 def forkserver(tmp_path_factory):
-    """Starts the SIGKILL tests' killed runs without an interpreter start each (tests/support/forkserver.py)."""
-    server = ForkServer(tmp_path_factory.mktemp("forked"))
+    """Starts the SIGKILL tests' killed runs without an interpreter start each (tests/support/forkserver.py); the S3
+    client's modules imported once too, for the runs that checkpoint to the loopback S3 server."""
+    server = ForkServer(tmp_path_factory.mktemp("forked"), preload=("s3fs",))
     yield server
     server.close()
 

@@ -35,13 +35,15 @@ def main(directory: str, log_path: str, total: int, num_workers: int) -> None:
     train_logged(loader, directory, log_path, total)
 
 
-def train_logged(loader: ResumableDataLoader, directory: str, log_path: str, total: int) -> None:
-    """Train ``total`` steps of ``loader``'s dict batches, resuming from ``directory``: each step's batch is logged
-    (append + flush) before its input checkpoint is saved, so a kill at any moment leaves the log ahead of the
-    newest checkpoint by at most the step in flight."""
+def train_logged(
+    loader: ResumableDataLoader, directory: str, log_path: str, total: int, storage_options: dict | None = None
+) -> None:
+    """Train ``total`` steps of ``loader``'s dict batches, resuming from ``directory`` (or an object-store URL with
+    ``storage_options``): each step's batch is logged (append + flush) before its input checkpoint is saved, so a
+    kill at any moment leaves the log ahead of the newest checkpoint by at most the step in flight."""
     with (
         open(log_path, "a") as log,
-        InputCheckpointer(directory, loader, every_n_steps=1, keep_last=2) as ckpt,
+        InputCheckpointer(directory, loader, every_n_steps=1, keep_last=2, storage_options=storage_options) as ckpt,
     ):
         step = ckpt.restore_or_save_initial() or 0
         # The leading newline ends a line the previous run may have left half-written when killed.

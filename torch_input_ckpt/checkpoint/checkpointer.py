@@ -20,10 +20,13 @@ from .._compat.torchdata import FastForwardNoticeFilter
 from ..base.arguments import check_choice, check_int, check_positive_number
 from ..base.world import World
 from ..errors import ExternalStateWarning, InputCheckpointWarning, InputStateError
+from ..remote import ObjectStore, is_url
 from ..state.encoding import decode_tensors
 from ..state.schema import is_stateful, positions
 from ..store import files
+from ..store.directory import Location, ObjectDirectory
 from ..store.files import InputCheckpoint, InputFile
+from ..store.lease import ObjectWriterLease
 from ..store.lineage import Lineage
 from ..store.lock import WriterLock
 from ..store.planner import RestorePlan, plan_restore
@@ -56,7 +59,10 @@ class InputCheckpointer:
     left of the epoch.
 
     Args:
-        directory: Where to write; created if missing. May hold other files (they are never touched).
+        directory: Where to write; created if missing. May hold other files (they are never touched). Or an
+            object-store URL (``s3://bucket/run/input``, ``gs://...``, ...): each file is then an object under
+            that prefix, written whole by one request; one writer per rank is a lease object taken by a
+            conditional write (see the checkpointer guide's "Object storage").
         stateful: An object with ``state_dict()``/``load_state_dict()`` (a ``ResumableDataLoader``,
             a ``ResumableSampler``, a torchdata ``StatefulDataLoader``, ...) or a dict of named ones.
         every_n_steps: Save when ``step`` is a multiple of this.
@@ -82,10 +88,13 @@ class InputCheckpointer:
             rank 0's clock decides, so all ranks save at the same step, at most this many steps late.
         clock: The clock of ``every_n_seconds``, a callable returning seconds (default
             ``time.monotonic``).
+        storage_options: For an object-store URL: the client's options (endpoint, credentials, region, ...),
+            as ``torch_input_ckpt.remote.ObjectStore.for_url`` takes them.
 
     Raises:
         ValueError: for an invalid or unwritable directory, non-positive intervals, a bad ``keep_last``,
-            ``rank``, ``world`` or policy, or a ``stateful`` without ``state_dict``.
+            ``rank``, ``world`` or policy, a ``stateful`` without ``state_dict``, ``storage_options`` with a
+            local directory, or an object store that cannot guarantee one writer per rank (naming it).
         RuntimeError: if another checkpointer holds this directory and rank (naming its pid and host).
 
     Example::
@@ -110,6 +119,7 @@ class InputCheckpointer:
         process_group: Any = None,
         sync_every_n_steps: int = 10,
         clock: Callable[[], float] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1, optional=True)
         self.every_n_seconds = check_positive_number("every_n_seconds", every_n_seconds, optional=True)
@@ -121,7 +131,7 @@ class InputCheckpointer:
         distributed = dist.is_available() and dist.is_initialized()
         #: This process's rank and number of ranks.
         self.world, self._world_known = _resolve_world(rank, world, distributed)
-        self.directory = _usable_directory(directory)
+        self.directory: Location = _usable_directory(directory, storage_options)
         self._components: dict[str, Any] = _components(stateful)
         self._clock = clock if clock is not None else time.monotonic
         self._external: list[str] | None = None  # checked at the first save
@@ -138,7 +148,11 @@ class InputCheckpointer:
 
     def _start_writing(self) -> None:
         # One writer per (directory, rank): taken first, so that a second job fails before touching anything.
-        self._lock = WriterLock(self.directory, self.rank)
+        self._lock: WriterLock | ObjectWriterLease = (
+            ObjectWriterLease(self.directory, self.rank)
+            if isinstance(self.directory, ObjectDirectory)
+            else WriterLock(self.directory, self.rank)
+        )
         self._writer = BackgroundWriter(f"torch_input_ckpt writer (rank {self.rank})")
         self._quiet = FastForwardNoticeFilter()
         # Flushes at garbage collection or interpreter exit, and reports a write that failed by then (nobody
@@ -242,7 +256,10 @@ class InputCheckpointer:
                 f"bound of {files.MAX_FILE_BYTES} bytes that restore reads (files.MAX_FILE_BYTES); nothing was "
                 f"written. Bytes per component: {sizes}. Keep state_dict() small (positions and counters, not data)."
             )
-        self._writer.submit(functools.partial(_commit, self.directory, self.rank, step, data, self.keep_last, pin))
+        fence = self._lock.check if isinstance(self._lock, ObjectWriterLease) else None
+        self._writer.submit(
+            functools.partial(_commit, self.directory, self.rank, step, data, self.keep_last, pin, fence)
+        )
         self._last_save_time = self._clock()
         if self._writer.error is not None:  # failed while this call waited for room in the queue
             self._raise_pending()
@@ -511,10 +528,21 @@ class InputCheckpointer:
             raise error
 
 
-def _commit(directory: Path, rank: int, step: int, data: bytes, keep_last: int | None, pin: bool) -> None:
+def _commit(
+    directory: Location,
+    rank: int,
+    step: int,
+    data: bytes,
+    keep_last: int | None,
+    pin: bool,
+    fence: Callable[[], None] | None = None,
+) -> None:
     """On the writer thread: the file, its pin, then the pointer to it, then pruning, each durable before the
-    next (so that a pinned file is never pruned, even by a save interrupted halfway)."""
+    next (so that a pinned file is never pruned, even by a save interrupted halfway). On an object store,
+    ``fence`` checks the writer still holds its lease before anything is written."""
     try:
+        if fence is not None:
+            fence()
         files.write_atomic(directory / InputFile(rank, step).name, data)
         if pin:
             files.write_pin(directory, rank, step)
@@ -533,7 +561,11 @@ def _note(error: BaseException, text: str) -> None:
 
 
 def _close_unattended(
-    writer: BackgroundWriter, lock: WriterLock, quiet: FastForwardNoticeFilter, directory: str, rank: int
+    writer: BackgroundWriter,
+    lock: WriterLock | ObjectWriterLease,
+    quiet: FastForwardNoticeFilter,
+    directory: str,
+    rank: int,
 ) -> None:
     """The finalizer (garbage collection or interpreter exit): flush, unlock, and make a failed write loud."""
     try:
@@ -613,9 +645,16 @@ def _components(stateful: Any) -> dict[str, Any]:
     return {SINGLE: stateful}
 
 
-def _usable_directory(directory: str | os.PathLike[str]) -> Path:
+def _usable_directory(directory: str | os.PathLike[str], storage_options: Mapping[str, Any] | None) -> Location:
     if not isinstance(directory, (str, os.PathLike)) or not str(directory):
         raise ValueError(f"directory must be a non-empty path (got {directory=})")
+    if is_url(directory):
+        return _object_directory(directory, storage_options)
+    if storage_options is not None:
+        raise ValueError(
+            f"storage_options are for an object-store URL, but directory {directory!r} is a local path; drop them, "
+            "or give a URL such as s3://bucket/run/input"
+        )
     path = Path(directory)
     if path.exists() and not path.is_dir():
         raise ValueError(f"directory {str(path)!r} exists and is not a directory")
@@ -626,3 +665,23 @@ def _usable_directory(directory: str | os.PathLike[str]) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"directory {str(path)!r} is not writable")
     return path
+
+
+def _object_directory(url: str, storage_options: Mapping[str, Any] | None) -> ObjectDirectory:
+    """The object prefix of ``url``, with its client (errors name the URL). Checkpointers given the same options
+    share one client: making one (a session, the service's model) takes 0.1-1 s."""
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise ValueError(f"storage_options must be a dict of the client's options (got {storage_options!r})")
+    options = dict(storage_options or {})
+    key = repr(sorted(options.items()))
+    made = ObjectStore.for_url(url, options)  # refuses an unsupported URL by name; its client is made lazily
+    store = _STORES.pop(key, None) or made
+    _STORES[key] = store  # the most recently used last
+    while len(_STORES) > _MAX_STORES:
+        _STORES.pop(next(iter(_STORES)))
+    return ObjectDirectory(url, store)
+
+
+# Object-store clients by their options, the most recently used last (a few: one per store a job writes to).
+_STORES: dict[str, ObjectStore] = {}
+_MAX_STORES = 8

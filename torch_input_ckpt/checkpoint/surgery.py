@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from ..errors import InputStateError
 from ..provenance.history import Provenance
 from ..state.schema import Key
+from ..store.directory import Location
 from ..store.files import InputCheckpoint
 
 __all__ = ["skipped_states"]
 
 
 def skipped_states(
-    directory: Path, checkpoint: InputCheckpoint, steps: int, batches_per_step: int | None
+    directory: Location, checkpoint: InputCheckpoint, steps: int, batches_per_step: int | None
 ) -> tuple[dict[str, Any], int]:
     """The states of ``checkpoint`` moved ``steps`` optimizer steps on, and the batches skipped per rank.
 

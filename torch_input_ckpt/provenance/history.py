@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from ..base.messages import short
 from ..errors import InputStateError
 from ..state.schema import LOADER_KIND, MAX_EPOCH, MAX_LENGTH, SAMPLER_KIND, Key
 from ..store import files
+from ..store.directory import ObjectDirectory, as_directory
 from ..store.files import InputCheckpoint, InputFile
 from ..store.lineage import check_record
 from .arithmetic import SavedPosition
@@ -125,11 +125,15 @@ class Provenance:
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str], *, component: str | None = None, batches_per_step: int | None = None
+        self,
+        directory: str | os.PathLike[str] | ObjectDirectory,
+        *,
+        component: str | None = None,
+        batches_per_step: int | None = None,
     ) -> None:
         if batches_per_step is not None and (isinstance(batches_per_step, bool) or batches_per_step < 1):
             raise ValueError(f"batches_per_step must be an int >= 1 (got {batches_per_step=})")
-        self.directory = Path(directory)
+        self.directory = as_directory(directory)  # a local directory, or an object prefix
         self.given_batches_per_step = batches_per_step
         self._segments: dict[int, Segment] = {}
         # As restore plans (store/planner.py): a file that vanished between the listing and its reading was pruned by

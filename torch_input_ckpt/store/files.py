@@ -20,6 +20,7 @@ from ..errors import InputStateError
 from ..state import schema
 from ..state.encoding import to_json
 from . import checks
+from .directory import Location, ObjectDirectory, ObjectPath, as_directory, entry_names
 
 __all__ = [
     "FILE_FORMAT",
@@ -140,7 +141,7 @@ class InputCheckpoint:
     """One input-checkpoint file, read and verified.
 
     Attributes:
-        path: The file.
+        path: The file (an :class:`~torch_input_ckpt.store.directory.ObjectPath` on an object store).
         rank: The rank that wrote it.
         world_size: The number of ranks when it was written (None if unknown).
         step: The global step it was saved at.
@@ -153,7 +154,7 @@ class InputCheckpoint:
             counts, the steps skipped on a restore: see ``store/lineage.py``), or None in an older file.
     """
 
-    path: Path
+    path: Path | ObjectPath
     rank: int
     world_size: int | None
     step: int
@@ -207,12 +208,16 @@ def canonical_json(body: Mapping[str, Any]) -> bytes:
 # -- atomic writes -----------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path | ObjectPath, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash at any instant leaves either the old file or the new one.
 
     Writes a temporary name in the same directory, fsyncs it, renames it over ``path`` and fsyncs
-    the directory (so the rename itself survives a power loss).
+    the directory (so the rename itself survives a power loss). An object is written whole by one request,
+    which is atomic by the protocol.
     """
+    if isinstance(path, ObjectPath):
+        path.write_whole(data)
+        return
     temp, fd = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as file:
@@ -258,7 +263,7 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_pointer(directory: Path, rank: int, step: int) -> None:
+def write_pointer(directory: Location, rank: int, step: int) -> None:
     """Atomically point ``checkpoint_input_<rank>`` at the file of ``step`` (once that file is durable)."""
     name = InputFile(rank, step).name
     text = (
@@ -269,29 +274,32 @@ def write_pointer(directory: Path, rank: int, step: int) -> None:
     write_atomic(directory / InputFile.pointer_name(rank), text.encode())
 
 
-def remove_stale_temporaries(directory: Path, rank: int) -> None:
-    """Delete temporaries of ``rank`` left by a process killed mid-write (only names this library makes)."""
+def remove_stale_temporaries(directory: Location, rank: int) -> None:
+    """Delete temporaries of ``rank`` left by a process killed mid-write (only names this library makes; an
+    object store has none: its writes make no temporary)."""
+    if isinstance(directory, ObjectDirectory):
+        return
     for entry in os.scandir(directory):
         if InputFile.is_temp_of_rank(entry.name, rank):
             Path(entry.path).unlink(missing_ok=True)
 
 
-def pinned_steps(directory: str | os.PathLike[str], rank: int) -> list[int]:
+def pinned_steps(directory: str | os.PathLike[str] | ObjectDirectory, rank: int) -> list[int]:
     """The sorted steps of ``rank`` that are pinned (see :func:`write_pin`)."""
     found = []
-    for entry in os.scandir(directory):
-        match = _PIN_NAME.fullmatch(entry.name)
-        if match is not None and int(match[1]) == rank and InputFile(rank, int(match[2])).pin_name == entry.name:
+    for name, _ in entry_names(as_directory(directory)):
+        match = _PIN_NAME.fullmatch(name)
+        if match is not None and int(match[1]) == rank and InputFile(rank, int(match[2])).pin_name == name:
             found.append(int(match[2]))
     return sorted(found)
 
 
-def write_pin(directory: Path, rank: int, step: int) -> None:
+def write_pin(directory: Location, rank: int, step: int) -> None:
     """Durably mark the checkpoint of ``step`` as pinned: :func:`prune` never deletes it."""
     write_atomic(directory / InputFile(rank, step).pin_name, f"pinned input checkpoint of step {step}\n".encode())
 
 
-def remove_pin(directory: Path, rank: int, step: int) -> bool:
+def remove_pin(directory: Location, rank: int, step: int) -> bool:
     """Unpin ``step`` (its file is then pruned like any other). Returns whether it was pinned."""
     path = directory / InputFile(rank, step).pin_name
     existed = path.is_file()
@@ -299,7 +307,7 @@ def remove_pin(directory: Path, rank: int, step: int) -> bool:
     return existed
 
 
-def prune(directory: Path, rank: int, newest: int, keep_last: int | None) -> list[str]:
+def prune(directory: Location, rank: int, newest: int, keep_last: int | None) -> list[str]:
     """After ``newest`` is durable and pointed to: delete ``rank``'s files beyond the ``keep_last`` newest,
     and files newer than ``newest`` (left from a run restored to an earlier step; never restorable again).
     Pinned steps are never deleted and do not count against ``keep_last``.
@@ -308,8 +316,7 @@ def prune(directory: Path, rank: int, newest: int, keep_last: int | None) -> lis
         ``"<file>: <error>"`` for each file that could not be deleted. The save itself is committed, so a
         failed deletion is not a failed save: the caller warns.
     """
-    steps = list_steps(directory).get(rank, [])
-    pinned = set(pinned_steps(directory, rank))
+    steps, pinned = _steps_and_pins(directory, rank)
     kept = [s for s in steps if s <= newest and s not in pinned]
     if keep_last is not None:
         kept = kept[-keep_last:]
@@ -325,6 +332,19 @@ def prune(directory: Path, rank: int, newest: int, keep_last: int | None) -> lis
     return failed
 
 
+def _steps_and_pins(directory: Location, rank: int) -> tuple[list[int], set[int]]:
+    """``rank``'s steps (as :func:`list_steps`) and pinned steps (as :func:`pinned_steps`), from one listing."""
+    steps, pinned = [], set()
+    for name, is_file in entry_names(directory):
+        parsed = InputFile.parse(name)
+        if parsed is not None and parsed.rank == rank and is_file:
+            steps.append(parsed.step)
+        match = _PIN_NAME.fullmatch(name)
+        if match is not None and int(match[1]) == rank and InputFile(rank, int(match[2])).pin_name == name:
+            pinned.add(int(match[2]))
+    return sorted(steps), pinned
+
+
 # -- reading -------------------------------------------------------------------------------------
 
 
@@ -332,27 +352,29 @@ class FileVanishedError(InputStateError):
     """A file that was listed no longer exists (e.g. pruned by a saver running at the same time)."""
 
 
-def list_steps(directory: str | os.PathLike[str]) -> dict[int, list[int]]:
+def list_steps(directory: str | os.PathLike[str] | ObjectDirectory) -> dict[int, list[int]]:
     """Rank -> sorted steps of the input-checkpoint files in ``directory`` (other files are ignored).
 
     A symlink with one of our names is listed (and refused when read), so that it is reported, not hidden.
     """
     found: dict[int, list[int]] = {}
-    for entry in os.scandir(directory):
-        parsed = InputFile.parse(entry.name)
-        if parsed is not None and (entry.is_symlink() or entry.is_file(follow_symlinks=False)):
+    for name, is_file in entry_names(as_directory(directory)):
+        parsed = InputFile.parse(name)
+        if parsed is not None and is_file:
             found.setdefault(parsed.rank, []).append(parsed.step)
     return {rank: sorted(steps) for rank, steps in sorted(found.items())}
 
 
-def read_regular_file(path: Path, limit: int) -> bytes:
+def read_regular_file(path: Path | ObjectPath, limit: int) -> bytes:
     """The bytes of ``path``, which must be a regular file (a symlink is not followed) of at most ``limit``
-    bytes, checked with ``fstat`` before reading.
+    bytes, checked with ``fstat`` before reading (an object: its size, before its bytes are fetched).
 
     Raises:
         FileNotFoundError: if it does not exist.
         InputStateError: naming the file, for a symlink, a non-regular file, an oversized or unreadable one.
     """
+    if isinstance(path, ObjectPath):
+        return path.read_bounded(limit)
     # O_NONBLOCK: a FIFO planted at our name must not hang the reader; regular files ignore the flag.
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -378,14 +400,14 @@ def read_regular_file(path: Path, limit: int) -> bytes:
     return data
 
 
-def read_pointer(directory: str | os.PathLike[str], rank: int) -> int | None:
+def read_pointer(directory: str | os.PathLike[str] | ObjectDirectory, rank: int) -> int | None:
     """The step ``checkpoint_input_<rank>`` names, or None if there is no pointer.
 
     Raises:
         InputStateError: if the pointer is unreadable or malformed (naming the file and the reason; its
             content is never echoed, only its length and hash, in case it is a link to a secret).
     """
-    path = Path(directory) / InputFile.pointer_name(rank)
+    path = as_directory(directory) / InputFile.pointer_name(rank)
     try:
         data = read_regular_file(path, _MAX_POINTER_BYTES)
     except FileNotFoundError:
@@ -408,7 +430,7 @@ def read_pointer(directory: str | os.PathLike[str], rank: int) -> int | None:
     return parsed.step
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> InputCheckpoint:
+def read_checkpoint(path: str | os.PathLike[str] | ObjectPath) -> InputCheckpoint:
     """Read and verify one input-checkpoint file, of any rank.
 
     Every field is checked against its schema (exact types, ranges, the checksum over the file's own
@@ -419,7 +441,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> InputCheckpoint:
         InputStateError: naming the file and why it cannot be used (missing, empty, oversized, a symlink,
             truncated or garbled JSON, checksum mismatch, another format or version, fields out of range).
     """
-    path = Path(path)
+    path = path if isinstance(path, ObjectPath) else Path(path)
 
     def damaged(reason: str) -> InputStateError:
         return InputStateError(f"{path}: {reason}")
@@ -508,7 +530,7 @@ def _signed(data: bytes, doc: dict[str, Any]) -> bool:
     )
 
 
-def _checkpoint(path: Path, doc: Mapping[str, Any], size: int) -> InputCheckpoint:
+def _checkpoint(path: Path | ObjectPath, doc: Mapping[str, Any], size: int) -> InputCheckpoint:
     """The checked fields; raises ``KeyError``/``TypeError``/``ValueError`` naming the one that is wrong."""
     world_size = doc["world_size"]
     if world_size is not None:

@@ -12,18 +12,25 @@ The planner does no collective: the checkpointer makes the plan on one rank, sha
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputStateError
+from ..errors import InputStateError, ObjectStoreError
 from ..state.schema import positions, reshard_blocker
 from . import files
+from .directory import Location, ObjectDirectory, ObjectPath, as_directory, entry_names, is_remote
 from .files import InputCheckpoint, InputFile
 
-__all__ = ["PlanError", "RestorePlan", "plan_restore"]
+__all__ = ["PARALLEL_READS", "PlanError", "RestorePlan", "plan_restore"]
+
+#: On an object store, how many of a plan's reads are in flight at once (below the S3 client's pool of 10
+#: connections, so that no read waits for a connection past its connect timeout).
+PARALLEL_READS = 8
 
 
 class PlanError(InputStateError):
@@ -64,9 +71,9 @@ class RestorePlan:
         """The old rank whose file new rank ``rank`` loads."""
         return rank if rank < self.saved_world else 0
 
-    def path(self, directory: str | os.PathLike[str], rank: int) -> Path:
+    def path(self, directory: str | os.PathLike[str] | ObjectDirectory, rank: int) -> Path | ObjectPath:
         """The file new rank ``rank`` loads."""
-        return Path(directory) / InputFile(self.source_rank(rank), self.step).name
+        return as_directory(directory) / InputFile(self.source_rank(rank), self.step).name
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as plain values, without the file already read: what is sent to the other ranks."""
@@ -91,7 +98,7 @@ class RestorePlan:
 
 
 def plan_restore(
-    directory: str | os.PathLike[str],
+    directory: str | os.PathLike[str] | ObjectDirectory,
     world_size: int,
     step: int | None = None,
     *,
@@ -115,7 +122,7 @@ def plan_restore(
         InputStateError: naming the directory, the ranks and steps, and every problem met, when no step
             fits (``step`` missing or damaged on some rank, nothing valid) or the state cannot be resharded.
     """
-    directory = Path(directory)
+    directory = as_directory(directory)
     seen = None
     for attempt in range(files.READ_ATTEMPTS):
         reader = _Reader(directory)
@@ -140,19 +147,49 @@ def _again(reader: _Reader, planner: _Planner, seen: object, attempt: int) -> bo
 
 
 class _Reader:
-    """Reads and verifies each file at most once, remembering what was wrong with the damaged ones."""
+    """Reads and verifies each file at most once, remembering what was wrong with the damaged ones.
 
-    def __init__(self, directory: Path) -> None:
+    On an object store the reads a plan is about to make (every old rank's pointer; every old rank's file of a
+    candidate step) are fetched :data:`PARALLEL_READS` at a time, each request's latency overlapping the others'.
+    A failure of the store itself (an outage past the retries, no access) is raised, never taken for damage.
+    """
+
+    def __init__(self, directory: Location) -> None:
         self.directory = directory
         self.problems: list[str] = []
         self.reads = 0
         self.vanished = False
         self._cache: dict[tuple[int, int], InputCheckpoint | None] = {}
+        self._ahead: dict[tuple[str, int, int], Future[Any]] = {}
+
+    def prefetch_pointers(self, ranks: list[int]) -> None:
+        self._prefetch({("pointer", r, 0): functools.partial(files.read_pointer, self.directory, r) for r in ranks})
+
+    def prefetch(self, ranks: Any, step: int) -> None:
+        self._prefetch(
+            {
+                ("file", r, step): functools.partial(files.read_checkpoint, self.directory / InputFile(r, step).name)
+                for r in ranks
+                if (r, step) not in self._cache
+            }
+        )
+
+    def _prefetch(self, jobs: dict[tuple[str, int, int], Any]) -> None:
+        if not is_remote(self.directory) or len(jobs) < 2:
+            return
+        with ThreadPoolExecutor(min(PARALLEL_READS, len(jobs)), thread_name_prefix="torch_input_ckpt plan") as pool:
+            self._ahead.update({key: pool.submit(job) for key, job in jobs.items()})
+
+    def _fetch(self, key: tuple[str, int, int], read: Any) -> Any:
+        ahead = self._ahead.pop(key, None)
+        return read() if ahead is None else ahead.result()
 
     def pointer(self, rank: int) -> int | None:
         self.reads += 1
         try:
-            return files.read_pointer(self.directory, rank)
+            return self._fetch(("pointer", rank, 0), lambda: files.read_pointer(self.directory, rank))  # type: ignore[no-any-return]
+        except ObjectStoreError:
+            raise
         except InputStateError as error:
             self.problems.append(str(error))
             return None
@@ -161,8 +198,11 @@ class _Reader:
         key = (rank, step)
         if key not in self._cache:
             self.reads += 1
+            path = self.directory / InputFile(rank, step).name
             try:
-                self._cache[key] = files.read_checkpoint(self.directory / InputFile(rank, step).name)
+                self._cache[key] = self._fetch(("file", rank, step), lambda: files.read_checkpoint(path))
+            except ObjectStoreError:
+                raise
             except files.FileVanishedError as error:
                 self.vanished = True
                 self.problems.append(str(error))
@@ -174,7 +214,9 @@ class _Reader:
 
 
 class _Planner:
-    def __init__(self, directory: Path, reader: _Reader, world_size: int, rank: int, alone: bool, exact: bool) -> None:
+    def __init__(
+        self, directory: Location, reader: _Reader, world_size: int, rank: int, alone: bool, exact: bool
+    ) -> None:
         self.directory, self.reader, self.world, self.rank, self.alone = directory, reader, world_size, rank, alone
         listing, pointer_ranks = _scan(directory)
         if alone:
@@ -188,7 +230,9 @@ class _Planner:
         self.uncommitted: list[tuple[int, int]] = []
         self.pointed: dict[int, int | None] = {}
         # An exact step is restored whatever the pointers say (e.g. a model checkpoint's, after a rollback).
-        for r in [] if exact else sorted(set(listing) | pointer_ranks):
+        ranks = [] if exact else sorted(set(listing) | pointer_ranks)
+        reader.prefetch_pointers(ranks)
+        for r in ranks:
             self._commit_point(r, listing.get(r, []))
         self.signature = (listing, self.pointed)
 
@@ -222,6 +266,7 @@ class _Planner:
         if saved_world is None:
             return None
         ranks = [self.rank] if self.alone else range(saved_world)
+        self.reader.prefetch(ranks, step)
         if not self._complete(step, saved_world, ranks, exact):
             return None
         checkpoints = [self.reader.read(r, step) for r in ranks]
@@ -285,15 +330,15 @@ class _Planner:
         )
 
 
-def _scan(directory: Path) -> tuple[dict[int, list[int]], set[int]]:
+def _scan(directory: Location) -> tuple[dict[int, list[int]], set[int]]:
     """One listing: rank -> sorted steps of its files, and the ranks that have a pointer."""
     found: dict[int, list[int]] = {}
     pointers: set[int] = set()
-    for entry in os.scandir(directory):
-        parsed = InputFile.parse(entry.name)
-        if parsed is not None and (entry.is_symlink() or entry.is_file(follow_symlinks=False)):
+    for name, is_file in entry_names(directory):
+        parsed = InputFile.parse(name)
+        if parsed is not None and is_file:
             found.setdefault(parsed.rank, []).append(parsed.step)
-        elif (rank := InputFile.parse_pointer_name(entry.name)) is not None:
+        elif (rank := InputFile.parse_pointer_name(name)) is not None:
             pointers.add(rank)
     return {rank: sorted(steps) for rank, steps in sorted(found.items())}, pointers
 
