@@ -271,6 +271,12 @@ class _ForwardingHandler(http.server.BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _handle(self) -> None:
+        try:
+            self._exchange()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (a stall past its timeout): nothing to answer
+
+    def _exchange(self) -> None:
         body = self._body()
         fault = self.owner._take_fault(self.command, self.path)
         if fault == "reset":
@@ -298,7 +304,8 @@ class _ForwardingHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        if self.command != "HEAD":  # an answer to HEAD has no body: one would corrupt the next answer
+            self.wfile.write(payload)
 
     def _forward(self, body: bytes, fault: str | None) -> None:
         upstream = http.client.HTTPConnection(self.owner.upstream, timeout=60)
