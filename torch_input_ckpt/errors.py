@@ -12,6 +12,7 @@ __all__ = [
     "InputStateError",
     "ObjectChangedError",
     "ObjectExistsError",
+    "ObjectNotFoundError",
     "ObjectStoreError",
     "ObjectStoreUnavailableError",
     "UnseededDrawWarning",
@@ -59,6 +60,11 @@ class ObjectChangedError(ObjectStoreError):
     Reading it would silently give other samples than the recorded order names, so it is refused; the message
     names the URL, the recorded and the found ETag and size, and the fix (re-index, or restore the object).
     """
+
+
+class ObjectNotFoundError(ObjectStoreError, FileNotFoundError):
+    """No object at the URL (its bucket exists). A ``FileNotFoundError`` too, so that code that looks for a file
+    that may not be there yet (a checkpoint directory's newest file) can treat a store like a directory."""
 
 
 class ObjectExistsError(ObjectStoreError):

@@ -17,6 +17,7 @@ from torch_input_ckpt.errors import (
     InputStateError,
     ObjectChangedError,
     ObjectExistsError,
+    ObjectNotFoundError,
     ObjectStoreError,
     ObjectStoreUnavailableError,
 )
@@ -102,8 +103,10 @@ def test_a_conditional_write_refuses_an_existing_object(s3_server, bucket):
 
 def test_missing_bucket_object_and_credentials_are_named_with_the_fix(s3_server, bucket, monkeypatch):
     store = _store(s3_server)
-    with pytest.raises(ObjectStoreError, match=r"no object at s3://.*/corpus/books\.bin .*check the path"):
+    with pytest.raises(ObjectNotFoundError, match=r"no object at s3://.*/corpus/books\.bin .*check the path"):
         store.head(f"s3://{bucket}/corpus/books.bin")
+    with pytest.raises(FileNotFoundError):  # also what code looking for a file that may not be there catches
+        store.read(f"s3://{bucket}/corpus/books.bin")
     with pytest.raises(ObjectStoreError, match=r"no object at s3://.*/corpus/books\.bin"):
         store.read(f"s3://{bucket}/corpus/books.bin")
     with pytest.raises(ObjectStoreError, match=r"no bucket 'no-such-bucket' at http://127\.0\.0\.1.*endpoint"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..base.messages import short
-from ..errors import ObjectExistsError, ObjectStoreError
+from ..errors import ObjectExistsError, ObjectNotFoundError, ObjectStoreError
 
 __all__ = ["explain"]
 
@@ -34,7 +34,7 @@ def explain(
             f"(storage_options={{'endpoint_url': ...}} or AWS_ENDPOINT_URL) for an S3-compatible store"
         )
     if code in ("NoSuchKey", "NotFound") or status == 404:
-        return ObjectStoreError(
+        return ObjectNotFoundError(
             f"no object at {url} (bucket {bucket!r} at {endpoint}): check the path; an object listed in an index "
             f"but missing now was deleted or moved since the data was indexed"
         )

@@ -50,8 +50,9 @@ __all__ = [
 # As stream/shards.py's _DIGEST_BLOCK: the same digest for the same bytes, local or remote, so the same data
 # has the same stream identity wherever it is read from (a run may move from a local copy to the store).
 DIGEST_BLOCK = 64 * 1024
-# Objects indexed at once (each by its own thread: the requests wait on the network, not on the GIL).
-INDEX_THREADS = 16
+# Objects indexed at once (each by its own thread: the requests wait on the network, not on the GIL); below
+# botocore's pool of 10 connections, past which requests queue for a connection and may hit the connect timeout.
+INDEX_THREADS = 8
 _REINDEX = "re-index with `python -m torch_input_ckpt index {}` (that changes the stream: do it between runs)"
 
 
