@@ -12,6 +12,7 @@ from collections.abc import Callable
 from . import (
     blocking,
     cold_resume,
+    dcp,
     ddp_sync,
     hf_resume,
     mixture,
@@ -43,6 +44,7 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "provenance": provenance.run,
     "hf_resume": hf_resume.run,
     "stream": stream.run,
+    "dcp": dcp.run,
 }
 _ORDER = [
     "throughput",
@@ -57,7 +59,7 @@ _ORDER = [
     "ddp_sync",
 ]
 _ORDER += ["mixture_resume", "mixture_throughput", "mixture_streams", "restore_scale", "hf_resume"]
-_ORDER += ["stream", "stream_throughput", "provenance", "exclusion"]
+_ORDER += ["stream", "stream_throughput", "provenance", "exclusion", "dcp"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
 

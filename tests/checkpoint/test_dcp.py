@@ -19,7 +19,6 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from torch_input_ckpt import InputStateError, Mixture, ResumableDataLoader, ResumableSampler, ShardedStream
 from torch_input_ckpt.checkpoint.dcp import DistributedLoaderState
-
 from torch_input_ckpt.stream.shards import write_index
 
 from tests.support.distributed import run_world
