@@ -32,6 +32,8 @@ RUN_BY = {
     "examples/provenance.py": "test_provenance_example_computes_the_steps_and_skips_them",
     "examples/mixture_quickstart.py": "test_mixture_quickstart_resumes_from_the_file_in_a_fresh_process",
     "examples/stream_quickstart.py": "test_stream_quickstart_resumes_from_the_file_in_a_fresh_process_with_workers",
+    "examples/dcp_loader.py": "test_dcp_save_then_load_on_the_same_and_on_another_number_of_ranks",
+    "examples/torchtitan_dcp.py": "test_checkpoint_manager_sigkill_then_resume_on_another_dp_degree",
     "examples/testing_own_dataset.py": "test_testing_example_passes_the_reseeded_dataset_and_catches_its_own_generator",
 }
 

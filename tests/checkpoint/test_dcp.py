@@ -17,8 +17,15 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from torch_input_ckpt import InputStateError, Mixture, ResumableDataLoader, ResumableSampler, ShardedStream
-from torch_input_ckpt.checkpoint.dcp import DistributedLoaderState
+from examples import dcp_loader as example
+from torch_input_ckpt import (
+    DistributedLoaderState,
+    InputStateError,
+    Mixture,
+    ResumableDataLoader,
+    ResumableSampler,
+    ShardedStream,
+)
 from torch_input_ckpt.stream.shards import write_index
 
 from tests.support.distributed import run_world
@@ -119,7 +126,8 @@ def _save(rank: int, world: int, root: Path, shards: Path) -> dict[str, Any]:
     holes_state = loaders["holes"].state_dict()
     model = torch.nn.Linear(3, 2)
     wrapped = {name: DistributedLoaderState(loader, name=name) for name, loader in loaders.items()}
-    dcp.save({"model": model, "holes": wrapped["holes"], "iter": wrapped["iter"]}, checkpoint_id=root / "differ")
+    example.save(str(root / "holes"), model, loaders["holes"])  # the docs' example
+    dcp.save({"iter": wrapped["iter"]}, checkpoint_id=root / "differ")
     dcp.save({"holes": loaders["holes"]}, checkpoint_id=root / "plain")  # what DCP does with the bare loader
     future = dcp.async_save({"model": model, "excl": wrapped["excl"], "mix": wrapped["mix"]}, checkpoint_id=root / "a")
     after = {name: _take(loaders[name], 1) for name in ("excl", "mix")}  # delivered after the save call
@@ -134,9 +142,13 @@ def _resume(rank: int, world: int, root: Path, shards: Path) -> dict[str, Any]:
     model = torch.nn.Linear(3, 2)
     out: dict[str, Any] = {}
     wrapped = {name: DistributedLoaderState(loader, name=name) for name, loader in loaders.items()}
-    for name in ("holes", "iter"):
+    loads = {
+        "holes": lambda: example.load(str(root / "holes"), model, loaders["holes"]),
+        "iter": lambda: dcp.load({"iter": wrapped["iter"]}, checkpoint_id=root / "differ"),
+    }
+    for name, load in loads.items():
         try:
-            dcp.load({name: wrapped[name]}, checkpoint_id=root / "differ")
+            load()
         except InputStateError as error:  # raised by every rank, after DCP's collectives: nobody waits
             out[f"{name}_error"] = str(error)
         else:
