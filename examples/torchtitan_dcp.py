@@ -68,7 +68,8 @@ def main(shards: str, folder: str, steps: int, log_path: str) -> None:
     optimizers = optimizer_config.build(model_parts=[model])
     lr_schedulers = LRSchedulersContainer.Config(warmup_steps=1).build(optimizers=optimizers, training_steps=steps)
     train_state = TrainState()
-    checkpointer = CheckpointManager.Config(enable=True, folder=folder, interval=1).build(
+    # async_mode="async": dcp.async_save on a gloo group of its own; the loader's state is taken in the call.
+    checkpointer = CheckpointManager.Config(enable=True, folder=folder, interval=1, async_mode="async").build(
         dataloader=loader,
         model_parts=[model],
         optimizers=optimizers,
