@@ -2,7 +2,7 @@
 
 `trainer_config` is the torchtitan config a real run uses: torchtitan's llama3 debug model with
 `ResumableTitanDataLoader` reading a packed `ShardedStream`. `main` runs a few steps of torchtitan's own
-`CheckpointManager` (dcp.save every step, dcp.load at start) on CPU gloo ranks, logging each batch:
+`CheckpointManager` (dcp.async_save every step, dcp.load at start) on CPU gloo ranks, logging each batch:
 
     python -m torch_input_ckpt index SHARDS --tokens tokens
     torchrun --nproc-per-node 2 examples/torchtitan_dcp.py SHARDS CKPT 12 batches.jsonl

@@ -1,4 +1,4 @@
-"""torchtitan's own CheckpointManager (dcp.save every step, dcp.load at start) on CPU gloo ranks, running
+"""torchtitan's own CheckpointManager (dcp.async_save every step, dcp.load at start) on CPU gloo ranks, running
 examples/torchtitan_dcp.py: 2 ranks SIGKILLed at a random step, 3 ranks resume from the newest step folder, and
 every packed sequence of the epoch is trained exactly once (DistributedSampler's padding apart); plus the batches'
 shape and the loader's refusals, in this process."""
