@@ -153,7 +153,9 @@ def run(cfg: Config) -> list[Figure]:
     ours, theirs = collect("dcp", variants, cfg, label=lambda v: f"{v['kind']}, {WORLD} ranks")
     fig = Figure(
         key="dcp",
-        title=f"13. DCP: the loader's state in torch.distributed.checkpoint ({WORLD} gloo ranks, {batches} batches taken)",
+        title=(
+            f"13. DCP: the loader's state in torch.distributed.checkpoint ({WORLD} gloo ranks, {batches} batches taken)"
+        ),
         about=(
             "`dcp.save({'dataloader': loader})` then `dcp.load` into a fresh loader on the same ranks, and on "
             f"{WORLD + 1} ranks. Ours: `ResumableTitanDataLoader` (every data-parallel rank's state in one "
