@@ -6,6 +6,7 @@ cannot be exact. Three launches in all (the multi-process budget)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,13 +27,12 @@ from torch_input_ckpt import (
     ResumableSampler,
     ShardedStream,
 )
+from torch_input_ckpt.checkpoint.dcp import replicated_value
 from torch_input_ckpt.stream.shards import write_index
 
 from tests.support.distributed import run_world
 from tests.support.mixture_files import Tagged
 from tests.support.stream_data import all_ids, sample_id, write_shards
-
-pytestmark = pytest.mark.slow
 
 HOLES_N, EXCL_N, MIX_N, ITER_N = 24, 30, 36, 28
 EXCLUDED = (3, 17, 22)
@@ -181,6 +181,7 @@ def _padding(name: str, heads: dict[str, list[Any]], world: int) -> int:
     return -(-left // world) * world - left
 
 
+@pytest.mark.slow
 def test_dcp_save_then_load_on_the_same_and_on_another_number_of_ranks(tmp_path):
     shards = write_shards(tmp_path / "shards", "jsonl", STREAM_SIZES)
     write_index(shards)
@@ -214,3 +215,33 @@ def test_dcp_save_then_load_on_the_same_and_on_another_number_of_ranks(tmp_path)
         assert "holes" not in result and "iter" not in result
         assert "out of order" in result["holes_error"] and "Resume with 2 ranks" in result["holes_error"]
         assert "per rank or per worker" in result["iter_error"] and "saved on 2" in result["iter_error"]
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ({"input_state": "{not json"}, "not a valid state"),
+        ({"input_state": '{"kind": "ResumableDataLoader", "version": 1}'}, "expected 'DistributedLoaderState'"),
+        (
+            {"input_state": '{"kind":"DistributedLoaderState","version":1,"world_size":2,"states":[{}],"ranks":[0,1]}'},
+            "should name one of the 1 states for each of 2 ranks",
+        ),
+        ({"dataloader": {}}, "expected {'input_state': <JSON text>}"),
+    ],
+)
+def test_a_damaged_value_is_refused_naming_what_is_wrong(value, message):
+    loader = ResumableDataLoader(list(range(8)), batch_size=2)
+    with pytest.raises(InputStateError, match=re.escape(message)):
+        DistributedLoaderState(loader).load_state_dict(value)
+
+
+def test_peers_of_a_data_rank_are_stored_once_and_must_agree():
+    """Tensor-parallel peers (the same data rank) hold one state, stored once; a disagreement is refused."""
+    same = replicated_value([(0, 2, {"c": 1}), (1, 2, {"c": 1}), (0, 2, {"c": 1}), (1, 2, {"c": 1})], "dl")
+    assert same["states"] == [{"c": 1}] and same["ranks"] == [0, 0]
+    differ = replicated_value([(1, 2, {"c": 3}), (0, 2, {"c": 1})], "dl")
+    assert differ["states"] == [{"c": 1}, {"c": 3}] and differ["ranks"] == [0, 1]
+    with pytest.raises(InputStateError, match="two processes of data rank 1 hold different states"):
+        replicated_value([(0, 2, {"c": 1}), (1, 2, {"c": 1}), (1, 2, {"c": 2})], "dl")
+    with pytest.raises(InputStateError, match=r"states of data ranks \[0\] were gathered, expected 0..1"):
+        replicated_value([(0, 2, {"c": 1})], "dl")

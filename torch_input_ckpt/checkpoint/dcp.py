@@ -32,7 +32,7 @@ from ..store.planner import RestorePlan, check_reshardable
 from .checkpointer import _takes_source
 from .collectives import cpu_group
 
-__all__ = ["DISTRIBUTED_KIND", "STATE_KEY", "DistributedLoaderState"]
+__all__ = ["DISTRIBUTED_KIND", "STATE_KEY", "DistributedLoaderState", "replicated_value"]
 
 log = logging.getLogger("torch_input_ckpt")
 
@@ -123,7 +123,7 @@ class DistributedLoaderState:
             dist.all_gather_object(gathered, (rank, world, mine), group=group)
         else:
             gathered = [(rank, world, mine)]
-        return {STATE_KEY: canonical_json(_replicated(gathered, self.name)).decode("ascii")}
+        return {STATE_KEY: canonical_json(replicated_value(gathered, self.name)).decode("ascii")}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load this rank's state out of the value :meth:`state_dict` made (on any rank, any number of ranks).
@@ -160,7 +160,7 @@ class DistributedLoaderState:
             raise InputStateError(f"{where}: load_state_dict() failed: {error!r}") from error
 
 
-def _replicated(gathered: list[Any], name: str) -> dict[str, Any]:
+def replicated_value(gathered: list[Any], name: str) -> dict[str, Any]:
     """One value from every group member's ``(rank, world size, state)``: each rank's state once, identical
     states once; peers of one rank (tensor-parallel) must hold the same state and agree on the world."""
     worlds = {world for _, world, _ in gathered}
