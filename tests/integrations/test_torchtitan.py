@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from torch_input_ckpt import Mixture
 from torch_input_ckpt.stream.shards import write_index
 from torch_input_ckpt.torchtitan import ResumableTitanDataLoader, TitanCollate
 
@@ -113,6 +114,13 @@ def _rows(tokenizer: object, seq_len: int) -> list[list[int]]:
     return [[100 * i + j for j in range(seq_len + 1)] for i in range(10)]
 
 
+def _mixed_rows(tokenizer: object, seq_len: int) -> Mixture:
+    """A Mixture by name: rows of two sources (web rows start at 0, code rows at 5000), weights 1:1."""
+    web = [[100 * i + j for j in range(seq_len + 1)] for i in range(6)]
+    code = [[5000 + 100 * i + j for j in range(seq_len + 1)] for i in range(6)]
+    return Mixture({"web": web, "code": code}, {"web": 1, "code": 1})
+
+
 def test_batches_are_inputs_and_labels_shifted_by_one_and_bad_configs_are_refused():
     loader = ResumableTitanDataLoader(
         ResumableTitanDataLoader.Config(dataset="tests.integrations.test_torchtitan:_rows", shuffle=False),
@@ -125,6 +133,15 @@ def test_batches_are_inputs_and_labels_shifted_by_one_and_bad_configs_are_refuse
     # Rank 1 of 2 takes rows 1, 3, 5 (the rows at its positions of the global order).
     assert inputs["input"].tolist() == [[100 * i + j for j in range(4)] for i in (1, 3, 5)]
     assert torch.equal(labels, inputs["input"] + 1)
+    mixed = ResumableTitanDataLoader(
+        ResumableTitanDataLoader.Config(dataset="tests.integrations.test_torchtitan:_mixed_rows", infinite=False),
+        dp_world_size=1,
+        dp_rank=0,
+        seq_len=4,
+        local_batch_size=4,
+    )
+    rows = [row for inputs, _ in mixed for row in inputs["input"].tolist()]
+    assert sorted(row[0] for row in rows) == [100 * i for i in range(6)] + [5000 + 100 * i for i in range(6)]
     with pytest.raises(ValueError, match="exactly one of dataset"):
         ResumableTitanDataLoader(
             ResumableTitanDataLoader.Config(), dp_world_size=1, dp_rank=0, seq_len=4, local_batch_size=1
