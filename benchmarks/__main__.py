@@ -14,6 +14,7 @@ from . import (
     cache,
     checkpoint_s3,
     cold_resume,
+    dcp,
     ddp_sync,
     hf_resume,
     mixture,
@@ -51,6 +52,7 @@ FIGURES: dict[str, Callable[[Config], list[Figure]]] = {
     "remote": remote.run,
     "cache": cache.run,
     "checkpoint_s3": checkpoint_s3.run,
+    "dcp": dcp.run,
 }
 _ORDER = [
     "throughput",
@@ -67,6 +69,7 @@ _ORDER = [
 _ORDER += ["mixture_resume", "mixture_throughput", "mixture_streams", "restore_scale", "hf_resume"]
 _ORDER += ["stream", "stream_throughput", "parquet", "remote", "provenance", "exclusion", "cache"]
 _ORDER += ["checkpoint_s3_blocking", "checkpoint_s3_restore"]
+_ORDER += ["dcp"]
 RESULTS = os.path.join(ROOT, "benchmarks", "results.md")
 PLOT = os.path.join(ROOT, "benchmarks", "resume_time.png")
 

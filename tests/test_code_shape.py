@@ -37,7 +37,7 @@ LAYERS = [
 
 
 # The public entry modules: the only modules of the package root. Everything else lives in a folder.
-ROOT_MODULES = {"__init__", "__main__", "errors", "hf", "lightning", "testing"}
+ROOT_MODULES = {"__init__", "__main__", "errors", "hf", "lightning", "testing", "torchtitan"}
 
 
 def _name(path: Path) -> str:

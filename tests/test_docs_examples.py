@@ -34,6 +34,8 @@ RUN_BY = {
     "examples/mixture_schedule.py": "test_a_fresh_process_resumes_the_example_exactly_at_a_change",
     "examples/stream_quickstart.py": "test_stream_quickstart_resumes_from_the_file_in_a_fresh_process_with_workers",
     "examples/stream_cache.py": "test_cache_example_resumes_in_a_fresh_process_through_the_same_cache",
+    "examples/dcp_loader.py": "test_dcp_save_then_load_on_the_same_and_on_another_number_of_ranks",
+    "examples/torchtitan_dcp.py": "test_checkpoint_manager_sigkill_then_resume_on_another_dp_degree",
     "examples/testing_own_dataset.py": "test_testing_example_passes_the_reseeded_dataset_and_catches_its_own_generator",
     "examples/bad_samples.py": "test_bad_samples_example_resumes_in_a_fresh_process",
     "examples/steering_provenance.py": "test_steering_example_finds_the_documents_of_a_step_and_reports_the_anneal",

@@ -18,7 +18,7 @@ REFERENCE = ROOT / "docs" / "reference"
 ENTRY = re.compile(r"^::: (torch_input_ckpt(?:\.\w+)+)\s*$", re.MULTILINE)
 # The public entry modules besides the package itself. `testing` is public once it exists (issue 23): from then on
 # its names need entries too.
-PUBLIC_MODULES = ("lightning", "hf", "testing")
+PUBLIC_MODULES = ("lightning", "hf", "testing", "torchtitan")
 REQUIRED_MODULES = ("lightning", "hf")
 
 

@@ -6,6 +6,7 @@ from torchdata.stateful_dataloader import Stateful
 
 from .base.world import World
 from .checkpoint.checkpointer import InputCheckpointer
+from .checkpoint.dcp import DistributedLoaderState
 from .errors import (
     BadSampleError,
     EpochMismatchWarning,
@@ -30,6 +31,7 @@ from .stream.shards import Shard
 __all__ = [
     "BadSampleError",
     "DatasetOrder",
+    "DistributedLoaderState",
     "EpochMismatchWarning",
     "ExternalStateWarning",
     "InputCheckpointWarning",

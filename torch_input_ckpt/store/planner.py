@@ -26,7 +26,7 @@ from . import files
 from .directory import Location, ObjectDirectory, ObjectPath, as_directory, entry_names, is_remote
 from .files import InputCheckpoint, InputFile
 
-__all__ = ["PARALLEL_READS", "PlanError", "RestorePlan", "plan_restore"]
+__all__ = ["PARALLEL_READS", "PlanError", "RestorePlan", "check_reshardable", "plan_restore"]
 
 #: On an object store, how many of a plan's reads are in flight at once (below the S3 client's pool of 10
 #: connections, so that no read waits for a connection past its connect timeout).
@@ -344,22 +344,47 @@ def _scan(directory: Location) -> tuple[dict[int, list[int]], set[int]]:
 
 
 def _check_reshardable(checkpoints: list[InputCheckpoint], saved_world: int, world: int) -> None:
-    """Only states that hold a global position can move to another world size, and the old ranks must
-    agree on it (they do when they consumed in lockstep)."""
     first = checkpoints[0]
-    for name, state in first.states.items():
+    check_reshardable(
+        {c.rank: c.states for c in checkpoints},
+        saved_world,
+        world,
+        source=str(first.path),
+        where=f"{first.path.parent}: at step {first.step}",
+    )
+
+
+def check_reshardable(
+    states_by_rank: Mapping[int, Mapping[str, Any]], saved_world: int, world: int, *, source: str, where: str
+) -> None:
+    """Only states that hold a global position can move to another world size, and the old ranks must
+    agree on it (they do when they consumed in lockstep). Pure: the old ranks' component states (name ->
+    state, by old rank), from files or from a DCP checkpoint's replicated value.
+
+    Args:
+        states_by_rank: Each old rank's component states.
+        saved_world: The number of ranks that saved them.
+        world: The number of ranks restoring.
+        source: Where rank 0's states come from (a file), for messages.
+        where: Where and when they were saved (``"<directory>: at step <n>"``), for messages.
+
+    Raises:
+        InputStateError: naming the component and why it cannot be resharded, or the old ranks' positions.
+    """
+    first = states_by_rank[min(states_by_rank)]
+    for name, state in first.items():
         reason = reshard_blocker(state)
         if reason is not None:
             raise InputStateError(
-                f"{first.path}: component {name!r} cannot be resumed on {world} ranks after being saved on "
+                f"{source}: component {name!r} cannot be resumed on {world} ranks after being saved on "
                 f"{saved_world}: {reason}. Resume with {saved_world} ranks."
             )
-        found = {c.rank: positions(c.states).get(name) for c in checkpoints}
+        found = {rank: positions(states).get(name) for rank, states in states_by_rank.items()}
         if len(set(found.values())) != 1:
-            where = {r: None if p is None else (p.epoch, p.position) for r, p in found.items()}
+            at = {r: None if p is None else (p.epoch, p.position) for r, p in found.items()}
             raise InputStateError(
-                f"{first.path.parent}: at step {first.step} the {saved_world} old ranks disagree on the position of "
-                f"{name!r} (rank: (epoch, cursor) = {where}); they must consume in lockstep to be resharded"
+                f"{where} the {saved_world} old ranks disagree on the position of "
+                f"{name!r} (rank: (epoch, cursor) = {at}); they must consume in lockstep to be resharded"
             )
 
 
