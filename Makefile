@@ -17,7 +17,7 @@ PINS += torchtitan==0.3.0 'moto[server]==5.2.6' matplotlib==3.11.2
 DOCS_PINS := mkdocs==1.6.1 mkdocs-material==9.8.1 'mkdocstrings[python]==1.0.8' mkdocstrings-python==2.0.11
 DOCS_PINS += griffelib==2.4.1 mkdocs-autorefs==1.4.5 pymdown-extensions==13.1.2 Markdown==3.11.4
 
-.PHONY: setup test fuzz test-lightning-floor wheel-smoke demo demo-ddp bench bench-quick lint docs
+.PHONY: setup test fuzz test-lightning-floor wheel-smoke demo demo-ddp bench bench-quick bench-peers lint docs
 
 setup: $(VENV)/.installed
 
@@ -73,6 +73,21 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m benchmarks --quick
+
+# The peers on object storage (Mosaic Streaming, LitData) over moto's server on loopback: benchmarks/peers_remote.py,
+# in a venv of its own because the peers pull packages that would move this project's pins (mosaicml-streaming brings
+# torchvision 0.28.0 and an older transformers and numpy). torch==2.13.0 in the same pip command so pip never moves
+# it. Not part of make test or CI. PEERS_ARGS=--quick for a smoke run.
+PEERS_VENV := .venv-peers
+PEERS_PINS := mosaicml-streaming==0.13.0 litdata==0.2.76 'moto[server]==5.2.6' pyarrow==26.0.1 boto3 torch==2.13.0
+PEERS_ARGS ?=
+bench-peers: $(PEERS_VENV)/.installed
+	PYTHONPATH=$(CURDIR) $(PEERS_VENV)/bin/python benchmarks/peers_remote.py $(PEERS_ARGS)
+
+$(PEERS_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PEERS_PINS)
+	touch $@
 
 lint: setup
 	$(VENV)/bin/ruff check torch_input_ckpt tests benchmarks examples .ci
