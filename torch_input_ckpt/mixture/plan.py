@@ -41,11 +41,13 @@ Change = tuple[int, Weights]
 _BLOCK_SALT = 0xB10C
 # Positions from which a call takes the per-source route (EpochOrder._run_keys); below, per element.
 _RUN_MIN = 256
-# Its per-source running counts share one int64, a field of 21 bits each: up to 3 sources, 2**21 positions.
+# Its per-source running counts share an int64 per three sources, a field of 21 bits each (_running_ranks):
+# up to 2**21 positions; up to _RUN_SOURCES sources (one cumulative sum per three), beyond which per element.
 _RUN_FIELD = 21
 _RUN_MASK = (1 << _RUN_FIELD) - 1
-_RUN_SOURCES = 3
+_RUN_GROUP = 3
 _RUN_MAX = 1 << _RUN_FIELD
+_RUN_SOURCES = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,30 +448,47 @@ class EpochOrder:
 
         The same values as :meth:`origins`, by fewer and cheaper tensor operations: each source's samples in
         a run of positions are its next ones in delivery order (``layout.py``'s invariant), so their item
-        indices are one range per source through its permutation with its keys as Python ints, and the
-        one-hot running count (as in ``layout._renumber``) puts them at the source's slots.
+        indices are one range per source through its permutation with its keys as Python ints, and a running
+        count per source (:func:`_running_ranks`) puts them at the source's slots.
         """
         n = positions.numel()
-        if not _RUN_MIN <= n < _RUN_MAX or len(self._pieces) != 1 or self._table.has_own_orders:
-            return None
-        if len(self.plan.names) > _RUN_SOURCES:
+        if not _RUN_MIN <= n < _RUN_MAX or len(self.plan.names) > _RUN_SOURCES or self._table.has_own_orders:
             return None
         first = int(positions[0])
-        if int(positions[-1]) != first + n - 1 or first < self._start:
+        piece = next((p for p in self._pieces if p[0] <= first and first + n <= p[1]), None)
+        if piece is None or int(positions[-1]) != first + n - 1:
             return None
         if not torch.equal(positions, torch.arange(first, first + n, dtype=torch.int64)):
             return None
-        _, _, layout, bases = self._pieces[0]
-        sources, consumed = layout.run(first - self._start, first - self._start + n)
+        start, _, layout, bases = piece
+        sources, consumed = layout.run(first - start, first - start + n)
         count = len(consumed)
-        # Each source's running count in its own 21-bit field of one int64: one cumulative sum counts them
-        # all (a 2-D one-hot would cost more, and one past 32768 elements goes to torch's thread pool).
-        shifts = sources * _RUN_FIELD
-        running = torch.cumsum(torch.bitwise_left_shift(torch.ones_like(sources), shifts), 0)
-        last = int(running[-1])
-        taken = [(last >> (_RUN_FIELD * k)) & _RUN_MASK for k in range(count)]
-        rank = torch.bitwise_and(torch.bitwise_right_shift(running, shifts), _RUN_MASK) - 1
+        rank, taken = _running_ranks(sources, count)
         starts = torch.tensor(list(itertools.accumulate([0, *taken[:-1]])), dtype=torch.int64)
         base = bases.tolist()
         indices = torch.cat([self._table.run(k, base[k] + consumed[k], taken[k]) for k in range(count)])
         return indices.index_select(0, rank + starts.index_select(0, sources)) * count + sources
+
+
+def _running_ranks(sources: torch.Tensor, count: int) -> tuple[torch.Tensor, list[int]]:
+    """Per slot, how many slots of its source come before it; and per source, its slots (``sources`` < 2**21).
+
+    The running counts of three sources share an int64, a 21-bit field each, so one cumulative sum counts
+    them all (a 2-D one-hot costs more, and one past 32768 elements goes to torch's thread pool, which
+    stalls on busy cores).
+    """
+    rank = torch.empty_like(sources)
+    taken = []
+    for group in range(0, count, _RUN_GROUP):
+        local = sources - group if group else sources
+        mine = (local >= 0) & (local < _RUN_GROUP) if count > _RUN_GROUP else None
+        shifts = (local.clamp(0, _RUN_GROUP - 1) if mine is not None else local) * _RUN_FIELD
+        ones = mine.to(torch.int64) if mine is not None else torch.ones_like(sources)
+        running = torch.cumsum(torch.bitwise_left_shift(ones, shifts), 0)
+        last = int(running[-1])
+        taken += [(last >> (_RUN_FIELD * k)) & _RUN_MASK for k in range(min(_RUN_GROUP, count - group))]
+        ranks = torch.bitwise_and(torch.bitwise_right_shift(running, shifts), _RUN_MASK) - 1
+        if mine is None:
+            return ranks, taken
+        rank = torch.where(mine, ranks, rank)
+    return rank, taken
