@@ -19,6 +19,7 @@ the counts consumed before a cursor, which a weight change on resume needs, woul
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -125,6 +126,8 @@ def _renumber(delivered: torch.Tensor, numbers: torch.Tensor, before: list[int])
 
 
 _ONE_HOT_SOURCES = 16
+# Distinct block sizes whose slots in source order a layout keeps (SegmentLayout.delivered).
+_KEPT_RUNS = 64
 
 # (block number, number of slots) -> a permutation of range(slots) as an int64 tensor.
 BlockShuffle = Callable[[int, int], torch.Tensor]
@@ -146,6 +149,8 @@ class SegmentLayout:
         self.block = block
         self.blocks = max(1, -(-self.total // block))
         self._cache: tuple[int, Block] | None = None
+        self._sources_cache: tuple[int, tuple[int, list[int], torch.Tensor]] | None = None
+        self._runs: dict[tuple[int, ...], torch.Tensor] = {}  # per block sizes, the slots' sources in source order
 
     def before_block(self, b: int) -> list[int]:
         """Per source, its samples placed before block ``b``."""
@@ -193,6 +198,52 @@ class SegmentLayout:
         block = Block(sum(before), before, delivered, _renumber(delivered, numbers, before))
         self._cache = (b, block)
         return block
+
+    def delivered(self, b: int) -> tuple[int, list[int], torch.Tensor]:
+        """Block ``b``'s start, per source its samples before the block, and its slots' sources in delivery
+        order: :meth:`at` without the per-slot sample numbers (the last one built is cached)."""
+        cached = self._sources_cache
+        if cached is not None and cached[0] == b:
+            return cached[1]
+        if self.shuffle is None:
+            block = self.at(b)
+            entry = (block.start, block.before, block.sources)
+        else:
+            before, after = self.before_block(b), self.before_block(b + 1)
+            sizes = tuple(a - s for s, a in zip(before, after, strict=True))
+            in_source_order = self._runs.get(sizes)
+            if in_source_order is None:
+                # The same slots in source order as at() (the running count of the runs' ends). Blocks'
+                # sizes differ by at most one per source, so few distinct ones: kept, a few at most.
+                ends = torch.tensor(list(itertools.accumulate(sizes)), dtype=torch.int64)
+                marks = torch.zeros(sum(sizes) + 1, dtype=torch.int64).scatter_add_(0, ends, torch.ones_like(ends))
+                in_source_order = torch.cumsum(marks, 0)[: sum(sizes)]
+                if len(self._runs) < _KEPT_RUNS:
+                    self._runs[sizes] = in_source_order
+            shuffled = in_source_order.index_select(0, self.shuffle(b, in_source_order.numel()))
+            entry = (sum(before), before, shuffled)
+        self._sources_cache = (b, entry)
+        return entry
+
+    def run(self, lo: int, hi: int) -> tuple[torch.Tensor, list[int]]:
+        """The sources of the positions ``[lo, hi)`` (``0 <= lo < hi <= total``) in delivery order, and per
+        source its samples before ``lo``: source ``k``'s samples in the run are its next ``count(k)`` ones,
+        in delivery order (the invariant above), so a caller numbers them with a range, per source."""
+        b = self.find(lo)
+        start, before, sources = self.delivered(b)
+        consumed = list(before)
+        if lo > start:
+            taken = torch.bincount(sources[: lo - start], minlength=len(before)).tolist()
+            consumed = [s + t for s, t in zip(before, taken, strict=True)]
+        parts, at = [], lo
+        while at < hi:
+            start, _, sources = self.delivered(b)
+            end = min(hi, start + sources.numel())
+            if end > at:
+                parts.append(sources[at - start : end - start])
+                at = end
+            b += 1
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), consumed
 
     def _order(self, b: int, size: int, sources: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         if self.shuffle is not None:

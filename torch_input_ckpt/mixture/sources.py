@@ -118,6 +118,8 @@ class SourceTable:
         self._first_a = tensor([radix(c.epoch_length) for c in cursors])
         self._later_a = tensor([radix(c.length) for c in cursors])
         self._count = len(seeds)
+        self._seeds = list(seeds)
+        self._cursors = list(cursors)
         # No source is finishing a source epoch over an older length (the usual case): one length each.
         self._uniform = all(c.epoch_length == c.length for c in cursors)
         self._orders = [(k, order) for k, order in enumerate(orders or []) if order is not None]
@@ -168,10 +170,48 @@ class SourceTable:
                 out.index_copy_(0, at, order(e)(within.index_select(0, at)))
         return out
 
+    @property
+    def has_own_orders(self) -> bool:
+        """Whether a source has its own order (then :meth:`run` does not serve it)."""
+        return bool(self._orders)
+
+    def run(self, k: int, g: int, count: int) -> torch.Tensor:
+        """The item indices of source ``k``'s samples ``g, g + 1, ..., g + count - 1``: the values of
+        :meth:`locate` (bit for bit), computed per source epoch with its round keys as Python ints, which
+        spares the per-element keys and lengths when the run spans few source epochs (a chunk of a
+        large source spans one or two)."""
+        cursor, seed = self._cursors[k], self._seeds[k]
+        spans, at, left = [], g, count
+        while left > 0:
+            epoch, within, length = cursor.locate(at)
+            n = min(left, length - within)
+            spans.append((epoch, within, length, n))
+            at, left = at + n, left - n
+            if len(spans) > _RUN_SPANS:  # an up-sampled small source: per-element keys, in one call
+                sources = torch.full((count,), k, dtype=torch.int64)
+                return self.locate(sources, torch.arange(g, g + count, dtype=torch.int64))[1]
+        parts = [
+            permute(torch.arange(within, within + n, dtype=torch.int64), length, _int_epoch_keys(seed, epoch))
+            for epoch, within, length, n in spans
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
+
     def keys(self, sources: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """The mixture's keys of items ``indices`` of ``sources``: ``index * #sources + source``, so that a
         fetch routes a key with one division, whatever the number of sources."""
         return indices * self._count + sources
+
+
+# Source epochs a run computes one by one before it falls back to per-element keys.
+_RUN_SPANS = 4
+
+
+def _int_epoch_keys(seed: int, epoch: int) -> list[int]:
+    """:func:`_epoch_keys` of one (source seed, source epoch), on Python ints (the same values)."""
+    base = mix32(mix32(epoch & M32, seed & M32) ^ ((epoch >> 32) & M32), (seed >> 32) & M32)
+    return [base ^ salt for salt in _SALTS]
 
 
 def _epoch_keys(seed_lo: torch.Tensor, seed_hi: torch.Tensor, epoch: torch.Tensor) -> list[torch.Tensor]:
