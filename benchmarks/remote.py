@@ -134,6 +134,20 @@ def _throughput(out: dict[str, Any], kind: str, local: Path, url: str, options: 
         out[kind, "load", workers] = os.getloadavg()[0]
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _epoch_cpu(server: Any, url: str, options: dict, work: Path) -> dict[str, float]:
+    """One cold remote epoch (num_workers=0): its wall time, and the CPU seconds the loader process and the
+    server process used in it (both on the same cores)."""
+    own, served = time.process_time(), _cpu_s(server.process.pid)
+    seconds, _ = _epoch_seconds(url, 0, storage_options=options, cache_dir=work / "cpu")
+    return {"wall": seconds, "loader": time.process_time() - own, "server": _cpu_s(server.process.pid) - served}
+
+
 def _download_all(url: str, options: dict, work: Path) -> float:
     """The server's bound: every shard GET once, 2 at a time (as the prefetch does), nothing read."""
     from concurrent.futures import ThreadPoolExecutor
@@ -184,6 +198,10 @@ def _measure(cfg: Config, work: Path, server: Any) -> dict[str, Any]:
     parquet = _parquet_shards(local, work / "parquet")
     out["parquet_bytes"] = sum(p.stat().st_size for p in parquet.glob("*.parquet"))
     _throughput(out, "parquet", parquet, _upload(server, parquet, "bench-parquet"), options, work, reps)
+    out["cpu"] = _epoch_cpu(server, url, options, work)
+    local_cpu = time.process_time()
+    out["cpu"]["local_wall"], _ = _epoch_seconds(local, 0)
+    out["cpu"]["local_loader"] = time.process_time() - local_cpu
     out["download_s"] = statistics.median(_download_all(url, options, work / f"d{rep}") for rep in range(reps))
     _resume(out, server, local, url, work)
     out["resume_all_bytes"] = sum(info.size for info in ObjectStore(options).list(url) if info.url.endswith(".npy"))
@@ -245,6 +263,15 @@ def run(cfg: Config) -> list[Figure]:
             "-",
             f"{fmt_time(m['download_s'])} ({m['dataset_bytes'] / m['download_s'] / 1e6:.0f} MB/s)",
             f"cold epoch num_workers=0 / max(local epoch, this) = {m['npy', 'remote', 0][0] / bound:.2f}",
+        ]
+    )
+    cpu = m["cpu"]
+    fig.rows.append(
+        [
+            "CPU seconds in one epoch, npy, num_workers=0 (cold cache): loader process / moto server process",
+            f"{cpu['local_loader']:.2f} s / - (wall {cpu['local_wall']:.2f} s)",
+            f"{cpu['loader']:.2f} s / {cpu['server']:.2f} s (wall {cpu['wall']:.2f} s)",
+            f"CPU: {(cpu['loader'] + cpu['server']) / cpu['local_loader']:.2f}x local's",
         ]
     )
     fig.rows.append(
