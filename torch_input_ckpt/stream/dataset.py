@@ -166,16 +166,21 @@ class ShardedStream(Dataset):
         self.open_shards = _open_budget(weights, self.lanes, window, pack_to)
         self._caches: dict[str, Any] = {}
         self.columns = _selected_columns(columns, self._builtin, self.shards, pack_to, tokens)
-        self._planner = None
-        if cache_limit is not None and cache_dir is None:
+        self._planner = self._planned(resolved, cache_dir, cache_limit, cache_policy)
+
+    def _planned(
+        self, resolved: Any, cache_dir: str | os.PathLike[str] | None, limit: int | None, policy: str
+    ) -> ShardPlanner | None:
+        """The node cache the shards are read through: always for shards on object storage (one read path, with
+        prefetch; without ``cache_dir`` a temporary one, removed when the process that made it exits), for local
+        shards only with ``cache_limit``."""
+        if limit is not None and cache_dir is None:
             raise ValueError("cache_limit needs cache_dir (the node-local directory of the shard cache)")
-        if resolved.store is not None and cache_dir is None:
-            # Shards on object storage always go through the cache (one read path, with prefetch): by default a
-            # temporary one, removed when the process that made it exits.
+        if limit is None and resolved.store is None:
+            return None
+        if cache_dir is None:
             cache_dir = temporary_cache_dir(self)
-        if cache_limit is not None or resolved.store is not None:
-            limit = cache_limit if cache_limit is not None else _UNLIMITED
-            self._planner = self._shard_cache(resolved, cache_dir, limit, cache_policy)
+        return self._shard_cache(resolved, cache_dir, _UNLIMITED if limit is None else limit, policy)
 
     def _shard_cache(self, resolved: Any, cache_dir: str | os.PathLike[str], limit: int, policy: str) -> ShardPlanner:
         """The node's shard cache over these shards (objects, or files of a shared file system), and this stream's
