@@ -50,5 +50,6 @@ else:  # the second run, a fresh process with an empty cache and two workers: th
     with InputCheckpointer(directory, resumed, every_n_steps=1) as ckpt:
         ckpt.restore()  # the newest checkpoint: step 2
         print(list(resumed))  # the rest of epoch 0
-    print(sorted(name.split(".")[-2] for name in os.listdir(cache) if not name.startswith(".")))  # downloaded
+    downloaded = os.listdir(os.path.join(cache, "objects"))  # the cache's copies: "<hash of the URL>-web.npy"
+    print(sorted(name.split("-", 1)[1].split(".")[0] for name in downloaded))
     print(list(make_loader(cache_dir=None)))  # the uninterrupted epoch 0, for comparison

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -40,12 +41,12 @@ from ..errors import InputCheckpointWarning, InputStateError
 from ..remote import is_url
 from ..state.schema import FORMAT_VERSION, STREAM_KIND, Key, check_header, check_same, field
 from .cache import ShardCache, StoreDownload, copy_file, local_object
+from .cache.files import temporary_cache_dir
 from .cache.plan import ShardPlanner
 from .formats import check_columns, open_samples, random_access
 from .lanes import Interleave, assign_lanes, check_window, epoch_shard_order, one_thread, window_shuffle
 from .packing import PackedReader, assemble
 from .readers import ShardReaders
-from .remote import ShardFetcher
 from .shards import Shard, legacy_fingerprint, resolve_shards
 from .table import ShardTable
 
@@ -58,6 +59,9 @@ _MAX_OPEN = 512
 
 def _default_opener(source: Any, start: int) -> Iterator[Any]:
     return open_samples(source, start)
+
+
+_UNLIMITED = sys.maxsize  # the cache of shards on object storage without cache_limit: nothing is evicted
 
 
 class ShardedStream(Dataset):
@@ -89,9 +93,11 @@ class ShardedStream(Dataset):
             by ``python -m torch_input_ckpt index s3://bucket/prefix/``, or a list of shard URLs): the client's
             fsspec/s3fs options (``endpoint_url``, ``key``, ``secret``, ``anon``, ``client_kwargs``,
             ``config_kwargs``, and ``retry``: see :class:`~torch_input_ckpt.remote.RetryPolicy`).
-        cache_dir: Without ``cache_limit``: where shards on object storage are downloaded (each once, shared
-            by the loader's workers); None: a temporary directory, removed when the process exits. A shard is
-            downloaded when it is first read: a resume downloads only the shards it reads from its position on.
+        cache_dir: The node-local shard cache (:mod:`~torch_input_ckpt.stream.cache`) that shards on object
+            storage are read through: each downloaded once per node, ahead of its first read in the stream's
+            order (a few at a time, in a background thread of each worker); a resume downloads only the shards
+            it reads from its position on. None: a temporary directory, removed when the process exits. Without
+            ``cache_limit`` nothing is evicted. Ignored for local shards without ``cache_limit``.
         transform: Applied to each sample (or packed sequence) as it is fetched. Its random draws from
             torch's, NumPy's and Python's global RNGs are reseeded per sample from ``(loader seed, epoch,
             global position)`` by the loader (``reseed_rng=True``), so they survive resumes and changes of
@@ -143,8 +149,7 @@ class ShardedStream(Dataset):
         self.pack_to, self.tokens, self.pad_id = pack_to, tokens, pad_id
         self._opener = open_shard or _default_opener
         self._builtin = open_shard is None
-        # With cache_limit the node cache owns cache_dir; the fetcher (then unused for reads) keeps out of it.
-        self._remote(resolved, cache_dir if cache_limit is None else None)
+        self._refuse_url_shards(resolved)
         counts = [s.count for s in self.shards]
         weights = counts if pack_to is None else [int(s.tokens or 0) for s in self.shards]
         self.lane_of = assign_lanes(weights, self.lanes, seed, self.shuffle)
@@ -161,11 +166,21 @@ class ShardedStream(Dataset):
         self.open_shards = _open_budget(weights, self.lanes, window, pack_to)
         self._caches: dict[str, Any] = {}
         self.columns = _selected_columns(columns, self._builtin, self.shards, pack_to, tokens)
-        self._planner = None
-        if cache_limit is not None:
-            if cache_dir is None:
-                raise ValueError("cache_limit needs cache_dir (the node-local directory of the shard cache)")
-            self._planner = self._shard_cache(resolved, cache_dir, cache_limit, cache_policy)
+        self._planner = self._planned(resolved, cache_dir, cache_limit, cache_policy)
+
+    def _planned(
+        self, resolved: Any, cache_dir: str | os.PathLike[str] | None, limit: int | None, policy: str
+    ) -> ShardPlanner | None:
+        """The node cache the shards are read through: always for shards on object storage (one read path, with
+        prefetch; without ``cache_dir`` a temporary one, removed when the process that made it exits), for local
+        shards only with ``cache_limit``."""
+        if limit is not None and cache_dir is None:
+            raise ValueError("cache_limit needs cache_dir (the node-local directory of the shard cache)")
+        if limit is None and resolved.store is None:
+            return None
+        if cache_dir is None:
+            cache_dir = temporary_cache_dir(self)
+        return self._shard_cache(resolved, cache_dir, _UNLIMITED if limit is None else limit, policy)
 
     def _shard_cache(self, resolved: Any, cache_dir: str | os.PathLike[str], limit: int, policy: str) -> ShardPlanner:
         """The node's shard cache over these shards (objects, or files of a shared file system), and this stream's
@@ -240,33 +255,23 @@ class ShardedStream(Dataset):
                 out[i] = sample
         return out
 
-    # -- shards on object storage: read from the local file the fetcher gives ----------------------------
+    # -- shards on object storage: read from their copies in the node cache -------------------------------
 
-    def _remote(self, resolved: Any, cache_dir: str | os.PathLike[str] | None) -> None:
-        """Set up the fetcher of shards on object storage (none for local shards)."""
-        self.fetcher = ShardFetcher(resolved.store, cache_dir) if resolved.store is not None else None
-        objects = resolved.objects
-        self._objects = {s.source: (n, objects[s.source]) for n, s in enumerate(self.shards)} if objects else {}
-        if self._builtin and self.fetcher is None and any(is_url(shard.source) for shard in self.shards):
+    def _refuse_url_shards(self, resolved: Any) -> None:
+        """A ``Shard(URL, count)`` outside an index: the built-in readers cannot know its version."""
+        if self._builtin and resolved.store is None and any(is_url(shard.source) for shard in self.shards):
             url = next(shard.source for shard in self.shards if is_url(shard.source))
             raise ValueError(
                 f"Shard({url!r}, ...): the built-in readers read a shard on object storage given by its URL alone "
                 "(its count and version come from the index beside it), or give open_shard= that reads it"
             )
 
-    def _local(self, source: Any) -> Any:
-        """The local file of a shard (downloaded by the fetcher for a shard on object storage)."""
-        if self.fetcher is None or source not in self._objects:
-            return source
-        shard, info = self._objects[source]
-        return self.fetcher.local_path(shard, source, info)
-
     def _open_builtin(self, source: Any, start: int) -> Iterator[Any]:
         """The built-in readers on the shard's local file, only the selected columns (Parquet, Arrow)."""
-        return open_samples(self._local(source), start, **self._column_args())
+        return open_samples(source, start, **self._column_args())
 
     def _random_access(self, source: Any) -> Any:
-        return random_access(self._local(source), **self._column_args())
+        return random_access(source, **self._column_args())
 
     def _column_args(self) -> dict[str, Any]:
         return {} if self.columns is None else {"columns": self.columns}

@@ -1,5 +1,4 @@
-"""Shards on object storage: the index beside them (read, checked against the store, written), and the seam
-that turns a shard's URL into a local file a format opens.
+"""Shards on object storage: the index beside them (read, checked against the store, written).
 
 Guarantee: a stream over ``s3://`` shards reads exactly the objects its index recorded. When the stream is built,
 one listing of each prefix compares every object's size and ETag with the index (a missing or changed object is
@@ -8,23 +7,18 @@ by the store in the same request, never read. The index counts ``.npy`` shards f
 shards from their footers by range reads; JSON lines and tar shards have no header that counts their samples,
 so they are downloaded whole once, to count them.
 
-:class:`ShardFetcher` is the seam: ``local_path(shard, url, expect)`` gives a local file holding exactly the
-object ``expect`` names. This one downloads to a cache directory (one shared by the stream's ``DataLoader``
-workers), each shard once, under a name carrying its ETag; the node cache replaces it.
+A stream reads its shards from their copies in the node cache (:mod:`~torch_input_ckpt.stream.cache`), which
+downloads them with :class:`~torch_input_ckpt.stream.cache.StoreDownload` (``If-Match`` the indexed ETag), ahead
+of their reads in the stream's order.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import io
 import os
-import re
-import shutil
 import tempfile
-import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,7 +33,6 @@ from .tokens import count_tokens, token_identity
 
 __all__ = [
     "RangeFile",
-    "ShardFetcher",
     "build_remote_index",
     "content_digest",
     "read_remote_index",
@@ -302,71 +295,3 @@ def entries_of_urls(urls: Sequence[str], store: ObjectStore) -> list[tuple[str, 
             )
         found.append(item)
     return found
-
-
-# -- the seam: a shard's URL -> a local file -------------------------------------------------------------------
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _remove_if_mine(path: str, pid: int) -> None:
-    if os.getpid() == pid:  # never from a forked DataLoader worker: the directory is its parent's
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if needed): one download of a shard at a time in the node."""
-    handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(handle)
-
-
-class ShardFetcher:
-    """The local file of a remote shard: downloaded once into ``cache_dir`` under a name that carries the URL's
-    hash and the ETag (so another version is another file), published by an atomic rename, and taken as it is
-    afterwards (by this process, the stream's ``DataLoader`` workers, or a later run given the same
-    ``cache_dir``). A file lock per shard makes concurrent workers wait for one download instead of repeating
-    it. Nothing is evicted: the shards read stay until the directory is removed (a temporary directory, made
-    when ``cache_dir`` is None, is removed when the process that made it exits).
-
-    Args:
-        store: The client the shards are downloaded with.
-        cache_dir: Where the shards are kept; None: a new temporary directory.
-    """
-
-    def __init__(self, store: ObjectStore, cache_dir: str | os.PathLike[str] | None) -> None:
-        self.store = store
-        if cache_dir is None:
-            self.directory = Path(tempfile.mkdtemp(prefix="torch-input-ckpt-shards-"))
-            weakref.finalize(self, _remove_if_mine, os.fspath(self.directory), os.getpid())
-        else:
-            self.directory = Path(cache_dir)
-            self.directory.mkdir(parents=True, exist_ok=True)
-        self.downloads = 0  # by this process: the tests count them
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"store": self.store, "directory": self.directory, "downloads": 0}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-    def local_path(self, shard: int, url: str, expect: ObjectInfo) -> str:
-        """A local file holding exactly the bytes of ``expect`` (the version the index recorded).
-
-        Raises:
-            ObjectChangedError: the object was rewritten since it was indexed (refused by the store).
-        """
-        name = url.rpartition("/")[2]
-        tag = _UNSAFE.sub("", expect.etag)[:64]
-        key = hashlib.sha256(url.encode()).hexdigest()[:16]
-        path = self.directory / f"{key}.{tag}.{name}"
-        if not path.exists():
-            with _locked(self.directory / f".{key}.{tag}.lock"):
-                if not path.exists():
-                    self.store.download(url, path, expect=expect)
-                    self.downloads += 1
-        return os.fspath(path)

@@ -24,6 +24,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ __all__ = [
     "key_of",
     "read_json",
     "refuse_overlap",
+    "temporary_cache_dir",
     "try_exclusive",
     "write_json",
 ]
@@ -172,3 +176,15 @@ class CacheLayout:
     def needs(self, pid: int) -> Path:
         """A process's published next uses."""
         return self.root / "needs" / f"{pid}.json"
+
+
+def _remove_if_mine(path: str, pid: int) -> None:
+    if os.getpid() == pid:  # never from a forked DataLoader worker: the directory is its parent's
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def temporary_cache_dir(owner: object) -> str:
+    """A new empty directory for a cache, removed when ``owner`` is collected or the process that made it exits."""
+    path = tempfile.mkdtemp(prefix="torch-input-ckpt-shards-")
+    weakref.finalize(owner, _remove_if_mine, path, os.getpid())
+    return path

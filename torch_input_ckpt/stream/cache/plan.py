@@ -11,7 +11,6 @@ being read, its first position if later, and the next epoch's first position onc
 from __future__ import annotations
 
 import bisect
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -147,9 +146,22 @@ class ShardPlanner:
         path = self.cache.open_path(self.objects[shard], next_use=self.position)
         epoch = self.position // self.stream.length
         self._held[shard] = (path, int(self.schedule(epoch).last[shard]))
-        soon = sorted((use, s) for s, use in self._use_by_shard(self.position).items() if s not in self._held)
-        self.cache.prefetch([(self.objects[s], use) for use, s in soon[: self.horizon] if use < math.inf])
+        self.cache.prefetch(self._upcoming(self.position))
         return path
+
+    def _upcoming(self, position: int) -> list[tuple[ObjectRef, float]]:
+        """The next ``horizon`` shards to prefetch: those whose first read this epoch is still ahead. Every
+        read of such a shard lies after ``position``, so a prefetch never fetches a shard consumed before a
+        resume, nor one the run may never reach in a later epoch; the shards being read now are fetched on
+        demand (at a resume: only the shards at the cursor make the first batch wait)."""
+        epoch = position // self.stream.length
+        end = (epoch + 1) * self.stream.length
+        firsts = self.schedule(epoch).first.tolist()
+        units = self.stream.units  # an empty shard is never read: never fetched
+        soon = sorted(
+            (first, s) for s, first in enumerate(firsts) if position < first < end and units[s] and s not in self._held
+        )
+        return [(self.objects[s], float(first)) for first, s in soon[: self.horizon]]
 
     def held(self, shard: int) -> Path | None:
         """The cached path of ``shard`` if this process holds it."""
