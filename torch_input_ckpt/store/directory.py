@@ -172,10 +172,9 @@ Location = Path | ObjectDirectory
 
 
 def is_missing(error: BaseException) -> bool:
-    """Whether a store's error says the object does not exist (and nothing worse: a missing bucket, no access)."""
-    return isinstance(error, FileNotFoundError) or (
-        isinstance(error, ObjectStoreError) and str(error).startswith("no object at ")
-    )
+    """Whether a store's error says the object does not exist (and nothing worse: a missing bucket, no access):
+    the client's ``ObjectNotFoundError`` is a ``FileNotFoundError``, as a missing local file is."""
+    return isinstance(error, FileNotFoundError)
 
 
 def _empty(store: ObjectStoreClient, url: str) -> bool:
