@@ -209,3 +209,36 @@ def test_a_download_killed_midway_is_never_read_and_is_cleaned_up(tmp_path, obje
     cache = ShardCache(cache_dir, SIZE, copy_download)
     assert digest(cache.open_path(objects[0])) == objects[0].etag
     assert not list(partial.iterdir())
+
+
+def test_a_forked_child_never_keeps_a_lock_its_parent_let_go(tmp_path):
+    """flock belongs to the open file description a forked child shares: a DataLoader worker forked while the
+    parent's prefetch thread held a shard's lock kept it locked for the worker's life, and the node hung."""
+    import fcntl
+    import os
+    import time
+
+    from torch_input_ckpt.stream.cache.files import close_lock, try_exclusive
+
+    lock = tmp_path / "web.npy.lock"
+    held = try_exclusive(lock)
+    assert held is not None
+    ready_read, ready_write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the "worker": lives on without touching the cache
+        os.write(ready_write, b"x")  # its code runs after the fork's handlers
+        time.sleep(3)
+        os._exit(0)
+    os.close(ready_write)
+    try:
+        assert os.read(ready_read, 1) == b"x"
+        close_lock(held)  # the parent is done with it
+        probe = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child's copy still held it
+        finally:
+            os.close(probe)
+    finally:
+        os.close(ready_read)
+        os.kill(child, 9)
+        os.waitpid(child, 0)

@@ -23,6 +23,7 @@ import fcntl
 import logging
 import math
 import os
+import random
 import shutil
 import threading
 import time
@@ -33,12 +34,28 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ...errors import CacheFullError, InputStateError
-from .files import CacheLayout, flock, key_of, read_json, refuse_overlap, try_exclusive, write_json
+from .files import (
+    CacheLayout,
+    close_lock,
+    flock,
+    is_open_lock,
+    key_of,
+    open_lock,
+    read_json,
+    refuse_overlap,
+    try_exclusive,
+    write_json,
+)
 
 __all__ = ["POLICIES", "LocalObject", "ObjectRef", "ShardCache", "StoreDownload", "copy_file", "local_object"]
 
 log = logging.getLogger("torch_input_ckpt")
 POLICIES = ("next-use", "lru")
+# The pause before looking again at an object another process is about to download or read; jittered by a
+# generator of its own (never the global ``random``, whose draws belong to the user's samples), so that two
+# processes looking at once do not keep meeting.
+_RETRY_S = (0.002, 0.02)
+_JITTER = random.Random()
 
 
 class ObjectRef(Protocol):
@@ -110,10 +127,8 @@ class ShardCache:
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
-            # A forked child: close its copies of the parent's lock descriptors (the parent's locks stay
-            # held by the parent's own; a copy left open would keep a shard locked after the parent let go).
-            for fd, _ in self._held.values():
-                os.close(fd)
+            # A forked child: its copies of the parent's lock descriptors were closed at the fork (files.open_lock;
+            # a copy left open would keep a shard locked after the parent let go); what they held is the parent's.
             self._reset_process()
 
     def __del__(self) -> None:
@@ -121,7 +136,8 @@ class ShardCache:
         held = getattr(self, "_held", None)
         if held and os is not None and os.getpid() == self._pid:
             for fd, _ in held.values():
-                os.close(fd)
+                if is_open_lock(fd):
+                    close_lock(fd)
             held.clear()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -166,23 +182,33 @@ class ShardCache:
             self._held[key] = (fd, opens + 1)
             return self.layout.object(key)
         while True:
-            fd = os.open(self.layout.lock(key), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = open_lock(self.layout.lock(key))
             fcntl.flock(fd, fcntl.LOCK_SH)
             if self._complete(key, info, touch=True):
                 self._held[key] = (fd, 1)
                 return self.layout.object(key)
-            fcntl.flock(fd, fcntl.LOCK_EX)  # waits for another process's download of it
+            # Exclusive access is only tried: a shared lock taken by another process once the object was complete
+            # is held while that process reads it, possibly until the loader hands it its next batch, which may
+            # wait for this very fetch (seen: a resume with 2 workers hanging). A download in progress holds the
+            # lock exclusive, so the shared lock above waits for it; what is left to wait out here is a reader
+            # that checked before the object was complete and is about to look again.
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                close_lock(fd)
+                time.sleep(_JITTER.uniform(*_RETRY_S))
+                continue
             try:
                 if not self._complete(key, info, touch=True):
                     self._fetch(key, info, next_use, demand=True)
                 fcntl.flock(fd, fcntl.LOCK_SH)  # not atomic: an eviction may slip in, hence the check
             except BaseException:
-                os.close(fd)
+                close_lock(fd)
                 raise
             if self._complete(key, info, touch=False):
                 self._held[key] = (fd, 1)
                 return self.layout.object(key)
-            os.close(fd)
+            close_lock(fd)
 
     def release(self, info: ObjectRef) -> None:
         """Done with a path :meth:`open_path` returned: once every open is released, it may be evicted."""
@@ -196,7 +222,7 @@ class ShardCache:
             self._held[key] = (fd, opens - 1)
             return
         del self._held[key]
-        os.close(fd)
+        close_lock(fd)
 
     def close(self) -> None:
         """Release every shard held, stop the prefetches and withdraw this process's published needs."""
@@ -207,7 +233,7 @@ class ShardCache:
             self._pool.shutdown(wait=True)
             self._pool = None
         for fd, _ in self._held.values():
-            os.close(fd)
+            close_lock(fd)
         self._held.clear()
         self.layout.needs(self._pid).unlink(missing_ok=True)
 
@@ -284,7 +310,7 @@ class ShardCache:
         finally:
             settled()
             if fd is not None:
-                os.close(fd)
+                close_lock(fd)
         return True  # present, or read or downloaded by someone right now
 
     # -- the manifest -----------------------------------------------------------------------------------
@@ -410,7 +436,7 @@ class ShardCache:
                 del body["flight"][key]
             finally:
                 if fd is not None:
-                    os.close(fd)
+                    close_lock(fd)
 
     def _evict(self, body: dict[str, Any], need: int, beyond: float | None) -> bool:
         """Delete unheld shards, in the policy's order, until ``need`` bytes are free. True if enough was freed.
@@ -430,7 +456,7 @@ class ShardCache:
                 self.layout.object(key).unlink(missing_ok=True)
                 freed += int(body["entries"].pop(key)["size"])
             finally:
-                os.close(fd)
+                close_lock(fd)
             self.stats["evictions"] += 1
             if freed >= need:
                 return True

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +35,11 @@ from typing import Any
 __all__ = [
     "MARKER",
     "CacheLayout",
+    "close_lock",
     "flock",
+    "is_open_lock",
     "key_of",
+    "open_lock",
     "read_json",
     "refuse_overlap",
     "temporary_cache_dir",
@@ -65,29 +69,76 @@ def key_of(url: str) -> str:
     return f"{digest}-{base}"
 
 
-def _open_lock(path: Path) -> int:
+# The lock descriptors open in this process. An flock belongs to the open file description, which a forked child
+# shares: the child's copy of a descriptor the parent locks through (a prefetch thread's download, the bookkeeping
+# lock held at the moment a DataLoader forks its workers) would keep that lock held after the parent lets go, for as
+# long as the child lives, and every process of the node would wait on it (seen: a resume with 2 workers hanging).
+# So a forked child closes its copies at once, before any of its code runs.
+_LOCK_FDS: set[int] = set()
+_LOCK_FDS_GUARD = threading.Lock()
+
+
+def _hold_guard() -> None:
+    _LOCK_FDS_GUARD.acquire()  # no other thread changes the set while the process forks
+
+
+def _release_guard() -> None:
+    _LOCK_FDS_GUARD.release()
+
+
+def _close_inherited() -> None:
+    global _LOCK_FDS_GUARD
+    for fd in _LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+    _LOCK_FDS_GUARD = threading.Lock()
+
+
+os.register_at_fork(before=_hold_guard, after_in_parent=_release_guard, after_in_child=_close_inherited)
+
+
+def open_lock(path: Path) -> int:
+    """A descriptor of the lock file ``path`` (created if missing), closed in a forked child: close it with
+    :func:`close_lock`."""
     flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-    return os.open(path, flags, 0o644)
+    with _LOCK_FDS_GUARD:
+        fd = os.open(path, flags, 0o644)
+        _LOCK_FDS.add(fd)
+    return fd
+
+
+def close_lock(fd: int) -> None:
+    """Close a descriptor of :func:`open_lock` (releasing its lock once no other descriptor shares it)."""
+    with _LOCK_FDS_GUARD:
+        _LOCK_FDS.discard(fd)
+        os.close(fd)
+
+
+def is_open_lock(fd: int) -> bool:
+    """Whether ``fd`` is a lock descriptor this process opened (False in a forked child for the parent's)."""
+    return fd in _LOCK_FDS
 
 
 @contextlib.contextmanager
 def flock(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[int]:
     """Hold ``flock(mode)`` on ``path`` (created if missing) for the ``with`` block; yields the descriptor."""
-    fd = _open_lock(path)
+    fd = open_lock(path)
     try:
         fcntl.flock(fd, mode)
         yield fd
     finally:
-        os.close(fd)  # closing the last descriptor releases the lock
+        close_lock(fd)  # closing the last descriptor releases the lock
 
 
 def try_exclusive(path: Path) -> int | None:
-    """An exclusive ``flock`` on ``path`` without waiting: the descriptor (close it to release), or None if held."""
-    fd = _open_lock(path)
+    """An exclusive ``flock`` on ``path`` without waiting: the descriptor (close it to release with
+    :func:`close_lock`), or None if held."""
+    fd = open_lock(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
-        os.close(fd)
+        close_lock(fd)
         if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return None
         raise
