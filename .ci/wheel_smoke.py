@@ -61,8 +61,11 @@ def check_files(checkout: Path, installed: Path) -> None:
     print(f"wheel-smoke: {len(expected)} module files installed, py.typed present; subpackages: {folders or 'none'}")
 
 
-# The extras' third parties ([lightning], [hf]): a module needing one is skipped when it is not installed here.
+# The extras' third parties ([lightning], [hf], [data], [remote], [torchtitan], [plot]): a module needing one is
+# skipped when it is not installed here (the core, `import torch_input_ckpt`, needs none of them: checked above).
 OPTIONAL = {"lightning", "pytorch_lightning", "lightning_fabric", "transformers", "accelerate"}
+OPTIONAL |= {"pyarrow", "datasets", "torchtitan", "matplotlib"}
+OPTIONAL |= {"fsspec", "s3fs", "botocore", "boto3", "aiobotocore", "aiohttp"}
 
 
 def check_imports(installed: Path) -> None:
