@@ -12,15 +12,18 @@ file is an :class:`~torch_input_ckpt.InputStateError` naming the file; a missing
 
 from __future__ import annotations
 
+import abc
 import bisect
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ...errors import InputStateError
 from ._bounds import MAX_MEMBER_BYTES, MEMBER_BYTES_ENV, bound
 
 __all__ = [
+    "ColumnarFormat",
+    "GroupedFile",
     "ROW_CHUNK",
     "GroupedShard",
     "arrow_errors",
@@ -192,3 +195,64 @@ class GroupedShard:
     def token_rows(self) -> None:
         """None: rows are dicts (packing reads a token column row by row)."""
         return None
+
+
+class GroupedFile(Protocol):
+    """A Parquet or Arrow file opened for reading: its groups' row counts, a group decoded (and checked), and a
+    column's token count."""
+
+    pa: Any
+    lengths: list[int]
+
+    def read_group(self, group: int) -> Any: ...
+
+    def list_lengths(self, field: str) -> int | None: ...
+
+
+class ColumnarFormat(abc.ABC):
+    """What the Parquet and Arrow formats share: a file read a group (row group, record batch) at a time.
+
+    A subclass names its file class (``opened``), what a file of it is (``what``) and a group (``unit``)."""
+
+    counted_from_header = True
+    columnar = True  # open and random_access take columns=
+    what = ""
+    unit = ""
+
+    @abc.abstractmethod
+    def opened(self, path: str, columns: Sequence[str] | None) -> GroupedFile:
+        """The file at ``path``, with only ``columns`` read (None: all)."""
+
+    def count(self, path: str) -> int:
+        """The sum of the groups' row counts, from the file's metadata (no rows decoded)."""
+        return sum(self.opened(path, None).lengths)
+
+    def open(self, path: str, start: int, columns: Sequence[str] | None = None) -> Iterator[Any]:
+        """Rows ``start, start + 1, ...``: the groups before ``start``'s are not decoded."""
+        file = self.opened(path, columns)
+        shard = GroupedShard(path, file.lengths, file.read_group)
+        if start >= len(shard):
+            return
+        group, row = shard.locate(start)
+        for g in range(group, len(file.lengths)):
+            try:
+                yield from rows_of(shard.group(g), row)
+            except InputStateError:
+                raise
+            except arrow_errors(file.pa) as error:  # to_pylist of validated data: not expected, named if met
+                raise damaged(path, self.what, error, f"{self.unit} {g}") from None
+            row = 0
+
+    def random_access(self, path: str, columns: Sequence[str] | None = None) -> GroupedShard:
+        """Rows by number, decoded a group at a time."""
+        file = self.opened(path, columns)
+        return GroupedShard(path, file.lengths, file.read_group)
+
+    def tokens(self, path: str) -> None:
+        """None: a row is a dict; its tokens are a column (``index --tokens FIELD``)."""
+        return None
+
+    def field_tokens(self, path: str, field: str) -> int | None:
+        """The token count of column ``field`` when it holds lists of integers without nulls (read alone), else
+        None (then every row is read and counted as the stream takes its tokens)."""
+        return self.opened(path, [field]).list_lengths(field)

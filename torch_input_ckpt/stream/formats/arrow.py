@@ -14,20 +14,19 @@ lacks, a batch larger than the member bound. pyarrow is imported on first use (t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ...errors import InputStateError
 from ._arrow import (
     MAX_GROUPS,
-    GroupedShard,
+    ColumnarFormat,
     arrow_errors,
     check_columns_present,
     check_group_bytes,
     damaged,
     pyarrow,
     reraise_missing,
-    rows_of,
 )
 from ._bounds import check_regular
 
@@ -39,34 +38,16 @@ _FILE_MAGIC = b"ARROW1"
 _END_OF_STREAM = bytes(4)
 
 
-class ArrowIpc:
+class ArrowIpc(ColumnarFormat):
     """The Arrow IPC format: see the module's docstring."""
 
     name = "Arrow IPC"
     suffixes = (".arrow",)
-    counted_from_header = True
-    columnar = True  # open and random_access take columns=
+    what = _WHAT
+    unit = "record batch"
 
-    def count(self, path: str) -> int:
-        """The sum of the record batches' lengths (message headers only: the bodies stay in the map)."""
-        return sum(_ArrowFile(path, None).lengths)
-
-    def open(self, path: str, start: int, columns: Sequence[str] | None = None) -> Iterator[Any]:
-        """Rows ``start, start + 1, ...``: the batches before ``start``'s are not converted."""
-        return _arrow_rows(path, start, columns)
-
-    def random_access(self, path: str, columns: Sequence[str] | None = None) -> GroupedShard:
-        """Rows by number, a record batch at a time."""
-        file = _ArrowFile(path, columns)
-        return GroupedShard(path, file.lengths, file.read_group)
-
-    def tokens(self, path: str) -> None:
-        """None: a row is a dict; its tokens are a column (``index --tokens FIELD``)."""
-        return None
-
-    def field_tokens(self, path: str, field: str) -> int | None:
-        """The token count of column ``field`` when it holds lists of integers without nulls, else None."""
-        return _ArrowFile(path, [field]).list_lengths(field)
+    def opened(self, path: str, columns: Sequence[str] | None) -> _ArrowFile:
+        return _ArrowFile(path, columns)
 
 
 ARROW = ArrowIpc()
@@ -162,19 +143,3 @@ def _stream_batches(pa: Any, source: Any, path: str) -> _Batches:
             f"expected a complete {_WHAT}"
         )
     return _Batches(reader.schema, batches)
-
-
-def _arrow_rows(path: str, start: int, columns: Sequence[str] | None) -> Iterator[Any]:
-    file = _ArrowFile(path, columns)
-    shard = GroupedShard(path, file.lengths, file.read_group)
-    if start >= len(shard):
-        return
-    group, row = shard.locate(start)
-    for g in range(group, len(file.lengths)):
-        try:
-            yield from rows_of(shard.group(g), row)
-        except InputStateError:
-            raise
-        except arrow_errors(file.pa) as error:  # to_pylist of validated data: not expected, named if met
-            raise damaged(path, _WHAT, error, f"record batch {g}") from None
-        row = 0

@@ -14,20 +14,19 @@ pyarrow is imported on first use (the ``data`` extra).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ...errors import InputStateError
 from ._arrow import (
     MAX_GROUPS,
-    GroupedShard,
+    ColumnarFormat,
     arrow_errors,
     check_columns_present,
     check_group_bytes,
     damaged,
     pyarrow,
     reraise_missing,
-    rows_of,
 )
 from ._bounds import check_regular
 
@@ -36,35 +35,16 @@ __all__ = ["PARQUET", "Parquet"]
 _WHAT = "Parquet file"
 
 
-class Parquet:
+class Parquet(ColumnarFormat):
     """The Parquet format: see the module's docstring."""
 
     name = "Parquet"
     suffixes = (".parquet",)
-    counted_from_header = True
-    columnar = True  # open and random_access take columns=
+    what = _WHAT
+    unit = "row group"
 
-    def count(self, path: str) -> int:
-        """The footer's row count (no data read)."""
-        return sum(_ParquetFile(path, None).lengths)
-
-    def open(self, path: str, start: int, columns: Sequence[str] | None = None) -> Iterator[Any]:
-        """Rows ``start, start + 1, ...``: the row groups before ``start``'s are not read."""
-        return _parquet_rows(path, start, columns)
-
-    def random_access(self, path: str, columns: Sequence[str] | None = None) -> GroupedShard:
-        """Rows by number, decoded a row group at a time."""
-        file = _ParquetFile(path, columns)
-        return GroupedShard(path, file.lengths, file.read_group)
-
-    def tokens(self, path: str) -> None:
-        """None: a row is a dict; its tokens are a column (``index --tokens FIELD``)."""
-        return None
-
-    def field_tokens(self, path: str, field: str) -> int | None:
-        """The token count of column ``field`` when it holds lists of integers without nulls (read alone), else
-        None (then every row is read and counted as the stream takes its tokens)."""
-        return _ParquetFile(path, [field]).list_lengths(field)
+    def opened(self, path: str, columns: Sequence[str] | None) -> _ParquetFile:
+        return _ParquetFile(path, columns)
 
 
 PARQUET = Parquet()
@@ -128,19 +108,3 @@ class _ParquetFile:
                     return None  # a null is refused row by row, naming its sample
                 total += len(values)
         return total
-
-
-def _parquet_rows(path: str, start: int, columns: Sequence[str] | None) -> Iterator[Any]:
-    file = _ParquetFile(path, columns)
-    shard = GroupedShard(path, file.lengths, file.read_group)
-    if start >= len(shard):
-        return
-    group, row = shard.locate(start)
-    for g in range(group, len(file.lengths)):
-        try:
-            yield from rows_of(shard.group(g), row)
-        except InputStateError:
-            raise
-        except arrow_errors(file.pa) as error:  # to_pylist of validated data: not expected, named if met
-            raise damaged(path, _WHAT, error, f"row group {g}") from None
-        row = 0
